@@ -1,0 +1,75 @@
+"""Permutation-invariant SI-SNR that ignores zero padding.
+
+SpeechBrain's `get_si_snr_with_pitwrapper` treats the padding of a batch as signal: a short example padded
+to the longest one gets its mean and energy diluted. Here every example is measured on its own length, with
+SpeechBrain's EPS conventions, so unpadded examples give exactly SpeechBrain's numbers.
+"""
+
+import itertools
+
+import torch
+
+EPS = 1e-8
+
+
+def length_mask(lengths: torch.Tensor | None, batch: int, time: int, device) -> torch.Tensor:
+    """Return a [batch, time, 1] float mask from SpeechBrain relative lengths (None = all valid)."""
+    if lengths is None:
+        return torch.ones(batch, time, 1, device=device)
+    abs_lengths = torch.round(lengths.to(device).float() * time).clamp(min=1)
+    steps = torch.arange(time, device=device).unsqueeze(0)
+    return (steps < abs_lengths.unsqueeze(1)).float().unsqueeze(-1)
+
+
+def pairwise_si_snr(
+    est_sources: torch.Tensor, sources: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SI-SNR in dB of every (estimate, reference) pair: [batch, num_est, num_ref].
+
+    est_sources, sources: [batch, time, num_spks]; lengths: relative lengths [batch].
+    """
+    # Always in float32: under bf16/fp16 autocast the energies would cap SI-SNR near 25 dB.
+    with torch.autocast(device_type=sources.device.type, enabled=False):
+        return _pairwise_si_snr_fp32(est_sources.float(), sources.float(), lengths)
+
+
+def _pairwise_si_snr_fp32(est_sources, sources, lengths):
+    batch, time, _ = sources.shape
+    mask = length_mask(lengths, batch, time, sources.device)
+    num_samples = mask.sum(dim=1, keepdim=True)  # [batch, 1, 1]
+    sources = sources * mask
+    est_sources = est_sources * mask
+    sources = (sources - sources.sum(dim=1, keepdim=True) / num_samples) * mask
+    est_sources = (est_sources - est_sources.sum(dim=1, keepdim=True) / num_samples) * mask
+
+    # dot[b, i, j] = <est_i, ref_j>; proj[b, t, i, j] = projection of estimate i on reference j
+    dot = torch.einsum("bti,btj->bij", est_sources, sources)
+    ref_energy = (sources**2).sum(dim=1).unsqueeze(1) + EPS  # [batch, 1, num_ref]
+    proj = (dot / ref_energy).unsqueeze(1) * sources.unsqueeze(2)
+    noise = est_sources.unsqueeze(3) - proj
+    proj_energy = (proj**2).sum(dim=1)
+    noise_energy = (noise**2).sum(dim=1)
+    return 10 * torch.log10(proj_energy / (noise_energy + EPS) + EPS)
+
+
+def best_permutation(pairwise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best assignment of estimates to references from a [batch, num_est, num_ref] score matrix.
+
+    Returns (mean score of the best permutation [batch], perm [batch, num_ref]) where estimate perm[b, j]
+    goes with reference j.
+    """
+    num_spks = pairwise.shape[-1]
+    perms = torch.tensor(list(itertools.permutations(range(num_spks))), device=pairwise.device)
+    ref_index = torch.arange(num_spks, device=pairwise.device)
+    # scores[b, p] = mean_j pairwise[b, perms[p, j], j]
+    scores = pairwise[:, perms, ref_index].mean(dim=-1)
+    best_score, best = scores.max(dim=1)
+    return best_score, perms[best]
+
+
+def pit_si_snr_loss(
+    est_sources: torch.Tensor, sources: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example negative SI-SNR under the best permutation, shape [batch] (lower is better)."""
+    best_score, _ = best_permutation(pairwise_si_snr(est_sources, sources, lengths))
+    return -best_score

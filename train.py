@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""Recipe for training a single-channel speech separation model (SepFormer, ConvTasNet) with SpeechBrain.
+
+One script for every corpus: WSJ0-2mix/3mix, Libri2Mix/Libri3Mix (clean or noisy) and custom trees; the
+differences live in the YAML files under hparams/.
+
+    python train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
+    python train.py hparams/convtasnet-libri2mix.yaml --data_folder=/path/to/Libri2Mix --batch_size=2
+    torchrun --nproc_per_node=4 train.py hparams/sepformer.yaml --data_folder=...
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import speechbrain as sb
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from prepare_data import DataPreparationError, prepare_data
+from speechsep import metrics
+from speechsep.augment import fit_length, perturb_sources
+from speechsep.config import ConfigError, load_hparams, resolved_yaml
+from speechsep.dataio import separation_dataset, write_audio
+from speechsep.distributed import gather_rows, world_size
+from speechsep.losses import pit_si_snr_loss
+from speechsep.schedulers import step_scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class Separation(sb.Brain):
+    """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules."""
+
+    # ---------------------------------------------------------------- forward and loss
+    def batch_signals(self, batch):
+        """Move the batch to the device: mixture [B, T], sources [B, T, C], relative lengths [B], noise or None."""
+        batch = batch.to(self.device)
+        mixture, lengths = batch.mix_sig
+        sources = torch.stack([getattr(batch, f"s{k}_sig").data for k in range(1, self.hparams.num_spks + 1)], dim=-1)
+        noise = batch.noise_sig.data if "noise_sig" in batch else None
+        return mixture, sources, lengths, noise
+
+    def augment(self, mixture, sources, lengths, noise):
+        """Training-time augmentation; the mixture is rebuilt whenever the sources change."""
+        hp = self.hparams
+        if hp.use_speedperturb or hp.use_rand_shift:
+            sources, lengths = perturb_sources(
+                sources,
+                lengths,
+                speed_perturb=hp.speed_perturb if hp.use_speedperturb else None,
+                max_shift=hp.max_shift if hp.use_rand_shift else 0,
+            )
+            mixture = sources.sum(dim=-1)
+            if noise is not None:
+                mixture = mixture + fit_length(noise, mixture.shape[1])
+        if hp.use_wavedrop:
+            mixture = hp.drop_chunk(mixture, lengths)
+            mixture = hp.drop_freq(mixture)
+        return mixture, sources, lengths
+
+    def separate(self, mixture):
+        """Encoder -> one mask per speaker -> decoder, through `self.modules` so DDP and --compile apply.
+
+        mixture: [batch, time] -> est_sources: [batch, time, num_spks], cropped/padded to the mixture length.
+        """
+        mixture_w = self.modules.encoder(mixture)  # [batch, N, frames]
+        est_masks = self.modules.masknet(mixture_w)  # [num_spks, batch, N, frames]
+        est_sources = torch.stack(
+            [self.modules.decoder(mixture_w * est_masks[k]) for k in range(est_masks.shape[0])], dim=-1
+        )
+        return fit_length(est_sources, mixture.shape[1])
+
+    def compute_forward(self, batch, stage):
+        """Returns (est_sources, sources, mixture, lengths); at TRAIN the augmented signals."""
+        mixture, sources, lengths, noise = self.batch_signals(batch)
+        if stage == sb.Stage.TRAIN:
+            mixture, sources, lengths = self.augment(mixture, sources, lengths, noise)
+        return self.separate(mixture), sources, mixture, lengths
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]."""
+        est_sources, sources, _, lengths = predictions
+        return pit_si_snr_loss(est_sources, sources, lengths)
+
+    # ---------------------------------------------------------------- training step
+    def fit_batch(self, batch):
+        """One training step with threshold-by-loss filtering and skipping of unusable batches."""
+        hp = self.hparams
+        should_step = self.step % self.grad_accumulation_factor == 0
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                predictions = self.compute_forward(batch, sb.Stage.TRAIN)
+            loss_per_example = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+            loss, skip_reason = self.filter_loss(loss_per_example)
+            if skip_reason is None:
+                self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+                self.pending_backwards += 1
+
+        if skip_reason is not None:
+            self.nonfinite_count += 1
+            logger.info(f"Skipping batch ({skip_reason}); {self.nonfinite_count} skipped so far this epoch")
+        if should_step or skip_reason is not None and self.grad_accumulation_factor == 1:
+            if self.pending_backwards > 0:
+                if hp.clip_grad_norm > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.modules.parameters(), hp.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer_step += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.pending_backwards = 0
+
+        if skip_reason is not None:
+            return torch.tensor(0.0)
+        self.train_loss_sum += float(loss)
+        self.train_batches += 1
+        return loss.detach().cpu()
+
+    def filter_loss(self, loss_per_example):
+        """Apply threshold-by-loss; return (mean loss, None) or (None, why the batch must be skipped).
+
+        Examples already separated better than `threshold` dB carry no useful gradient and are dropped from
+        the mean. A non-finite loss anywhere skips the batch: dropping just that example would hide a broken
+        input. Under DDP the decision is shared, since one rank skipping a backward would hang the others.
+        """
+        hp = self.hparams
+        keep = loss_per_example > hp.threshold if hp.threshold_byloss else torch.ones_like(loss_per_example, dtype=torch.bool)
+        self.examples_seen += loss_per_example.numel()
+        self.examples_filtered += int((~keep).sum())
+        loss = loss_per_example[keep].mean() if keep.any() else None
+        if not torch.isfinite(loss_per_example).all():
+            reason = "non-finite loss"
+        elif loss is None:
+            reason = f"every example below the threshold of {hp.threshold} dB"
+        elif loss >= hp.loss_upper_lim:
+            reason = f"loss {float(loss):.3g} >= loss_upper_lim {hp.loss_upper_lim}"
+        else:
+            reason = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(reason is not None)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0 and reason is None:
+                reason = "skipped on another rank"
+        return loss, reason
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate_batch(self, batch, stage):
+        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass."""
+        with self.evaluation_ctx:
+            predictions = self.compute_forward(batch, stage)
+        loss = self.compute_objectives(predictions, batch, stage)
+        self.eval_rows.extend({"snt_id": snt_id, "loss": float(value)} for snt_id, value in zip(batch.id, loss))
+        if stage == sb.Stage.TEST:
+            est_sources, sources, mixture, lengths = predictions
+            rows, perms = metrics.separation_metrics(
+                mixture.float(), sources, est_sources.float(), lengths, compute_stoi=self.hparams.compute_stoi,
+                sample_rate=self.hparams.sample_rate,
+            )
+            for snt_id, row in zip(batch.id, rows):
+                self.test_rows.append({"snt_id": snt_id, **row})
+            if self.hparams.save_audio:
+                self.save_audio(batch.id, mixture, sources, est_sources, lengths, perms)
+        return loss.mean().detach().cpu()
+
+    def save_audio(self, ids, mixture, sources, est_sources, lengths, perms):
+        """Write mixture, references and permutation-aligned estimates until `n_audio_to_save` examples."""
+        limit = self.hparams.n_audio_to_save
+        audio_dir = Path(self.hparams.output_folder) / "audio"
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        time = mixture.shape[1]
+        for b, snt_id in enumerate(ids):
+            if limit is not None and self.audio_saved >= limit:
+                return
+            length = int(round(float(lengths[b]) * time))
+            signals = {"mix": mixture[b, :length]}
+            for k in range(sources.shape[-1]):
+                signals[f"source{k + 1}"] = sources[b, :length, k]
+                signals[f"source{k + 1}hat"] = est_sources[b, :length, perms[b][k]]
+            for name, signal in signals.items():
+                signal = signal.float().cpu()
+                peak = signal.abs().max()
+                if peak > 0:  # estimates have an arbitrary scale; silent signals are written as silence
+                    signal = signal / peak * 0.9
+                write_audio(audio_dir / f"{snt_id}_{name}.wav", signal, self.hparams.sample_rate)
+            self.audio_saved += 1
+
+    # ---------------------------------------------------------------- stage hooks
+    def on_stage_start(self, stage, epoch=None):
+        """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
+        self.eval_rows, self.test_rows = [], []
+        self.audio_saved = 0
+        if stage == sb.Stage.TRAIN and self.step == 0:
+            self.train_loss_sum, self.train_batches = 0.0, 0
+            self.examples_seen, self.examples_filtered = 0, 0
+            self.pending_backwards = 0
+        if stage == sb.Stage.TRAIN and hasattr(self.hparams.train_data_source, "set_epoch"):
+            self.hparams.train_data_source.set_epoch(epoch)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results.
+
+        VALID and TEST statistics are means over examples gathered from every rank, not the Brain's
+        running mean of batch means (which weighs a short last batch like a full one).
+        """
+        if stage == sb.Stage.TRAIN:
+            mean_loss = self.train_loss_sum / max(self.train_batches, 1)
+            self.train_stats = {
+                "si-snr": -mean_loss,
+                "skipped_batches": self.nonfinite_count,
+                "filtered_examples": round(self.examples_filtered / max(self.examples_seen, 1), 4),
+            }
+            return
+
+        rows = gather_rows(self.eval_rows)
+        mean_loss = sum(row["loss"] for row in rows) / max(len(rows), 1)
+        stats = {"si-snr": -mean_loss, "examples": len(rows)}
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
+            )
+        else:
+            test_rows = gather_rows(self.test_rows)
+            summary = {}
+            if if_main_process():
+                summary = metrics.write_results(test_rows, Path(self.hparams.output_folder))
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
+                test_stats={key: round(value["mean"], 3) for key, value in summary.items()} or stats,
+            )
+
+    # ---------------------------------------------------------------- checkpointing of the counters above
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        super()._save(path)
+        counters = {key: getattr(self, key, 0) for key in self.CHECKPOINTED_COUNTERS}
+        torch.save(counters, str(path) + ".counters")
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        super()._recover(path, end_of_epoch)
+        counters_path = Path(str(path) + ".counters")
+        if counters_path.is_file():
+            for key, value in torch.load(counters_path).items():
+                setattr(self, key, value)
+
+    CHECKPOINTED_COUNTERS = (
+        "nonfinite_count", "train_loss_sum", "train_batches", "examples_seen", "examples_filtered",
+    )
+
+
+def dataio_prep(hparams):
+    """Build the train/valid/test datasets from the manifests (the train set is cropped at random)."""
+    common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
+    train = separation_dataset(
+        hparams["train_data"], segment_len=hparams["training_signal_len"], random_crop=True, **common
+    )
+    valid = separation_dataset(hparams["valid_data"], **common)
+    test = separation_dataset(hparams["test_data"], **common)
+    return train, valid, test
+
+
+def main(argv):
+    """Parse the command line, prepare the data, train, and evaluate on the test set."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    try:
+        hparams = load_hparams(hparams_file, overrides)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+
+    if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
+        logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
+        run_opts.precision = "bf16"
+        run_opts.overridden_args.add("precision")
+
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    if if_main_process():
+        Path(hparams["output_folder"], "hyperparams.yaml").write_text(resolved_yaml(hparams_file, overrides))
+
+    if not hparams["skip_prep"]:
+        try:
+            run_on_main(
+                prepare_data,
+                kwargs=dict(
+                    data_folder=hparams["data_folder"],
+                    save_folder=hparams["save_folder"],
+                    num_spks=hparams["num_spks"],
+                    sample_rate=hparams["sample_rate"],
+                    mode=hparams["mixture_mode"],
+                    librimix_train_subset=str(hparams["librimix_train_subset"]),
+                    use_wham_noise=hparams["use_wham_noise"],
+                    skip_bad_files=hparams["skip_bad_files"],
+                ),
+            )
+        except DataPreparationError as err:
+            sys.exit(f"error: {err}")
+
+    train_data, valid_data, test_data = dataio_prep(hparams)
+    hparams["train_data_source"] = train_data
+
+    separator = Separation(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    logger.info(
+        f"Effective batch size: {hparams['batch_size']} per process x {world_size()} processes x "
+        f"{separator.grad_accumulation_factor} accumulation steps = "
+        f"{hparams['batch_size'] * world_size() * separator.grad_accumulation_factor}"
+    )
+    separator.fit(
+        separator.hparams.epoch_counter,
+        train_data,
+        valid_data,
+        train_loader_kwargs=hparams["dataloader_opts"],
+        valid_loader_kwargs=hparams["dataloader_opts_valid"],
+    )
+    separator.evaluate(test_data, max_key="si-snr", test_loader_kwargs=hparams["dataloader_opts_test"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
