@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -28,10 +29,13 @@ from speechsep.losses import pit_si_snr_loss
 from speechsep.schedulers import step_scheduler
 
 logger = logging.getLogger(__name__)
+MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
 
 
 class Separation(sb.Brain):
     """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules."""
+
+    train_dataset = None
 
     # ---------------------------------------------------------------- forward and loss
     def batch_signals(self, batch):
@@ -114,9 +118,10 @@ class Separation(sb.Brain):
 
         if skip_reason is not None:
             return torch.tensor(0.0)
+        loss = loss.detach().cpu()
         self.train_loss_sum += float(loss)
         self.train_batches += 1
-        return loss.detach().cpu()
+        return loss
 
     def filter_loss(self, loss_per_example):
         """Apply threshold-by-loss; return (mean loss, None) or (None, why the batch must be skipped).
@@ -155,12 +160,12 @@ class Separation(sb.Brain):
         self.eval_rows.extend({"snt_id": snt_id, "loss": float(value)} for snt_id, value in zip(batch.id, loss))
         if stage == sb.Stage.TEST:
             est_sources, sources, mixture, lengths = predictions
-            rows, perms = metrics.separation_metrics(
-                mixture.float(), sources, est_sources.float(), lengths, compute_stoi=self.hparams.compute_stoi,
-                sample_rate=self.hparams.sample_rate,
+            rows = metrics.separation_metrics(
+                mixture, sources, est_sources.float(), lengths, snt_ids=batch.id,
+                compute_stoi=self.hparams.compute_stoi, sample_rate=self.hparams.sample_rate,
             )
-            for snt_id, row in zip(batch.id, rows):
-                self.test_rows.append({"snt_id": snt_id, **row})
+            perms = [row.pop("perm") for row in rows]
+            self.test_rows.extend(rows)
             if self.hparams.save_audio:
                 self.save_audio(batch.id, mixture, sources, est_sources, lengths, perms)
         return loss.mean().detach().cpu()
@@ -196,8 +201,14 @@ class Separation(sb.Brain):
             self.train_loss_sum, self.train_batches = 0.0, 0
             self.examples_seen, self.examples_filtered = 0, 0
             self.pending_backwards = 0
-        if stage == sb.Stage.TRAIN and hasattr(self.hparams.train_data_source, "set_epoch"):
-            self.hparams.train_data_source.set_epoch(epoch)
+        if stage == sb.Stage.TRAIN and hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
+
+    def make_dataloader(self, dataset, stage, **loader_kwargs):
+        """Remember the training dataset: it is told the epoch before each epoch's workers start."""
+        if stage == sb.Stage.TRAIN:
+            self.train_dataset = dataset
+        return super().make_dataloader(dataset, stage, **loader_kwargs)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results.
@@ -228,32 +239,29 @@ class Separation(sb.Brain):
             )
         else:
             test_rows = gather_rows(self.test_rows)
-            summary = {}
             if if_main_process():
-                summary = metrics.write_results(test_rows, Path(self.hparams.output_folder))
+                metrics.write_test_results(test_rows, Path(self.hparams.output_folder) / "test_results.csv")
+            means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, MAIN_METRICS).items()}
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
-                test_stats={key: round(value["mean"], 3) for key, value in summary.items()} or stats,
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=means
             )
 
     # ---------------------------------------------------------------- checkpointing of the counters above
+    CHECKPOINTED_COUNTERS = ("train_loss_sum", "train_batches", "examples_seen", "examples_filtered")
+
     @sb.utils.checkpoints.mark_as_saver
     def _save(self, path):
-        super()._save(path)
-        counters = {key: getattr(self, key, 0) for key in self.CHECKPOINTED_COUNTERS}
-        torch.save(counters, str(path) + ".counters")
+        """The Brain's position (step, optimizer step) plus this epoch's statistics, for intra-epoch resume."""
+        state = {"step": self.step, "avg_train_loss": self.avg_train_loss, "optimizer_step": self.optimizer_step}
+        state.update({key: getattr(self, key, 0) for key in self.CHECKPOINTED_COUNTERS})
+        Path(path).write_text(yaml.safe_dump(state))
 
     @sb.utils.checkpoints.mark_as_loader
     def _recover(self, path, end_of_epoch):
         super()._recover(path, end_of_epoch)
-        counters_path = Path(str(path) + ".counters")
-        if counters_path.is_file():
-            for key, value in torch.load(counters_path).items():
-                setattr(self, key, value)
-
-    CHECKPOINTED_COUNTERS = (
-        "nonfinite_count", "train_loss_sum", "train_batches", "examples_seen", "examples_filtered",
-    )
+        state = yaml.safe_load(Path(path).read_text())
+        for key in self.CHECKPOINTED_COUNTERS:
+            setattr(self, key, state.get(key, 0))
 
 
 def dataio_prep(hparams):
@@ -304,7 +312,6 @@ def main(argv):
             sys.exit(f"error: {err}")
 
     train_data, valid_data, test_data = dataio_prep(hparams)
-    hparams["train_data_source"] = train_data
 
     separator = Separation(
         modules=hparams["modules"],

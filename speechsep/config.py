@@ -71,6 +71,9 @@ def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None
         overrides = _read_mapping(overrides, "the command line")
     if overrides:
         _check_keys(overrides, document, "the command line")
+        # A tagged value (`!new:...`, `!name:...`) is a new object: replace it rather than merge into it.
+        for key in [k for k, v in overrides.items() if getattr(getattr(v, "tag", None), "value", None)]:
+            document[key] = overrides.pop(key)
     stream = io.StringIO()
     yaml.dump(document, stream)
     stream.seek(0)

@@ -1,0 +1,23 @@
+# make demo : install, synthesise the embedded corpus, train a small model on CPU, evaluate it
+# make test : install, run the test suite
+# make bench: install, run every benchmark and write bench/RESULTS.md
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test demo bench clean-demo
+
+$(INSTALLED): requirements.txt
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+test: $(INSTALLED)
+	$(PYTHON) -m pytest -q
+
+bench: $(INSTALLED)
+	$(PYTHON) bench/run_all.py

@@ -1,0 +1,70 @@
+"""Separation.evaluate_batch: audio examples written at TEST only, at most n_audio_to_save of them."""
+
+import numpy as np
+import soundfile as sf
+import speechbrain as sb
+import torch
+
+from tests.conftest import make_batch, make_brain
+
+
+def start(brain, stage):
+    brain.on_stage_start(stage, None)
+    brain.modules.eval()
+
+
+def test_test_stage_saves_exactly_n_audio_to_save_examples_across_batches(tmp_path):
+    brain = make_brain(tmp_path, n_audio_to_save=3)
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=2, seed=0), sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=2, seed=1), sb.Stage.TEST)
+    files = sorted(p.name for p in (tmp_path / "out" / "audio").iterdir())
+    # batch ids are utt0, utt1 in both batches: utt0 and utt1 of the first, utt0 of the second (overwritten)
+    assert brain.audio_saved == 3
+    assert files == sorted(f"utt{b}_{name}.wav" for b in (0, 1) for name in
+                           ["mix", "source1", "source2", "source1hat", "source2hat"])
+
+
+def test_counter_is_reset_for_each_evaluation_run(tmp_path):
+    brain = make_brain(tmp_path, n_audio_to_save=1)
+    for _ in range(2):
+        start(brain, sb.Stage.TEST)
+        brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.TEST)
+        assert brain.audio_saved == 1
+
+
+def test_null_n_audio_to_save_saves_every_example(tmp_path):
+    brain = make_brain(tmp_path, n_audio_to_save=None)
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=3), sb.Stage.TEST)
+    assert brain.audio_saved == 3
+
+
+def test_no_audio_is_written_outside_test(tmp_path):
+    brain = make_brain(tmp_path, n_audio_to_save=10)
+    start(brain, sb.Stage.VALID)
+    loss = brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.VALID)
+    assert torch.isfinite(loss)
+    assert not (tmp_path / "out" / "audio").exists()
+
+
+def test_saved_audio_is_cropped_to_the_true_length_and_silence_stays_finite(tmp_path):
+    brain = make_brain(tmp_path, n_audio_to_save=None)
+    batch = make_batch(batch_size=2, lengths=[4000, 3000])
+    batch.s2_sig.data[1] = 0.0  # a silent reference
+    batch.mix_sig.data[1] = batch.s1_sig.data[1]
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(batch, sb.Stage.TEST)
+    silent, rate = sf.read(tmp_path / "out" / "audio" / "utt1_source2.wav")
+    assert rate == 8000 and len(silent) == 3000 and not silent.any()
+    for path in (tmp_path / "out" / "audio").iterdir():
+        assert np.isfinite(sf.read(path)[0]).all()
+    assert all(np.isfinite(v) for row in brain.test_rows for v in row.values() if isinstance(v, float))
+
+
+def test_test_rows_hold_one_row_per_utterance_with_the_metric_columns(tmp_path):
+    brain = make_brain(tmp_path, save_audio=False)
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=3), sb.Stage.TEST)
+    assert [row["snt_id"] for row in brain.test_rows] == ["utt0", "utt1", "utt2"]
+    assert {"sdr", "sdr_i", "si-snr", "si-snr_i"} <= set(brain.test_rows[0])

@@ -1,0 +1,69 @@
+"""`python train.py ...` from the command line: train -> valid -> test on small generated corpora."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
+from tests.corpus_trees import make_librimix, make_wsj0mix
+
+
+def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
+    options = {"N_epochs": 2, "batch_size": 2, **sizes, **overrides}
+    command = [
+        sys.executable, "train.py", f"hparams/{config}", f"--data_folder={data_folder}",
+        f"--output_folder={output_folder}", "--noprogressbar", *[f"--{k}={v}" for k, v in options.items()], *extra,
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "config, make_tree, sizes",
+    [
+        ("convtasnet.yaml", make_wsj0mix, TINY_CONVTASNET),
+        ("sepformer-libri2mix.yaml", make_librimix, TINY_SEPFORMER),
+    ],
+)
+def test_train_valid_test_writes_log_checkpoint_and_results(tmp_path, config, make_tree, sizes):
+    data_folder = make_tree(tmp_path / "data", per_split=3)
+    output = tmp_path / "out"
+    result = run_train(config, data_folder, output, sizes, use_speedperturb=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    log = (output / "train_log.txt").read_text().splitlines()
+    assert log[0].startswith("epoch: 1") and log[1].startswith("epoch: 2")
+    assert "valid si-snr" in log[1] and log[-1].startswith("epoch loaded: 2")
+    assert len(list((output / "save").glob("CKPT+*/masknet.ckpt"))) == 1
+
+    results = pd.read_csv(output / "test_results.csv")
+    assert list(results.columns[:5]) == ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
+    test_ids = pd.read_csv(output / "save" / "test.csv")["ID"]
+    assert sorted(results["snt_id"]) == sorted(test_ids)
+    assert results[["sdr", "si-snr", "si-snr_i"]].notna().all().all()
+    assert (output / "hyperparams.yaml").is_file()
+
+
+def test_rerun_resumes_from_the_checkpoint_instead_of_starting_over(tmp_path):
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=2)
+    output = tmp_path / "out"
+    assert run_train("convtasnet.yaml", data_folder, output, TINY_CONVTASNET).returncode == 0
+    again = run_train("convtasnet.yaml", data_folder, output, TINY_CONVTASNET, N_epochs=3)
+    assert again.returncode == 0, again.stderr[-3000:]
+    epochs = [line.split(",")[0] for line in (output / "train_log.txt").read_text().splitlines() if line.startswith("epoch:")]
+    assert epochs == ["epoch: 1", "epoch: 2", "epoch: 3"]
+
+
+def test_unknown_override_fails_with_one_line_naming_the_key(tmp_path):
+    result = run_train("convtasnet.yaml", tmp_path, tmp_path / "out", {}, "--batchsize=3")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown hyperparameter 'batchsize' (from the command line); did you mean 'batch_size'?"
+    )
+
+
+def test_missing_data_folder_fails_with_one_line(tmp_path):
+    result = run_train("convtasnet.yaml", tmp_path / "nowhere", tmp_path / "out", TINY_CONVTASNET)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data_folder does not exist")
