@@ -1,0 +1,381 @@
+"""Specification of dynamic mixing (speechsep.dynamic_mixing), on tiny numpy-made pools."""
+
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+import soundfile as sf
+import torch
+import torch.distributed as dist
+import torch.multiprocessing
+from speechbrain.dataio.batch import PaddedBatch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from speechsep import dynamic_mixing
+from speechsep.dynamic_mixing import (
+    AudioIndex,
+    DynamicMixingDataset,
+    LibriMixLevels,
+    SourcePool,
+    Wsj0Levels,
+    dynamic_mixing_dataset,
+)
+
+SAMPLE_RATE = 8000
+SEGMENT_LEN = 4000  # 0.5 s
+SPEAKER_F0S = [150.0, 200.0, 250.0, 300.0, 350.0, 400.0]  # every speaker is recognisable by its pitch
+
+
+# ------------------------------------------------------------------ tiny pools
+def speech_like(f0: float, seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A harmonic tone at `f0` with a syllable-rate envelope: enough "speech" to mix."""
+    rng = np.random.default_rng(seed)
+    time = np.arange(int(seconds * sample_rate)) / sample_rate
+    tone = sum(np.sin(2 * np.pi * k * f0 * time + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * time + rng.uniform(0, 2 * np.pi))
+    return (0.1 * tone * envelope).astype(np.float32)
+
+
+def librispeech_name(speaker: int, utterance: int) -> str:
+    return f"{100 + speaker}/{2000 + speaker}/{100 + speaker}-{2000 + speaker}-{utterance:04d}.flac"
+
+
+def wsj0_name(speaker: int, utterance: int) -> str:
+    return f"01{speaker}/01{speaker}c02{utterance:02d}.wav"
+
+
+def speaker_folders_name(speaker: int, utterance: int) -> str:
+    return f"spk{speaker:02d}/spk{speaker:02d}_{utterance:04d}.wav"
+
+
+def write_pool(
+    root: Path,
+    name=speaker_folders_name,
+    num_speakers: int = 5,
+    num_utterances: int = 3,
+    seconds: float = 1.0,
+    sample_rate: int = SAMPLE_RATE,
+    silent: bool = False,
+) -> Path:
+    for speaker in range(num_speakers):
+        for utterance in range(num_utterances):
+            path = root / name(speaker, utterance)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seed = 100 * speaker + utterance
+            audio = speech_like(SPEAKER_F0S[speaker], seconds, seed, sample_rate)
+            sf.write(path, np.zeros_like(audio) if silent else audio, sample_rate)
+    return root
+
+
+def write_noise(root: Path, seconds: float = 2.0, num_files: int = 2) -> Path:
+    root.mkdir(parents=True)
+    for number in range(num_files):
+        noise = 0.05 * np.random.default_rng(number).standard_normal(int(seconds * SAMPLE_RATE))
+        sf.write(root / f"noise_{number}.wav", noise.astype(np.float32), SAMPLE_RATE)
+    return root
+
+
+def make_dataset(tmp_path: Path, noise: bool = False, pool_options=None, **options) -> DynamicMixingDataset:
+    settings = dict(num_spks=2, segment_len=SEGMENT_LEN, epoch_len=8, level_scheme="wsj0")
+    settings.update(options)
+    return dynamic_mixing_dataset(
+        write_pool(tmp_path / "sources", **(pool_options or {})),
+        sample_rate=SAMPLE_RATE,
+        noise_folder=write_noise(tmp_path / "noise") if noise else None,
+        **settings,
+    )
+
+
+def source_signals(example: dict) -> list[torch.Tensor]:
+    return [example[f"s{number}_sig"] for number in range(1, 4) if f"s{number}_sig" in example]
+
+
+def dominant_frequency(signal: torch.Tensor) -> float:
+    spectrum = np.abs(np.fft.rfft(signal.numpy()))
+    return float(np.fft.rfftfreq(len(signal), 1 / SAMPLE_RATE)[spectrum.argmax()])
+
+
+def loudness(signal: torch.Tensor) -> float:
+    return pyloudnorm.Meter(SAMPLE_RATE).integrated_loudness(signal.double().numpy())
+
+
+def mean_abs_db(signal: torch.Tensor) -> float:
+    return 20 * np.log10(signal.abs().mean().item())
+
+
+# ------------------------------------------------------------------ the mixtures
+@pytest.mark.parametrize("noise", [False, True], ids=["clean", "noisy"])
+def test_mixture_is_exactly_the_sum_of_sources_and_noise(tmp_path, noise):
+    dataset = make_dataset(tmp_path, noise=noise, num_spks=3, speed_perturb=[95, 100, 105])
+    for example in dataset:
+        expected = example["s1_sig"] + example["s2_sig"] + example["s3_sig"]
+        if noise:
+            expected = expected + example["noise_sig"]
+        assert torch.equal(example["mix_sig"], expected)
+
+
+def test_speakers_in_a_mixture_are_distinct(tmp_path):
+    dataset = make_dataset(tmp_path, num_spks=3, epoch_len=20)
+    for example in dataset:
+        pitches = [dominant_frequency(source) for source in source_signals(example)]
+        assert all(min(abs(pitch - f0) for f0 in SPEAKER_F0S) < 5 for pitch in pitches)
+        assert len({round(pitch, -1) for pitch in pitches}) == 3
+
+
+def test_every_signal_has_segment_len_samples(tmp_path):
+    # utterances and noise files both shorter and longer than the segment, speed perturbation on
+    dataset = make_dataset(
+        tmp_path, noise=True, segment_len=12000, speed_perturb=[90, 110], pool_options={"seconds": 1.3}
+    )
+    for example in dataset:
+        assert {name: signal.shape for name, signal in example.items() if name != "id"} == {
+            "mix_sig": (12000,), "s1_sig": (12000,), "s2_sig": (12000,), "noise_sig": (12000,)
+        }
+        assert all(signal.dtype == torch.float32 for name, signal in example.items() if name != "id")
+
+
+def test_index_past_the_epoch_raises_index_error(tmp_path):
+    dataset = make_dataset(tmp_path, epoch_len=4)
+    with pytest.raises(IndexError):
+        dataset[4]
+
+
+# ------------------------------------------------------------------ levels
+def test_librimix_sources_are_within_the_target_loudness_range(tmp_path):
+    dataset = make_dataset(
+        tmp_path, level_scheme="librimix", segment_len=SAMPLE_RATE, pool_options={"seconds": 2}
+    )
+    for example in dataset:
+        assert example["mix_sig"].abs().max() < 0.9  # no peak scaling, so targets are kept as drawn
+        for source in source_signals(example):
+            assert -33.01 <= loudness(source) <= -24.99
+
+
+def test_librimix_noise_is_within_the_target_loudness_range(tmp_path):
+    dataset = make_dataset(
+        tmp_path, noise=True, level_scheme="librimix", segment_len=SAMPLE_RATE, pool_options={"seconds": 2}
+    )
+    for example in dataset:
+        assert example["mix_sig"].abs().max() < 0.9
+        assert -38.01 <= loudness(example["noise_sig"]) <= -29.99
+
+
+def test_wsj0_levels_follow_the_upstream_distributions():
+    rng = np.random.default_rng(0)
+    sources = [np.full(100, 0.5, np.float32), np.full(100, 0.01, np.float32)]  # -6 dB and -40 dB
+    noise = np.full(100, 0.2, np.float32)
+    first, second, speech_to_noise = [], [], []
+    for _ in range(4000):
+        gains, noise_gain = Wsj0Levels().gains(rng, sources, noise)
+        levels = [20 * np.log10(0.5 * gains[0]), 20 * np.log10(0.01 * gains[1])]
+        first.append(levels[0])
+        second.append(levels[1])
+        speech_to_noise.append(max(levels) - 20 * np.log10(0.2 * noise_gain))
+    first, second = np.array(first), np.array(second)
+    assert first.min() >= -45 and second.max() <= 0
+    assert abs(first.mean() + 27.43) < 0.15 and abs(first.std() - 2.57) < 0.15
+    assert abs((second - first).mean() + 2.51) < 0.15 and abs((second - first).std() - 2.66) < 0.15
+    assert -6 <= min(speech_to_noise) and max(speech_to_noise) <= 3
+
+
+def test_wsj0_dataset_sources_get_the_scheme_levels(tmp_path):
+    dataset = make_dataset(tmp_path, epoch_len=20, pool_options={"seconds": 1})
+    first_levels = [mean_abs_db(example["s1_sig"]) for example in dataset]
+    assert all(-27.43 - 4 * 2.57 < level < -27.43 + 4 * 2.57 for level in first_levels)
+
+
+def test_loud_mixtures_are_scaled_down_to_a_peak_of_0_9(tmp_path):
+    dataset = make_dataset(tmp_path, noise=True, level_scheme="librimix")
+    dataset.levels = LibriMixLevels(SAMPLE_RATE, speech_lufs=(-3.0, -2.0))
+    for example in dataset:
+        signals = [example["mix_sig"], example["noise_sig"], *source_signals(example)]
+        assert max(signal.abs().max().item() for signal in signals) == pytest.approx(0.9, abs=1e-6)
+        assert torch.equal(example["mix_sig"], example["s1_sig"] + example["s2_sig"] + example["noise_sig"])
+
+
+@pytest.mark.parametrize("level_scheme", ["wsj0", "librimix"])
+def test_very_short_utterances_give_finite_mixtures(tmp_path, level_scheme):
+    dataset = make_dataset(
+        tmp_path,
+        noise=True,
+        level_scheme=level_scheme,
+        speed_perturb=[95, 105],
+        pool_options={"seconds": 0.1},
+    )
+    for example in dataset:
+        signals = [example["mix_sig"], example["noise_sig"], *source_signals(example)]
+        assert all(torch.isfinite(signal).all() for signal in signals)
+        assert example["s1_sig"].abs().max() > 0  # short, but not silenced
+
+
+@pytest.mark.parametrize("level_scheme", ["wsj0", "librimix"])
+def test_silent_utterances_stay_silent_and_finite(tmp_path, level_scheme):
+    dataset = make_dataset(tmp_path, noise=True, level_scheme=level_scheme, pool_options={"silent": True})
+    for example in dataset:
+        assert torch.isfinite(example["mix_sig"]).all()
+        assert all(torch.equal(source, torch.zeros(SEGMENT_LEN)) for source in source_signals(example))
+
+
+def test_librimix_segment_shorter_than_the_meter_block_gives_finite_levels(tmp_path):
+    dataset = make_dataset(tmp_path, level_scheme="librimix", segment_len=1600)  # 0.2 s < 0.4 s
+    for example in dataset:
+        for source in source_signals(example):
+            assert torch.isfinite(source).all() and source.abs().max() > 0
+
+
+# ------------------------------------------------------------------ reproducibility, ranks and workers
+def test_same_seed_gives_the_same_mixtures(tmp_path):
+    first = make_dataset(tmp_path / "a", noise=True, speed_perturb=[95, 105], seed=7)
+    second = make_dataset(tmp_path / "b", noise=True, speed_perturb=[95, 105], seed=7)
+    for one, other in zip(first, second):
+        assert one["id"] == other["id"] and torch.equal(one["mix_sig"], other["mix_sig"])
+
+
+def test_different_seed_gives_different_mixtures(tmp_path):
+    first = make_dataset(tmp_path / "a", seed=1)
+    second = make_dataset(tmp_path / "b", seed=2)
+    assert not any(torch.equal(one["mix_sig"], other["mix_sig"]) for one, other in zip(first, second))
+
+
+def test_new_epoch_gives_new_mixtures(tmp_path):
+    dataset = make_dataset(tmp_path)
+    dataset.set_epoch(1)
+    epoch_1 = [example["mix_sig"] for example in dataset]
+    dataset.set_epoch(2)
+    epoch_2 = [example["mix_sig"] for example in dataset]
+    assert dataset[0]["id"] == "dm_e2_0"
+    assert not any(torch.equal(one, other) for one in epoch_1 for other in epoch_2)
+
+
+def test_distributed_sampler_gives_ranks_different_mixtures(tmp_path):
+    dataset = make_dataset(tmp_path, epoch_len=10)
+    mixtures = {
+        rank: [dataset[i]["mix_sig"] for i in DistributedSampler(dataset, num_replicas=2, rank=rank, seed=3)]
+        for rank in (0, 1)
+    }
+    assert not any(torch.equal(one, other) for one in mixtures[0] for other in mixtures[1])
+
+
+def draw_on_rank(rank: int, dataset: DynamicMixingDataset, out_dir: Path) -> None:
+    """One rank of a 2-process gloo run: the mixtures its DistributedSampler hands it."""
+    dist.init_process_group("gloo", init_method=f"file://{out_dir / 'rendezvous'}", rank=rank, world_size=2)
+    try:
+        sampler = DistributedSampler(dataset)  # rank and world size from the process group
+        loader = DataLoader(dataset, batch_size=1, sampler=sampler, collate_fn=PaddedBatch)
+        drawn = {batch.id[0]: batch.mix_sig.data[0] for batch in loader}
+        torch.save(drawn, out_dir / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gloo_ranks_get_different_mixtures(tmp_path):
+    dataset = make_dataset(tmp_path, epoch_len=8)
+    # fork keeps it quick; spawn-safety is checked with loader workers below
+    torch.multiprocessing.start_processes(
+        draw_on_rank, args=(dataset, tmp_path), nprocs=2, start_method="fork"
+    )
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    assert len(rank0) == len(rank1) == 4 and not set(rank0) & set(rank1)
+    assert not any(torch.equal(one, other) for one in rank0.values() for other in rank1.values())
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_loader_workers_give_the_same_mixtures_as_the_main_process(tmp_path, context):
+    dataset = make_dataset(tmp_path, noise=True, level_scheme="librimix", speed_perturb=[95, 100, 105])
+    dataset.set_epoch(3)  # set before the workers start, as Brain.on_stage_start does
+
+    def batches(**workers):
+        return list(DataLoader(dataset, batch_size=2, collate_fn=PaddedBatch, **workers))
+
+    in_main = batches()
+    in_workers = batches(num_workers=2, multiprocessing_context=context)
+    assert [batch.id for batch in in_workers] == [batch.id for batch in in_main]
+    assert in_main[0].id[0] == "dm_e3_0"
+    for one, other in zip(in_main, in_workers):
+        for key in ("mix_sig", "s1_sig", "s2_sig", "noise_sig"):
+            assert torch.equal(getattr(one, key).data, getattr(other, key).data)
+
+
+# ------------------------------------------------------------------ pools: layouts and caches
+def assert_same_index(index: AudioIndex, other: AudioIndex) -> None:
+    assert index.paths == other.paths and np.array_equal(index.num_frames, other.num_frames)
+
+
+@pytest.mark.parametrize(
+    "name, layout, first_speaker",
+    [
+        (librispeech_name, "LibriSpeech", "100"),
+        (wsj0_name, "WSJ0", "010"),
+        (speaker_folders_name, "speaker folders", "spk00"),
+    ],
+)
+def test_layout_and_speakers_are_detected_from_the_folder(tmp_path, name, layout, first_speaker):
+    pool = SourcePool.from_folder(write_pool(tmp_path, name, num_speakers=4), SAMPLE_RATE)
+    assert pool.layout == layout
+    assert len(pool.speakers) == 4 and pool.speakers[0] == first_speaker
+    assert [len(utterances) for utterances in pool.utterances_of_speaker] == [3, 3, 3, 3]
+    assert set(pool.files.num_frames) == {SAMPLE_RATE}
+
+
+def test_unknown_layout_raises_an_error_naming_the_folder(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    sf.write(flat / "utterance.wav", speech_like(200, 0.5, seed=0), SAMPLE_RATE)
+    with pytest.raises(ValueError, match=f"{flat}.*expected a LibriSpeech split"):
+        SourcePool.from_folder(flat, SAMPLE_RATE)
+
+
+def test_folder_without_audio_raises_an_error_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        SourcePool.from_folder(tmp_path, SAMPLE_RATE)
+
+
+def test_fewer_speakers_than_num_spks_raises_an_error_naming_the_folder(tmp_path):
+    folder = write_pool(tmp_path / "sources", num_speakers=2)
+    with pytest.raises(ValueError, match=f"{folder} holds 2 speakers.*num_spks=3"):
+        dynamic_mixing_dataset(folder, SAMPLE_RATE, num_spks=3, segment_len=SEGMENT_LEN, epoch_len=4)
+
+
+def test_index_cache_spares_reading_the_files_again(tmp_path, monkeypatch):
+    folder = write_pool(tmp_path / "sources")
+    first = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("opened a file that the index cache already describes")
+
+    monkeypatch.setattr(dynamic_mixing.sf, "info", fail)
+    second = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert_same_index(second.files, first.files)
+
+
+def test_resampling_cache_is_built_once(tmp_path, monkeypatch):
+    folder = write_pool(tmp_path / "sources", sample_rate=16000)
+    first = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert all(Path(path).is_relative_to(tmp_path / "cache") for path in first.files.paths)
+    assert set(first.files.num_frames) == {SAMPLE_RATE}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("resampled again")
+
+    monkeypatch.setattr(dynamic_mixing, "_resample_file", fail)
+    second = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert_same_index(second.files, first.files)
+
+
+def test_resampling_keeps_the_level(tmp_path):
+    folder = tmp_path / "noise16k"
+    folder.mkdir()
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    sf.write(folder / "tone.wav", tone, 16000)
+    index = AudioIndex.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    resampled, sample_rate = sf.read(index.paths[0])
+    assert sample_rate == SAMPLE_RATE and len(resampled) == SAMPLE_RATE
+    rms = np.sqrt(np.mean(resampled[100:-100] ** 2))
+    assert rms == pytest.approx(0.5 / np.sqrt(2), rel=1e-3)
+
+
+def test_resampling_without_cache_dir_raises_an_error_asking_for_one(tmp_path):
+    folder = write_pool(tmp_path / "sources", sample_rate=16000)
+    with pytest.raises(ValueError, match="16000 Hz but sample_rate is 8000 Hz: pass a cache_dir"):
+        SourcePool.from_folder(folder, SAMPLE_RATE)
