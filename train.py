@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 import speechbrain as sb
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from prepare_data import DataPreparationError, prepare_data
@@ -24,6 +25,7 @@ from speechsep import metrics
 from speechsep.augment import fit_length, perturb_sources
 from speechsep.config import ConfigError, load_hparams, resolved_yaml
 from speechsep.dataio import separation_dataset, write_audio
+from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.distributed import gather_rows, world_size
 from speechsep.losses import pit_si_snr_loss
 from speechsep.schedulers import step_scheduler
@@ -265,11 +267,25 @@ class Separation(sb.Brain):
 
 
 def dataio_prep(hparams):
-    """Build the train/valid/test datasets from the manifests (the train set is cropped at random)."""
+    """Build the train/valid/test datasets: the train set is cropped at random, or mixed on the fly."""
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
-    train = separation_dataset(
-        hparams["train_data"], segment_len=hparams["training_signal_len"], random_crop=True, **common
-    )
+    if hparams["dynamic_mixing"]:
+        train = dynamic_mixing_dataset(
+            hparams["base_folder_dm"],
+            hparams["sample_rate"],
+            noise_folder=hparams["noise_folder_dm"],
+            cache_dir=Path(hparams["save_folder"]) / "dynamic_mixing_cache",
+            num_spks=hparams["num_spks"],
+            segment_len=hparams["training_signal_len"],
+            epoch_len=hparams["dm_epoch_len"],
+            level_scheme=hparams["dm_level_scheme"],
+            speed_perturb=hparams["dm_speed_perturb"],
+            seed=hparams["seed"],
+        )
+    else:
+        train = separation_dataset(
+            hparams["train_data"], segment_len=hparams["training_signal_len"], random_crop=True, **common
+        )
     valid = separation_dataset(hparams["valid_data"], **common)
     test = separation_dataset(hparams["test_data"], **common)
     return train, valid, test
@@ -311,6 +327,8 @@ def main(argv):
         except DataPreparationError as err:
             sys.exit(f"error: {err}")
 
+    if hparams["dynamic_mixing"]:
+        run_on_main(dataio_prep, args=[hparams])  # the main process indexes (and resamples) the pool once
     train_data, valid_data, test_data = dataio_prep(hparams)
 
     separator = Separation(
@@ -329,7 +347,7 @@ def main(argv):
         separator.hparams.epoch_counter,
         train_data,
         valid_data,
-        train_loader_kwargs=hparams["dataloader_opts"],
+        train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
         valid_loader_kwargs=hparams["dataloader_opts_valid"],
     )
     separator.evaluate(test_data, max_key="si-snr", test_loader_kwargs=hparams["dataloader_opts_test"])

@@ -75,3 +75,17 @@ def make_custom(root: Path, num_spks=2, sample_rate=8000, per_split=4, seconds=1
         for i in range(per_split):
             _write_example(folders, f"utt{i:03d}", rng, num_spks, sample_rate, seconds, False)
     return data_folder
+
+
+def make_speaker_pool(root: Path, num_speakers=4, utts_per_speaker=3, sample_rate=8000, seconds=1.5, seed=0) -> Path:
+    """`<root>/pool/<speaker>/<speaker>_<n>.wav`: a single-speaker pool for dynamic mixing."""
+    rng = np.random.default_rng(seed)
+    pool = Path(root) / "pool"
+    for s in range(num_speakers):
+        speaker = f"spk{s:03d}"
+        (pool / speaker).mkdir(parents=True, exist_ok=True)
+        f0 = 90 + 50 * s
+        for u in range(utts_per_speaker):
+            signal = speechlike(rng, int(seconds * sample_rate), sample_rate, f0)
+            sf.write(pool / speaker / f"{speaker}_{u:04d}.wav", signal, sample_rate, subtype="FLOAT")
+    return pool

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
-from tests.corpus_trees import make_librimix, make_wsj0mix
+from tests.corpus_trees import make_librimix, make_speaker_pool, make_wsj0mix
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
@@ -67,3 +67,16 @@ def test_missing_data_folder_fails_with_one_line(tmp_path):
     result = run_train("convtasnet.yaml", tmp_path / "nowhere", tmp_path / "out", TINY_CONVTASNET)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: data_folder does not exist")
+
+
+def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=2)
+    pool = make_speaker_pool(tmp_path)
+    output = tmp_path / "out"
+    result = run_train(
+        "convtasnet.yaml", data_folder, output, TINY_CONVTASNET, N_epochs=1, dynamic_mixing=True,
+        base_folder_dm=pool, dm_epoch_len=6, training_signal_len=4000,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output / "test_results.csv").is_file()
+    assert "train si-snr" in (output / "train_log.txt").read_text()
