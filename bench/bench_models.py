@@ -1,0 +1,320 @@
+"""Speed and peak memory of SepFormer with SpeechBrain's transformer block vs ours, and of ConvTasNet.
+
+Every configuration (model, block, precision, mode) runs in a fresh spawned process, so that
+its peak memory is its own: the peak RSS (`resource.getrusage`) on CPU, or
+`torch.cuda.max_memory_allocated` on GPU, minus the memory in use once the model and inputs are
+built. Times are medians over repeats after warm-up.
+
+    python -m bench.bench_models --quick                 # tiny models, seconds
+    python -m bench.bench_models --device cuda           # fp32, bf16 and fp16 autocast
+"""
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from speechbrain.lobes.models.conv_tasnet import MaskNet
+from speechbrain.lobes.models.dual_path import (
+    Decoder,
+    Dual_Path_Model,
+    Encoder,
+    SBTransformerBlock,
+)
+from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+from torch import nn
+
+from speechsep.transformer import FastSBTransformerBlock
+
+SAMPLE_RATE = 8000
+NUM_SPKS = 2
+BLOCKS = {"speechbrain": SBTransformerBlock, "ours": FastSBTransformerBlock}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml).
+FULL_SIZES = {
+    "sepformer": dict(
+        encoder_channels=256, kernel_size=16, num_blocks=2, num_layers=8,
+        d_model=256, nhead=8, d_ffn=1024, chunk_size=250,
+    ),
+    "convtasnet": dict(encoder_channels=256, kernel_size=16, B=256, H=512, P=3, X=6, R=4),
+}
+TINY_SIZES = {
+    "sepformer": dict(
+        encoder_channels=32, kernel_size=16, num_blocks=1, num_layers=1,
+        d_model=32, nhead=4, d_ffn=64, chunk_size=50,
+    ),
+    "convtasnet": dict(encoder_channels=32, kernel_size=16, B=32, H=64, P=3, X=2, R=1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One measured configuration."""
+
+    model: str  # "sepformer" or "convtasnet"
+    block: Optional[str]  # key of BLOCKS for SepFormer, None for ConvTasNet
+    mode: str  # "train" (forward + backward + Adam step) or "inference" (no_grad forward)
+    precision: str  # key of PRECISIONS
+    seconds: float  # mixture duration
+    device: str
+    quick: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """What one configuration measured, or why it failed."""
+
+    median_ms: Optional[float] = None
+    peak_mib: Optional[float] = None
+    error: Optional[str] = None
+
+
+class MaskingSeparator(nn.Module):
+    """Encoder -> one mask per speaker -> decoder, as SpeechBrain's separation recipes wire them."""
+
+    def __init__(self, encoder: nn.Module, masknet: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.masknet = masknet
+        self.decoder = decoder
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        """mixture [batch, time] -> est_sources [batch, time, num_spks]."""
+        mixture_w = self.encoder(mixture)  # [batch, N, frames]
+        est_masks = self.masknet(mixture_w)  # [num_spks, batch, N, frames]
+        est_sources = torch.stack([self.decoder(mixture_w * mask) for mask in est_masks], dim=-1)
+        missing = mixture.shape[1] - est_sources.shape[1]
+        if missing > 0:
+            return F.pad(est_sources, (0, 0, 0, missing))
+        return est_sources[:, : mixture.shape[1]]
+
+
+def build_separator(model: str, block: Optional[str], quick: bool) -> MaskingSeparator:
+    """SepFormer (with the given transformer block) or ConvTasNet, at upstream or tiny sizes."""
+    sizes = (TINY_SIZES if quick else FULL_SIZES)[model]
+    encoder_channels, kernel_size = sizes["encoder_channels"], sizes["kernel_size"]
+    if model == "sepformer":
+        block_kwargs = dict(
+            num_layers=sizes["num_layers"], d_model=sizes["d_model"], nhead=sizes["nhead"],
+            d_ffn=sizes["d_ffn"], dropout=0.0, use_positional_encoding=True, norm_before=True,
+        )
+        masknet = Dual_Path_Model(
+            in_channels=encoder_channels, out_channels=sizes["d_model"],
+            intra_model=BLOCKS[block](**block_kwargs), inter_model=BLOCKS[block](**block_kwargs),
+            num_layers=sizes["num_blocks"], norm="ln", K=sizes["chunk_size"], num_spks=NUM_SPKS,
+            skip_around_intra=True, linear_layer_after_inter_intra=False,
+        )
+    elif model == "convtasnet":
+        masknet = MaskNet(
+            N=encoder_channels, B=sizes["B"], H=sizes["H"], P=sizes["P"], X=sizes["X"],
+            R=sizes["R"], C=NUM_SPKS, norm_type="gLN", causal=False, mask_nonlinear="relu",
+        )
+    else:
+        raise ValueError(f"unknown model {model!r}, expected 'sepformer' or 'convtasnet'")
+    return MaskingSeparator(
+        Encoder(kernel_size=kernel_size, out_channels=encoder_channels),
+        masknet,
+        Decoder(in_channels=encoder_channels, out_channels=1, kernel_size=kernel_size,
+                stride=kernel_size // 2, bias=False),
+    )
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: allocated by torch on GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def _current_memory_mib(device: torch.device) -> float:
+    """Memory in use now: allocated by torch on GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _make_step(case: Case, separator: MaskingSeparator, device: torch.device) -> Callable[[], None]:
+    """The callable to time: a training step or an inference forward, under autocast if asked."""
+    num_samples = int(case.seconds * SAMPLE_RATE)
+    mixture = torch.randn(1, num_samples, device=device)  # [batch, time]
+    sources = torch.randn(1, num_samples, NUM_SPKS, device=device)  # [batch, time, num_spks]
+    dtype = PRECISIONS[case.precision]
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    if case.mode == "inference":
+        separator.eval()
+
+        def step():
+            with torch.no_grad(), autocast():
+                separator(mixture)
+
+        return step
+
+    separator.train()
+    optimizer = torch.optim.Adam(separator.parameters(), lr=1.5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = get_si_snr_with_pitwrapper(sources, separator(mixture)).mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def measure(case: Case, warmup: int, repeats: int) -> Measurement:
+    """Times `case` in this process; meant to run in a fresh one (see `measure_in_subprocess`)."""
+    device = torch.device(case.device)
+    if device.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(0)
+    separator = build_separator(case.model, case.block, case.quick).to(device)
+    step = _make_step(case, separator, device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    baseline_mib = _current_memory_mib(device)
+
+    for _ in range(warmup):
+        step()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return Measurement(
+        median_ms=1e3 * statistics.median(times),
+        peak_mib=_peak_memory_mib(device) - baseline_mib,
+    )
+
+
+def _failure(error: Exception) -> Measurement:
+    """A one-line reason for the table; the other cases still run."""
+    return Measurement(error=f"{type(error).__name__}: {error}".splitlines()[0][:200])
+
+
+def _measure_or_report(case: Case, warmup: int, repeats: int) -> Measurement:
+    try:
+        return measure(case, warmup, repeats)
+    except Exception as error:
+        traceback.print_exc()
+        return _failure(error)
+
+
+def measure_in_subprocess(case: Case, warmup: int, repeats: int) -> Measurement:
+    """Runs `measure` in a freshly spawned process, so peak memory is this case's alone."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(_measure_or_report, case, warmup, repeats).result()
+    except Exception as error:  # e.g. the process was killed for memory
+        return _failure(error)
+
+
+def _format(value: Optional[float], digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(reference: Optional[float], value: Optional[float]) -> str:
+    if reference is None or value is None or value <= 0:
+        return "—"
+    return f"{reference / value:.2f}x"
+
+
+def _table(results: dict[Case, Measurement]) -> str:
+    """Markdown table; SepFormer rows with our block carry SpeechBrain's time and memory over ours."""
+    lines = [
+        "| model | block | precision | mode | mixture (s) | median time (ms) | peak memory (MiB) "
+        "| speed-up (SpeechBrain time / ours) | memory (SpeechBrain / ours) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, result in results.items():
+        speed_up = memory_ratio = "—"
+        if case.block == "ours":
+            reference = results.get(dataclasses.replace(case, block="speechbrain"))
+            if reference is not None:
+                speed_up = _ratio(reference.median_ms, result.median_ms)
+                memory_ratio = _ratio(reference.peak_mib, result.peak_mib)
+        timing = _format(result.median_ms, 1) if result.error is None else f"failed: {result.error}"
+        lines.append(
+            f"| {case.model} | {case.block or '—'} | {case.precision} | {case.mode} | {case.seconds:g} "
+            f"| {timing} | {_format(result.peak_mib, 1)} | {speed_up} | {memory_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    """Every configuration to measure, SpeechBrain's block right before ours."""
+    precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32"]
+    seconds = 0.5 if quick else 4.0
+    models = [("sepformer", "speechbrain"), ("sepformer", "ours"), ("convtasnet", None)]
+    measured = [
+        Case(model, block, mode, precision, seconds, device, quick)
+        for precision in precisions
+        for mode in ["train", "inference"]
+        for model, block in models
+    ]
+    if device.startswith("cuda"):  # where attention memory matters: a long mixture
+        long_seconds = 1.0 if quick else 10.0
+        measured += [
+            Case("sepformer", block, "train", precision, long_seconds, device, quick)
+            for precision in precisions
+            for block in BLOCKS
+        ]
+    return measured
+
+
+def run(quick: bool = False, device: Optional[str] = None) -> str:
+    """Measures every case, each in a fresh process, and returns a markdown section."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if quick:
+        warmup, repeats = 1, 1
+    else:  # a full-size CPU training step takes seconds, a GPU one tens of milliseconds
+        warmup, repeats = (2, 5) if device == "cpu" else (3, 10)
+    results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick)}
+    threads = f", {len(os.sched_getaffinity(0))} CPU threads" if device == "cpu" else ""
+    sizes = "tiny smoke-test sizes (--quick)" if quick else "the upstream WSJ0-2mix recipe sizes"
+    memory = "`torch.cuda.max_memory_allocated`" if device.startswith("cuda") else "RSS (`getrusage`)"
+    return "\n".join([
+        "## SepFormer (SpeechBrain's transformer block vs ours) and ConvTasNet",
+        "",
+        f"Batch of 1 mixture at {SAMPLE_RATE} Hz, {NUM_SPKS} speakers, models at {sizes}, on `{device}`"
+        f"{threads}. *train* = forward + PIT SI-SNR loss + backward + Adam step (fp16 with a GradScaler); "
+        "*inference* = forward under `torch.no_grad()`; bf16/fp16 are `torch.autocast`. "
+        f"Median of {repeats} repeat(s) after {warmup} warm-up step(s). Peak memory: peak {memory} minus "
+        "the memory in use once the model and inputs are built (so it includes activations, gradients "
+        "and Adam states); each configuration runs in a fresh process.",
+        "",
+        _table(results),
+        "",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, one repeat: a smoke test")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args()
+    print(run(quick=args.quick, device=args.device))
+
+
+if __name__ == "__main__":
+    main()

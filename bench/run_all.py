@@ -1,0 +1,135 @@
+"""Runs every `bench/bench_*.py` and writes their sections to one markdown report.
+
+    python -m bench.run_all                       # all benchmarks -> bench/RESULTS.md
+    python -m bench.run_all --quick               # smoke test: tiny sizes, one repeat
+    python -m bench.run_all --only models --output /tmp/results.md
+
+Each benchmark module exposes `run(quick: bool = False) -> str` returning a markdown section.
+A benchmark that fails to import or run gets its traceback in its section; the others still run.
+The report starts with the machine, the versions and the command that reproduces it.
+"""
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/run_all.py`
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def available_benchmarks() -> list[str]:
+    """Names of the benchmark modules, e.g. "models" for bench/bench_models.py."""
+    return sorted(path.stem.removeprefix("bench_") for path in BENCH_DIR.glob("bench_*.py"))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> Optional[float]:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20  # kB -> GiB
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _gpus() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "unknown (torch not importable)"
+    if not torch.cuda.is_available():
+        return "none"
+    return ", ".join(torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count()))
+
+
+def header(command: str) -> str:
+    """Machine, versions, date and the command that reproduces the report."""
+    ram = _ram_gib()
+    return "\n".join([
+        "# Benchmark results",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores "
+        f"({len(os.sched_getaffinity(0))} usable by this process)",
+        f"- RAM: {ram:.1f} GiB" if ram is not None else "- RAM: unknown",
+        f"- GPU: {_gpus()}",
+        f"- Versions: python {platform.python_version()}, torch {_version('torch')}, "
+        f"speechbrain {_version('speechbrain')}",
+        f"- Reproduce: `{command}`",
+        "",
+    ])
+
+
+def run_benchmark(name: str, quick: bool) -> str:
+    """The markdown section of `bench/bench_<name>.py`, or its traceback if it fails."""
+    start = time.perf_counter()
+    try:
+        module = importlib.import_module(f"bench.bench_{name}")
+        section = module.run(quick=quick)
+    except Exception:
+        return f"## bench_{name}\n\n**Failed:**\n\n```\n{traceback.format_exc()}```\n"
+    return f"{section.rstrip()}\n\n_bench_{name} took {time.perf_counter() - start:.0f} s._\n"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the benchmarks and write a markdown report.")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated benchmark names, e.g. models (for bench_models.py)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=BENCH_DIR / "RESULTS.md", help="report path (default bench/RESULTS.md)"
+    )
+    args = parser.parse_args(argv)
+
+    names = available_benchmarks()
+    if args.only:
+        requested = [name.strip().removeprefix("bench_") for name in args.only.split(",") if name.strip()]
+        unknown = sorted(set(requested) - set(names))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(names)}")
+        names = [name for name in names if name in requested]
+
+    command = shlex.join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
+    sections = [header(command)]
+    for name in names:
+        print(f"running bench_{name} ...", file=sys.stderr, flush=True)
+        sections.append(run_benchmark(name, args.quick))
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(sections))
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""A SepFormer transformer block that never materialises attention weights.
+
+SpeechBrain's `MultiheadAttention` asks `torch.nn.MultiheadAttention` for its attention
+weights on every call, which forces PyTorch's unfused path: every `[time, time]` attention
+matrix is computed, stored for the backward pass and averaged over heads, only for the
+SepFormer to throw it away. Asking for no weights lets PyTorch use
+`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU,
+a flash kernel on CPU) with the very same parameters.
+
+`FastSBTransformerBlock` is a drop-in for SpeechBrain's `SBTransformerBlock`: same
+constructor, same parameters, same state_dict keys (SpeechBrain SepFormer checkpoints load
+unchanged), same outputs up to float rounding. Select it in a recipe's YAML with::
+
+    intra_model: !new:speechsep.transformer.FastSBTransformerBlock
+        num_layers: 8
+        d_model: 256
+        nhead: 8
+        d_ffn: 1024
+        dropout: 0
+        use_positional_encoding: True
+        norm_before: True
+
+`use_sdpa_attention` converts an already built model (e.g. an upstream `SepformerWrapper`
+or a pretrained separator) in place.
+"""
+
+import logging
+from typing import Optional
+
+import torch
+from speechbrain.lobes.models.dual_path import SBTransformerBlock
+from speechbrain.lobes.models.transformer.Transformer import TransformerEncoderLayer
+from speechbrain.nnet.attention import MultiheadAttention
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class SDPAMultiheadAttention(nn.Module):
+    """SpeechBrain's `MultiheadAttention`, computed without returning attention weights.
+
+    It wraps the `torch.nn.MultiheadAttention` that SpeechBrain's module holds as `att`, so
+    parameter names (`att.in_proj_weight`, `att.out_proj.weight`, ...) and values are
+    unchanged. Masks, `pos_embs`, `kdim`/`vdim` and dropout behave as in SpeechBrain; attention
+    dropout is drawn by the attention kernel instead, so with dropout > 0 in train mode the
+    outputs follow the same distribution but not the same random draws.
+
+    Arguments
+    ---------
+    att : torch.nn.MultiheadAttention
+        Sequence-first attention module holding the parameters (`batch_first=False`).
+
+    Example
+    -------
+    >>> sb_attention = MultiheadAttention(nhead=4, d_model=16)
+    >>> attention = SDPAMultiheadAttention(sb_attention.att)
+    >>> x = torch.rand(2, 10, 16)
+    >>> output, weights = attention(x, x, x)
+    >>> output.shape, weights
+    (torch.Size([2, 10, 16]), None)
+    """
+
+    def __init__(self, att: nn.MultiheadAttention):
+        super().__init__()
+        if att.batch_first:
+            raise ValueError(
+                "SDPAMultiheadAttention expects the sequence-first torch.nn.MultiheadAttention "
+                "that speechbrain.nnet.attention.MultiheadAttention builds, got batch_first=True"
+            )
+        self.att = att
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        pos_embs: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, None]:
+        """Attends `query` [batch, tgt_time, d_model] to `key`/`value` [batch, src_time, kdim/vdim].
+
+        Masks follow `torch.nn.MultiheadAttention`; `pos_embs` is added to the attention
+        logits like SpeechBrain does (through the additive mask). Returns the output
+        [batch, tgt_time, d_model] and None in place of the attention weights, so that
+        SpeechBrain's transformer layers, which unpack two values, keep working.
+        """
+        if pos_embs is not None:
+            # Out of place: SpeechBrain's `attn_mask += pos_embs` edits the caller's mask.
+            attn_mask = pos_embs if attn_mask is None else attn_mask + pos_embs
+
+        # torch.nn.MultiheadAttention here is sequence-first: [time, batch, features]. Passing
+        # the same transposed tensor for a self-attention lets torch do one packed projection.
+        query_t = query.transpose(0, 1)
+        key_t = query_t if key is query else key.transpose(0, 1)
+        value_t = key_t if value is key else value.transpose(0, 1)
+
+        output, _ = self.att(
+            query_t,
+            key_t,
+            value_t,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=False,
+        )
+        return output.transpose(0, 1), None
+
+
+def use_sdpa_attention(model: nn.Module) -> int:
+    """Replaces, in place, the self-attention of every SpeechBrain transformer encoder layer
+    in `model` by `SDPAMultiheadAttention`, keeping its parameters.
+
+    Only layers using SpeechBrain's regular `MultiheadAttention` ("regularMHA") are changed;
+    other attention types (RelPosMHAXL, RoPEMHA, hypermixing) are left as they are. State-dict
+    keys do not change. Returns the number of layers changed.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import SepformerWrapper
+    >>> separator = SepformerWrapper(intra_numlayers=1, inter_numlayers=1)
+    >>> use_sdpa_attention(separator)
+    4
+    """
+    num_replaced = 0
+    for module in model.modules():
+        if isinstance(module, TransformerEncoderLayer) and isinstance(
+            module.self_att, MultiheadAttention
+        ):
+            module.self_att = SDPAMultiheadAttention(module.self_att.att)
+            num_replaced += 1
+    return num_replaced
+
+
+class FastSBTransformerBlock(SBTransformerBlock):
+    """`SBTransformerBlock` whose attention never materialises its weights.
+
+    Same arguments, defaults, parameters, state_dict keys and initialisation (for a given
+    random seed) as `speechbrain.lobes.models.dual_path.SBTransformerBlock`; outputs match up to
+    float rounding. Only `attention_type="regularMHA"` (SepFormer's) is accelerated: other
+    attention types keep SpeechBrain's implementation, with a warning.
+
+    Arguments
+    ---------
+    num_layers : int
+        Number of transformer layers.
+    d_model : int
+        Dimensionality of the representation.
+    nhead : int
+        Number of attention heads.
+    d_ffn : int
+        Hidden size of the position-wise feed-forward network.
+    input_shape : tuple, optional
+        Shape of input (unused by SpeechBrain's encoder, kept for compatibility).
+    kdim : int, optional
+        Dimension of the key.
+    vdim : int, optional
+        Dimension of the value.
+    dropout : float
+        Dropout rate.
+    activation : str
+        "relu" or "gelu".
+    use_positional_encoding : bool
+        Add sinusoidal positional encodings to the input.
+    norm_before : bool
+        Pre-norm (True, SepFormer's choice) or post-norm transformer layers.
+    attention_type : str
+        Type of attention, "regularMHA" by default.
+
+    Example
+    -------
+    >>> block = FastSBTransformerBlock(1, 64, 8)
+    >>> x = torch.randn(10, 100, 64)
+    >>> block(x).shape
+    torch.Size([10, 100, 64])
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        nhead: int,
+        d_ffn: int = 2048,
+        input_shape: Optional[tuple] = None,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        use_positional_encoding: bool = False,
+        norm_before: bool = False,
+        attention_type: str = "regularMHA",
+    ):
+        super().__init__(
+            num_layers=num_layers,
+            d_model=d_model,
+            nhead=nhead,
+            d_ffn=d_ffn,
+            input_shape=input_shape,
+            kdim=kdim,
+            vdim=vdim,
+            dropout=dropout,
+            activation=activation,
+            use_positional_encoding=use_positional_encoding,
+            norm_before=norm_before,
+            attention_type=attention_type,
+        )
+        if use_sdpa_attention(self.mdl) == 0 and num_layers > 0:
+            logger.warning(
+                "FastSBTransformerBlock: attention_type=%r has no fused implementation, "
+                "using SpeechBrain's (expected 'regularMHA' to be accelerated)",
+                attention_type,
+            )
