@@ -209,3 +209,11 @@ class FastSBTransformerBlock(SBTransformerBlock):
                 "using SpeechBrain's (expected 'regularMHA' to be accelerated)",
                 attention_type,
             )
+
+
+def sepformer_block(fast_attention: bool = True, **kwargs) -> SBTransformerBlock:
+    """The SepFormer configs' intra/inter block: ours by default, SpeechBrain's with `fast_attention=False`.
+
+    Both have the same parameters and state_dict keys, so a checkpoint trained with one loads into the other.
+    """
+    return FastSBTransformerBlock(**kwargs) if fast_attention else SBTransformerBlock(**kwargs)

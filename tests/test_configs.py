@@ -1,0 +1,75 @@
+"""The four recipe configs: upstream defaults, overrides, and the config loader's rules."""
+
+import pytest
+from speechbrain.lobes.models.dual_path import SBTransformerBlock
+
+from speechsep.config import ConfigError, load_hparams, resolved_yaml
+from speechsep.transformer import FastSBTransformerBlock
+from tests.conftest import REPO
+
+CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml"]
+
+
+def load(config, **overrides):
+    return load_hparams(REPO / "hparams" / config, {"data_folder": "/data", **overrides})
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_has_upstream_training_defaults(config):
+    hp = load(config)
+    assert (hp["batch_size"], hp["clip_grad_norm"], hp["threshold"], hp["loss_upper_lim"]) == (1, 5, -30, 999999)
+    assert hp["threshold_byloss"] and hp["lr"] == pytest.approx(1.5e-4)
+    assert hp["speed_perturb"].speeds == [95, 100, 105]
+    assert (hp["lr_scheduler"].factor, hp["lr_scheduler"].patience) == (0.5, 2)
+    assert set(hp["modules"]) == {"encoder", "masknet", "decoder"}
+
+
+def test_sepformer_has_the_paper_sizes_and_the_fast_block():
+    masknet = load("sepformer.yaml")["MaskNet"]
+    assert len(masknet.dual_mdl) == 2 and masknet.K == 250
+    intra = masknet.dual_mdl[0].intra_mdl
+    assert type(intra) is FastSBTransformerBlock and len(intra.mdl.layers) == 8
+    layer = intra.mdl.layers[0]
+    assert layer.pos_ffn.ffn[0].out_features == 1024 and layer.self_att.att.num_heads == 8
+
+
+def test_one_key_switches_back_to_speechbrains_block():
+    masknet = load("sepformer-libri2mix.yaml", fast_attention=False)["MaskNet"]
+    assert type(masknet.dual_mdl[0].intra_mdl) is SBTransformerBlock
+    assert type(masknet.dual_mdl[0].inter_mdl) is SBTransformerBlock
+
+
+def test_convtasnet_has_the_paper_sizes():
+    masknet = load("convtasnet.yaml")["MaskNet"]
+    assert masknet.C == 2 and masknet.mask_nonlinear == "relu"
+    assert masknet.bottleneck_conv1x1.conv.out_channels == 256  # B
+    blocks = list(masknet.temporal_conv_net.children())
+    assert len(blocks) == 4 * 6  # R x X
+    assert blocks[0].layers.conv.conv.out_channels == 512  # H
+    assert blocks[0].layers.DSconv.conv_0.conv.kernel_size == (3,)  # P
+    assert type(blocks[0].layers.norm).__name__ == "GlobalLayerNorm"
+
+
+def test_model_sizes_and_speaker_count_are_overridable():
+    hp = load("convtasnet-libri2mix.yaml", B=32, H=64, X=2, R=1, num_spks=3, N_encoder_out=64)
+    assert hp["MaskNet"].C == 3 and len(list(hp["MaskNet"].temporal_conv_net.children())) == 2
+    assert hp["Encoder"].conv1d.out_channels == 64
+    assert hp["dm_level_scheme"] == "librimix" and hp["experiment_name"] == "convtasnet-libri2mix"
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'num_spk' .*did you mean 'num_spks'"):
+        load("sepformer.yaml", num_spk=3)
+
+
+def test_a_tagged_override_replaces_the_object():
+    hp = load_hparams(REPO / "hparams" / "convtasnet.yaml", "data_folder: /d\noptimizer: !name:torch.optim.SGD {lr: 0.5}")
+    assert hp["optimizer"].func.__name__ == "SGD"
+
+
+def test_resolved_config_is_self_contained(tmp_path):
+    text = resolved_yaml(REPO / "hparams" / "sepformer-libri2mix.yaml", {"data_folder": "/data"})
+    assert "\nbase_config:" not in text and "!PLACEHOLDER" not in text
+    saved = tmp_path / "hyperparams.yaml"
+    saved.write_text(text)
+    assert load_hparams(saved)["num_layers"] == 8
