@@ -1,0 +1,9 @@
+"""Test-session setup shared by all test modules."""
+
+import os
+
+# The CPU is shared with other jobs: one BLAS/OpenMP thread per process avoids oversubscription
+# (mir_eval's solves ran 3-7x slower with two contending OpenBLAS threads). Set before numpy and
+# torch are imported; an explicit value in the environment wins.
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
