@@ -1,5 +1,13 @@
 """Shared fixtures: a tiny Separation brain and batches of speech-like mixtures."""
 
+import os
+
+# Tests are tiny and the CI machine has two cores: one BLAS/OpenMP thread per process avoids
+# oversubscription (mir_eval's solves ran 3-7x slower with two contending OpenBLAS threads). Set
+# before numpy and torch are imported; an explicit value in the environment wins.
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
 import json
 from pathlib import Path
 
@@ -69,12 +77,3 @@ def make_batch(batch_size=4, num_spks=2, seconds=0.5, sample_rate=8000, lengths=
 def parameters_of(brain) -> list[torch.Tensor]:
     """A copy of every parameter, to compare before/after a step."""
     return [p.detach().clone() for p in brain.modules.parameters()]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tests are tiny: one thread avoids oversubscribing the CI machine's two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
