@@ -10,7 +10,7 @@ differences live in the YAML files under hparams/.
 """
 
 import logging
-import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from speechsep.augment import fit_length, perturb_sources
 from speechsep.config import ConfigError, load_hparams, resolved_yaml
 from speechsep.dataio import separation_dataset, write_audio
 from speechsep.dynamic_mixing import dynamic_mixing_dataset
-from speechsep.distributed import gather_rows, world_size
+from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
 from speechsep.losses import pit_si_snr_loss
 from speechsep.schedulers import step_scheduler
 
@@ -34,10 +34,12 @@ logger = logging.getLogger(__name__)
 MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
 
 
+@sb.utils.checkpoints.register_checkpoint_hooks
 class Separation(sb.Brain):
     """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules."""
 
     train_dataset = None
+    stop_requested = False  # set by a signal handler (see speechsep.preemption)
 
     # ---------------------------------------------------------------- forward and loss
     def batch_signals(self, batch):
@@ -100,6 +102,11 @@ class Separation(sb.Brain):
                 predictions = self.compute_forward(batch, sb.Stage.TRAIN)
             loss_per_example = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
             loss, skip_reason = self.filter_loss(loss_per_example)
+            # Every rank must take the same decisions: one rank skipping a backward would hang the others'
+            # gradient all-reduce, and a preemption checkpoint is a collective save.
+            skip_elsewhere, stop = any_rank(skip_reason is not None, self.stop_requested)
+            if skip_elsewhere and skip_reason is None:
+                skip_reason = "skipped on another process"
             if skip_reason is None:
                 self.scaler.scale(loss / self.grad_accumulation_factor).backward()
                 self.pending_backwards += 1
@@ -107,7 +114,7 @@ class Separation(sb.Brain):
         if skip_reason is not None:
             self.nonfinite_count += 1
             logger.info(f"Skipping batch ({skip_reason}); {self.nonfinite_count} skipped so far this epoch")
-        if should_step or skip_reason is not None and self.grad_accumulation_factor == 1:
+        if should_step:
             if self.pending_backwards > 0:
                 if hp.clip_grad_norm > 0:
                     self.scaler.unscale_(self.optimizer)
@@ -118,6 +125,8 @@ class Separation(sb.Brain):
             self.optimizer.zero_grad(set_to_none=True)
             self.pending_backwards = 0
 
+        if stop:
+            self.stop_at_checkpoint()
         if skip_reason is not None:
             return torch.tensor(0.0)
         loss = loss.detach().cpu()
@@ -125,12 +134,21 @@ class Separation(sb.Brain):
         self.train_batches += 1
         return loss
 
+    def stop_at_checkpoint(self):
+        """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and exit cleanly.
+
+        The rerun of the same command resumes at the next batch of this epoch.
+        """
+        self._save_intra_epoch_ckpt()
+        logger.info(f"Stop requested: saved a checkpoint at epoch step {self.step}; exiting")
+        raise SystemExit(0)
+
     def filter_loss(self, loss_per_example):
         """Apply threshold-by-loss; return (mean loss, None) or (None, why the batch must be skipped).
 
         Examples already separated better than `threshold` dB carry no useful gradient and are dropped from
         the mean. A non-finite loss anywhere skips the batch: dropping just that example would hide a broken
-        input. Under DDP the decision is shared, since one rank skipping a backward would hang the others.
+        input (and upstream's filter silently drops NaN but back-propagates -inf).
         """
         hp = self.hparams
         keep = loss_per_example > hp.threshold if hp.threshold_byloss else torch.ones_like(loss_per_example, dtype=torch.bool)
@@ -138,19 +156,12 @@ class Separation(sb.Brain):
         self.examples_filtered += int((~keep).sum())
         loss = loss_per_example[keep].mean() if keep.any() else None
         if not torch.isfinite(loss_per_example).all():
-            reason = "non-finite loss"
-        elif loss is None:
-            reason = f"every example below the threshold of {hp.threshold} dB"
-        elif loss >= hp.loss_upper_lim:
-            reason = f"loss {float(loss):.3g} >= loss_upper_lim {hp.loss_upper_lim}"
-        else:
-            reason = None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([float(reason is not None)], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() > 0 and reason is None:
-                reason = "skipped on another rank"
-        return loss, reason
+            return None, "non-finite loss"
+        if loss is None:
+            return None, f"every example below the threshold of {hp.threshold} dB"
+        if loss >= hp.loss_upper_lim:
+            return None, f"loss {float(loss):.3g} >= loss_upper_lim {hp.loss_upper_lim}"
+        return loss, None
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -168,7 +179,7 @@ class Separation(sb.Brain):
             )
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
-            if self.hparams.save_audio:
+            if self.hparams.save_audio and if_main_process():
                 self.save_audio(batch.id, mixture, sources, est_sources, lengths, perms)
         return loss.mean().detach().cpu()
 
@@ -202,7 +213,9 @@ class Separation(sb.Brain):
         if stage == sb.Stage.TRAIN and self.step == 0:
             self.train_loss_sum, self.train_batches = 0.0, 0
             self.examples_seen, self.examples_filtered = 0, 0
-            self.pending_backwards = 0
+        elif stage == sb.Stage.TRAIN:
+            logger.info(f"Resuming epoch {epoch} after batch {self.step}")
+        self.pending_backwards = 0
         if stage == sb.Stage.TRAIN and hasattr(self.train_dataset, "set_epoch"):
             self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
 
@@ -219,11 +232,13 @@ class Separation(sb.Brain):
         running mean of batch means (which weighs a short last batch like a full one).
         """
         if stage == sb.Stage.TRAIN:
-            mean_loss = self.train_loss_sum / max(self.train_batches, 1)
+            loss_sum, batches, skipped, filtered, seen = sum_over_ranks(
+                self.train_loss_sum, self.train_batches, self.nonfinite_count, self.examples_filtered, self.examples_seen
+            )
             self.train_stats = {
-                "si-snr": -mean_loss,
-                "skipped_batches": self.nonfinite_count,
-                "filtered_examples": round(self.examples_filtered / max(self.examples_seen, 1), 4),
+                "si-snr": -loss_sum / max(batches, 1),
+                "skipped_batches": int(skipped),
+                "filtered_examples": round(filtered / max(seen, 1), 4),
             }
             return
 
@@ -239,6 +254,9 @@ class Separation(sb.Brain):
             self.checkpointer.save_and_keep_only(
                 meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
             )
+            if any_rank(self.stop_requested)[0]:
+                logger.info(f"Stop requested: epoch {epoch} is checkpointed; exiting")
+                raise SystemExit(0)
         else:
             test_rows = gather_rows(self.test_rows)
             if if_main_process():
@@ -338,6 +356,9 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): checkpoint, then exit 0.
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda *_: setattr(separator, "stop_requested", True))
     logger.info(
         f"Effective batch size: {hparams['batch_size']} per process x {world_size()} processes x "
         f"{separator.grad_accumulation_factor} accumulation steps = "
@@ -348,9 +369,12 @@ def main(argv):
         train_data,
         valid_data,
         train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
-        valid_loader_kwargs=hparams["dataloader_opts_valid"],
+        valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
     )
-    separator.evaluate(test_data, max_key="si-snr", test_loader_kwargs=hparams["dataloader_opts_test"])
+    separator.evaluate(
+        test_data, max_key="si-snr", test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data)
+    )
+    return separator
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 """Small helpers for results that must be combined across DDP processes."""
 
+import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 
 def is_distributed() -> bool:
     """True inside an initialised torch.distributed process group."""
     return dist.is_available() and dist.is_initialized()
+
+
+def _collective_device() -> str:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def world_size() -> int:
@@ -27,3 +34,28 @@ def gather_rows(rows: list[dict], key: str = "snt_id") -> list[dict]:
     for row in rows:
         unique.setdefault(row[key], row)
     return list(unique.values())
+
+
+def any_rank(*flags: bool) -> list[bool]:
+    """For each flag, whether it is set on any process (one small all-reduce under DDP)."""
+    if not is_distributed():
+        return list(flags)
+    values = torch.tensor([float(flag) for flag in flags], device=_collective_device())
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
+
+
+def shard_for_evaluation(loader_kwargs: dict, dataset) -> dict:
+    """Under DDP, give each process its own share of a valid/test set (results are gathered afterwards)."""
+    if not is_distributed():
+        return loader_kwargs
+    return {**loader_kwargs, "sampler": DistributedSampler(dataset, shuffle=False)}
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """Each value summed over all processes (the values themselves without DDP)."""
+    if not is_distributed():
+        return list(values)
+    totals = torch.tensor([float(value) for value in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return totals.tolist()

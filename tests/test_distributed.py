@@ -1,0 +1,108 @@
+"""DDP through torchrun (gloo on CPU) and preemption: SIGTERM mid-epoch, checkpoint, resume."""
+
+import re
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from speechsep.losses import pit_si_snr_loss
+from tests.conftest import REPO, TINY_CONVTASNET, tiny_hparams
+from tests.corpus_trees import make_wsj0mix
+
+TINY = {**TINY_CONVTASNET, "use_speedperturb": False}
+
+
+def options(data_folder, output, **overrides):
+    values = {"data_folder": data_folder, "output_folder": output, "N_epochs": 1, "batch_size": 1, **TINY, **overrides}
+    return [f"--{key}={value}" for key, value in values.items()] + ["--noprogressbar"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """A 2-process torchrun training of one epoch on 5 train / 5 valid / 5 test mixtures."""
+    root = tmp_path_factory.mktemp("ddp")
+    data_folder = make_wsj0mix(root / "data", per_split=5)
+    output = root / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/ddp_train_and_dump.py",
+        "hparams/convtasnet.yaml", *options(data_folder, output), "--distributed_backend=gloo", "--device=cpu",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, data_folder, output
+
+
+def test_ddp_parameters_are_identical_on_both_ranks_and_trained(ddp_run, tmp_path):
+    _, _, output = ddp_run
+    rank0 = torch.load(output / "params_rank0.pt")
+    rank1 = torch.load(output / "params_rank1.pt")
+    initial = tiny_hparams(tmp_path, **TINY)["modules"]  # same seed, same initialisation
+    initial_params = {f"{key}.{name}": p for key, module in initial.items() for name, p in module.named_parameters()}
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    assert any(not torch.equal(rank0[name], initial_params[name.replace(".module.", ".", 1)]) for name in rank0)
+
+
+def test_ddp_writes_checkpoint_and_results_once(ddp_run):
+    _, _, output = ddp_run
+    assert len(list((output / "save").glob("CKPT+*"))) == 1
+    results = pd.read_csv(output / "test_results.csv")
+    assert sorted(results["snt_id"]) == [f"tt_{i:03d}_mix" for i in range(5)]
+    log = (output / "train_log.txt").read_text().splitlines()
+    assert len(log) == 2 and "valid examples: 5" in log[0]
+
+
+def test_ddp_valid_loss_is_the_mean_over_all_valid_examples(ddp_run, tmp_path):
+    """Recompute the valid SI-SNR of the final model on the whole valid set in this process."""
+    from train import Separation, dataio_prep
+
+    root, data_folder, output = ddp_run
+    hparams = tiny_hparams(tmp_path, **TINY, data_folder=str(data_folder), save_folder=str(output / "save"))
+    brain = Separation(modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"})
+    rank0 = torch.load(output / "params_rank0.pt")
+    for key, module in brain.modules.items():
+        module.load_state_dict({name.split(".module.", 1)[1]: p for name, p in rank0.items() if name.startswith(key + ".")})
+    _, valid, _ = dataio_prep(hparams)
+    brain.modules.eval()
+    losses = []
+    with torch.no_grad():
+        for example in valid:
+            mixture = example["mix_sig"].unsqueeze(0)
+            sources = torch.stack([example["s1_sig"], example["s2_sig"]], dim=-1).unsqueeze(0)
+            losses.append(float(pit_si_snr_loss(brain.separate(mixture), sources)))
+    logged = float(re.search(r"valid si-snr: (\S+),", (output / "train_log.txt").read_text()).group(1))
+    assert logged == pytest.approx(-sum(losses) / len(losses), abs=0.051)  # the log keeps 3 digits
+
+
+def test_sigterm_mid_epoch_checkpoints_exits_0_and_the_rerun_resumes_from_that_step(tmp_path):
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=60, seconds=0.5)
+    output = tmp_path / "out"
+    command = [sys.executable, "train.py", "hparams/convtasnet.yaml", *options(data_folder, output)]
+    command.remove("--noprogressbar")  # the progress bar tells where training is
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = ""
+    while not re.search(r"\b([5-9]|\d\d)/60\b", seen):  # a few batches into the epoch
+        chunk = process.stderr.read(64)
+        assert chunk, f"training ended before it could be interrupted: {seen[-2000:]}"
+        seen += chunk
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 0, (seen + rest)[-3000:]
+    log = output / "log.txt"  # SpeechBrain's log of every message, appended by each run
+    stopped_at = int(re.search(r"saved a checkpoint at epoch step (\d+)", log.read_text()).group(1))
+    assert 5 <= stopped_at < 60
+    checkpoints = list((output / "save").glob("CKPT+*"))
+    assert len(checkpoints) == 1 and not (output / "test_results.csv").exists()
+    assert yaml.safe_load((checkpoints[0] / "brain.ckpt").read_text())["step"] == stopped_at
+
+    rerun = subprocess.run(command + ["--noprogressbar"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Resuming epoch 1 after batch {stopped_at}" in log.read_text()
+    assert (output / "test_results.csv").is_file()
+    final = sorted((output / "save").glob("CKPT+*"))[-1]
+    assert yaml.safe_load((final / "brain.ckpt").read_text())["optimizer_step"] == 60
