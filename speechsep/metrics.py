@@ -226,7 +226,10 @@ def separation_metrics(
     With `compute_stoi`, also `stoi`, `stoi_i` and `stoi_s1`, ... (STOI of the SI-SNR-matched
     estimates, pystoi, needs `sample_rate`).
     """
-    _check_signals(est_sources, sources)
+    if est_sources.shape != sources.shape:
+        raise ValueError(
+            f"est_sources has shape {tuple(est_sources.shape)}, expected {tuple(sources.shape)} like sources"
+        )
     if mixture.shape != sources.shape[:2]:
         raise ValueError(
             f"mixture has shape {tuple(mixture.shape)}, expected [batch, time] = {tuple(sources.shape[:2])}"
