@@ -73,8 +73,9 @@ def pairwise_si_snr(
 ) -> torch.Tensor:
     """SI-SNR in dB [batch, num_spks, num_est] of every estimate against every reference.
 
-    Mirrors `speechbrain.nnet.losses.cal_si_snr` (same EPS placement) on each utterance's true
-    length, in float64. `est_sources` is [batch, time, num_est]; num_est may differ from num_spks.
+    `speechbrain.nnet.losses.cal_si_snr` (zero mean, same EPS placement) on each utterance's true
+    length, in float64, with the energies expanded into inner products so that no
+    [batch, time, num_spks, num_est] tensor is built. `est_sources` is [batch, time, num_est].
     """
     _check_signals(est_sources, sources)
     batch, time, _ = sources.shape
@@ -85,14 +86,15 @@ def pairwise_si_snr(
         signals = signals.double() * mask
         return (signals - signals.sum(dim=1, keepdim=True) / num_samples) * mask
 
-    refs = zero_mean(sources).unsqueeze(-1)  # [batch, time, num_spks, 1]
-    ests = zero_mean(est_sources).unsqueeze(-2)  # [batch, time, 1, num_est]
-    dot = (refs * ests).sum(dim=1, keepdim=True)  # [batch, 1, num_spks, num_est]
-    ref_energy = refs.pow(2).sum(dim=1, keepdim=True) + SI_SNR_EPS  # [batch, 1, num_spks, 1]
-    proj = dot * refs / ref_energy  # [batch, time, num_spks, num_est]
-    noise = ests - proj
-    ratio = proj.pow(2).sum(dim=1) / (noise.pow(2).sum(dim=1) + SI_SNR_EPS)
-    return 10 * torch.log10(ratio + SI_SNR_EPS)
+    refs, ests = zero_mean(sources), zero_mean(est_sources)
+    dot = torch.einsum("btk,btm->bkm", refs, ests)  # [batch, num_spks, num_est]
+    ref_energy = refs.pow(2).sum(dim=1).unsqueeze(-1)  # [batch, num_spks, 1]
+    est_energy = ests.pow(2).sum(dim=1).unsqueeze(-2)  # [batch, 1, num_est]
+    # proj = dot * ref / (ref_energy + EPS) and noise = est - proj, as in cal_si_snr.
+    scale = dot / (ref_energy + SI_SNR_EPS)
+    proj_energy = scale.pow(2) * ref_energy
+    noise_energy = (est_energy - 2 * scale * dot + proj_energy).clamp(min=0)
+    return 10 * torch.log10(proj_energy / (noise_energy + SI_SNR_EPS) + SI_SNR_EPS)
 
 
 def _unit_norm(signals: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,7 @@ def _explained_energy(refs: torch.Tensor, ests: torch.Tensor) -> tuple[torch.Ten
     Inputs are unit-norm [batch, channels, time]. These are the normal equations of
     `fast_bss_eval.torch.square_cosine_metrics`, built with its helpers, but solved by Cholesky
     (the systems are positive definite thanks to SDR_LOAD_DIAG) and only as the quadratic forms
-    x^T R^-1 x: same numbers to ~1e-14, about 1.3x faster than its LU solve on CPU.
+    x^T R^-1 x: same numbers to ~1e-14, half the flops of its LU solve (1.4-1.8x faster on CPU).
     """
     num_spks = refs.shape[-2]
     spks = list(range(num_spks))
@@ -224,7 +226,10 @@ def separation_metrics(
     With `compute_stoi`, also `stoi`, `stoi_i` and `stoi_s1`, ... (STOI of the SI-SNR-matched
     estimates, pystoi, needs `sample_rate`).
     """
-    _check_signals(est_sources, sources)
+    if est_sources.shape != sources.shape:
+        raise ValueError(
+            f"est_sources has shape {tuple(est_sources.shape)}, expected {tuple(sources.shape)} like sources"
+        )
     if mixture.shape != sources.shape[:2]:
         raise ValueError(
             f"mixture has shape {tuple(mixture.shape)}, expected [batch, time] = {tuple(sources.shape[:2])}"

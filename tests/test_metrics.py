@@ -221,6 +221,8 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
 def test_mismatched_shapes_raise_clear_errors():
     with pytest.raises(ValueError, match="est_sources"):
         pit_si_snr(torch.zeros(1, 90, 2), torch.zeros(1, 100, 2))
+    with pytest.raises(ValueError, match="est_sources"):
+        separation_metrics(torch.zeros(1, 100), torch.zeros(1, 100, 2), torch.zeros(1, 100, 3))
     with pytest.raises(ValueError, match="mixture"):
         separation_metrics(torch.zeros(1, 90), torch.zeros(1, 100, 2), torch.zeros(1, 100, 2))
 

@@ -1,0 +1,143 @@
+"""Scoring time per utterance: speechsep.metrics vs the mir_eval scoring of upstream SpeechBrain.
+
+Metrics only, no model: 4 s, 8 kHz utterances separated by a perturbed ratio mask
+(`speechsep.synthetic_speech`), 2 and 3 speakers. Upstream's WSJ0Mix recipe scores each
+utterance with two `mir_eval.separation.bss_eval_sources` calls (estimates, then the mixture for
+SDRi) plus PIT SI-SNR twice; `separation_metrics` gives the same numbers in one batched call.
+`upstream_scores` and `time_upstream_scoring` are reusable for whole-test-set comparisons.
+
+    python -m bench.bench_metrics --quick      # 2 utterances per speaker count, ~30 s
+"""
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+
+from speechsep.metrics import separation_metrics
+from speechsep.synthetic_speech import mask_separation_example
+
+SAMPLE_RATE = 8000
+NUM_SAMPLES = 4 * SAMPLE_RATE
+# mixture [1, time], sources [1, time, num_spks], est_sources [1, time, num_spks]
+Utterance = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def mir_eval_sdr(sources: torch.Tensor, est_sources: torch.Tensor) -> np.ndarray:
+    """mir_eval SDR [num_spks] of one utterance ([1, time, num_spks] tensors), called as upstream does."""
+    from mir_eval.separation import bss_eval_sources
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in mir_eval 0.8
+        sdr, _, _, _ = bss_eval_sources(sources[0].t().cpu().numpy(), est_sources[0].t().cpu().numpy())
+    return sdr
+
+
+def upstream_scores(
+    mixture: torch.Tensor, sources: torch.Tensor, est_sources: torch.Tensor
+) -> dict[str, float]:
+    """Score one utterance the way upstream SpeechBrain's WSJ0Mix `save_results` does (batch size 1):
+    sdr, sdr_i, si-snr, si-snr_i, with the mixture as the baseline estimate of every source."""
+    mixture_signal = torch.stack([mixture] * sources.shape[-1], dim=-1)
+    si_snr = -get_si_snr_with_pitwrapper(sources, est_sources)
+    si_snr_mixture = -get_si_snr_with_pitwrapper(sources, mixture_signal)
+    sdr = mir_eval_sdr(sources, est_sources)
+    sdr_mixture = mir_eval_sdr(sources, mixture_signal)
+    return {
+        "sdr": float(sdr.mean()),
+        "sdr_i": float(sdr.mean() - sdr_mixture.mean()),
+        "si-snr": si_snr.item(),
+        "si-snr_i": (si_snr - si_snr_mixture).item(),
+    }
+
+
+def time_upstream_scoring(utterances: Iterable[Utterance]) -> float:
+    """Seconds to score every utterance with `upstream_scores` (two mir_eval calls each)."""
+    start = time.perf_counter()
+    for utterance in utterances:
+        upstream_scores(*utterance)
+    return time.perf_counter() - start
+
+
+def _seconds(function: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def _make_utterances(num_spks: int, count: int) -> list[Utterance]:
+    utterances = []
+    for seed in range(count):
+        mixture, sources, est_sources = mask_separation_example(num_spks, NUM_SAMPLES, SAMPLE_RATE, seed)
+        tensors = (torch.tensor(x, dtype=torch.float32).unsqueeze(0) for x in (mixture, sources, est_sources))
+        utterances.append(tuple(tensors))
+    return utterances
+
+
+def _measure(num_spks: int, count: int, batch_size: int) -> dict[str, float]:
+    """Median milliseconds per utterance of each scorer, after one warm-up call of each."""
+    utterances = _make_utterances(num_spks, count)
+    separation_metrics(*utterances[0])
+    upstream_scores(*utterances[0])
+
+    ours, mir_eval_once, upstream, differences = [], [], [], []
+    for mixture, sources, est_sources in utterances:
+        seconds, (row,) = _seconds(lambda: separation_metrics(mixture, sources, est_sources))
+        ours.append(seconds)
+        mir_eval_once.append(_seconds(lambda: mir_eval_sdr(sources, est_sources))[0])
+        seconds, expected = _seconds(lambda: upstream_scores(mixture, sources, est_sources))
+        upstream.append(seconds)
+        differences.append(max(abs(row[key] - expected[key]) for key in expected))
+
+    batched = []
+    for start in range(0, count - batch_size + 1, batch_size):
+        batch = [torch.cat(tensors) for tensors in zip(*utterances[start : start + batch_size])]
+        batched.append(_seconds(lambda: separation_metrics(*batch))[0] / batch_size)
+
+    def median_ms(seconds: list[float]) -> float:
+        return 1000 * statistics.median(seconds)
+
+    return {
+        "ours": median_ms(ours),
+        "ours_batched": median_ms(batched),
+        "mir_eval": median_ms(mir_eval_once),
+        "upstream": median_ms(upstream),
+        "max_difference": max(differences),
+    }
+
+
+def run(quick: bool = False) -> str:
+    count, batch_size = (2, 2) if quick else (8, 4)
+    lines = [
+        "## Metrics: scoring time per utterance",
+        "",
+        f"`speechsep.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi in one call) vs "
+        f"`mir_eval.separation.bss_eval_sources` and vs upstream SpeechBrain's per-utterance scoring "
+        f"(2 mir_eval calls + 2 PIT SI-SNR), on {count} mask-separated {NUM_SAMPLES // SAMPLE_RATE} s "
+        f"{SAMPLE_RATE // 1000} kHz utterances; medians after one warm-up, CPU, "
+        f"{torch.get_num_threads()} torch thread(s), numpy BLAS threads as configured by the environment. "
+        f"Last column: largest |ours - upstream| over sdr, sdr_i, si-snr, si-snr_i.",
+        "",
+        f"| speakers | ours, batch 1 (ms) | ours, batch {batch_size} (ms/utt) | mir_eval, 1 call (ms) "
+        "| upstream scoring (ms) | speed-up vs 1 mir_eval call | speed-up vs upstream | max diff (dB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for num_spks in (2, 3):
+        result = _measure(num_spks, count, batch_size)
+        lines.append(
+            f"| {num_spks} | {result['ours']:.1f} | {result['ours_batched']:.1f} | {result['mir_eval']:.0f} "
+            f"| {result['upstream']:.0f} | {result['mir_eval'] / result['ours']:.1f}x "
+            f"| {result['upstream'] / result['ours']:.1f}x | {result['max_difference']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 utterances per speaker count (smoke run)")
+    print(run(quick=parser.parse_args().quick))
