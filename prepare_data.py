@@ -19,6 +19,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from speechsep.errors import RecipeError
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
@@ -35,7 +37,7 @@ LAYOUTS = (
 )
 
 
-class DataPreparationError(ValueError):
+class DataPreparationError(RecipeError):
     """The data folder does not hold what the config expects; the message names the path."""
 
 

@@ -20,13 +20,14 @@ import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import DataPreparationError, prepare_data
+from prepare_data import prepare_data
 from speechsep import metrics
 from speechsep.augment import fit_length, perturb_sources
-from speechsep.config import ConfigError, load_hparams, resolved_yaml
+from speechsep.config import load_hparams, peek, resolved_yaml
 from speechsep.dataio import separation_dataset, write_audio
-from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
+from speechsep.dynamic_mixing import dynamic_mixing_dataset
+from speechsep.errors import RecipeError
 from speechsep.losses import pit_si_snr_loss
 from speechsep.schedulers import step_scheduler
 
@@ -309,14 +310,25 @@ def dataio_prep(hparams):
     return train, valid, test
 
 
-def main(argv):
-    """Parse the command line, prepare the data, train, and evaluate on the test set."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+def check_writable(folder: str) -> None:
+    """Fail before any training if the output folder cannot be created or written."""
     try:
-        hparams = load_hparams(hparams_file, overrides)
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe = Path(folder) / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise RecipeError(f"output_folder {folder} cannot be written: {err.strerror or err}") from None
 
+
+def prepare_experiment(argv):
+    """Everything before training that depends on the user's input: config, output folder, data.
+
+    Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError naming the culprit.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    check_writable(peek(hparams_file, "output_folder", overrides))  # building the objects creates folders
+    hparams = load_hparams(hparams_file, overrides)
     if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
         logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
         run_opts.precision = "bf16"
@@ -328,26 +340,30 @@ def main(argv):
         Path(hparams["output_folder"], "hyperparams.yaml").write_text(resolved_yaml(hparams_file, overrides))
 
     if not hparams["skip_prep"]:
-        try:
-            run_on_main(
-                prepare_data,
-                kwargs=dict(
-                    data_folder=hparams["data_folder"],
-                    save_folder=hparams["save_folder"],
-                    num_spks=hparams["num_spks"],
-                    sample_rate=hparams["sample_rate"],
-                    mode=hparams["mixture_mode"],
-                    librimix_train_subset=str(hparams["librimix_train_subset"]),
-                    use_wham_noise=hparams["use_wham_noise"],
-                    skip_bad_files=hparams["skip_bad_files"],
-                ),
-            )
-        except DataPreparationError as err:
-            sys.exit(f"error: {err}")
-
+        run_on_main(
+            prepare_data,
+            kwargs=dict(
+                data_folder=hparams["data_folder"],
+                save_folder=hparams["save_folder"],
+                num_spks=hparams["num_spks"],
+                sample_rate=hparams["sample_rate"],
+                mode=hparams["mixture_mode"],
+                librimix_train_subset=str(hparams["librimix_train_subset"]),
+                use_wham_noise=hparams["use_wham_noise"],
+                skip_bad_files=hparams["skip_bad_files"],
+            ),
+        )
     if hparams["dynamic_mixing"]:
         run_on_main(dataio_prep, args=[hparams])  # the main process indexes (and resamples) the pool once
-    train_data, valid_data, test_data = dataio_prep(hparams)
+    return hparams, run_opts, dataio_prep(hparams)
+
+
+def main(argv):
+    """Parse the command line, prepare the data, train, and evaluate on the test set."""
+    try:
+        hparams, run_opts, (train_data, valid_data, test_data) = prepare_experiment(argv)
+    except RecipeError as err:
+        sys.exit(f"error: {err}")
 
     separator = Separation(
         modules=hparams["modules"],

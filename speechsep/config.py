@@ -13,10 +13,12 @@ from pathlib import Path
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
+from speechsep.errors import RecipeError
+
 BASE_KEY = "base_config"
 
 
-class ConfigError(ValueError):
+class ConfigError(RecipeError):
     """A config file or an override that cannot be used as given."""
 
 
@@ -85,6 +87,11 @@ def load_hparams(hparams_file: str | Path, overrides: str | dict | None = None) 
     """Load a recipe config with its `base_config` chain and command-line overrides (YAML text or dict)."""
     stream, overrides = _effective_config(hparams_file, overrides)
     return load_hyperpyyaml(stream, overrides, overrides_must_match=True)
+
+
+def peek(hparams_file: str | Path, key: str, overrides: str | dict | None = None):
+    """The value of one plain key, references resolved, without building any object (which may touch disk)."""
+    return ruamel.yaml.YAML().load(resolved_yaml(hparams_file, overrides))[key]
 
 
 def resolved_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -> str:

@@ -1,9 +1,14 @@
 """Reading mixtures and their sources from the CSV manifests written by `prepare_data.py`."""
 
+import csv
+from pathlib import Path
+
 import soundfile as sf
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import GeneratorDynamicItem
+
+from speechsep.errors import RecipeError
 
 
 def signal_names(num_spks: int, with_noise: bool) -> list[str]:
@@ -41,6 +46,21 @@ class SegmentReader:
         yield tuple(signals)
 
 
+def _check_manifest(csv_path: Path, columns: list[str]) -> None:
+    """Fail with one line if a manifest is missing, lacks a needed column, or lists no example."""
+    if not csv_path.is_file():
+        raise RecipeError(f"manifest not found: {csv_path}")
+    with open(csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        has_rows = next(reader, None) is not None
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise RecipeError(f"{csv_path} lacks column(s) {missing}; it has {header}")
+    if not has_rows:
+        raise RecipeError(f"{csv_path} lists no examples")
+
+
 def separation_dataset(
     csv_path: str,
     data_root: str,
@@ -50,12 +70,9 @@ def separation_dataset(
     random_crop: bool = False,
 ) -> DynamicItemDataset:
     """A DynamicItemDataset over a manifest, providing `id`, `mix_sig`, `s1_sig`, ... (and `noise_sig`)."""
-    dataset = DynamicItemDataset.from_csv(csv_path=csv_path, replacements={"data_root": data_root})
     names = signal_names(num_spks, with_noise)
-    columns = set(next(iter(dataset.data.values())).keys()) if dataset.data else set()
-    missing = [f"{name}_wav" for name in names if f"{name}_wav" not in columns]
-    if missing:
-        raise ValueError(f"{csv_path} lacks column(s) {missing}; it has {sorted(columns)}")
+    _check_manifest(Path(csv_path), ["ID"] + [f"{name}_wav" for name in names])
+    dataset = DynamicItemDataset.from_csv(csv_path=csv_path, replacements={"data_root": data_root})
     dataset.add_dynamic_item(
         GeneratorDynamicItem(
             takes=[f"{name}_wav" for name in names],

@@ -35,7 +35,13 @@ import torch
 import torchaudio
 from speechbrain.utils.logger import get_logger
 
+from speechsep.errors import RecipeError
+
 logger = get_logger(__name__)
+
+
+class PoolError(RecipeError):
+    """A source or noise folder that cannot serve dynamic mixing; the message names the folder."""
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 PEAK_LIMIT = 0.9  # mixtures louder than this are scaled down, as in LibriMix and upstream SpeechBrain
@@ -59,7 +65,7 @@ class _ScannedFile:
 def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
     """Audio files under `folder` (links followed), sorted so that every process agrees on the order."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"Audio folder {folder} does not exist or is not a folder")
+        raise PoolError(f"Audio folder {folder} does not exist or is not a folder")
     scanned = []
     for dirpath, _, filenames in os.walk(folder, followlinks=True):
         for name in filenames:
@@ -69,7 +75,7 @@ def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
                 rel_path = path.relative_to(folder).as_posix()
                 scanned.append(_ScannedFile(rel_path, stat.st_size, stat.st_mtime_ns))
     if not scanned:
-        raise FileNotFoundError(f"No {'/'.join(AUDIO_EXTENSIONS)} files under {folder}")
+        raise PoolError(f"No {'/'.join(AUDIO_EXTENSIONS)} files under {folder}")
     return sorted(scanned)
 
 
@@ -195,7 +201,7 @@ class AudioIndex:
             logger.warning(f"Leaving out {len(empty)} empty audio files of {folder}, e.g. {empty[0]}")
         rel_paths = [rel_path for rel_path, row in rows.items() if row["num_frames"] > 0]
         if not rel_paths:
-            raise ValueError(f"Every audio file under {folder} is empty")
+            raise PoolError(f"Every audio file under {folder} is empty")
         paths = [
             str(folder / rel_path)
             if rows[rel_path]["source_rate"] == sample_rate
@@ -216,7 +222,7 @@ def _index_row(
     row["num_frames"] = info.frames
     if info.samplerate != sample_rate:
         if cache is None:
-            raise ValueError(
+            raise PoolError(
                 f"{path} is at {info.samplerate} Hz but sample_rate is {sample_rate} Hz: "
                 f"pass a cache_dir to resample {folder} once into it"
             )
@@ -249,7 +255,7 @@ def _detect_speakers(folder: Path, rel_paths: Sequence[str]) -> tuple[str, list[
             return "WSJ0", [p[1][:3] for p in parts]
         return "speaker folders", [p[0] for p in parts]
     example = next((rel_path for rel_path, p in zip(rel_paths, parts) if len(p) != 2), rel_paths[0])
-    raise ValueError(f"Cannot tell the speaker of {folder / example}: expected {EXPECTED_LAYOUTS}")
+    raise PoolError(f"Cannot tell the speaker of {folder / example}: expected {EXPECTED_LAYOUTS}")
 
 
 class SourcePool:
@@ -433,7 +439,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ):
         if len(pool.speakers) < num_spks:
-            raise ValueError(
+            raise PoolError(
                 f"{pool.folder} holds {len(pool.speakers)} speakers ({pool.layout} layout) but mixtures "
                 f"need num_spks={num_spks} distinct speakers"
             )

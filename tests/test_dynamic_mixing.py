@@ -17,6 +17,7 @@ from speechsep.dynamic_mixing import (
     AudioIndex,
     DynamicMixingDataset,
     LibriMixLevels,
+    PoolError,
     SourcePool,
     Wsj0Levels,
     dynamic_mixing_dataset,
@@ -327,13 +328,13 @@ def test_unknown_layout_raises_an_error_naming_the_folder(tmp_path):
 
 
 def test_folder_without_audio_raises_an_error_naming_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    with pytest.raises(PoolError, match=str(tmp_path)):
         SourcePool.from_folder(tmp_path, SAMPLE_RATE)
 
 
 def test_fewer_speakers_than_num_spks_raises_an_error_naming_the_folder(tmp_path):
     folder = write_pool(tmp_path / "sources", num_speakers=2)
-    with pytest.raises(ValueError, match=f"{folder} holds 2 speakers.*num_spks=3"):
+    with pytest.raises(PoolError, match=f"{folder} holds 2 speakers.*num_spks=3"):
         dynamic_mixing_dataset(folder, SAMPLE_RATE, num_spks=3, segment_len=SEGMENT_LEN, epoch_len=4)
 
 
