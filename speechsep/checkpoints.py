@@ -1,0 +1,300 @@
+"""Crash-safe checkpoints: a drop-in replacement for SpeechBrain's Checkpointer.
+
+SpeechBrain writes a checkpoint in place: it creates `CKPT+<time>/`, writes `CKPT.yaml` first, then one file
+per recoverable. A kill -9, a node failure or a full disk in between leaves a folder that is listed and
+picked on the next start; and one truncated file or garbled `CKPT.yaml` makes every restart crash.
+
+`RobustCheckpointer` keeps SpeechBrain's layout, names, meta, keep-only logic and DDP handling, and changes
+three things:
+
+- saving is atomic: a checkpoint is written into a hidden `.CKPT+<name>.partial/` folder next to its final
+  place (SpeechBrain lists only folders named `CKPT*`), `CKPT.yaml` last, flushed to disk, then renamed;
+  partial folders left by a crash are removed at the next save or recovery;
+- recovery falls back: a checkpoint that cannot be read is skipped with one warning and the next one in
+  `find_checkpoints` order is loaded; if none can be, nothing is recovered and training starts over;
+- a failed write (disk full, quota, read-only filesystem) removes the partial folder and raises a one-line
+  `CheckpointWriteError`. Earlier checkpoints are untouched: `save_and_keep_only` deletes old checkpoints
+  only once the new one is complete.
+
+In the hparams, replace SpeechBrain's class; the arguments are the same:
+
+    checkpointer: !new:speechsep.checkpoints.RobustCheckpointer
+        checkpoints_dir: !ref <save_folder>
+        recoverables: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import time
+import zipfile
+
+import yaml
+from speechbrain.utils.checkpoints import (
+    CKPT_PREFIX,
+    DEFAULT_SAVE_HOOKS,
+    METAFNAME,
+    PARAMFILE_EXT,
+    Checkpoint,
+    Checkpointer,
+    get_default_hook,
+)
+from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+PARTIAL_SUFFIX = ".partial"  # `.CKPT+<name>.partial`: a checkpoint being written
+REPLACED_SUFFIX = ".replaced"  # `.CKPT+<name>.replaced`: the old copy while a custom name is saved again
+REQUIRED_META = ("unixtime", "end-of-epoch")  # SpeechBrain writes both; sorting and loading need them
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
+# torch's messages for a checkpoint that was read fine but does not fit the model or optimizer
+MISMATCH_MESSAGES = (
+    "Error(s) in loading state_dict",
+    "doesn't match the size of optimizer's group",
+    "different number of parameter groups",
+)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, read-only or failing filesystem).
+
+    `errno` is the underlying OS error's, or None when torch's own writer failed (it reports a full disk
+    as a RuntimeError).
+    """
+
+
+class RobustCheckpointer(Checkpointer):
+    """SpeechBrain's Checkpointer with atomic saves and a recovery that skips unreadable checkpoints.
+
+    Arguments are those of `speechbrain.utils.checkpoints.Checkpointer`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reported_unreadable: set[pathlib.Path] = set()  # warn once per broken folder, not per listing
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save_checkpoint(
+        self, meta: dict | None = None, end_of_epoch: bool = True, name: str | None = None, verbosity=logging.INFO
+    ) -> Checkpoint | None:
+        """Save a checkpoint atomically: into a hidden partial folder, `CKPT.yaml` last, then renamed.
+
+        Same arguments and return value as SpeechBrain's. Under DDP every process runs the save hooks (the
+        hooks decide who writes, as in SpeechBrain); the main process renames once all of them are done.
+
+        Raises
+        ------
+        CheckpointWriteError
+            If writing failed with an OSError, or a RuntimeError as torch.save raises for a full disk. The
+            partial folder is removed; earlier checkpoints are untouched.
+        """
+        save_hooks = {key: self._save_hook(key, obj) for key, obj in self.recoverables.items()}  # fail early
+        saved_at = time.time()  # the meta's time is when the state was captured, as in SpeechBrain
+        partial = final = saved_meta = None
+        try:
+            if if_main_process():
+                self._remove_leftovers()
+                final = self._new_checkpoint_dirpath() if name is None else self._custom_checkpoint_dirpath(name)
+                partial = _hidden(final, PARTIAL_SUFFIX)
+                os.makedirs(partial)
+            partial, final = ddp_broadcast((partial, final), src=0)
+            for key, obj in self.recoverables.items():
+                save_hooks[key](obj, partial / f"{key}{PARAMFILE_EXT}")
+            ddp_barrier()  # every process has written its part
+            if if_main_process():
+                saved_meta = self._save_checkpoint_metafile(
+                    partial / METAFNAME, {"unixtime": saved_at, **(meta or {})}, end_of_epoch
+                )
+                _fsync_tree(partial)
+                _publish(partial, final)
+            ddp_barrier()  # every process sees the new folder before it lists or deletes checkpoints
+        except BaseException as error:  # KeyboardInterrupt and SystemExit too: no partial folder stays behind
+            if if_main_process() and partial is not None and partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(error, (OSError, RuntimeError)):
+                raise self._write_error(final, error) from error
+            raise
+
+        if not if_main_process():
+            return None
+        ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
+        logger.log(verbosity, f"Saved an {ckpt_type} checkpoint in {final}")
+        paramfiles = {key: final / f"{key}{PARAMFILE_EXT}" for key in self.recoverables}
+        return Checkpoint(final, saved_meta, paramfiles)
+
+    def _save_hook(self, key: str, obj):
+        """The hook that saves `obj`: its custom hook, else the default for its type (as SpeechBrain picks)."""
+        if key in self.custom_save_hooks:
+            return self.custom_save_hooks[key]
+        hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+        if hook is None:
+            raise RuntimeError(f"Don't know how to save recoverable {key!r} of {type(obj)}: register a save hook")
+        return hook
+
+    def _write_error(self, final: pathlib.Path | None, error: BaseException) -> CheckpointWriteError:
+        """A one-line error naming the checkpoint, the cause, and the previous checkpoint, which is intact."""
+        previous = self.find_checkpoint()
+        kept = f"the previous checkpoint {previous.path} is intact" if previous else "there is no earlier checkpoint"
+        write_error = CheckpointWriteError(
+            f"Could not write checkpoint {final or self.checkpoints_dir} ({_describe(error)}); "
+            f"its partial folder is discarded and {kept}"
+        )
+        write_error.errno = getattr(error, "errno", None)
+        return write_error
+
+    def _remove_leftovers(self) -> None:
+        """Remove partial folders left by a crash during a save; put back a checkpoint caught mid-replacement.
+
+        Never raises: a leftover that cannot be removed is hidden from listing anyway.
+        """
+        for path in sorted(self.checkpoints_dir.glob(f".{CKPT_PREFIX}*")):
+            try:
+                if path.name.endswith(REPLACED_SUFFIX) and path.is_dir():
+                    final = path.with_name(path.name[1 : -len(REPLACED_SUFFIX)])
+                    if not final.exists():  # the crash came between the two renames of `_publish`
+                        os.replace(path, final)
+                        logger.info(f"Restored checkpoint {final}, left as {path.name} by an interrupted save")
+                        continue
+                elif not (path.name.endswith(PARTIAL_SUFFIX) and path.is_dir()):
+                    continue
+                logger.info(f"Removing {path}, left over by an interrupted checkpoint save")
+                shutil.rmtree(path)
+            except OSError as error:
+                logger.warning(f"Could not remove {path}, left over by an interrupted save: {_describe(error)}")
+
+    # ----------------------------------------------------------------------------------------- loading
+    def list_checkpoints(self) -> list[Checkpoint]:
+        """All checkpoints, skipping (with one warning each) those whose `CKPT.yaml` cannot be read."""
+        checkpoints = []
+        for ckpt_dir in self._list_checkpoint_dirs():
+            try:
+                (checkpoint,) = self._construct_checkpoint_objects([ckpt_dir])
+                if not isinstance(checkpoint.meta, dict) or not all(key in checkpoint.meta for key in REQUIRED_META):
+                    raise ValueError(f"expected a mapping with keys {', '.join(REQUIRED_META)}")
+            except (OSError, ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
+                if ckpt_dir not in self._reported_unreadable:
+                    self._reported_unreadable.add(ckpt_dir)
+                    logger.warning(f"Skipping checkpoint {ckpt_dir}: unreadable {METAFNAME} ({_describe(error)})")
+                continue
+            checkpoints.append(checkpoint)
+        return checkpoints
+
+    def load_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Load `checkpoint`, after checking that its torch files are whole.
+
+        The check reads only each zip's central directory, so a truncated file, the usual damage, fails
+        before any recoverable is touched.
+        """
+        for key in self.recoverables:
+            if key in checkpoint.paramfiles:
+                _check_not_truncated(pathlib.Path(checkpoint.paramfiles[key]))
+        super().load_checkpoint(checkpoint)
+
+    def recover_if_possible(
+        self, importance_key=None, max_key: str | None = None, min_key: str | None = None, ckpt_predicate=None
+    ) -> Checkpoint | None:
+        """Load the preferred checkpoint; if it cannot be loaded, fall back to the next ones.
+
+        Candidates come in SpeechBrain's order of preference (`find_checkpoints` with the same arguments).
+        A candidate that fails to load is skipped with one warning. Its failure may come after some
+        recoverables were loaded; loading the next candidate overwrites all of them, so the state stays
+        consistent (except for recoverables that candidate lacks, under `allow_partial_load` or optional
+        loading). If no candidate loads, a warning says so and None is returned: the run starts over, and
+        recoverables keep what the last failed attempt loaded, if anything (nothing when the torch-file
+        check caught the damage).
+
+        A checkpoint that was read but does not fit the model or optimizer means the configuration changed:
+        older checkpoints would not fit either and starting over would silently discard the run, so that
+        raises, as in SpeechBrain.
+
+        Under DDP, call it on every process, as Brain does (it holds a barrier). Every process reads the same
+        files, so they fail alike and pick the same checkpoint.
+        """
+        if if_main_process():
+            self._remove_leftovers()
+        ddp_barrier()  # a checkpoint put back by the main process is listed by every process
+        candidates = self.find_checkpoints(
+            importance_key, max_key, min_key, ckpt_predicate, max_num_checkpoints=None
+        )
+        if not candidates:
+            logger.info("Would load a checkpoint here, but none found yet.")
+            return None
+        for checkpoint in candidates:
+            try:
+                self.load_checkpoint(checkpoint)
+                return checkpoint
+            except Exception as error:
+                if any(message in str(error) for message in MISMATCH_MESSAGES):
+                    raise RuntimeError(
+                        f"Checkpoint {checkpoint.path} does not fit the current model or optimizer "
+                        f"({_describe(error)}): the configuration changed since it was saved"
+                    ) from error
+                logger.warning(f"Could not load checkpoint {checkpoint.path} ({_describe(error)}); skipping it")
+        logger.warning(
+            f"None of the {len(candidates)} checkpoints in {self.checkpoints_dir} could be loaded: "
+            "nothing recovered, training starts over"
+        )
+        return None
+
+
+def _hidden(final: pathlib.Path, suffix: str) -> pathlib.Path:
+    """`.CKPT+<name><suffix>` next to `final`: hidden from listing, on the same filesystem for the rename."""
+    return final.with_name(f".{final.name}{suffix}")
+
+
+def _fsync_tree(folder: pathlib.Path) -> None:
+    """Flush the folder's files and entries to disk, so that the rename never publishes unwritten data."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    """Flush a folder's entries (a rename) to disk; POSIX only, a no-op elsewhere."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _publish(partial: pathlib.Path, final: pathlib.Path) -> None:
+    """Rename the complete partial folder to its final name (atomic within one filesystem).
+
+    A custom name saved again replaces the old folder, as SpeechBrain does: a folder cannot be renamed over a
+    non-empty one, so the old one is first moved aside (and put back by `_remove_leftovers` if a crash comes
+    in between).
+    """
+    replaced = None
+    if final.exists():
+        replaced = _hidden(final, REPLACED_SUFFIX)
+        os.replace(final, replaced)
+    os.replace(partial, final)
+    _fsync_dir(final.parent)
+    if replaced is not None:
+        shutil.rmtree(replaced)
+
+
+def _check_not_truncated(path: pathlib.Path) -> None:
+    """Raise EOFError if a torch (zip) file has lost its end; other files are left to their load hook."""
+    with open(path, "rb") as file:
+        if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            return
+        try:
+            zipfile.ZipFile(file).close()
+        except zipfile.BadZipFile as error:
+            raise EOFError(f"{path.name} is cut short: {error}") from error
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: first line of the message`, for one-line logs (torch's messages run over several lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
