@@ -187,7 +187,7 @@ class Separation(sb.Brain):
     def save_audio(self, ids, mixture, sources, est_sources, lengths, perms):
         """Write mixture, references and permutation-aligned estimates until `n_audio_to_save` examples."""
         limit = self.hparams.n_audio_to_save
-        audio_dir = Path(self.hparams.output_folder) / "audio"
+        audio_dir = Path(self.hparams.results_folder) / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
         time = mixture.shape[1]
         for b, snt_id in enumerate(ids):
@@ -261,7 +261,7 @@ class Separation(sb.Brain):
         else:
             test_rows = gather_rows(self.test_rows)
             if if_main_process():
-                metrics.write_test_results(test_rows, Path(self.hparams.output_folder) / "test_results.csv")
+                metrics.write_test_results(test_rows, Path(self.hparams.results_folder) / "test_results.csv")
             means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, MAIN_METRICS).items()}
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=means
@@ -285,9 +285,15 @@ class Separation(sb.Brain):
             setattr(self, key, state.get(key, 0))
 
 
-def dataio_prep(hparams):
-    """Build the train/valid/test datasets: the train set is cropped at random, or mixed on the fly."""
+def dataio_prep(hparams, test_only=False):
+    """Build the train/valid/test datasets: the train set is cropped at random, or mixed on the fly.
+
+    With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
+    """
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
+    test = separation_dataset(hparams["test_data"], **common)
+    if test_only:
+        return None, None, test
     if hparams["dynamic_mixing"]:
         train = dynamic_mixing_dataset(
             hparams["base_folder_dm"],
@@ -306,7 +312,6 @@ def dataio_prep(hparams):
             hparams["train_data"], segment_len=hparams["training_signal_len"], random_crop=True, **common
         )
     valid = separation_dataset(hparams["valid_data"], **common)
-    test = separation_dataset(hparams["test_data"], **common)
     return train, valid, test
 
 
@@ -339,7 +344,7 @@ def prepare_experiment(argv):
     if if_main_process():
         Path(hparams["output_folder"], "hyperparams.yaml").write_text(resolved_yaml(hparams_file, overrides))
 
-    if not hparams["skip_prep"]:
+    if not hparams["skip_prep"]:  # with --test_only too: the test manifest comes from the same tree
         run_on_main(
             prepare_data,
             kwargs=dict(
@@ -353,9 +358,10 @@ def prepare_experiment(argv):
                 skip_bad_files=hparams["skip_bad_files"],
             ),
         )
-    if hparams["dynamic_mixing"]:
+    test_only = run_opts["test_only"]
+    if hparams["dynamic_mixing"] and not test_only:
         run_on_main(dataio_prep, args=[hparams])  # the main process indexes (and resamples) the pool once
-    return hparams, run_opts, dataio_prep(hparams)
+    return hparams, run_opts, dataio_prep(hparams, test_only)
 
 
 def main(argv):
@@ -380,13 +386,17 @@ def main(argv):
         f"{separator.grad_accumulation_factor} accumulation steps = "
         f"{hparams['batch_size'] * world_size() * separator.grad_accumulation_factor}"
     )
-    separator.fit(
-        separator.hparams.epoch_counter,
-        train_data,
-        valid_data,
-        train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
-        valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
-    )
+    if run_opts["test_only"]:
+        if not separator.checkpointer.list_checkpoints():
+            sys.exit(f"error: --test_only needs a trained model, but {hparams['save_folder']} has no checkpoint")
+    else:
+        separator.fit(
+            separator.hparams.epoch_counter,
+            train_data,
+            valid_data,
+            train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
+            valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
+        )
     separator.evaluate(
         test_data, max_key="si-snr", test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data)
     )

@@ -80,3 +80,32 @@ def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output / "test_results.csv").is_file()
     assert "train si-snr" in (output / "train_log.txt").read_text()
+
+
+def test_test_only_scores_the_best_checkpoint_again_and_a_custom_test_manifest(tmp_path):
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=3)
+    output = tmp_path / "out"
+    assert run_train("convtasnet.yaml", data_folder, output, TINY_CONVTASNET).returncode == 0
+    first = pd.read_csv(output / "test_results.csv")
+    (output / "test_results.csv").unlink()
+
+    again = run_train("convtasnet.yaml", data_folder, output, TINY_CONVTASNET, "--test_only")
+    assert again.returncode == 0, again.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(output / "test_results.csv"), first)
+
+    custom = tmp_path / "custom.csv"
+    pd.read_csv(output / "save" / "test.csv").iloc[:2].to_csv(custom, index=False)
+    scored = run_train(
+        "convtasnet.yaml", data_folder, output, TINY_CONVTASNET, "--test_only",
+        skip_prep=True, test_data=custom, results_folder=tmp_path / "custom_eval",
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "custom_eval" / "test_results.csv")
+    pd.testing.assert_frame_equal(rows, first.iloc[:2])
+
+
+def test_test_only_without_a_checkpoint_is_an_error(tmp_path):
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=2)
+    result = run_train("convtasnet.yaml", data_folder, tmp_path / "out", TINY_CONVTASNET, "--test_only")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --test_only needs a trained model")
