@@ -561,7 +561,7 @@ def _manifest_identity(options: CorpusOptions, root: Path) -> dict:
     return dict(
         generator=__name__,
         version=GENERATOR_VERSION,
-        root=str(root.resolve()),
+        root=str(root),
         options=dataclasses.asdict(options),
     )
 
@@ -714,7 +714,7 @@ def synthesize_corpus(
     num_workers = _default_num_workers() if num_workers is None else num_workers
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-    root = corpus_root(output_dir, num_spks)
+    root = corpus_root(output_dir, num_spks).absolute()  # CSVs hold absolute paths, like LibriMix
     identity = _manifest_identity(options, root)
     if _prepare_root(root, identity, overwrite):
         logger.info("%s is complete for these options: nothing to do", root)
