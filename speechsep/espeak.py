@@ -162,7 +162,10 @@ class EspeakSynth:
         pitch_range : intonation range, 0..100 (0 = monotone, 50 = normal).
         volume : amplitude, 0..200 (100 = normal).
         word_gap : extra pause between words, in units of 10 ms.
-        seed : seeds eSpeak's noise generators, for bit-identical output.
+        seed : seeds eSpeak's noise generators (breathy voices).
+
+        eSpeak NG also keeps hidden state between utterances (its pitch-flutter phase), so
+        the samples are bit-identical only for the same sequence of calls in a fresh process.
         """
         params = {
             _PARAM_RATE: rate,

@@ -561,7 +561,7 @@ def _manifest_identity(options: CorpusOptions, root: Path) -> dict:
     return dict(
         generator=__name__,
         version=GENERATOR_VERSION,
-        root=str(root.resolve()),
+        root=str(root),
         options=dataclasses.asdict(options),
     )
 
@@ -714,7 +714,7 @@ def synthesize_corpus(
     num_workers = _default_num_workers() if num_workers is None else num_workers
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-    root = corpus_root(output_dir, num_spks)
+    root = corpus_root(output_dir, num_spks).absolute()  # CSVs hold absolute paths, like LibriMix
     identity = _manifest_identity(options, root)
     if _prepare_root(root, identity, overwrite):
         logger.info("%s is complete for these options: nothing to do", root)
@@ -771,12 +771,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
     sizes = dict(SIZE_PRESETS[args.size])
     sizes.update({key: getattr(args, key) for key in sizes if getattr(args, key) is not None})
     start = time.perf_counter()
-    root = synthesize_corpus(
-        args.output_dir, num_spks=args.num_spks, sample_rate=args.sample_rate, mode=args.mode,
-        seed=args.seed, num_workers=args.num_workers, overwrite=args.overwrite, **sizes,
-    )
+    try:
+        root = synthesize_corpus(
+            args.output_dir, num_spks=args.num_spks, sample_rate=args.sample_rate,
+            mode=args.mode, seed=args.seed, num_workers=args.num_workers,
+            overwrite=args.overwrite, **sizes,
+        )
+    except (ValueError, FileExistsError) as error:  # bad options or an occupied folder
+        parser.exit(2, f"error: {error}\n")
+    options = CorpusOptions(**(_read_manifest(root) or {})["options"])
     summary = (_read_manifest(root) or {}).get("summary", {})
-    print(f"Corpus: {root}")
+    print(f"Corpus:   {root}")
+    print(f"Mixtures: {root / options.wav_dir}/{{{','.join(LIBRIMIX_SPLITS.values())}}}/")
+    print(f"Metadata: {root / options.wav_dir / 'metadata'}")
+    print(f"Sources:  {root / 'sources'}/{{{','.join(SPLITS)}}}/ (+ speakers.csv, utterances.csv)")
     for key, value in summary.items():
         print(f"  {key}: {value}")
     print(f"Done in {time.perf_counter() - start:.1f} s")
