@@ -35,13 +35,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or glob patterns")
     parser.add_argument("--model", required=True, help="training output folder or export.py folder")
     parser.add_argument("--output-dir", required=True, help="where <stem>_s1.wav, <stem>_s2.wav, ... are written")
-    parser.add_argument("--window", type=float, default=defaults.window, help="seconds separated at once (default %(default)s)")
-    parser.add_argument("--hop", type=float, default=defaults.hop, help="seconds between windows; window - hop are cross-faded (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass (default %(default)s)")
+    parser.add_argument("--window", type=float, default=defaults.window,
+                        help="seconds separated at once (default %(default)s)")
+    parser.add_argument("--hop", type=float, default=defaults.hop,
+                        help="seconds between windows; window - hop are cross-faded (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="windows per forward pass (default %(default)s)")
     parser.add_argument("--output-rate", choices=("model", "input"), default=defaults.output_rate,
                         help="write at the model's sample rate or each input's (default %(default)s)")
     parser.add_argument("--normalize", choices=("mixture", "peak"), default=defaults.normalize,
-                        help="mixture: estimates at the mixture's level; peak: each track peaks at 0.9 (default %(default)s)")
+                        help="mixture: estimates at the mixture's level; peak: each track peaks at 0.9 "
+                        "(default %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     parser.add_argument("--quiet", action="store_true", help="only errors")
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     written_by = {}  # output stem -> the input that wrote it, so that no input overwrites another's outputs
     for path in files:
         if path.stem in written_by:
-            logger.error(f"error: {path}: its outputs would overwrite those of {written_by[path.stem]} (same file name)")
+            logger.error(f"error: {path}: its outputs would overwrite those of {written_by[path.stem]} (same name)")
             failed += 1
             continue
         try:

@@ -34,7 +34,8 @@ if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_infer
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
 RSS_LIMIT_MIB = 2048  # what a 60 min input must stay under
-DEMO, RECIPE = "ConvTasNet, demo size (N=64, B=64, H=128, X=6, R=2)", "ConvTasNet, recipe size (N=256, B=256, H=512, X=6, R=4)"
+DEMO = "ConvTasNet, demo size (N=64, B=64, H=128, X=6, R=2)"
+RECIPE = "ConvTasNet, recipe size (N=256, B=256, H=512, X=6, R=4)"
 MODELS = {DEMO: {"N_encoder_out": 64, "B": 64, "H": 128, "X": 6, "R": 2}, RECIPE: {}}  # overrides of convtasnet.yaml
 CASES = [(model, minutes * 60.0) for model in MODELS for minutes in (1, 10, 60)]  # (model, input seconds)
 QUICK_CASES = [(DEMO, 10.0), (DEMO, 30.0), (RECIPE, 10.0)]
@@ -121,7 +122,8 @@ def run(quick: bool = False, batch_size: int = 1, device: str | None = None) -> 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        inputs = {seconds: write_recording(tmp / f"input_{seconds:g}s.wav", seconds) for seconds in sorted({s for _, s in cases})}
+        durations = sorted({seconds for _, seconds in cases})
+        inputs = {seconds: write_recording(tmp / f"input_{seconds:g}s.wav", seconds) for seconds in durations}
         model_dirs = {name: write_model(tmp / f"model{number}", MODELS[name]) for number, name in enumerate(MODELS)}
         for name, seconds in cases:
             report = measure(model_dirs[name], inputs[seconds], tmp / "out", batch_size, device)
@@ -158,7 +160,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 s and 30 s inputs: a smoke test")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--worker", nargs=5, metavar=("MODEL", "INPUT", "OUT", "BATCH", "DEVICE"), help=argparse.SUPPRESS)
+    worker_args = ("MODEL", "INPUT", "OUT", "BATCH", "DEVICE")
+    parser.add_argument("--worker", nargs=len(worker_args), metavar=worker_args, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         model_dir, input_path, output_dir, batch_size, device = args.worker

@@ -123,7 +123,8 @@ def _classes_outside_speechbrain(node) -> list[str]:
     """Tags of `node` and its children that build objects from modules other than speechbrain and torch."""
     tag = getattr(getattr(node, "tag", None), "value", None) or ""
     found = []
-    if tag.startswith(("!new:", "!apply:", "!name:")) and not tag.split(":", 1)[1].startswith(("speechbrain.", "torch.")):
+    kind, _, target = tag.partition(":")
+    if kind in ("!new", "!apply", "!name") and not target.startswith(("speechbrain.", "torch.")):
         found.append(tag)
     children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
     for child in children:
@@ -238,7 +239,8 @@ def load_separator(model_dir: str | Path, device: str = "cpu", fast_attention: b
     """`build_separator(find_model(model_dir))`: a run folder or an exported folder, ready to separate."""
     source = find_model(model_dir)
     separator = build_separator(source, device, fast_attention)
-    logger.info(f"Model: {source.description}, {separator.hparams.num_spks} speakers at {separator.hparams.sample_rate} Hz")
+    hparams = separator.hparams
+    logger.info(f"Model: {source.description}, {hparams.num_spks} speakers at {hparams.sample_rate} Hz")
     return separator
 
 
@@ -251,7 +253,8 @@ def export_model(model_dir: str | Path, export_dir: str | Path) -> ModelSource:
     source = find_model(model_dir)
     outside = _classes_outside_speechbrain(ruamel.yaml.YAML().load(source.config))
     if outside:
-        raise ModelFolderError(f"{model_dir}: the model uses {', '.join(sorted(set(outside)))}, which SpeechBrain alone cannot build")
+        classes = ", ".join(sorted(set(outside)))
+        raise ModelFolderError(f"{model_dir}: the model uses {classes}, which SpeechBrain alone cannot build")
     build_separator(source, fast_attention=False)
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +335,7 @@ def separate_long(
     cross-faded there. `progress`: a tqdm bar (None: only on a terminal).
     """
     if not 0 < hop < window:
-        raise ValueError(f"hop ({hop} samples) must be positive and shorter than the window ({window}) so windows overlap")
+        raise ValueError(f"hop ({hop} samples) must be positive and shorter than the window ({window}) so they overlap")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     num_samples = mixture.shape[0]
@@ -344,7 +347,8 @@ def separate_long(
     fade_in, fade_out = crossfade(overlap)
     est_sources = None  # [time, num_spks], allocated once the number of speakers is known
     previous_tail = None  # the last window's estimates on the samples it shares with the next one
-    with tqdm(total=num_windows, unit="window", desc=description, disable=None if progress is None else not progress, leave=False) as bar:
+    disable = None if progress is None else not progress  # tqdm: None disables the bar off a terminal
+    with tqdm(total=num_windows, unit="window", desc=description, disable=disable, leave=False) as bar:
         for first in range(0, num_windows, batch_size):
             starts = [k * hop for k in range(first, min(first + batch_size, num_windows))]
             chunks = torch.zeros(len(starts), window, dtype=mixture.dtype)  # [batch, window]
@@ -420,7 +424,9 @@ def read_mixture(path: Path, block_frames: int = 1 << 20) -> tuple[np.ndarray, i
     return mono[:filled], sample_rate, channels
 
 
-def write_track(path: Path, track: torch.Tensor, sample_rate: int, gain: float = 1.0, block_samples: int = 1 << 20) -> None:
+def write_track(
+    path: Path, track: torch.Tensor, sample_rate: int, gain: float = 1.0, block_samples: int = 1 << 20
+) -> None:
     """Write a mono track [time] times `gain` as 16-bit PCM, block by block: no full-size copy of the track."""
     with sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16") as audio:
         for block in torch.split(track, block_samples):
@@ -486,7 +492,10 @@ class FileSeparator:
             gains = torch.ones_like(peaks)
             peak = float(peaks.max())
             if peak > 1.0:  # never clip: every track down by the same factor, so their balance is kept
-                logger.info(f"{path.name}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB to avoid clipping")
+                logger.info(
+                    f"{path.name}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB "
+                    "to avoid clipping"
+                )
                 gains /= peak
 
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -494,6 +503,11 @@ class FileSeparator:
         for k, output in enumerate(outputs):
             write_track(output, est_sources[:, k], output_rate, float(gains[k]))
         return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
+
+
+def is_audio(path: Path) -> bool:
+    """A file whose name says it is audio that folders and globs should pick up."""
+    return path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -507,13 +521,13 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if is_audio(p))
             if not found:
                 errors.append(f"{name}: folder holds no {'/'.join(s[1:] for s in AUDIO_SUFFIXES)} file")
         elif any(char in name for char in "*?["):
             matches = sorted(Path(match) for match in glob.glob(name, recursive=True))
             found = [m for m in matches if m.is_file()]
-            found += [p for m in matches if m.is_dir() for p in sorted(m.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+            found += [p for m in matches if m.is_dir() for p in sorted(m.rglob("*")) if is_audio(p)]
             if not found:
                 errors.append(f"{name}: matches no file")
         else:

@@ -310,7 +310,7 @@ def test_resampling_and_downmix_are_said_once(convtasnet_run, tmp_path, caplog):
         mono = two_speaker_recording(1.0, seed)[0].numpy()
         stereo_16k = np.repeat(np.stack([mono, 0.5 * mono], axis=1), 2, axis=0)  # crude 16 kHz
         write(tmp_path / f"stereo{seed}.wav", stereo_16k, 16000)
-    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), str(tmp_path / "*.wav")])
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), f"{tmp_path}/*.wav"])
 
     assert code == 0
     messages = [r.getMessage() for r in caplog.records]
@@ -321,21 +321,25 @@ def test_resampling_and_downmix_are_said_once(convtasnet_run, tmp_path, caplog):
 
 def test_output_rate_input_writes_at_each_inputs_rate(convtasnet_run, tmp_path):
     write(tmp_path / "talk.wav", np.repeat(two_speaker_recording(1.0)[0].numpy(), 2), 16000)
-    separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), "--output-rate", "input", str(tmp_path / "talk.wav")])
-    info = sf.info(tmp_path / "out" / "talk_s1.wav")
+    output_dir = tmp_path / "out"
+    arguments = ["--model", str(convtasnet_run), "--output-dir", str(output_dir), "--output-rate", "input"]
+    assert separate.main([*arguments, str(tmp_path / "talk.wav")]) == 0
+    info = sf.info(output_dir / "talk_s1.wav")
     assert (info.samplerate, info.frames) == (16000, 16000)
 
 
 def oracle_file_separator(mixture, sources, **options) -> FileSeparator:
     """A FileSeparator around the oracle, with the attributes of SpeechBrain's separator it uses."""
     oracle = OracleSeparator(mixture, sources, hop=SAMPLE_RATE)
-    stand_in = SimpleNamespace(separate_batch=oracle.separate_batch, hparams=SimpleNamespace(sample_rate=SAMPLE_RATE, num_spks=2))
+    hparams = SimpleNamespace(sample_rate=SAMPLE_RATE, num_spks=2)
+    stand_in = SimpleNamespace(separate_batch=oracle.separate_batch, hparams=hparams)
     return FileSeparator(stand_in, SeparationOptions(window=2.0, hop=1.0, progress=False, **options))
 
 
 def test_estimates_louder_than_full_scale_are_scaled_down_not_clipped(tmp_path):
     t = torch.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
-    sources = torch.stack([1.5 * torch.sin(2 * torch.pi * 200 * t), -1.2 * torch.sin(2 * torch.pi * 200 * t) + 0.2 * torch.sin(2 * torch.pi * 330 * t)], dim=1)
+    tone, other_tone = torch.sin(2 * torch.pi * 200 * t), torch.sin(2 * torch.pi * 330 * t)
+    sources = torch.stack([1.5 * tone, -1.2 * tone + 0.2 * other_tone], dim=1)
     mixture = sources.sum(dim=1)  # peaks below 0.5: the sources partly cancel
     write(tmp_path / "loud.wav", mixture.numpy())
     result = oracle_file_separator(mixture, sources).separate_file(tmp_path / "loud.wav", tmp_path / "out")
@@ -349,15 +353,16 @@ def test_estimates_louder_than_full_scale_are_scaled_down_not_clipped(tmp_path):
 def test_peak_normalisation_brings_every_track_to_0_9(tmp_path):
     mixture, sources = two_speaker_recording(3.0)
     write(tmp_path / "talk.wav", mixture.numpy())
-    result = oracle_file_separator(mixture, sources, normalize="peak").separate_file(tmp_path / "talk.wav", tmp_path / "out")
+    separator = oracle_file_separator(mixture, sources, normalize="peak")
+    result = separator.separate_file(tmp_path / "talk.wav", tmp_path / "out")
     for path in result.outputs:
         assert np.abs(sf.read(path)[0]).max() == pytest.approx(0.9, abs=1e-3)
 
 
 def test_inputs_may_be_files_folders_or_globs(tmp_path):
     (tmp_path / "a" / "deep").mkdir(parents=True)
-    for path in (tmp_path / "a" / "x.wav", tmp_path / "a" / "deep" / "y.flac", tmp_path / "z.ogg", tmp_path / "notes.txt"):
-        path.write_bytes(b"")
-    files, errors = expand_inputs([str(tmp_path / "a"), str(tmp_path / "*.ogg"), str(tmp_path / "a" / "x.wav"), str(tmp_path / "*.mp4")])
+    for name in ("a/x.wav", "a/deep/y.flac", "z.ogg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files, errors = expand_inputs([f"{tmp_path}/a", f"{tmp_path}/*.ogg", f"{tmp_path}/a/x.wav", f"{tmp_path}/*.mp4"])
     assert files == [tmp_path / "a" / "deep" / "y.flac", tmp_path / "a" / "x.wav", tmp_path / "z.ogg"]
-    assert errors == [f"{tmp_path / '*.mp4'}: matches no file"]
+    assert errors == [f"{tmp_path}/*.mp4: matches no file"]
