@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Separate your own recordings with a trained model: one file per speaker for every input.
+
+    python separate.py --model results/sepformer-wsj0mix/1234 --output-dir separated meeting.flac calls/
+    python separate.py --model exported_model --output-dir out "recordings/**/*.wav" --output-rate input
+
+--model is a training output folder (its best checkpoint by validation SI-SNR) or a folder written by
+export.py. Inputs are files, folders (searched recursively for wav/flac/ogg) or glob patterns, at any
+sample rate and channel count. Long files are separated window by window (see --window, --hop), with each
+speaker kept on the same output track. Exit status: 0 if every input was separated, 1 if some failed (one
+`error:` line each, the others are still separated), 2 if the model cannot be used.
+"""
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from speechsep.inference import (
+    AudioInputError,
+    FileSeparator,
+    ModelFolderError,
+    SeparationOptions,
+    expand_inputs,
+    load_separator,
+)
+
+logger = logging.getLogger("separate")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    defaults = SeparationOptions()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or glob patterns")
+    parser.add_argument("--model", required=True, help="training output folder or export.py folder")
+    parser.add_argument("--output-dir", required=True, help="where <stem>_s1.wav, <stem>_s2.wav, ... are written")
+    parser.add_argument("--window", type=float, default=defaults.window,
+                        help="seconds separated at once (default %(default)s)")
+    parser.add_argument("--hop", type=float, default=defaults.hop,
+                        help="seconds between windows; window - hop are cross-faded (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="windows per forward pass (default %(default)s)")
+    parser.add_argument("--output-rate", choices=("model", "input"), default=defaults.output_rate,
+                        help="write at the model's sample rate or each input's (default %(default)s)")
+    parser.add_argument("--normalize", choices=("mixture", "peak"), default=defaults.normalize,
+                        help="mixture: estimates at the mixture's level; peak: each track peaks at 0.9 "
+                        "(default %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
+    parser.add_argument("--quiet", action="store_true", help="only errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Separate every input; returns the exit status."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    level = logging.WARNING if args.quiet else logging.INFO
+    for name in ("separate", "speechsep"):
+        logging.getLogger(name).setLevel(level)
+    try:
+        options = SeparationOptions(
+            window=args.window, hop=args.hop, batch_size=args.batch_size, output_rate=args.output_rate,
+            normalize=args.normalize, progress=False if args.no_progress else None,
+        )
+        separator = FileSeparator(load_separator(args.model, device=args.device), options)
+    except (ModelFolderError, ValueError) as err:
+        logger.error(f"error: {err}")
+        return 2
+
+    files, errors = expand_inputs(args.inputs)
+    for message in errors:
+        logger.error(f"error: {message}")
+    failed = len(errors)
+    written_by = {}  # output stem -> the input that wrote it, so that no input overwrites another's outputs
+    for path in files:
+        if path.stem in written_by:
+            logger.error(f"error: {path}: its outputs would overwrite those of {written_by[path.stem]} (same name)")
+            failed += 1
+            continue
+        try:
+            result = separator.separate_file(path, args.output_dir)
+        except AudioInputError as err:
+            logger.error(f"error: {path}: {err}")
+            failed += 1
+            continue
+        written_by[path.stem] = path
+        logger.info(
+            f"{path}: {result.seconds:.1f} s separated in {result.elapsed:.1f} s -> "
+            f"{', '.join(str(output) for output in result.outputs)}"
+        )
+    if failed:
+        logger.error(f"{failed} of {len(files) + len(errors)} inputs failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

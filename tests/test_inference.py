@@ -1,0 +1,368 @@
+"""Inference: model folders, export to SpeechBrain's `SepformerSeparation`, chunked separation, the CLIs.
+
+Models used:
+- a ConvTasNet trained by `train.py` (subprocess, 8 epochs on a tiny tree, ~10 s, once per module): the real
+  run folder layout, for export and the CLI, and a model that separates the test's two voices a little
+  (~3 dB SI-SNRi) for the single-pass vs chunked comparison. Its speaker order happens to be stable across
+  windows, so it cannot show that windows get re-ordered.
+- a SepFormer "run" written with the recipe's own config and Checkpointer (no training; two checkpoints, the
+  better one older), for export and best-checkpoint selection.
+- an oracle stand-in separator that returns the true sources of each window in a window-dependent speaker
+  order and at window-dependent gains. A tiny trained model does not separate speakers, so only a perfect
+  separator can show that chunking keeps each speaker on one track and restores levels: any error is then
+  the chunking's.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from speechbrain.inference.separation import SepformerSeparation
+
+import export
+import separate
+from speechsep.config import load_hparams, resolved_yaml
+from speechsep.inference import (
+    FileSeparator,
+    ModelFolderError,
+    SeparationOptions,
+    crossfade,
+    expand_inputs,
+    find_model,
+    load_separator,
+    separate_long,
+)
+from speechsep.metrics import pit_si_snr
+from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
+from tests.corpus_trees import make_wsj0mix, speechlike
+
+SAMPLE_RATE = 8000
+
+
+# ---------------------------------------------------------------- model folders
+def overrides_text(values: dict) -> str:
+    return "\n".join(f"{key}: {json.dumps(value)}" for key, value in values.items())
+
+
+@pytest.fixture(scope="module")
+def convtasnet_run(tmp_path_factory) -> Path:
+    """A tiny ConvTasNet run folder written by train.py (hyperparams.yaml, save/CKPT+*)."""
+    root = tmp_path_factory.mktemp("convtasnet")
+    data_folder = make_wsj0mix(root / "data", per_split=4)
+    options = {"N_epochs": 8, "lr": 0.01, "batch_size": 2, "save_audio": False, **TINY_CONVTASNET}
+    command = [
+        sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={data_folder}",
+        f"--output_folder={root / 'run'}", "--noprogressbar", *[f"--{k}={v}" for k, v in options.items()],
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def sepformer_run(tmp_path_factory) -> Path:
+    """A tiny SepFormer run folder saved as train.py saves one, with two checkpoints: the best is the older."""
+    run = tmp_path_factory.mktemp("sepformer") / "run"
+    overrides = overrides_text({"data_folder": str(run / "data"), "output_folder": str(run), **TINY_SEPFORMER})
+    hparams = load_hparams(REPO / "hparams" / "sepformer.yaml", overrides)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "hyperparams.yaml").write_text(resolved_yaml(REPO / "hparams" / "sepformer.yaml", overrides))
+    checkpointer = hparams["checkpointer"]
+    checkpointer.save_checkpoint(meta={"si-snr": 5.0}, name="best")
+    with torch.no_grad():
+        for parameter in hparams["modules"]["masknet"].parameters():
+            parameter.add_(0.1)
+    checkpointer.save_checkpoint(meta={"si-snr": 1.0}, name="latest")
+    return run
+
+
+def recipe_estimates(run: Path, mixture: torch.Tensor) -> torch.Tensor:
+    """What train.py's `Separation.separate` gives with the run's own config and best checkpoint."""
+    from train import Separation
+
+    hparams = load_hparams(run / "hyperparams.yaml")
+    hparams["checkpointer"].recover_if_possible(max_key="si-snr")
+    brain = Separation(modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"})
+    brain.modules.eval()
+    with torch.no_grad():
+        return brain.separate(mixture)
+
+
+def test_run_folder_uses_the_checkpoint_with_the_best_si_snr(sepformer_run):
+    assert find_model(sepformer_run).checkpoint_dir.name == "CKPT+best"
+
+
+@pytest.mark.parametrize("run_fixture", ["convtasnet_run", "sepformer_run"])
+def test_exported_model_loads_in_speechbrain_and_matches_the_recipe_model(request, tmp_path, run_fixture):
+    run = request.getfixturevalue(run_fixture)
+    assert export.main([str(run), str(tmp_path / "export")]) == 0
+
+    model = SepformerSeparation.from_hparams(source=str(tmp_path / "export"), savedir=str(tmp_path / "savedir"))
+    mixture = torch.randn(2, 3000)
+    with torch.no_grad():
+        exported = model.separate_batch(mixture)
+    assert exported.shape == (2, 3000, 2)
+    assert (exported - recipe_estimates(run, mixture)).abs().max() < 1e-5
+
+
+def test_export_holds_only_the_model(sepformer_run, tmp_path):
+    export.main([str(sepformer_run), str(tmp_path / "export")])
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "decoder.ckpt", "encoder.ckpt", "hyperparams.yaml", "masknet.ckpt",
+    ]
+    config = (tmp_path / "export" / "hyperparams.yaml").read_text()
+    for absent in (str(sepformer_run), "data_folder", "optimizer", "checkpointer", "speechsep", "huggingface"):
+        assert absent not in config
+    assert "SBTransformerBlock" in config
+
+
+def test_missing_model_folder_fails_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "separate.py", "--model", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path), "x.wav"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: model folder not found: {tmp_path / 'nowhere'}"]
+
+
+def test_folder_without_checkpoint_or_weights_is_not_a_model(tmp_path):
+    (tmp_path / "hyperparams.yaml").write_text("num_spks: 2\n")
+    with pytest.raises(ModelFolderError, match="neither a training output folder"):
+        find_model(tmp_path)
+
+
+# ---------------------------------------------------------------- chunked separation, with an oracle
+def two_speaker_recording(seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same two speakers (pitch ~110 Hz and ~220 Hz) over many 1.5 s utterances with short pauses.
+
+    Returns mixture [time] and sources [time, 2].
+    """
+    rng = np.random.default_rng(seed)
+    num_samples = int(seconds * SAMPLE_RATE)
+    sources = np.zeros((num_samples, 2), dtype=np.float32)
+    for k, f0 in enumerate((110.0, 220.0)):
+        start = int(rng.integers(0, SAMPLE_RATE // 2))
+        while start < num_samples:
+            length = min(int(1.5 * SAMPLE_RATE), num_samples - start)
+            sources[start : start + length, k] = speechlike(rng, length, SAMPLE_RATE, f0) * rng.uniform(0.5, 1.5)
+            start += length + int(rng.integers(0, SAMPLE_RATE // 4))
+    sources = torch.from_numpy(sources)
+    return sources.sum(dim=1), sources
+
+
+class OracleSeparator:
+    """Returns the true sources of each window, in a window-dependent order and at window-dependent gains.
+
+    It finds where a window starts in the recording from its content (windows start on multiples of `hop`),
+    so it does not rely on being called in order. It records the shapes it was given.
+    """
+
+    def __init__(self, mixture: torch.Tensor, sources: torch.Tensor, hop: int, seed: int = 0):
+        self.mixture, self.sources, self.hop = mixture, sources, hop
+        self.rng = np.random.default_rng(seed)
+        self.input_shapes = []
+
+    def _start_of(self, window: torch.Tensor) -> int:
+        for start in range(0, self.mixture.shape[0], self.hop):
+            piece = self.mixture[start : start + window.shape[0]]
+            if torch.equal(piece, window[: piece.shape[0]]):
+                return start
+        return 0  # a whole-file pass
+
+    def separate_batch(self, mixtures: torch.Tensor) -> torch.Tensor:
+        self.input_shapes.append(tuple(mixtures.shape))
+        outputs = []
+        for window in mixtures:
+            start = self._start_of(window)
+            sources = torch.zeros(window.shape[0], 2)
+            piece = self.sources[start : start + window.shape[0]]
+            sources[: piece.shape[0]] = piece
+            order = torch.from_numpy(self.rng.permutation(2))
+            gains = torch.from_numpy(self.rng.uniform(0.1, 10.0, 2)).float()
+            outputs.append(sources[:, order] * gains)
+        return torch.stack(outputs)
+
+
+def segment_permutations(est_sources: torch.Tensor, sources: torch.Tensor, segment: int) -> list[list[int]]:
+    """The best speaker order of the estimates on each `segment`-sample stretch where both speakers talk."""
+    orders = []
+    for start in range(0, sources.shape[0] - segment + 1, segment):
+        piece = sources[start : start + segment]
+        if (piece.abs().amax(dim=0) > 0.05).all():
+            _, perm = pit_si_snr(est_sources[None, start : start + segment], piece[None])
+            orders.append(perm[0].tolist())
+    return orders
+
+
+def test_chunked_separation_keeps_each_speaker_on_one_track():
+    mixture, sources = two_speaker_recording(30.0)
+    window, hop = 2 * SAMPLE_RATE, SAMPLE_RATE
+    oracle = OracleSeparator(mixture, sources, hop)
+    est_sources = separate_long(oracle.separate_batch, mixture, window, hop, batch_size=3)
+
+    orders = segment_permutations(est_sources, sources, segment=SAMPLE_RATE // 2)
+    assert len(orders) > 20
+    assert all(order == orders[0] for order in orders)
+
+
+def test_chunked_separation_restores_each_speaker_at_the_mixture_level():
+    mixture, sources = two_speaker_recording(20.0, seed=1)
+    hop = SAMPLE_RATE
+    oracle = OracleSeparator(mixture, sources, hop)
+    est_sources = separate_long(oracle.separate_batch, mixture, 2 * hop, hop)
+
+    _, perm = pit_si_snr(est_sources[None], sources[None])
+    assert (est_sources[:, perm[0]] - sources).abs().max() < 1e-3
+
+
+def test_model_sees_at_most_a_batch_of_windows():
+    mixture, sources = two_speaker_recording(10.0)
+    oracle = OracleSeparator(mixture, sources, hop=1000)
+    separate_long(oracle.separate_batch, mixture, window=1500, hop=1000, batch_size=4)
+    assert max(shape[0] for shape in oracle.input_shapes) == 4
+    assert {shape[1] for shape in oracle.input_shapes} == {1500}
+
+
+def test_input_shorter_than_a_window_is_separated_in_one_pass():
+    mixture, sources = two_speaker_recording(3.0)
+    oracle = OracleSeparator(mixture, sources, hop=SAMPLE_RATE)
+    est_sources = separate_long(oracle.separate_batch, mixture, window=4 * SAMPLE_RATE, hop=SAMPLE_RATE)
+    assert oracle.input_shapes == [(1, mixture.shape[0])]
+    assert est_sources.shape == (mixture.shape[0], 2)
+
+
+def test_crossfade_sums_to_one():
+    fade_in, fade_out = crossfade(1000)
+    assert torch.allclose(fade_in + fade_out, torch.ones(1000))
+    assert fade_in[0] < 1e-5 and fade_out[-1] < 1e-5
+
+
+def test_hop_must_be_shorter_than_the_window():
+    with pytest.raises(ValueError, match="shorter than the window"):
+        SeparationOptions(window=4.0, hop=4.0)
+
+
+def test_chunked_si_snri_is_within_half_a_db_of_single_pass(convtasnet_run):
+    """The real (barely trained) model: cutting the file into windows must not cost separation quality."""
+    mixture, sources = two_speaker_recording(12.0)
+    separator = load_separator(convtasnet_run)
+
+    def si_snri(est_sources):
+        si_snr, _ = pit_si_snr(est_sources[None], sources[None])
+        baseline, _ = pit_si_snr(mixture[None, :, None].expand(-1, -1, 2), sources[None])
+        return float((si_snr - baseline).mean())
+
+    with torch.inference_mode():
+        single = separate_long(separator.separate_batch, mixture, window=mixture.shape[0], hop=SAMPLE_RATE)
+        chunked = separate_long(separator.separate_batch, mixture, window=2 * SAMPLE_RATE, hop=SAMPLE_RATE)
+    assert si_snri(single) > 1.0  # the model separates something, so there is something to lose
+    assert abs(si_snri(chunked) - si_snri(single)) < 0.5
+
+
+# ---------------------------------------------------------------- files and the command line
+def write(path: Path, signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    sf.write(path, signal, sample_rate, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture
+def recordings(tmp_path) -> Path:
+    """Two short mono 8 kHz recordings in a folder."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(2):
+        write(folder / f"talk{seed}.wav", two_speaker_recording(2.0, seed)[0].numpy())
+    return folder
+
+
+def test_each_input_gives_one_file_per_speaker(convtasnet_run, recordings, tmp_path):
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), str(recordings)])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "talk0_s1.wav", "talk0_s2.wav", "talk1_s1.wav", "talk1_s2.wav",
+    ]
+    info = sf.info(tmp_path / "out" / "talk0_s1.wav")
+    assert (info.samplerate, info.frames) == (SAMPLE_RATE, 2 * SAMPLE_RATE)
+
+
+def test_bad_inputs_give_one_error_line_each_and_the_others_are_separated(convtasnet_run, recordings, tmp_path, caplog):
+    (tmp_path / "garbage.wav").write_bytes(b"not audio" * 100)
+    write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32))
+    inputs = [tmp_path / "garbage.wav", recordings / "talk0.wav", tmp_path / "empty.wav", tmp_path / "missing.wav"]
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), *map(str, inputs)])
+
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.getMessage().startswith("error:")]
+    assert len(errors) == 3
+    for name in ("garbage.wav", "empty.wav", "missing.wav"):
+        assert sum(name in error for error in errors) == 1
+    assert (tmp_path / "out" / "talk0_s2.wav").is_file()
+
+
+def test_resampling_and_downmix_are_said_once(convtasnet_run, tmp_path, caplog):
+    for seed in range(2):
+        mono = two_speaker_recording(1.0, seed)[0].numpy()
+        stereo_16k = np.repeat(np.stack([mono, 0.5 * mono], axis=1), 2, axis=0)  # crude 16 kHz
+        write(tmp_path / f"stereo{seed}.wav", stereo_16k, 16000)
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), f"{tmp_path}/*.wav"])
+
+    assert code == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("Resampling 16000 Hz") for m in messages) == 1
+    assert sum(m.startswith("Mixing 2-channel") for m in messages) == 1
+    assert sf.info(tmp_path / "out" / "stereo1_s1.wav").samplerate == SAMPLE_RATE
+
+
+def test_output_rate_input_writes_at_each_inputs_rate(convtasnet_run, tmp_path):
+    write(tmp_path / "talk.wav", np.repeat(two_speaker_recording(1.0)[0].numpy(), 2), 16000)
+    output_dir = tmp_path / "out"
+    arguments = ["--model", str(convtasnet_run), "--output-dir", str(output_dir), "--output-rate", "input"]
+    assert separate.main([*arguments, str(tmp_path / "talk.wav")]) == 0
+    info = sf.info(output_dir / "talk_s1.wav")
+    assert (info.samplerate, info.frames) == (16000, 16000)
+
+
+def oracle_file_separator(mixture, sources, **options) -> FileSeparator:
+    """A FileSeparator around the oracle, with the attributes of SpeechBrain's separator it uses."""
+    oracle = OracleSeparator(mixture, sources, hop=SAMPLE_RATE)
+    hparams = SimpleNamespace(sample_rate=SAMPLE_RATE, num_spks=2)
+    stand_in = SimpleNamespace(separate_batch=oracle.separate_batch, hparams=hparams)
+    return FileSeparator(stand_in, SeparationOptions(window=2.0, hop=1.0, progress=False, **options))
+
+
+def test_estimates_louder_than_full_scale_are_scaled_down_not_clipped(tmp_path):
+    t = torch.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    tone, other_tone = torch.sin(2 * torch.pi * 200 * t), torch.sin(2 * torch.pi * 330 * t)
+    sources = torch.stack([1.5 * tone, -1.2 * tone + 0.2 * other_tone], dim=1)
+    mixture = sources.sum(dim=1)  # peaks below 0.5: the sources partly cancel
+    write(tmp_path / "loud.wav", mixture.numpy())
+    result = oracle_file_separator(mixture, sources).separate_file(tmp_path / "loud.wav", tmp_path / "out")
+
+    tracks = [sf.read(path)[0] for path in result.outputs]
+    peaks = sorted(np.abs(track).max() for track in tracks)
+    assert peaks[1] == pytest.approx(1.0, abs=1e-3)
+    assert peaks[0] / peaks[1] == pytest.approx(float(sources[:, 1].abs().max() / sources[:, 0].abs().max()), abs=0.01)
+
+
+def test_peak_normalisation_brings_every_track_to_0_9(tmp_path):
+    mixture, sources = two_speaker_recording(3.0)
+    write(tmp_path / "talk.wav", mixture.numpy())
+    separator = oracle_file_separator(mixture, sources, normalize="peak")
+    result = separator.separate_file(tmp_path / "talk.wav", tmp_path / "out")
+    for path in result.outputs:
+        assert np.abs(sf.read(path)[0]).max() == pytest.approx(0.9, abs=1e-3)
+
+
+def test_inputs_may_be_files_folders_or_globs(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/x.wav", "a/deep/y.flac", "z.ogg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files, errors = expand_inputs([f"{tmp_path}/a", f"{tmp_path}/*.ogg", f"{tmp_path}/a/x.wav", f"{tmp_path}/*.mp4"])
+    assert files == [tmp_path / "a" / "deep" / "y.flac", tmp_path / "a" / "x.wav", tmp_path / "z.ogg"]
+    assert errors == [f"{tmp_path}/*.mp4: matches no file"]
