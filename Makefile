@@ -16,6 +16,9 @@ $(INSTALLED): requirements.txt
 
 install: $(INSTALLED)
 
+demo: $(INSTALLED)
+	$(PYTHON) -m speechsep.demo
+
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
 
