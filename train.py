@@ -285,17 +285,10 @@ class Separation(sb.Brain):
             setattr(self, key, state.get(key, 0))
 
 
-def dataio_prep(hparams, test_only=False):
-    """Build the train/valid/test datasets: the train set is cropped at random, or mixed on the fly.
-
-    With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
-    """
-    common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
-    test = separation_dataset(hparams["test_data"], **common)
-    if test_only:
-        return None, None, test
+def training_dataset(hparams):
+    """Random crops of the training manifest, or mixtures made on the fly from a source pool."""
     if hparams["dynamic_mixing"]:
-        train = dynamic_mixing_dataset(
+        return dynamic_mixing_dataset(
             hparams["base_folder_dm"],
             hparams["sample_rate"],
             noise_folder=hparams["noise_folder_dm"],
@@ -307,12 +300,22 @@ def dataio_prep(hparams, test_only=False):
             speed_perturb=hparams["dm_speed_perturb"],
             seed=hparams["seed"],
         )
-    else:
-        train = separation_dataset(
-            hparams["train_data"], segment_len=hparams["training_signal_len"], random_crop=True, **common
-        )
-    valid = separation_dataset(hparams["valid_data"], **common)
-    return train, valid, test
+    return separation_dataset(
+        hparams["train_data"], hparams["data_folder"], hparams["num_spks"], hparams["use_wham_noise"],
+        segment_len=hparams["training_signal_len"], random_crop=True,
+    )
+
+
+def dataio_prep(hparams, test_only=False):
+    """Build the train/valid/test datasets.
+
+    With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
+    """
+    common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
+    test = separation_dataset(hparams["test_data"], **common)
+    if test_only:
+        return None, None, test
+    return training_dataset(hparams), separation_dataset(hparams["valid_data"], **common), test
 
 
 def check_writable(folder: str) -> None:
@@ -360,7 +363,7 @@ def prepare_experiment(argv):
         )
     test_only = run_opts["test_only"]
     if hparams["dynamic_mixing"] and not test_only:
-        run_on_main(dataio_prep, args=[hparams])  # the main process indexes (and resamples) the pool once
+        run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
     return hparams, run_opts, dataio_prep(hparams, test_only)
 
 

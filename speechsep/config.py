@@ -26,7 +26,8 @@ def _read_mapping(text: str, origin: str) -> dict:
     try:
         mapping = ruamel.yaml.YAML().load(text)
     except ruamel.yaml.YAMLError as err:
-        raise ConfigError(f"{origin}: not valid YAML ({err.__class__.__name__}: {err})") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{origin}: not valid YAML ({problem})") from None
     if mapping is None:
         return {}
     if not isinstance(mapping, dict):
