@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A ConvTasNet small enough for a CPU test step in milliseconds.
 TINY_CONVTASNET = {
-    "N_encoder_out": 16, "kernel_size": 16, "kernel_stride": 8, "B": 8, "H": 16, "P": 3, "X": 2, "R": 1,
+    "N_encoder_out": 16, "kernel_size": 16, "B": 8, "H": 16, "P": 3, "X": 2, "R": 1,
     "use_speedperturb": False, "num_workers": 0,
 }
 TINY_SEPFORMER = {
-    "N_encoder_out": 16, "kernel_size": 16, "kernel_stride": 8, "out_channels": 16, "num_layers": 1,
+    "N_encoder_out": 16, "kernel_size": 16, "out_channels": 16, "num_layers": 1,
     "nhead": 2, "d_ffn": 32, "num_blocks": 1, "chunk_size": 20, "use_speedperturb": False, "num_workers": 0,
 }
 

@@ -73,3 +73,16 @@ def test_resolved_config_is_self_contained(tmp_path):
     saved = tmp_path / "hyperparams.yaml"
     saved.write_text(text)
     assert load_hparams(saved)["num_layers"] == 8
+
+
+@pytest.mark.parametrize("kernel_size", [16, 64, 256])
+def test_decoder_hop_always_matches_the_encoder(kernel_size):
+    """SpeechBrain's encoder hops by half its window; a decoder with another hop would scramble the output."""
+    hp = load("convtasnet.yaml", kernel_size=kernel_size)
+    assert hp["Decoder"].stride == hp["Encoder"].conv1d.stride == (kernel_size // 2,)
+
+
+def test_demo_config_trains_on_the_embedded_corpus_pool():
+    hp = load("demo.yaml", data_folder="/data/MiniLibri2Mix")
+    assert hp["dynamic_mixing"] and hp["base_folder_dm"] == "/data/MiniLibri2Mix/sources/train"
+    assert hp["dm_level_scheme"] == "librimix" and hp["output_folder"] == "results/demo"
