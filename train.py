@@ -312,10 +312,11 @@ def dataio_prep(hparams, test_only=False):
     With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
     """
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
-    test = separation_dataset(hparams["test_data"], **common)
     if test_only:
-        return None, None, test
-    return training_dataset(hparams), separation_dataset(hparams["valid_data"], **common), test
+        return None, None, separation_dataset(hparams["test_data"], **common)
+    train = training_dataset(hparams)
+    valid = separation_dataset(hparams["valid_data"], **common)
+    return train, valid, separation_dataset(hparams["test_data"], **common)
 
 
 def check_writable(folder: str) -> None:

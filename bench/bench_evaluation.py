@@ -75,7 +75,7 @@ def upstream_two_passes(brain: Separation, pairs) -> float:
 
 
 def run(quick: bool = False) -> str:
-    count = 4 if quick else 40
+    count = 4 if quick else 20
     lines = [
         "## Evaluation: whole test set, one pass vs upstream's two passes",
         "",

@@ -288,7 +288,7 @@ def run(quick: bool = False, device: Optional[str] = None) -> str:
     if quick:
         warmup, repeats = 1, 1
     else:  # a full-size CPU training step takes seconds, a GPU one tens of milliseconds
-        warmup, repeats = (2, 5) if device == "cpu" else (3, 10)
+        warmup, repeats = (1, 3) if device == "cpu" else (3, 10)
     results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick)}
     threads = f", {len(os.sched_getaffinity(0))} CPU threads" if device == "cpu" else ""
     sizes = "tiny smoke-test sizes (--quick)" if quick else "the upstream WSJ0-2mix recipe sizes"

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+LABELS = {"si-snr_i": "SI-SNRi", "sdr_i": "SDRi", "si-snr": "SI-SNR", "sdr": "SDR"}
 STAT = re.compile(r"(train|valid) ([\w-]+): ([-+.\deE]+)")
 
 
@@ -51,7 +52,8 @@ def plot_improvement_histogram(test_results: Path, png: Path, column: str = "si-
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(values, bins=30, color="tab:blue", alpha=0.8)
     ax.axvline(values.mean(), color="black", linestyle="--", label=f"mean {values.mean():.2f} dB")
-    ax.set(xlabel=f"{column.upper()} (dB)", ylabel="test mixtures", title=f"Per-utterance {column.upper()}")
+    label = LABELS.get(column, column)
+    ax.set(xlabel=f"{label} (dB)", ylabel="test mixtures", title=f"Per-utterance {label} on the test set")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
