@@ -56,6 +56,7 @@ def data_wait_share(pool_folder: Path, steps: int) -> tuple[float, float, int]:
     The wait is the time `next(loader)` blocks, i.e. how long the model waits for the loader workers.
     """
     import speechbrain as sb
+    from speechbrain.dataio.batch import PaddedBatch
 
     from speechsep.config import load_hparams
     from train import Separation, training_dataset
@@ -65,14 +66,16 @@ def data_wait_share(pool_folder: Path, steps: int) -> tuple[float, float, int]:
         hparams = load_hparams(
             root / "hparams" / "demo.yaml",
             {"data_folder": "unused", "output_folder": output, "dynamic_mixing": True,
-             "base_folder_dm": str(pool_folder), "dm_epoch_len": 4 * (steps + 5)},
+             "base_folder_dm": str(pool_folder), "dm_epoch_len": 64 * (steps + 5)},
         )
         brain = Separation(
             modules=hparams["modules"], opt_class=hparams["optimizer"], hparams=hparams,
             run_opts={"device": "cpu", "noprogressbar": True},
         )
         train_set = training_dataset(hparams)
-        loader = brain.make_dataloader(train_set, sb.Stage.TRAIN, **hparams["dataloader_opts"], ckpt_prefix=None)
+        loader = brain.make_dataloader(
+            train_set, sb.Stage.TRAIN, **hparams["dataloader_opts"], collate_fn=PaddedBatch, ckpt_prefix=None
+        )
         brain.init_optimizers()
         brain.on_stage_start(sb.Stage.TRAIN, 1)
         batches = iter(loader)

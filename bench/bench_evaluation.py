@@ -3,8 +3,8 @@
 Upstream evaluates the test set twice, batch size 1: `evaluate` (forward + SI-SNR loss), then
 `save_results` (forward again, then per utterance two mir_eval `bss_eval_sources` calls and PIT SI-SNR
 twice). The recipe's TEST stage runs one forward per batch and scores it with
-`speechsep.metrics.separation_metrics`. Both with the demo SepFormer (random weights: the scoring cost
-does not depend on the quality) on 4 s, 8 kHz speech-like mixtures.
+`speechsep.metrics.separation_metrics`. Both with the demo model (`hparams/demo.yaml`, random weights:
+the scoring cost does not depend on the quality) on 4 s, 8 kHz speech-like mixtures.
 
     python -m bench.bench_evaluation --quick
 """
@@ -79,7 +79,7 @@ def run(quick: bool = False) -> str:
     lines = [
         "## Evaluation: whole test set, one pass vs upstream's two passes",
         "",
-        f"{count} mixtures of {SECONDS} s at {SAMPLE_RATE // 1000} kHz, demo SepFormer, CPU, "
+        f"{count} mixtures of {SECONDS} s at {SAMPLE_RATE // 1000} kHz, demo model, CPU, "
         f"{torch.get_num_threads()} torch thread(s). Ours: one forward per batch + `separation_metrics`; "
         "upstream: forward + loss for every mixture, then forward + 2 mir_eval calls + 2 PIT SI-SNR.",
         "",
