@@ -40,7 +40,7 @@ class Separation(sb.Brain):
     """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules."""
 
     train_dataset = None
-    stop_requested = False  # set by a signal handler (see speechsep.preemption)
+    stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
 
     # ---------------------------------------------------------------- forward and loss
     def batch_signals(self, batch):
