@@ -198,12 +198,12 @@ class Separation(sb.Brain):
             for k in range(sources.shape[-1]):
                 signals[f"source{k + 1}"] = sources[b, :length, k]
                 signals[f"source{k + 1}hat"] = est_sources[b, :length, perms[b][k]]
-            for name, signal in signals.items():
-                signal = signal.float().cpu()
-                peak = signal.abs().max()
+            for name, waveform in signals.items():
+                waveform = waveform.float().cpu()
+                peak = waveform.abs().max()
                 if peak > 0:  # estimates have an arbitrary scale; silent signals are written as silence
-                    signal = signal / peak * 0.9
-                write_audio(audio_dir / f"{snt_id}_{name}.wav", signal, self.hparams.sample_rate)
+                    waveform = waveform / peak * 0.9
+                write_audio(audio_dir / f"{snt_id}_{name}.wav", waveform, self.hparams.sample_rate)
             self.audio_saved += 1
 
     # ---------------------------------------------------------------- stage hooks
