@@ -8,17 +8,27 @@ SpeechBrain's EPS conventions, so unpadded examples give exactly SpeechBrain's n
 import itertools
 
 import torch
+from speechbrain.dataio.dataio import length_to_mask
 
 EPS = 1e-8
 
 
-def length_mask(lengths: torch.Tensor | None, batch: int, time: int, device) -> torch.Tensor:
-    """Return a [batch, time, 1] float mask from SpeechBrain relative lengths (None = all valid)."""
+def length_mask(
+    lengths: torch.Tensor | None, batch: int, time: int, device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Mask [batch, time] of the samples within each example's true length (None = all valid).
+
+    True length = round(relative length * time), SpeechBrain's convention.
+    """
     if lengths is None:
-        return torch.ones(batch, time, 1, device=device)
-    abs_lengths = torch.round(lengths.to(device).float() * time).clamp(min=1)
-    steps = torch.arange(time, device=device).unsqueeze(0)
-    return (steps < abs_lengths.unsqueeze(1)).float().unsqueeze(-1)
+        return torch.ones(batch, time, dtype=dtype, device=device)
+    lengths = torch.as_tensor(lengths, device=device).double()
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected ({batch},)")
+    if (lengths <= 0).any() or (lengths > 1 + 1e-6).any():
+        raise ValueError(f"relative lengths must lie in (0, 1], got {lengths.tolist()}")
+    abs_lengths = torch.round(lengths * time).clamp(min=1)
+    return length_to_mask(abs_lengths, max_len=time, dtype=dtype, device=device)
 
 
 def pairwise_si_snr(
@@ -35,7 +45,7 @@ def pairwise_si_snr(
 
 def _pairwise_si_snr_fp32(est_sources, sources, lengths):
     batch, time, _ = sources.shape
-    mask = length_mask(lengths, batch, time, sources.device)
+    mask = length_mask(lengths, batch, time, sources.device).unsqueeze(-1)  # [batch, time, 1]
     num_samples = mask.sum(dim=1, keepdim=True)  # [batch, 1, 1]
     sources = sources * mask
     est_sources = est_sources * mask

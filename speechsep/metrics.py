@@ -29,7 +29,8 @@ import torch
 from fast_bss_eval.torch.linalg import block_toeplitz, toeplitz
 from fast_bss_eval.torch.metrics import compute_stats_2
 from scipy import stats
-from speechbrain.dataio.dataio import length_to_mask
+
+from speechsep.losses import length_mask
 
 # SpeechBrain's cal_si_snr constant, kept so that SI-SNR matches its loss exactly.
 SI_SNR_EPS = 1e-8
@@ -40,22 +41,6 @@ SDR_CLAMP_DB = 100.0
 # Added to the diagonal of the (unit-norm) reference correlation matrices, so that silent or very
 # short references give a solvable system; far below what changes realistic SDRs.
 SDR_LOAD_DIAG = 1e-10
-
-
-def length_mask(lengths: torch.Tensor | None, batch: int, time: int, device: torch.device) -> torch.Tensor:
-    """Float64 mask [batch, time] of the samples within each utterance's true length.
-
-    True length = round(relative length * time), SpeechBrain's convention.
-    """
-    if lengths is None:
-        return torch.ones(batch, time, dtype=torch.float64, device=device)
-    lengths = torch.as_tensor(lengths, device=device).double()
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected ({batch},)")
-    if (lengths <= 0).any() or (lengths > 1 + 1e-6).any():
-        raise ValueError(f"relative lengths must lie in (0, 1], got {lengths.tolist()}")
-    abs_lengths = torch.round(lengths * time).clamp(min=1)
-    return length_to_mask(abs_lengths, max_len=time, dtype=torch.float64, device=device)
 
 
 def _check_signals(est_sources: torch.Tensor, sources: torch.Tensor) -> None:
@@ -79,7 +64,7 @@ def pairwise_si_snr(
     """
     _check_signals(est_sources, sources)
     batch, time, _ = sources.shape
-    mask = length_mask(lengths, batch, time, sources.device).unsqueeze(-1)  # [batch, time, 1]
+    mask = length_mask(lengths, batch, time, sources.device, torch.float64).unsqueeze(-1)  # [batch, time, 1]
     num_samples = mask.sum(dim=1, keepdim=True)  # [batch, 1, 1]
 
     def zero_mean(signals: torch.Tensor) -> torch.Tensor:
@@ -152,7 +137,7 @@ def pairwise_bss_eval(
     """
     _check_signals(est_sources, sources)
     batch, time, _ = sources.shape
-    mask = length_mask(lengths, batch, time, sources.device).unsqueeze(1)  # [batch, 1, time]
+    mask = length_mask(lengths, batch, time, sources.device, torch.float64).unsqueeze(1)  # [batch, 1, time]
     refs = _unit_norm(sources.double().transpose(1, 2) * mask)  # [batch, num_spks, time]
     ests = _unit_norm(est_sources.double().transpose(1, 2) * mask)  # [batch, num_est, time]
     coh_sdr, coh_sar = _explained_energy(refs, ests)
@@ -283,7 +268,7 @@ def _stoi(
     from pystoi import stoi  # optional dependency, only needed here
 
     batch, time, num_spks = sources.shape
-    true_lengths = length_mask(lengths, batch, time, torch.device("cpu")).sum(dim=1).long().tolist()
+    true_lengths = length_mask(lengths, batch, time, torch.device("cpu"), torch.float64).sum(dim=1).long().tolist()
     sources, est_sources = sources.double().cpu().numpy(), est_sources.double().cpu().numpy()
     mixture, perm = mixture.double().cpu().numpy(), perm.cpu().numpy()
     scores = np.zeros((batch, num_spks))
