@@ -177,6 +177,7 @@ class Separation(sb.Brain):
             rows = metrics.separation_metrics(
                 mixture, sources, est_sources.float(), lengths, snt_ids=batch.id,
                 compute_stoi=self.hparams.compute_stoi, sample_rate=self.hparams.sample_rate,
+                sdr_permutation=self.hparams.sdr_permutation,
             )
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
@@ -338,6 +339,10 @@ def prepare_experiment(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     check_writable(peek(hparams_file, "output_folder", overrides))  # building the objects creates folders
     hparams = load_hparams(hparams_file, overrides)
+    if hparams["sdr_permutation"] not in metrics.SDR_PERMUTATIONS:  # fail now, not after training
+        raise RecipeError(
+            f"sdr_permutation is {hparams['sdr_permutation']!r}, expected one of {metrics.SDR_PERMUTATIONS}"
+        )
     if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
         logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
         run_opts.precision = "bf16"

@@ -107,3 +107,9 @@ def test_bad_manifest_given_with_skip_prep_is_one_line(corpus, tmp_path):
 def test_wrong_sample_rate_in_the_config_is_one_line(corpus, tmp_path):
     result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--sample_rate=16000")
     assert last_line(result).startswith(f"error: {corpus}/wav16k/min not found (sample_rate=16000, mode=min)")
+
+
+def test_unknown_sdr_permutation_is_reported_before_training(corpus, tmp_path):
+    result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--sdr_permutation=snr")
+    assert last_line(result) == "error: sdr_permutation is 'snr', expected one of ('sdr', 'sir')"
+    assert not (tmp_path / "run" / "save" / "train.csv").exists()  # stopped before data preparation

@@ -10,9 +10,11 @@ import pytest
 import torch
 from speechbrain.nnet.losses import PitWrapper, cal_si_snr, get_si_snr_with_pitwrapper
 
+from speechsep import metrics
 from speechsep.metrics import (
     best_permutation,
     pairwise_bss_eval,
+    pairwise_sdr,
     pit_sdr,
     pit_si_snr,
     separation_metrics,
@@ -60,35 +62,62 @@ def scored_examples(request):
     return examples
 
 
-def test_sdr_matches_mir_eval_per_source_on_mask_estimates(scored_examples):
+@pytest.mark.parametrize("permutation", ["sdr", "sir"])
+def test_sdr_matches_mir_eval_per_source_on_mask_estimates(scored_examples, permutation):
     for example in scored_examples:
         sources, est_sources = as_batch(example["sources"], example["est_sources"])
-        sdr, perm = pit_sdr(est_sources, sources)
+        sdr, perm = pit_sdr(est_sources, sources, permutation=permutation)
         np.testing.assert_allclose(sdr[0].numpy(), example["sdr"], atol=0.05)
         np.testing.assert_array_equal(perm[0].numpy(), example["perm"])
 
 
-def test_sdr_improvement_matches_mir_eval_of_the_mixture(scored_examples):
+@pytest.mark.parametrize("permutation", ["sdr", "sir"])
+def test_sdr_improvement_matches_mir_eval_of_the_mixture(scored_examples, permutation):
     for example in scored_examples:
-        row = separation_metrics(*as_batch(example["mixture"], example["sources"], example["est_sources"]))[0]
+        batch = as_batch(example["mixture"], example["sources"], example["est_sources"])
+        row = separation_metrics(*batch, sdr_permutation=permutation)[0]
         assert row["sdr"] == pytest.approx(example["sdr"].mean(), abs=0.05)
         assert row["sdr_i"] == pytest.approx(example["sdr"].mean() - example["sdr_mixture"].mean(), abs=0.05)
 
 
-def test_sdr_permutation_is_the_best_mean_sir_like_mir_eval():
-    # Estimate 0 has s1 without much s2 but is very noisy; estimate 1 is mostly s1 with all of s2.
-    # Mean SIR pairs estimate 0 with s1 (+1 dB vs -1 dB); mean SDR would pair it with s2.
+def test_sdr_alone_equals_the_sdr_of_the_full_decomposition(scored_examples):
+    for example in scored_examples:
+        batch = as_batch(example["est_sources"], example["sources"])
+        sdr_pairs, _ = pairwise_bss_eval(*batch)
+        torch.testing.assert_close(pairwise_sdr(*batch), sdr_pairs, rtol=0, atol=1e-9)
+
+
+def sir_and_sdr_disagree() -> tuple[np.ndarray, np.ndarray]:
+    """Estimate 0 has s1 without much s2 but is very noisy; estimate 1 is mostly s1 with all of s2.
+    Mean SIR pairs estimate 0 with s1 (+1 dB vs -1 dB); mean SDR pairs it with s2."""
     _, sources, _ = mask_separation_example(2, NUM_SAMPLES, SAMPLE_RATE)
     s1, s2 = sources.T / np.linalg.norm(sources, axis=0)[:, None]
     noise = np.random.default_rng(0).standard_normal(NUM_SAMPLES) / np.sqrt(NUM_SAMPLES)
-    est_sources = np.stack([s1 + 0.4 * s2 + noise, 2.0 * s1 + s2], axis=1)
-    sdr_pairs, _ = pairwise_bss_eval(*as_batch(est_sources, sources))
-    assert best_permutation(sdr_pairs)[0].tolist() == [1, 0]  # the case does tell SIR and SDR apart
+    return sources, np.stack([s1 + 0.4 * s2 + noise, 2.0 * s1 + s2], axis=1)
 
-    sdr, perm = pit_sdr(*as_batch(est_sources, sources))
+
+def test_sir_permutation_is_mir_evals_best_mean_sir():
+    sources, est_sources = sir_and_sdr_disagree()
+    sdr, perm = pit_sdr(*as_batch(est_sources, sources), permutation="sir")
     expected_sdr, expected_perm = mir_eval_sdr(sources, est_sources)
     assert perm[0].tolist() == expected_perm.tolist() == [0, 1]
     np.testing.assert_allclose(sdr[0].numpy(), expected_sdr, atol=0.05)
+
+
+def test_sdr_permutation_is_the_best_mean_sdr():
+    sources, est_sources = sir_and_sdr_disagree()
+    sdr, perm = pit_sdr(*as_batch(est_sources, sources))
+    assert perm[0].tolist() == [1, 0]
+    # mir_eval's SDR of the same pairs, its permutation search turned off.
+    expected_sdr, _ = mir_eval_sdr(sources, est_sources[:, [1, 0]], compute_permutation=False)
+    np.testing.assert_allclose(sdr[0].numpy(), expected_sdr, atol=0.05)
+    assert sdr[0].mean() > pit_sdr(*as_batch(est_sources, sources), permutation="sir")[0][0].mean()
+
+
+def test_unknown_sdr_permutation_is_an_error():
+    mixture, sources, est_sources = as_batch(*mask_separation_example(2, NUM_SAMPLES, SAMPLE_RATE))
+    with pytest.raises(ValueError, match="unknown SDR permutation rule 'snr'"):
+        separation_metrics(mixture, sources, est_sources, sdr_permutation="snr")
 
 
 def test_mask_estimates_are_realistic(scored_examples):
@@ -259,3 +288,17 @@ def test_write_test_results_csv_and_summary_json(tmp_path):
     assert json_path == tmp_path / "test_results_summary.json"
     summary = json.loads(json_path.read_text())
     assert list(summary) == metric_columns and summary["sdr"]["count"] == 1
+
+
+def test_levinson_and_cholesky_solvers_agree_even_on_pure_tones():
+    """The CPU path (Levinson recursion) and the accelerator path (Cholesky) of the SDR solve."""
+    time = np.arange(NUM_SAMPLES) / SAMPLE_RATE
+    tones = np.stack([np.sin(2 * np.pi * 440 * time), np.sin(2 * np.pi * 300 * time)], axis=1)
+    noisy_tones = tones + 0.1 * np.random.default_rng(0).standard_normal(tones.shape)
+    _, speech, speech_estimates = mask_separation_example(2, NUM_SAMPLES, SAMPLE_RATE)
+    for sources, est_sources in [(speech, speech_estimates), (tones, noisy_tones)]:
+        refs, ests = metrics._unit_norm_signals(*as_batch(est_sources, sources), None)
+        acf, xcorr = metrics._own_reference_stats(refs, ests)
+        levinson = metrics._explained_by_each_levinson(acf, xcorr)
+        cholesky = metrics._explained_by_each_cholesky(acf, xcorr)
+        torch.testing.assert_close(levinson, cholesky, rtol=1e-9, atol=1e-12)
