@@ -229,6 +229,76 @@ def measure_in_subprocess(case: Case, warmup: int, repeats: int) -> Measurement:
         return _failure(error)
 
 
+# How profiler op names group into the parts of a transformer step (self CPU time, forward and backward).
+LINEAR_OPS = ("aten::mm", "aten::addmm")
+ATTENTION_OPS = ("aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data", "scaled_dot_product")
+
+
+def profile_breakdown(case: Case, warmup: int = 1) -> dict[str, float]:
+    """Share of one step's self CPU time in linear-layer matmuls, in attention, and elsewhere.
+
+    Both blocks run the very same linear layers, so the linear share bounds what any attention
+    kernel can gain: speed-up <= 1 / (1 - attention share).
+    """
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(0)
+    separator = build_separator(case.model, case.block, case.quick)
+    step = _make_step(case, separator, torch.device(case.device))
+    for _ in range(warmup):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        step()
+    totals = {"linear": 0.0, "attention": 0.0, "other": 0.0}
+    for event in profiler.key_averages():
+        if event.key.startswith("aten::") or "scaled_dot_product" in event.key:
+            group = (
+                "linear" if event.key in LINEAR_OPS
+                else "attention" if any(name in event.key for name in ATTENTION_OPS)
+                else "other"
+            )
+            totals[group] += event.self_cpu_time_total
+    total = sum(totals.values())
+    return {group: value / total for group, value in totals.items()}
+
+
+def _breakdown_or_report(case: Case) -> Optional[dict[str, float]]:
+    try:
+        return profile_breakdown(case)
+    except Exception:
+        traceback.print_exc()
+        return None
+
+
+def breakdown_section(quick: bool) -> str:
+    """Where a SepFormer training step spends its CPU time, with each block (fresh process each)."""
+    seconds = 0.5 if quick else 4.0
+    lines = [
+        "### Where a SepFormer training step spends its time (CPU, fp32)",
+        "",
+        f"One profiled training step (`torch.profiler`, self CPU time of aten ops), {seconds:g} s mixture, same "
+        "sizes as above. *linear* = `mm`/`addmm` (projections and feed-forward layers, identical in both "
+        "blocks); *attention* = `bmm`, softmax and the fused `scaled_dot_product_attention` kernels; *other* = "
+        "norms, convolutions, element-wise ops, optimizer. The last column is the speed-up a block would get "
+        "if its attention cost nothing: 1 / (1 - attention share).",
+        "",
+        "| block | linear | attention | other | bound on any attention speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    context = multiprocessing.get_context("spawn")
+    for block in BLOCKS:
+        case = Case("sepformer", block, "train", "fp32", seconds, "cpu", quick)
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            shares = pool.submit(_breakdown_or_report, case).result()
+        if shares is None:
+            lines.append(f"| {block} | failed | — | — | — |")
+            continue
+        lines.append(
+            f"| {block} | {shares['linear']:.0%} | {shares['attention']:.0%} | {shares['other']:.0%} "
+            f"| {1 / (1 - shares['attention']):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def _format(value: Optional[float], digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
@@ -263,7 +333,7 @@ def _table(results: dict[Case, Measurement]) -> str:
 
 def cases(device: str, quick: bool) -> list[Case]:
     """Every configuration to measure, SpeechBrain's block right before ours."""
-    precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32"]
+    precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
     seconds = 0.5 if quick else 4.0
     models = [("sepformer", "speechbrain"), ("sepformer", "ours"), ("convtasnet", None)]
     measured = [
@@ -305,6 +375,7 @@ def run(quick: bool = False, device: Optional[str] = None) -> str:
         "",
         _table(results),
         "",
+        *([breakdown_section(quick), ""] if device == "cpu" else []),
     ])
 
 

@@ -101,9 +101,23 @@ class SDPAMultiheadAttention(nn.Module):
             value_t,
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
-            need_weights=False,
+            need_weights=not fused_attention_pays(query),
         )
         return output.transpose(0, 1), None
+
+
+def fused_attention_pays(query: torch.Tensor) -> bool:
+    """False where PyTorch's fused attention is measured slower than the explicit path: bf16 on the CPU.
+
+    There, a full-size SepFormer training step took 0.65x the speed of SpeechBrain's block
+    (bench/RESULTS.md), so the explicit path (the one SpeechBrain takes, weights dropped) is used.
+    """
+    if query.device.type != "cpu":
+        return True
+    bf16 = query.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    return not bf16
 
 
 def use_sdpa_attention(model: nn.Module) -> int:

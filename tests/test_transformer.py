@@ -16,6 +16,7 @@ from speechbrain.nnet.attention import MultiheadAttention
 from speechsep.transformer import (
     FastSBTransformerBlock,
     SDPAMultiheadAttention,
+    fused_attention_pays,
     use_sdpa_attention,
 )
 
@@ -241,3 +242,19 @@ def test_block_keeps_speechbrain_attention_for_other_attention_types(caplog):
     x = torch.randn(3, 12, D_MODEL)
     with torch.no_grad():
         assert_relative_close(fast(x), reference(x))
+
+
+def test_fused_attention_is_skipped_only_for_bf16_on_the_cpu():
+    x = torch.randn(2, 3)
+    assert fused_attention_pays(x)
+    assert not fused_attention_pays(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_attention_pays(x)
+
+
+def test_block_under_cpu_bf16_autocast_matches_speechbrain():
+    """The explicit-path fallback computes the same as SpeechBrain's block (to bf16 rounding)."""
+    reference, fast = make_block_pair(dropout=0.0)
+    x = torch.randn(3, 12, D_MODEL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x), reference(x), rtol=0, atol=0)
