@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from speechsep.report import make_figures
+from speechsep.report import improvement_by_gender_pairing, make_figures
 from speechsep.synth_corpus import synthesize_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,9 @@ def run_demo(data_dir: Path, output_folder: Path, config: Path, train_overrides:
         "sdr_i": results["sdr_i"]["mean"],
         "si-snr_i_ci95": [results["si-snr_i"]["ci95_low"], results["si-snr_i"]["ci95_high"]],
         "test_mixtures": results["si-snr_i"]["count"],
+        "si-snr_i_by_gender_pairing": improvement_by_gender_pairing(
+            output_folder / "test_results.csv", corpus / "sources" / "speakers.csv"
+        ),
         "corpus": str(corpus),
         "corpus_seconds": round(corpus_seconds, 1),
         "train_and_test_seconds": round(train_seconds, 1),
@@ -63,10 +66,13 @@ def main() -> None:
         summary = run_demo(args.data_dir, args.output_folder, args.config, train_overrides)
     except subprocess.CalledProcessError as err:
         sys.exit(f"error: training failed (exit status {err.returncode}); see {args.output_folder}/log.txt")
+    pairing = summary["si-snr_i_by_gender_pairing"]
     print(
         f"Demo: test SI-SNRi {summary['si-snr_i']:.2f} dB, SDRi {summary['sdr_i']:.2f} dB on "
         f"{summary['test_mixtures']} mixtures of unseen speakers "
-        f"(corpus {summary['corpus_seconds'] / 60:.1f} min, training + test {summary['train_and_test_seconds'] / 60:.1f} min). "
+        f"({pairing['different_genders']['mean']:.2f} dB with talkers of different genders, "
+        f"{pairing['same_gender']['mean']:.2f} dB with the same); corpus {summary['corpus_seconds'] / 60:.1f} min, "
+        f"training + test {summary['train_and_test_seconds'] / 60:.1f} min. "
         f"Results: {summary['test_results']}; summary, figures and audio in {args.output_folder}"
     )
 

@@ -61,6 +61,21 @@ def plot_improvement_histogram(test_results: Path, png: Path, column: str = "si-
     return png
 
 
+def improvement_by_gender_pairing(test_results: Path, speakers_csv: Path, column: str = "si-snr_i") -> dict:
+    """Mean and count of `column` over test mixtures whose talkers all share one voice gender, and over
+    the others. Needs a synthetic corpus's `sources/speakers.csv` (speaker_id, gender) and its mixture
+    IDs (`<speaker>_<utterance>_<speaker>_<utterance>...`). Same-gender mixtures are the hard ones:
+    the pitch ranges of the talkers overlap.
+    """
+    gender = pd.read_csv(speakers_csv).set_index("speaker_id")["gender"]
+    results = pd.read_csv(test_results)
+    same_gender = results["snt_id"].map(lambda snt_id: gender[snt_id.split("_")[::2]].nunique() == 1)
+    return {
+        name: {"mean": float(results.loc[mask, column].mean()), "count": int(mask.sum())}
+        for name, mask in (("same_gender", same_gender), ("different_genders", ~same_gender))
+    }
+
+
 def make_figures(run_dir: Path) -> list[Path]:
     """Write learning_curve.png and si-snr_i_histogram.png into a run's output folder."""
     run_dir = Path(run_dir)

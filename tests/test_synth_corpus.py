@@ -15,6 +15,7 @@ import soundfile as sf
 from speechsep import synth_corpus
 from speechsep.espeak import EspeakSynth, available_languages, available_variants
 from speechsep.loudness import measure_loudness, normalize_loudness
+from speechsep.report import improvement_by_gender_pairing
 from speechsep.sentences import make_sentence
 from speechsep.synth_corpus import (
     ENGLISH_ACCENTS,
@@ -328,3 +329,18 @@ def test_invalid_options_fail_clearly(tmp_path):
     (tmp_path / "MiniLibri2Mix" / "notes.txt").write_text("not a corpus")
     with pytest.raises(FileExistsError, match="not a synthetic corpus"):
         synthesize_corpus(tmp_path, **TINY)
+
+
+def test_test_results_split_by_gender_pairing_of_the_talkers(corpus, tmp_path):
+    gender = {row["speaker_id"]: row["gender"] for row in _read_csv(corpus / "sources" / "speakers.csv")}
+    rows = [row for split in LIBRIMIX_SPLITS for row in _mixture_rows(corpus, split, "mix_clean")]
+    same = [gender[a] == gender[b] for a, b in (row["mixture_ID"].split("_")[::2] for row in rows)]
+    assert any(same) and not all(same)  # the tiny corpus has both kinds (all splits scored as one here)
+    results = tmp_path / "test_results.csv"
+    # Score 10 dB for same-gender mixtures, 0 dB for the others.
+    results.write_text("snt_id,si-snr_i\n" + "".join(f"{row['mixture_ID']},{10 * s}\n" for row, s in zip(rows, same)))
+    by_pairing = improvement_by_gender_pairing(results, corpus / "sources" / "speakers.csv")
+    assert by_pairing == {
+        "same_gender": {"mean": 10.0, "count": sum(same)},
+        "different_genders": {"mean": 0.0, "count": len(same) - sum(same)},
+    }
