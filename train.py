@@ -28,7 +28,7 @@ from speechsep.dataio import separation_dataset, write_audio
 from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
 from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.errors import RecipeError
-from speechsep.losses import pit_si_snr_loss
+from speechsep.losses import pit_si_snr_loss, true_lengths
 from speechsep.schedulers import step_scheduler
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,29 @@ class Separation(sb.Brain):
         )
         return fit_length(est_sources, mixture.shape[1])
 
+    def separate_each(self, mixture, lengths):
+        """`separate` one utterance at a time on its true length, re-padded with zeros.
+
+        For evaluation: the global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would
+        otherwise take the padding into account, and the scores would depend on the batch size.
+        """
+        est_sources = [
+            self.separate(mixture[b : b + 1, :num_samples])
+            for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist())
+        ]
+        padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
+        for b, est in enumerate(est_sources):
+            padded[b, : est.shape[1]] = est[0]
+        return padded
+
     def compute_forward(self, batch, stage):
-        """Returns (est_sources, sources, mixture, lengths); at TRAIN the augmented signals."""
+        """Returns (est_sources, sources, mixture, lengths); at TRAIN the augmented signals, batched; at
+        VALID and TEST each utterance separated on its own, so that padding never changes a score."""
         mixture, sources, lengths, noise = self.batch_signals(batch)
         if stage == sb.Stage.TRAIN:
             mixture, sources, lengths = self.augment(mixture, sources, lengths, noise)
-        return self.separate(mixture), sources, mixture, lengths
+            return self.separate(mixture), sources, mixture, lengths
+        return self.separate_each(mixture, lengths), sources, mixture, lengths
 
     def compute_objectives(self, predictions, batch, stage):
         """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]."""

@@ -27,8 +27,12 @@ def length_mask(
         raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected ({batch},)")
     if (lengths <= 0).any() or (lengths > 1 + 1e-6).any():
         raise ValueError(f"relative lengths must lie in (0, 1], got {lengths.tolist()}")
-    abs_lengths = torch.round(lengths * time).clamp(min=1)
-    return length_to_mask(abs_lengths, max_len=time, dtype=dtype, device=device)
+    return length_to_mask(true_lengths(lengths, time), max_len=time, dtype=dtype, device=device)
+
+
+def true_lengths(lengths: torch.Tensor, time: int) -> torch.Tensor:
+    """Samples [batch] of each example: round(relative length * time), at least 1 (SpeechBrain's convention)."""
+    return torch.round(torch.as_tensor(lengths).double() * time).clamp(min=1).long()
 
 
 def pairwise_si_snr(

@@ -149,7 +149,7 @@ def _explained_by_each(acf: torch.Tensor, xcorr: torch.Tensor) -> torch.Tensor:
 
 
 def _explained_by_each_levinson(acf: torch.Tensor, xcorr: torch.Tensor) -> torch.Tensor:
-    acf, xcorr = acf.numpy(), xcorr.numpy()
+    acf, xcorr = acf.detach().numpy(), xcorr.detach().numpy()  # a metric: no gradient
     batch, num_spks, num_est, _ = xcorr.shape
     coherence = np.empty((batch, num_spks, num_est))
     for b, k in itertools.product(range(batch), range(num_spks)):

@@ -1,9 +1,11 @@
 """Separation.evaluate_batch: audio examples written at TEST only, at most n_audio_to_save of them."""
 
 import numpy as np
+import pytest
 import soundfile as sf
 import speechbrain as sb
 import torch
+from speechbrain.dataio.batch import PaddedBatch
 
 from tests.conftest import make_batch, make_brain
 
@@ -68,3 +70,23 @@ def test_test_rows_hold_one_row_per_utterance_with_the_metric_columns(tmp_path):
     brain.evaluate_batch(make_batch(batch_size=3), sb.Stage.TEST)
     assert [row["snt_id"] for row in brain.test_rows] == ["utt0", "utt1", "utt2"]
     assert {"sdr", "sdr_i", "si-snr", "si-snr_i"} <= set(brain.test_rows[0])
+
+
+@pytest.mark.parametrize("config", ["convtasnet.yaml", "sepformer.yaml"])
+def test_test_scores_do_not_depend_on_the_batch_size(tmp_path, config):
+    """Global layer norms see the padding of a batched forward; evaluation must not let them."""
+    brain = make_brain(tmp_path, config=config, save_audio=False)
+    lengths = [4000, 2500, 3300, 1200]
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=4, lengths=lengths), sb.Stage.TEST)
+    batched = {row["snt_id"]: row for row in brain.test_rows}
+    full = make_batch(batch_size=4, lengths=lengths)
+    for b, length in enumerate(lengths):
+        start(brain, sb.Stage.TEST)
+        # The same utterance alone, as a batch of one with no padding.
+        example = {key: getattr(full, key).data[b, :length] for key in ("mix_sig", "s1_sig", "s2_sig")}
+        single = PaddedBatch([{"id": full.id[b], **example}])
+        brain.evaluate_batch(single, sb.Stage.TEST)
+        (row,) = brain.test_rows
+        for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
+            assert batched[row["snt_id"]][key] == pytest.approx(row[key], abs=0.01), key
