@@ -11,8 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {
-    "dynamic mixing (default), 19 epochs x 150 steps": REPO / "results" / "demo",
-    "static mixing, 8 epochs x 375 steps (about the same steps)": REPO / "results" / "demo-static",
+    "dynamic mixing (default), 20 epochs x 150 steps": REPO / "results" / "demo",
+    "static mixing, 8 epochs x 375 steps (same steps)": REPO / "results" / "demo-static",
     "static mixing, 9 epochs x 375 steps (about the same time)": REPO / "results" / "demo-static-time",
 }
 
