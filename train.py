@@ -183,7 +183,7 @@ class Separation(sb.Brain):
         if loss is None:
             return None, f"every example below the threshold of {hp.threshold} dB"
         if loss >= hp.loss_upper_lim:
-            return None, f"loss {float(loss):.3g} >= loss_upper_lim {hp.loss_upper_lim}"
+            return None, f"loss {loss.detach().item():.3g} >= loss_upper_lim {hp.loss_upper_lim}"
         return loss, None
 
     # ---------------------------------------------------------------- evaluation
