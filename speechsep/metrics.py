@@ -165,12 +165,10 @@ def _explained_by_each_cholesky(acf: torch.Tensor, xcorr: torch.Tensor) -> torch
     return whitened.pow(2).sum(dim=-2)
 
 
-def _explained_by_all(refs: torch.Tensor, ests: torch.Tensor) -> torch.Tensor:
-    """Share of each estimate's energy that filters of all references together explain, [batch, num_est]:
+def _explained_by_all(acf: torch.Tensor, xcorr: torch.Tensor) -> torch.Tensor:
+    """Share of each estimate's energy that filters of all references together explain, [batch, num_est],
+    from `compute_stats_2`'s acf [batch, 2 * taps, num_spks, num_spks] and xcorr [batch, taps, num_spks, num_est]:
     one block-Toeplitz system of size taps * num_spks, the costly part of SIR."""
-    acf, xcorr = compute_stats_2(refs, ests, length=SDR_FILTER_LENGTH)  # [batch, 2 * taps, spks, spks], ...
-    spks = list(range(refs.shape[-2]))
-    acf[..., 0, spks, spks] += SDR_LOAD_DIAG
     chol = torch.linalg.cholesky(block_toeplitz(acf))
     whitened = torch.linalg.solve_triangular(chol, xcorr.flatten(-3, -2), upper=False)
     return whitened.pow(2).sum(dim=-2)
@@ -204,8 +202,13 @@ def pairwise_bss_eval(
     (a (taps * num_spks)-sized system: several times the cost of SDR alone).
     """
     refs, ests = _unit_norm_signals(est_sources, sources, lengths)
-    coh_sdr = _explained_by_each(*_own_reference_stats(refs, ests))
-    coh_sar = _explained_by_all(refs, ests).unsqueeze(-2)  # [batch, 1, num_est]
+    # All cross-correlations at once; each reference's own ones are a slice of them.
+    acf, xcorr = compute_stats_2(refs, ests, length=SDR_FILTER_LENGTH)
+    spks = list(range(refs.shape[-2]))
+    acf[..., 0, spks, spks] += SDR_LOAD_DIAG
+    own_acf = acf[..., :SDR_FILTER_LENGTH, spks, spks].transpose(-1, -2).contiguous()  # [batch, num_spks, taps]
+    coh_sdr = _explained_by_each(own_acf, xcorr.permute(0, 2, 3, 1).contiguous())
+    coh_sar = _explained_by_all(acf, xcorr).unsqueeze(-2)  # [batch, 1, num_est]
     coh_sir = torch.where(coh_sar > 0, coh_sdr / coh_sar, torch.zeros_like(coh_sdr))
     return _coherence_to_db(coh_sdr, clamp_db), _coherence_to_db(coh_sir, clamp_db)
 

@@ -13,7 +13,8 @@ class HoldThenLinearDecay:
     Meant for runs with a fixed budget (the CPU demo), which stop while the model is still learning:
     a plateau-driven halving would rarely trigger there, and the last epochs at a low rate average out
     the noise of the high-rate phase. Like SpeechBrain's epoch schedulers, `scheduler(epoch)` returns the
-    (old, new) rate once `epoch` is over; it depends on the epoch only, so nothing needs checkpointing.
+    (old, new) rate once `epoch` is over. It depends on the epoch only: its checkpoint hooks exist because
+    the recipe lists `lr_scheduler` among the checkpointer's recoverables, and store nothing.
 
     Example
     -------
