@@ -1,6 +1,7 @@
 """The four recipe configs: upstream defaults, overrides, and the config loader's rules."""
 
 import pytest
+import torch
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
 
 from speechsep.config import ConfigError, load_hparams, resolved_yaml
@@ -42,17 +43,20 @@ def test_one_key_switches_back_to_speechbrains_block():
 def test_convtasnet_has_the_paper_sizes():
     masknet = load("convtasnet.yaml")["MaskNet"]
     assert masknet.C == 2 and masknet.mask_nonlinear == "relu"
-    assert masknet.bottleneck_conv1x1.conv.out_channels == 256  # B
-    blocks = list(masknet.temporal_conv_net.children())
+    assert masknet.bottleneck.out_channels == 256  # B
+    blocks = list(masknet.blocks)
     assert len(blocks) == 4 * 6  # R x X
-    assert blocks[0].layers.conv.conv.out_channels == 512  # H
-    assert blocks[0].layers.DSconv.conv_0.conv.kernel_size == (3,)  # P
-    assert type(blocks[0].layers.norm).__name__ == "GlobalLayerNorm"
+    assert blocks[0].conv_in.out_channels == 512  # H
+    assert blocks[0].depthwise.kernel_size == (3,)  # P
+    assert [block.depthwise.dilation[0] for block in blocks[:6]] == [1, 2, 4, 8, 16, 32]
+    assert blocks[0].norm_in.num_groups == 1  # gLN
+    # SpeechBrain's network by default: PReLU and reflection padding.
+    assert isinstance(blocks[0].act_in, torch.nn.PReLU) and blocks[0].reflect
 
 
 def test_model_sizes_and_speaker_count_are_overridable():
     hp = load("convtasnet-libri2mix.yaml", B=32, H=64, X=2, R=1, num_spks=3, N_encoder_out=64)
-    assert hp["MaskNet"].C == 3 and len(list(hp["MaskNet"].temporal_conv_net.children())) == 2
+    assert hp["MaskNet"].C == 3 and len(hp["MaskNet"].blocks) == 2
     assert hp["Encoder"].conv1d.out_channels == 64
     assert hp["dm_level_scheme"] == "librimix" and hp["experiment_name"] == "convtasnet-libri2mix"
 

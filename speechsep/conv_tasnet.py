@@ -1,0 +1,147 @@
+"""Conv-TasNet's mask network (Luo & Mesgarani, 2019), laid out for speed on a CPU.
+
+SpeechBrain's `conv_tasnet.MaskNet` keeps time before channels, so every convolution transposes its input
+and output; it pads the dilated convolutions by reflection and builds each global layer norm from about ten
+element-wise operations. This module computes the same function on [batch, channels, frames] tensors with
+`nn.Conv1d` and `GroupNorm(1, C)` (which is gLN: statistics over channels and frames, a scale and shift per
+channel) as single kernels. With `activation="prelu", padding="reflect"` it is SpeechBrain's network
+(`from_speechbrain` converts its weights; a test checks the outputs agree). The demo uses ReLU and zero
+padding (as the paper's reference code): PyTorch's PReLU backward alone took 11% of a CPU training step.
+Measured on the demo model (bench/RESULTS.md): see "Conv-TasNet mask network" there.
+"""
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"prelu": nn.PReLU, "relu": nn.ReLU}
+PADDINGS = ("zeros", "reflect")
+EPS = 1e-8  # SpeechBrain's layer-norm epsilon
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class ChannelNorm(nn.Module):
+    """cLN: each frame normalised over its channels, on [batch, channels, frames]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class TemporalBlock(nn.Module):
+    """1x1 conv B->H, activation, gLN, dilated depthwise conv, activation, gLN, 1x1 conv H->B, residual."""
+
+    def __init__(self, B: int, H: int, P: int, dilation: int, activation: str, padding: str):
+        super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.pad = dilation * (P - 1) // 2
+        self.reflect = padding == "reflect"
+        self.conv_in = nn.Conv1d(B, H, 1, bias=False)
+        self.act_in = _activation(activation)
+        self.norm_in = nn.GroupNorm(1, H, eps=EPS)
+        self.depthwise = nn.Conv1d(
+            H, H, P, dilation=dilation, groups=H, bias=False, padding=0 if self.reflect else self.pad
+        )
+        self.act_depthwise = _activation(activation)
+        self.norm_depthwise = nn.GroupNorm(1, H, eps=EPS)
+        self.conv_out = nn.Conv1d(H, B, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm_in(self.act_in(self.conv_in(x)))
+        if self.reflect:
+            y = F.pad(y, (self.pad, self.pad), mode="reflect")
+        y = self.norm_depthwise(self.act_depthwise(self.depthwise(y)))
+        return x + self.conv_out(y)
+
+
+class MaskNet(nn.Module):
+    """Temporal convolutional network estimating one mask per speaker from the encoder's output.
+
+    Arguments follow the paper and SpeechBrain: N encoder channels, B bottleneck channels, H channels inside a
+    block, P kernel size, X blocks per repeat (dilations 1 ... 2^(X-1)), R repeats, C speakers.
+    Input [batch, N, frames]; output [C, batch, N, frames], as SpeechBrain's MaskNet.
+    """
+
+    def __init__(
+        self,
+        N: int,
+        B: int,
+        H: int,
+        P: int,
+        X: int,
+        R: int,
+        C: int,
+        activation: str = "prelu",
+        padding: str = "reflect",
+        mask_nonlinear: str = "relu",
+    ):
+        super().__init__()
+        if mask_nonlinear not in ("relu", "softmax"):
+            raise ValueError(f"mask_nonlinear must be relu or softmax, got {mask_nonlinear!r}")
+        if P % 2 == 0:
+            raise ValueError(f"the kernel size P must be odd to keep the number of frames, got {P}")
+        self.C = C
+        self.mask_nonlinear = mask_nonlinear
+        self.layer_norm = ChannelNorm(N)
+        self.bottleneck = nn.Conv1d(N, B, 1, bias=False)
+        self.blocks = nn.Sequential(
+            *[TemporalBlock(B, H, P, 2**x, activation, padding) for _ in range(R) for x in range(X)]
+        )
+        self.mask_conv = nn.Conv1d(B, C * N, 1, bias=False)
+
+    def forward(self, mixture_w: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames = mixture_w.shape
+        score = self.mask_conv(self.blocks(self.bottleneck(self.layer_norm(mixture_w))))
+        score = score.view(batch, self.C, channels, frames).transpose(0, 1)
+        return F.softmax(score, dim=0) if self.mask_nonlinear == "softmax" else F.relu(score)
+
+
+# SpeechBrain's parameter names -> ours: the layers outside the blocks, then the parts of each block.
+_SPEECHBRAIN_NAMES = {
+    "layer_norm.gamma": "layer_norm.norm.weight",
+    "layer_norm.beta": "layer_norm.norm.bias",
+    "bottleneck_conv1x1.conv.weight": "bottleneck.weight",
+    "mask_conv1x1.conv.weight": "mask_conv.weight",
+}
+_SPEECHBRAIN_BLOCK_PARTS = {
+    "conv.conv.weight": "conv_in.weight",
+    "act.weight": "act_in.weight",
+    "norm.gamma": "norm_in.weight",
+    "norm.beta": "norm_in.bias",
+    "DSconv.conv_0.conv.weight": "depthwise.weight",
+    "DSconv.act.weight": "act_depthwise.weight",
+    "DSconv.act_0.gamma": "norm_depthwise.weight",  # SpeechBrain names the norm after the activation
+    "DSconv.act_0.beta": "norm_depthwise.bias",
+    "DSconv.conv_1.conv.weight": "conv_out.weight",
+}
+_SPEECHBRAIN_BLOCK = re.compile(r"temporal_conv_net\.temporalblock_(\d+)_(\d+)\.layers\.(.+)")
+
+
+def from_speechbrain(state_dict: dict, X: int) -> dict:
+    """A state_dict of SpeechBrain's `conv_tasnet.MaskNet` (X blocks per repeat) renamed for `MaskNet`; loaded
+    into a MaskNet built with activation="prelu", padding="reflect" it is the same network. Only for the
+    non-causal gLN MaskNet: its cLN variant has the same parameter names and shapes, so nothing here can tell.
+    """
+    converted = {}
+    for name, value in state_dict.items():
+        block = _SPEECHBRAIN_BLOCK.fullmatch(name)
+        if block and block[3] in _SPEECHBRAIN_BLOCK_PARTS:
+            new_name = f"blocks.{int(block[1]) * X + int(block[2])}.{_SPEECHBRAIN_BLOCK_PARTS[block[3]]}"
+        elif name in _SPEECHBRAIN_NAMES:
+            new_name = _SPEECHBRAIN_NAMES[name]
+        else:
+            raise KeyError(f"{name!r} is not a parameter of a non-causal gLN SpeechBrain MaskNet")
+        # SpeechBrain's layer norms keep their scale and shift as [1, 1, C]; ours as [C].
+        converted[new_name] = value.reshape(-1) if "norm" in new_name else value
+    return converted
