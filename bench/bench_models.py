@@ -1,4 +1,5 @@
-"""Speed and peak memory of SepFormer with SpeechBrain's transformer block vs ours, and of ConvTasNet.
+"""Speed and peak memory of SepFormer with SpeechBrain's transformer block vs ours, and of ConvTasNet with
+SpeechBrain's mask network vs ours (the same network, and the demo's ReLU / zero-padding variant).
 
 Every configuration (model, block, precision, mode) runs in a fresh spawned process, so that
 its peak memory is its own: the peak RSS (`resource.getrusage`) on CPU, or
@@ -7,6 +8,7 @@ built. Times are medians over repeats after warm-up.
 
     python -m bench.bench_models --quick                 # tiny models, seconds
     python -m bench.bench_models --device cuda           # fp32, bf16 and fp16 autocast
+    python -m bench.bench_models --models convtasnet     # one model's section
 """
 
 import argparse
@@ -22,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from speechbrain.lobes.models.conv_tasnet import MaskNet
+from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
 from speechbrain.lobes.models.dual_path import (
     Decoder,
     Dual_Path_Model,
@@ -32,11 +34,18 @@ from speechbrain.lobes.models.dual_path import (
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 from torch import nn
 
+from speechsep.conv_tasnet import MaskNet
 from speechsep.transformer import FastSBTransformerBlock
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
 BLOCKS = {"speechbrain": SBTransformerBlock, "ours": FastSBTransformerBlock}
+# Conv-TasNet's mask network: SpeechBrain's, ours as the same network, ours as the demo trains it.
+MASKNETS = {
+    "speechbrain": lambda **sizes: SpeechBrainMaskNet(**sizes, norm_type="gLN", causal=False, mask_nonlinear="relu"),
+    "ours": lambda **sizes: MaskNet(**sizes, activation="prelu", padding="reflect"),
+    "ours, relu + zeros": lambda **sizes: MaskNet(**sizes, activation="relu", padding="zeros"),
+}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml).
@@ -54,6 +63,9 @@ TINY_SIZES = {
     ),
     "convtasnet": dict(encoder_channels=32, kernel_size=16, B=32, H=64, P=3, X=2, R=1),
 }
+# hparams/demo.yaml's Conv-TasNet, trained on batches of 8 one-second crops.
+DEMO_SIZES = dict(encoder_channels=256, kernel_size=64, B=64, H=128, P=3, X=7, R=2)
+DEMO_BATCH, DEMO_SECONDS = 8, 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +73,14 @@ class Case:
     """One measured configuration."""
 
     model: str  # "sepformer" or "convtasnet"
-    block: Optional[str]  # key of BLOCKS for SepFormer, None for ConvTasNet
+    block: str  # key of BLOCKS for SepFormer, of MASKNETS for ConvTasNet
     mode: str  # "train" (forward + backward + Adam step) or "inference" (no_grad forward)
     precision: str  # key of PRECISIONS
     seconds: float  # mixture duration
     device: str
     quick: bool
+    demo: bool = False  # ConvTasNet at the demo's sizes and batch instead of the upstream sizes
+    batch: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +112,10 @@ class MaskingSeparator(nn.Module):
         return est_sources[:, : mixture.shape[1]]
 
 
-def build_separator(model: str, block: Optional[str], quick: bool) -> MaskingSeparator:
-    """SepFormer (with the given transformer block) or ConvTasNet, at upstream or tiny sizes."""
-    sizes = (TINY_SIZES if quick else FULL_SIZES)[model]
+def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> MaskingSeparator:
+    """SepFormer (with the given transformer block) or ConvTasNet (with the given mask network), at upstream,
+    tiny or (ConvTasNet) demo sizes."""
+    sizes = DEMO_SIZES if demo else (TINY_SIZES if quick else FULL_SIZES)[model]
     encoder_channels, kernel_size = sizes["encoder_channels"], sizes["kernel_size"]
     if model == "sepformer":
         block_kwargs = dict(
@@ -114,9 +129,8 @@ def build_separator(model: str, block: Optional[str], quick: bool) -> MaskingSep
             skip_around_intra=True, linear_layer_after_inter_intra=False,
         )
     elif model == "convtasnet":
-        masknet = MaskNet(
-            N=encoder_channels, B=sizes["B"], H=sizes["H"], P=sizes["P"], X=sizes["X"],
-            R=sizes["R"], C=NUM_SPKS, norm_type="gLN", causal=False, mask_nonlinear="relu",
+        masknet = MASKNETS[block](
+            N=encoder_channels, B=sizes["B"], H=sizes["H"], P=sizes["P"], X=sizes["X"], R=sizes["R"], C=NUM_SPKS
         )
     else:
         raise ValueError(f"unknown model {model!r}, expected 'sepformer' or 'convtasnet'")
@@ -147,8 +161,8 @@ def _current_memory_mib(device: torch.device) -> float:
 def _make_step(case: Case, separator: MaskingSeparator, device: torch.device) -> Callable[[], None]:
     """The callable to time: a training step or an inference forward, under autocast if asked."""
     num_samples = int(case.seconds * SAMPLE_RATE)
-    mixture = torch.randn(1, num_samples, device=device)  # [batch, time]
-    sources = torch.randn(1, num_samples, NUM_SPKS, device=device)  # [batch, time, num_spks]
+    mixture = torch.randn(case.batch, num_samples, device=device)  # [batch, time]
+    sources = torch.randn(case.batch, num_samples, NUM_SPKS, device=device)  # [batch, time, num_spks]
     dtype = PRECISIONS[case.precision]
 
     def autocast() -> torch.autocast:
@@ -184,7 +198,7 @@ def measure(case: Case, warmup: int, repeats: int) -> Measurement:
     if device.type == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
-    separator = build_separator(case.model, case.block, case.quick).to(device)
+    separator = build_separator(case.model, case.block, case.quick, case.demo).to(device)
     step = _make_step(case, separator, device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -310,81 +324,113 @@ def _ratio(reference: Optional[float], value: Optional[float]) -> str:
 
 
 def _table(results: dict[Case, Measurement]) -> str:
-    """Markdown table; SepFormer rows with our block carry SpeechBrain's time and memory over ours."""
+    """Markdown table; rows with our block or mask network carry SpeechBrain's time and memory over ours."""
     lines = [
-        "| model | block | precision | mode | mixture (s) | median time (ms) | peak memory (MiB) "
-        "| speed-up (SpeechBrain time / ours) | memory (SpeechBrain / ours) |",
+        "| model | block / mask network | precision | mode | batch x mixture (s) | median time (ms) "
+        "| peak memory (MiB) | speed-up (SpeechBrain time / ours) | memory (SpeechBrain / ours) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, result in results.items():
         speed_up = memory_ratio = "—"
-        if case.block == "ours":
+        if case.block != "speechbrain":
             reference = results.get(dataclasses.replace(case, block="speechbrain"))
             if reference is not None:
                 speed_up = _ratio(reference.median_ms, result.median_ms)
                 memory_ratio = _ratio(reference.peak_mib, result.peak_mib)
         timing = _format(result.median_ms, 1) if result.error is None else f"failed: {result.error}"
+        model = f"{case.model} (demo size)" if case.demo else case.model
         lines.append(
-            f"| {case.model} | {case.block or '—'} | {case.precision} | {case.mode} | {case.seconds:g} "
+            f"| {model} | {case.block} | {case.precision} | {case.mode} | {case.batch} x {case.seconds:g} "
             f"| {timing} | {_format(result.peak_mib, 1)} | {speed_up} | {memory_ratio} |"
         )
     return "\n".join(lines)
 
 
-def cases(device: str, quick: bool) -> list[Case]:
-    """Every configuration to measure, SpeechBrain's block right before ours."""
+MODELS = ("sepformer", "convtasnet")
+
+
+def cases(device: str, quick: bool, model: str) -> list[Case]:
+    """Every configuration of `model` to measure, SpeechBrain's block or mask network right before ours."""
     precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
     seconds = 0.5 if quick else 4.0
-    models = [("sepformer", "speechbrain"), ("sepformer", "ours"), ("convtasnet", None)]
+    variants = BLOCKS if model == "sepformer" else MASKNETS
     measured = [
-        Case(model, block, mode, precision, seconds, device, quick)
+        Case(model, variant, mode, precision, seconds, device, quick)
         for precision in precisions
         for mode in ["train", "inference"]
-        for model, block in models
+        for variant in variants
     ]
-    if device.startswith("cuda"):  # where attention memory matters: a long mixture
+    if model == "convtasnet":  # the demo's training step (hparams/demo.yaml); tiny sizes with --quick
+        measured += [
+            Case(model, masknet, "train", precision, DEMO_SECONDS, device, quick, demo=not quick, batch=DEMO_BATCH)
+            for precision in precisions
+            for masknet in MASKNETS
+        ]
+    if model == "sepformer" and device.startswith("cuda"):  # where attention memory matters: a long mixture
         long_seconds = 1.0 if quick else 10.0
         measured += [
-            Case("sepformer", block, "train", precision, long_seconds, device, quick)
+            Case(model, block, "train", precision, long_seconds, device, quick)
             for precision in precisions
             for block in BLOCKS
         ]
     return measured
 
 
-def run(quick: bool = False, device: Optional[str] = None) -> str:
-    """Measures every case, each in a fresh process, and returns a markdown section."""
+TITLES = {
+    "sepformer": "## SepFormer: SpeechBrain's transformer block vs ours",
+    "convtasnet": "## ConvTasNet: SpeechBrain's mask network vs ours",
+}
+NOTES = {
+    "sepformer": "",
+    "convtasnet": (
+        " *ours* is SpeechBrain's network in a channels-first layout (PReLU, reflection padding: same weights, "
+        "same outputs); *ours, relu + zeros* is the variant `hparams/demo.yaml` trains. The *demo size* rows "
+        "are the demo's training step: its Conv-TasNet (N=256, L=64, B=64, H=128, X=7, R=2) on a batch of "
+        f"{DEMO_BATCH} crops of {DEMO_SECONDS:g} s."
+    ),
+}
+
+
+def run(quick: bool = False, device: Optional[str] = None, models: tuple[str, ...] = MODELS) -> str:
+    """Measures every case, each in a fresh process, and returns a markdown section per model."""
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}, expected some of {list(MODELS)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if quick:
         warmup, repeats = 1, 1
     else:  # a full-size CPU training step takes seconds, a GPU one tens of milliseconds
         warmup, repeats = (1, 3) if device == "cpu" else (3, 10)
-    results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick)}
     threads = f", {len(os.sched_getaffinity(0))} CPU threads" if device == "cpu" else ""
     sizes = "tiny smoke-test sizes (--quick)" if quick else "the upstream WSJ0-2mix recipe sizes"
     memory = "`torch.cuda.max_memory_allocated`" if device.startswith("cuda") else "RSS (`getrusage`)"
-    return "\n".join([
-        "## SepFormer (SpeechBrain's transformer block vs ours) and ConvTasNet",
-        "",
-        f"Batch of 1 mixture at {SAMPLE_RATE} Hz, {NUM_SPKS} speakers, models at {sizes}, on `{device}`"
-        f"{threads}. *train* = forward + PIT SI-SNR loss + backward + Adam step (fp16 with a GradScaler); "
-        "*inference* = forward under `torch.no_grad()`; bf16/fp16 are `torch.autocast`. "
-        f"Median of {repeats} repeat(s) after {warmup} warm-up step(s). Peak memory: peak {memory} minus "
-        "the memory in use once the model and inputs are built (so it includes activations, gradients "
-        "and Adam states); each configuration runs in a fresh process.",
-        "",
-        _table(results),
-        "",
-        *([breakdown_section(quick), ""] if device == "cpu" else []),
-    ])
+    sections = []
+    for model in models:
+        results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick, model)}
+        sections += [
+            TITLES[model],
+            "",
+            f"Batch of 1 mixture at {SAMPLE_RATE} Hz, {NUM_SPKS} speakers, models at {sizes}, on `{device}`"
+            f"{threads}. *train* = forward + PIT SI-SNR loss + backward + Adam step (fp16 with a GradScaler); "
+            "*inference* = forward under `torch.no_grad()`; bf16/fp16 are `torch.autocast`. "
+            f"Median of {repeats} repeat(s) after {warmup} warm-up step(s). Peak memory: peak {memory} minus "
+            "the memory in use once the model and inputs are built (so it includes activations, gradients "
+            f"and Adam states); each configuration runs in a fresh process.{NOTES[model]}",
+            "",
+            _table(results),
+            "",
+            *([breakdown_section(quick), ""] if model == "sepformer" and device == "cpu" else []),
+        ]
+    return "\n".join(sections)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, one repeat: a smoke test")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     args = parser.parse_args()
-    print(run(quick=args.quick, device=args.device))
+    print(run(quick=args.quick, device=args.device, models=tuple(args.models.split(","))))
 
 
 if __name__ == "__main__":

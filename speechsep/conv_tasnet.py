@@ -5,9 +5,9 @@ and output; it pads the dilated convolutions by reflection and builds each globa
 element-wise operations. This module computes the same function on [batch, channels, frames] tensors with
 `nn.Conv1d` and `GroupNorm(1, C)` (which is gLN: statistics over channels and frames, a scale and shift per
 channel) as single kernels. With `activation="prelu", padding="reflect"` it is SpeechBrain's network
-(`from_speechbrain` converts its weights; a test checks the outputs agree). The demo uses ReLU and zero
-padding (as the paper's reference code): PyTorch's PReLU backward alone took 11% of a CPU training step.
-Measured on the demo model (bench/RESULTS.md): see "Conv-TasNet mask network" there.
+(`from_speechbrain` converts its weights; a test checks the outputs agree). The demo (hparams/demo.yaml) uses
+ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step. Timings in
+bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs ours".
 """
 
 import re

@@ -5,6 +5,7 @@ import torch
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
 
 from speechsep.config import ConfigError, load_hparams, resolved_yaml
+from speechsep.conv_tasnet import MaskNet
 from speechsep.transformer import FastSBTransformerBlock
 from tests.conftest import REPO
 
@@ -43,20 +44,17 @@ def test_one_key_switches_back_to_speechbrains_block():
 def test_convtasnet_has_the_paper_sizes():
     masknet = load("convtasnet.yaml")["MaskNet"]
     assert masknet.C == 2 and masknet.mask_nonlinear == "relu"
-    assert masknet.bottleneck.out_channels == 256  # B
-    blocks = list(masknet.blocks)
+    assert masknet.bottleneck_conv1x1.conv.out_channels == 256  # B
+    blocks = list(masknet.temporal_conv_net.children())
     assert len(blocks) == 4 * 6  # R x X
-    assert blocks[0].conv_in.out_channels == 512  # H
-    assert blocks[0].depthwise.kernel_size == (3,)  # P
-    assert [block.depthwise.dilation[0] for block in blocks[:6]] == [1, 2, 4, 8, 16, 32]
-    assert blocks[0].norm_in.num_groups == 1  # gLN
-    # SpeechBrain's network by default: PReLU and reflection padding.
-    assert isinstance(blocks[0].act_in, torch.nn.PReLU) and blocks[0].reflect
+    assert blocks[0].layers.conv.conv.out_channels == 512  # H
+    assert blocks[0].layers.DSconv.conv_0.conv.kernel_size == (3,)  # P
+    assert type(blocks[0].layers.norm).__name__ == "GlobalLayerNorm"
 
 
 def test_model_sizes_and_speaker_count_are_overridable():
     hp = load("convtasnet-libri2mix.yaml", B=32, H=64, X=2, R=1, num_spks=3, N_encoder_out=64)
-    assert hp["MaskNet"].C == 3 and len(hp["MaskNet"].blocks) == 2
+    assert hp["MaskNet"].C == 3 and len(list(hp["MaskNet"].temporal_conv_net.children())) == 2
     assert hp["Encoder"].conv1d.out_channels == 64
     assert hp["dm_level_scheme"] == "librimix" and hp["experiment_name"] == "convtasnet-libri2mix"
 
@@ -90,3 +88,11 @@ def test_demo_config_trains_on_the_embedded_corpus_pool():
     hp = load("demo.yaml", data_folder="/data/MiniLibri2Mix")
     assert hp["dynamic_mixing"] and hp["base_folder_dm"] == "/data/MiniLibri2Mix/sources/train"
     assert hp["dm_level_scheme"] == "librimix" and hp["output_folder"] == "results/demo"
+
+
+def test_demo_masknet_is_the_channels_first_one_with_the_demo_sizes():
+    hp = load("demo.yaml", data_folder="/data/MiniLibri2Mix", X=3)
+    masknet = hp["MaskNet"]
+    assert isinstance(masknet, MaskNet) and masknet is hp["modules"]["masknet"]
+    assert len(masknet.blocks) == 3 * hp["R"] and masknet.bottleneck.out_channels == hp["B"]
+    assert isinstance(masknet.blocks[0].act_in, torch.nn.ReLU) and not masknet.blocks[0].reflect
