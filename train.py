@@ -342,15 +342,15 @@ def dataio_prep(hparams, test_only=False):
     return train, valid, separation_dataset(hparams["test_data"], **common)
 
 
-def check_writable(folder: str) -> None:
-    """Fail before any training if the output folder cannot be created or written."""
+def check_writable(folder: str, key: str = "output_folder") -> None:
+    """Create `folder` and fail before any training if it cannot be created or written."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         probe = Path(folder) / ".write_test"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise RecipeError(f"output_folder {folder} cannot be written: {err.strerror or err}") from None
+        raise RecipeError(f"{key} {folder} cannot be written: {err.strerror or err}") from None
 
 
 def prepare_experiment(argv):
@@ -359,7 +359,9 @@ def prepare_experiment(argv):
     Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError naming the culprit.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    check_writable(peek(hparams_file, "output_folder", overrides))  # building the objects creates folders
+    # Before the objects are built (that creates folders), and not after hours of evaluation for the results.
+    for key in ("output_folder", "results_folder"):
+        check_writable(peek(hparams_file, key, overrides), key)
     hparams = load_hparams(hparams_file, overrides)
     if hparams["sdr_permutation"] not in metrics.SDR_PERMUTATIONS:  # fail now, not after training
         raise RecipeError(

@@ -95,6 +95,14 @@ def test_unwritable_output_folder_is_reported_before_training(corpus, tmp_path):
     assert not (tmp_path / "save").exists()
 
 
+def test_unwritable_results_folder_is_reported_before_training(corpus, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", f"--results_folder={blocker}/eval")
+    assert last_line(result) == f"error: results_folder {blocker}/eval cannot be written: Not a directory"
+    assert not (tmp_path / "run" / "save").exists()
+
+
 def test_bad_manifest_given_with_skip_prep_is_one_line(corpus, tmp_path):
     manifest = tmp_path / "upstream.csv"
     manifest.write_text("ID,duration,mix_wav\n")

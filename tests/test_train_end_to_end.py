@@ -97,10 +97,10 @@ def test_test_only_scores_the_best_checkpoint_again_and_a_custom_test_manifest(t
     pd.read_csv(output / "save" / "test.csv").iloc[:2].to_csv(custom, index=False)
     scored = run_train(
         "convtasnet.yaml", data_folder, output, TINY_CONVTASNET, "--test_only",
-        skip_prep=True, test_data=custom, results_folder=tmp_path / "custom_eval",
+        skip_prep=True, test_data=custom, results_folder=tmp_path / "custom_eval" / "new", save_audio=False,
     )
     assert scored.returncode == 0, scored.stderr[-3000:]
-    rows = pd.read_csv(tmp_path / "custom_eval" / "test_results.csv")
+    rows = pd.read_csv(tmp_path / "custom_eval" / "new" / "test_results.csv")
     pd.testing.assert_frame_equal(rows, first.iloc[:2])
 
 
