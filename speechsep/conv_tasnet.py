@@ -4,8 +4,9 @@ SpeechBrain's `conv_tasnet.MaskNet` keeps time before channels, so every convolu
 and output; it pads the dilated convolutions by reflection and builds each global layer norm from about ten
 element-wise operations. This module computes the same function on [batch, channels, frames] tensors with
 `nn.Conv1d` and `GroupNorm(1, C)` (which is gLN: statistics over channels and frames, a scale and shift per
-channel) as single kernels. With `activation="prelu", padding="reflect"` it is SpeechBrain's network
-(`from_speechbrain` converts its weights; a test checks the outputs agree). The demo (hparams/demo.yaml) uses
+channel) as single kernels. With `activation="prelu", padding="reflect"` and ReLU masks it is SpeechBrain's
+network (`from_speechbrain` converts its weights; a test checks the outputs agree). Softmax masks differ on
+purpose: SpeechBrain normalises them over the encoder channels, this module over the speakers. The demo (hparams/demo.yaml) uses
 ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step. Timings in
 bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs ours".
 """
