@@ -39,6 +39,7 @@ from speechbrain.inference.separation import SepformerSeparation
 from speechbrain.utils.checkpoints import Checkpointer
 from tqdm import tqdm
 
+from speechsep.filterbank import use_fast_filterbank
 from speechsep.metrics import best_permutation
 from speechsep.transformer import use_sdpa_attention
 
@@ -53,6 +54,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 # exported configs name SpeechBrain's, so that an exported folder needs SpeechBrain alone.
 SPEECHBRAIN_BLOCK = "!new:speechbrain.lobes.models.dual_path.SBTransformerBlock"
 OUR_BLOCKS = ("!apply:speechsep.transformer.sepformer_block", "!new:speechsep.transformer.FastSBTransformerBlock")
+# Likewise our encoder and decoder (speechsep.filterbank): SpeechBrain's classes with a faster forward.
+SPEECHBRAIN_FILTERBANK = {
+    f"!new:speechsep.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}" for name in ("Encoder", "Decoder")
+}
 
 INFERENCE_CONFIG = """\
 sample_rate: {sample_rate}
@@ -100,13 +105,15 @@ def _yaml() -> ruamel.yaml.YAML:
 
 
 def _portable_node(node):
-    """A copy of a config node without comments or anchors, our SepFormer block written as SpeechBrain's."""
+    """A copy of a config node without comments or anchors, our SepFormer block and filterbank written as
+    SpeechBrain's."""
     if isinstance(node, dict):
         copy = CommentedMap((key, _portable_node(value)) for key, value in node.items())
         tag = getattr(getattr(node, "tag", None), "value", None)
         if tag in OUR_BLOCKS:
             copy.pop("fast_attention", None)
             tag = SPEECHBRAIN_BLOCK
+        tag = SPEECHBRAIN_FILTERBANK.get(tag, tag)
         if tag:
             copy.yaml_set_ctag(Tag(suffix=tag))
         return copy
@@ -216,7 +223,8 @@ def build_separator(source: ModelSource, device: str = "cpu", fast_attention: bo
     """SpeechBrain's `SepformerSeparation` (any encoder/masknet/decoder model) with the source's weights.
 
     Weights are loaded strictly: a checkpoint that does not fit the config is an error, not a warning.
-    `fast_attention` swaps in our fused attention (same parameters, same outputs up to rounding) for speed.
+    `fast_attention` swaps in our fused attention, and our matrix-product encoder and decoder (same parameters,
+    same outputs up to rounding), for speed.
     """
     try:
         hparams = load_hyperpyyaml(source.config)
@@ -231,6 +239,7 @@ def build_separator(source: ModelSource, device: str = "cpu", fast_attention: bo
             raise ModelFolderError(f"{path}: cannot load into the {name} ({_first_line(err)})") from None
     if fast_attention:
         use_sdpa_attention(hparams["masknet"])
+        use_fast_filterbank(hparams["encoder"], hparams["decoder"])
     modules = {name: hparams[name] for name in MODULE_NAMES}
     return SepformerSeparation(modules=modules, hparams=hparams, run_opts={"device": device})
 

@@ -1,0 +1,115 @@
+"""Speed of SpeechBrain's learned encoder/decoder (Conv1d / ConvTranspose1d) vs speechsep.filterbank's
+(the same modules computed as matrix products), alone and inside the demo's training step.
+
+    python -m bench.bench_filterbank            # prints a markdown section for bench/RESULTS.md
+    python -m bench.bench_filterbank --quick    # one repeat, smaller inputs: a smoke test
+"""
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+from speechbrain.lobes.models import dual_path
+
+from speechsep import filterbank
+from speechsep.config import load_hparams
+from speechsep.losses import pit_si_snr_loss
+
+SAMPLE_RATE = 8000
+NUM_SPKS = 2
+# (name, encoder channels, kernel, batch, seconds): the recipes' filterbank on one 4 s mixture, the demo's on
+# its training batch.
+SIZES = [("recipes (N=256, 2 ms windows)", 256, 16, 1, 4.0), ("demo (N=256, 8 ms windows)", 256, 64, 8, 1.0)]
+IMPLEMENTATIONS = {
+    "SpeechBrain": (dual_path.Encoder, dual_path.Decoder),
+    "speechsep.filterbank": (filterbank.Encoder, filterbank.Decoder),
+}
+
+
+def median_ms(step: Callable[[], None], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def filterbank_step(implementation: str, channels: int, kernel: int, batch: int, seconds: float) -> Callable:
+    """Encoder, one decoder call per speaker (as train.py does), backward."""
+    encoder_class, decoder_class = IMPLEMENTATIONS[implementation]
+    torch.manual_seed(0)
+    encoder = encoder_class(kernel_size=kernel, out_channels=channels)
+    decoder = decoder_class(in_channels=channels, out_channels=1, kernel_size=kernel, stride=kernel // 2, bias=False)
+    mixture = torch.randn(batch, int(seconds * SAMPLE_RATE))
+
+    def step():
+        mixture_w = encoder(mixture)
+        masks = torch.rand(NUM_SPKS, *mixture_w.shape)
+        est_sources = torch.stack([decoder(mixture_w * mask) for mask in masks], dim=-1)
+        est_sources.square().mean().backward()
+
+    return step
+
+
+def demo_training_step(implementation: str, quick: bool) -> Callable:
+    """The demo model's forward, PIT SI-SNR loss, backward and Adam step on one batch of 8 x 1 s."""
+    hparams = load_hparams("hparams/demo.yaml", {"data_folder": "unused"})
+    encoder_class, decoder_class = IMPLEMENTATIONS[implementation]
+    modules = hparams["modules"]
+    modules["encoder"].__class__, modules["decoder"].__class__ = encoder_class, decoder_class
+    model = torch.nn.ModuleDict(modules)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    batch, samples = (2, 4000) if quick else (hparams["batch_size"], hparams["training_signal_len"])
+    sources = torch.randn(batch, samples, NUM_SPKS)
+    mixture = sources.sum(-1)
+
+    def step():
+        mixture_w = model["encoder"](mixture)
+        est_masks = model["masknet"](mixture_w)
+        est_sources = torch.stack([model["decoder"](mixture_w * mask) for mask in est_masks], dim=-1)
+        pit_si_snr_loss(est_sources[:, :samples], sources).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def run(quick: bool = False) -> str:
+    warmup, repeats = (1, 1) if quick else (5, 30)
+    lines = [
+        "## Encoder / decoder: SpeechBrain's vs speechsep.filterbank",
+        "",
+        f"CPU, {torch.get_num_threads()} threads, fp32, median of {repeats} repeats after {warmup} warm-up. "
+        "*Filterbank* = encoder, one decoder call per speaker (2) and their backward, random masks; "
+        "*demo step* = the whole training step of `hparams/demo.yaml` (forward, PIT SI-SNR, backward, Adam).",
+        "",
+        "| what | SpeechBrain (ms) | speechsep.filterbank (ms) | speed-up |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = [
+        (f"filterbank, {name}, batch {batch} x {seconds:g} s",
+         {impl: filterbank_step(impl, channels, kernel, 1 if quick else batch, 0.5 if quick else seconds)
+          for impl in IMPLEMENTATIONS})
+        for name, channels, kernel, batch, seconds in SIZES
+    ]
+    rows.append(("demo step (batch 8 x 1 s)", {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
+    for label, steps in rows:
+        reference, ours = (median_ms(steps[impl], warmup, repeats) for impl in IMPLEMENTATIONS)
+        lines.append(f"| {label} | {reference:.1f} | {ours:.1f} | {reference / ours:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repeat, smaller inputs: a smoke test")
+    print(run(quick=parser.parse_args().quick))
+
+
+if __name__ == "__main__":
+    main()
