@@ -46,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--normalize", choices=("mixture", "peak"), default=defaults.normalize,
                         help="mixture: estimates at the mixture's level; peak: each track peaks at 0.9 "
                         "(default %(default)s)")
+    parser.add_argument("--shifts", type=int, default=defaults.shifts,
+                        help="average the estimates over this many sub-hop delays of the input: a cheap ensemble, "
+                        "that many times slower (the demo reports its test scores with 8; default %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     parser.add_argument("--quiet", action="store_true", help="only errors")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = SeparationOptions(
             window=args.window, hop=args.hop, batch_size=args.batch_size, output_rate=args.output_rate,
-            normalize=args.normalize, progress=False if args.no_progress else None,
+            normalize=args.normalize, progress=False if args.no_progress else None, shifts=args.shifts,
         )
         separator = FileSeparator(load_separator(args.model, device=args.device), options)
     except (ModelFolderError, ValueError) as err:

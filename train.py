@@ -28,6 +28,7 @@ from speechsep.dataio import separation_dataset, write_audio
 from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
 from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.errors import RecipeError
+from speechsep.inference import separate_shifted
 from speechsep.losses import pit_si_snr_loss, true_lengths
 from speechsep.schedulers import step_scheduler
 
@@ -85,10 +86,13 @@ class Separation(sb.Brain):
         """`separate` one utterance at a time on its true length, re-padded with zeros.
 
         For testing: the global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would
-        otherwise take the padding into account, and the scores would depend on the batch size.
+        otherwise take the padding into account, and the scores would depend on the batch size. With
+        `test_shifts` > 1, each utterance's estimates are averaged over that many sub-hop delays
+        (`speechsep.inference.separate_shifted`), as `separate.py --shifts` does.
         """
+        hp = self.hparams
         est_sources = [
-            self.separate(mixture[b : b + 1, :num_samples])
+            separate_shifted(self.separate, mixture[b : b + 1, :num_samples], hp.test_shifts, hp.kernel_size // 2)
             for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist())
         ]
         padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])

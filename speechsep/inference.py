@@ -19,6 +19,7 @@ The logic behind `separate.py` and `export.py`, in three parts:
 """
 
 import dataclasses
+import functools
 import glob
 import logging
 import math
@@ -320,6 +321,35 @@ def align_to_previous(previous: torch.Tensor, current: torch.Tensor) -> torch.Te
     return best_permutation(correlation.unsqueeze(0))[0]
 
 
+def separate_shifted(separate_batch: SeparateBatch, mixture: torch.Tensor, shifts: int, hop: int) -> torch.Tensor:
+    """The mean of the estimates of `shifts` copies of the mixture, delayed by offsets spread over one `hop`.
+
+    A learned encoder reads the mixture in frames `hop` samples apart, so a delay of a fraction of a hop gives
+    the model another view of the same signal and slightly different errors; averaging the views is a cheap
+    ensemble (test-time augmentation, like Demucs' --shifts). Each view's estimates are brought to the
+    mixture's level (`match_mixture_level`) and into the speaker order of the first view before averaging.
+    With shifts=1 this is `separate_batch(mixture)` itself.
+
+    mixture: [batch, time] -> est_sources [batch, time, num_spks].
+    """
+    if shifts < 1 or shifts > hop:
+        raise ValueError(f"shifts must lie in [1, hop={hop}], got {shifts}")
+    if shifts == 1:
+        return separate_batch(mixture)
+    num_samples = mixture.shape[1]
+    total = first = None
+    for k in range(shifts):
+        offset = k * hop // shifts
+        delayed = torch.nn.functional.pad(mixture, (offset, 0))
+        estimates = match_mixture_level(separate_batch(delayed)[:, offset : offset + num_samples], mixture)
+        if first is None:
+            first, total = estimates, estimates.clone()
+        else:
+            for b in range(mixture.shape[0]):
+                total[b] += estimates[b][:, align_to_previous(first[b], estimates[b])]
+    return total / shifts
+
+
 def crossfade(length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Hann fade-in and fade-out of `length` samples that sum to exactly one, sample by sample."""
     fade_in = torch.sin(0.5 * math.pi * (torch.arange(length, dtype=torch.float64) + 0.5) / length) ** 2
@@ -393,8 +423,11 @@ class SeparationOptions:
     output_rate: str = "model"  # "model": the model's sample rate; "input": each input's own
     normalize: str = "mixture"  # "mixture": the mixture's level (least squares); "peak": each track peaks at 0.9
     progress: bool | None = None  # tqdm bar over windows (None: only on a terminal)
+    shifts: int = 1  # >1: average over that many sub-hop delays of each window (`separate_shifted`), shifts x slower
 
     def __post_init__(self):
+        if self.shifts < 1:
+            raise ValueError(f"shifts must be at least 1, got {self.shifts}")
         if self.output_rate not in ("model", "input"):
             raise ValueError(f"output_rate must be 'model' or 'input', got {self.output_rate!r}")
         if self.normalize not in ("mixture", "peak"):
@@ -450,6 +483,10 @@ class FileSeparator:
         self.options = options or SeparationOptions()
         self.sample_rate = int(separator.hparams.sample_rate)
         self.num_spks = int(separator.hparams.num_spks)
+        if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
+            self.encoder_hop = int(separator.mods.encoder.conv1d.stride[0])
+            if self.options.shifts > self.encoder_hop:
+                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({self.encoder_hop} samples)")
         self._said: set[str] = set()
 
     def _say_once(self, message: str) -> None:
@@ -460,8 +497,13 @@ class FileSeparator:
     @torch.inference_mode()
     def separate(self, mixture: torch.Tensor, description: str | None = None) -> torch.Tensor:
         """mixture [time] at the model's rate -> est_sources [time, num_spks] at the mixture's level."""
+        separate_batch = self.separator.separate_batch
+        if self.options.shifts > 1:
+            separate_batch = functools.partial(
+                separate_shifted, self.separator.separate_batch, shifts=self.options.shifts, hop=self.encoder_hop
+            )
         return separate_long(
-            self.separator.separate_batch,
+            separate_batch,
             mixture,
             window=round(self.options.window * self.sample_rate),
             hop=round(self.options.hop * self.sample_rate),

@@ -90,3 +90,22 @@ def test_test_scores_do_not_depend_on_the_batch_size(tmp_path, config):
         (row,) = brain.test_rows
         for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
             assert batched[row["snt_id"]][key] == pytest.approx(row[key], abs=0.01), key
+
+
+def test_test_shifts_average_over_delayed_copies_of_each_utterance(tmp_path):
+    """test_shifts=2: each utterance is separated as it is and delayed by half an encoder hop, on its own length."""
+    brain = make_brain(tmp_path, save_audio=False, test_shifts=2)
+    separated_lengths = []
+    separate = brain.separate
+    brain.separate = lambda mixture: separated_lengths.append(mixture.shape[1]) or separate(mixture)
+    hop = brain.hparams.kernel_size // 2
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=2, lengths=[4000, 3000]), sb.Stage.TEST)
+    assert separated_lengths == [4000, 4000 + hop // 2, 3000, 3000 + hop // 2]
+    shifted_scores = [row["si-snr"] for row in brain.test_rows]
+
+    brain.hparams.test_shifts = 1
+    start(brain, sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=2, lengths=[4000, 3000]), sb.Stage.TEST)
+    assert all(np.isfinite(shifted_scores))
+    assert [row["si-snr"] for row in brain.test_rows] != shifted_scores

@@ -36,7 +36,9 @@ from speechsep.inference import (
     expand_inputs,
     find_model,
     load_separator,
+    match_mixture_level,
     separate_long,
+    separate_shifted,
 )
 from speechsep.metrics import pit_si_snr
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
@@ -291,6 +293,25 @@ def test_each_input_gives_one_file_per_speaker(convtasnet_run, recordings, tmp_p
     assert (info.samplerate, info.frames) == (SAMPLE_RATE, 2 * SAMPLE_RATE)
 
 
+def test_shifts_average_delayed_views_and_may_not_exceed_the_encoder_hop(convtasnet_run, recordings, tmp_path, caplog):
+    """--shifts 2 separates each file as it is and delayed by half an encoder hop; more shifts than the hop's
+    samples are refused before anything is read."""
+    base = ["--model", str(convtasnet_run), "--output-dir"]
+    talk = str(recordings / "talk0.wav")
+    assert separate.main([*base, str(tmp_path / "plain"), talk]) == 0
+    assert separate.main([*base, str(tmp_path / "shifted"), "--shifts", "2", talk]) == 0
+    plain = sf.read(tmp_path / "plain" / "talk0_s1.wav")[0]
+    shifted = [sf.read(tmp_path / "shifted" / f"talk0_s{k}.wav")[0] for k in (1, 2)]
+    assert all(track.shape == plain.shape for track in shifted)
+    assert not any(np.allclose(track, plain) for track in shifted)  # the views changed the estimates...
+    assert max(np.corrcoef(plain, track)[0, 1] for track in shifted) > 0.9  # ...of the same separation
+
+    hop = load_hparams(str(convtasnet_run / "hyperparams.yaml"))["kernel_size"] // 2
+    assert separate.main([*base, str(tmp_path / "refused"), "--shifts", str(hop + 1), talk]) == 2
+    assert f"exceed the encoder's hop ({hop} samples)" in caplog.text
+    assert not (tmp_path / "refused").exists()
+
+
 def test_bad_inputs_give_one_error_line_each_and_the_others_are_separated(convtasnet_run, recordings, tmp_path, caplog):
     (tmp_path / "garbage.wav").write_bytes(b"not audio" * 100)
     write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32))
@@ -366,3 +387,45 @@ def test_inputs_may_be_files_folders_or_globs(tmp_path):
     files, errors = expand_inputs([f"{tmp_path}/a", f"{tmp_path}/*.ogg", f"{tmp_path}/a/x.wav", f"{tmp_path}/*.mp4"])
     assert files == [tmp_path / "a" / "deep" / "y.flac", tmp_path / "a" / "x.wav", tmp_path / "z.ogg"]
     assert errors == [f"{tmp_path}/*.mp4: matches no file"]
+
+
+# ==================================================================== shift averaging
+def delayed_oracle(sources, swap_offsets=()):
+    """A 'separator' that returns the true sources, delayed like its input, in swapped order at `swap_offsets`."""
+    def separate_batch(mixture):
+        offset = mixture.shape[1] - sources.shape[1]
+        est = torch.nn.functional.pad(sources, (0, 0, offset, 0))
+        return est.flip(-1) if offset in swap_offsets else est
+    return separate_batch
+
+
+def test_shift_averaging_undoes_the_delays_and_aligns_the_speakers():
+    torch.manual_seed(0)
+    sources = torch.randn(2, 800, 2)  # [batch, time, num_spks]
+    mixture = sources.sum(-1)
+    # Offsets 0, 2, 4, 6 for 4 shifts over a hop of 8; the views at 2 and 6 come out with the speakers swapped.
+    averaged = separate_shifted(delayed_oracle(sources, swap_offsets=(2, 6)), mixture, shifts=4, hop=8)
+    assert averaged.shape == sources.shape
+    assert torch.allclose(averaged, sources, atol=1e-5)
+
+
+def test_shift_averaging_averages_the_views_at_the_mixture_level():
+    torch.manual_seed(0)
+    sources = torch.randn(1, 600, 2)
+    mixture = sources.sum(-1)
+    errors = {0: 0.1 * torch.randn(1, 600, 2), 2: 0.1 * torch.randn(1, 600, 2)}  # per offset (2 shifts, hop 4)
+
+    def separate_batch(delayed):
+        offset = delayed.shape[1] - 600
+        return torch.nn.functional.pad(sources + errors[offset], (0, 0, offset, 0))
+
+    expected = sum(match_mixture_level(sources + error, mixture) for error in errors.values()) / 2
+    assert torch.allclose(separate_shifted(separate_batch, mixture, shifts=2, hop=4), expected, atol=1e-5)
+
+
+def test_one_shift_is_the_separator_itself_and_bad_shift_counts_are_refused():
+    mixture = torch.randn(1, 100)
+    assert separate_shifted(lambda x: x.unsqueeze(-1) * 3, mixture, shifts=1, hop=8).equal(mixture.unsqueeze(-1) * 3)
+    for shifts in (0, 9):
+        with pytest.raises(ValueError, match="shifts"):
+            separate_shifted(lambda x: x.unsqueeze(-1), mixture, shifts=shifts, hop=8)
