@@ -39,15 +39,21 @@ def median_ms(step: Callable[[], None], warmup: int, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def filterbank_step(implementation: str, channels: int, kernel: int, batch: int, seconds: float) -> Callable:
-    """Encoder, one decoder call per speaker (as train.py does), backward."""
+def filterbank_step(
+    implementation: str, channels: int, kernel: int, batch: int, seconds: float, decoder_only: bool = False
+) -> Callable:
+    """Encoder, one decoder call per speaker (as train.py does), backward; or one decoder call and its backward."""
     encoder_class, decoder_class = IMPLEMENTATIONS[implementation]
     torch.manual_seed(0)
     encoder = encoder_class(kernel_size=kernel, out_channels=channels)
     decoder = decoder_class(in_channels=channels, out_channels=1, kernel_size=kernel, stride=kernel // 2, bias=False)
     mixture = torch.randn(batch, int(seconds * SAMPLE_RATE))
+    encoded = encoder(mixture).detach().requires_grad_()
 
     def step():
+        if decoder_only:
+            decoder(encoded).square().mean().backward()
+            return
         mixture_w = encoder(mixture)
         masks = torch.rand(NUM_SPKS, *mixture_w.shape)
         est_sources = torch.stack([decoder(mixture_w * mask) for mask in masks], dim=-1)
@@ -86,17 +92,20 @@ def run(quick: bool = False) -> str:
         "## Encoder / decoder: SpeechBrain's vs speechsep.filterbank",
         "",
         f"CPU, {torch.get_num_threads()} threads, fp32, median of {repeats} repeats after {warmup} warm-up. "
-        "*Filterbank* = encoder, one decoder call per speaker (2) and their backward, random masks; "
+        "*Decoder alone* = one decoder call and its backward; "
+        "*filterbank* = encoder, one decoder call per speaker (2) and their backward, with random masks; "
         "*demo step* = the whole training step of `hparams/demo.yaml` (forward, PIT SI-SNR, backward, Adam).",
         "",
         "| what | SpeechBrain (ms) | speechsep.filterbank (ms) | speed-up |",
         "|---|---:|---:|---:|",
     ]
     rows = [
-        (f"filterbank, {name}, batch {batch} x {seconds:g} s",
-         {impl: filterbank_step(impl, channels, kernel, 1 if quick else batch, 0.5 if quick else seconds)
+        (f"{part}, {name}, batch {batch} x {seconds:g} s",
+         {impl: filterbank_step(impl, channels, kernel, 1 if quick else batch, 0.5 if quick else seconds,
+                                decoder_only=part.startswith("decoder"))
           for impl in IMPLEMENTATIONS})
         for name, channels, kernel, batch, seconds in SIZES
+        for part in ("decoder alone (1 call)", "filterbank")
     ]
     rows.append(("demo step (batch 8 x 1 s)", {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
     for label, steps in rows:

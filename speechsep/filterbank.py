@@ -2,9 +2,10 @@
 
 Same classes, same parameters, same outputs; only the forward differs. On a CPU, PyTorch runs a
 one-input-channel strided Conv1d and, much worse, a ConvTranspose1d through generic convolution kernels: at
-the demo's size (8 x 1 s, 256 filters of 64 samples) the decoder took 11 ms forward + backward per speaker,
-about a fifth of a training step. Framing the waveform and multiplying by the filters (encoder), or
-multiplying by the filters and overlap-adding the frames (decoder), gives the same numbers in 1-2 ms.
+the demo's size (8 x 1 s, 256 filters of 64 samples) a decoder call took 7 ms forward + backward, one per
+speaker in every step. Framing the waveform and multiplying by the filters (encoder), or multiplying by the
+filters and overlap-adding the frames (decoder), gives the same numbers: the decoder 4-5x faster, the demo's
+training step ~9% (bench/RESULTS.md, "Encoder / decoder").
 Checkpoints are interchangeable with SpeechBrain's, and `export.py` writes these modules as SpeechBrain's.
 """
 
