@@ -483,10 +483,14 @@ class FileSeparator:
         self.options = options or SeparationOptions()
         self.sample_rate = int(separator.hparams.sample_rate)
         self.num_spks = int(separator.hparams.num_spks)
+        self.separate_batch = separator.separate_batch  # what separates each window
         if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
-            self.encoder_hop = int(separator.mods.encoder.conv1d.stride[0])
-            if self.options.shifts > self.encoder_hop:
-                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({self.encoder_hop} samples)")
+            encoder_hop = int(separator.mods.encoder.conv1d.stride[0])
+            if self.options.shifts > encoder_hop:
+                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({encoder_hop} samples)")
+            self.separate_batch = functools.partial(
+                separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=encoder_hop
+            )
         self._said: set[str] = set()
 
     def _say_once(self, message: str) -> None:
@@ -497,13 +501,8 @@ class FileSeparator:
     @torch.inference_mode()
     def separate(self, mixture: torch.Tensor, description: str | None = None) -> torch.Tensor:
         """mixture [time] at the model's rate -> est_sources [time, num_spks] at the mixture's level."""
-        separate_batch = self.separator.separate_batch
-        if self.options.shifts > 1:
-            separate_batch = functools.partial(
-                separate_shifted, self.separator.separate_batch, shifts=self.options.shifts, hop=self.encoder_hop
-            )
         return separate_long(
-            separate_batch,
+            self.separate_batch,
             mixture,
             window=round(self.options.window * self.sample_rate),
             hop=round(self.options.hop * self.sample_rate),
