@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.utils.logger import get_logger
 
 from speechsep.errors import RecipeError
+from speechsep.loudness import GATING_BLOCK_SECONDS, integrated_loudness
 
 logger = get_logger(__name__)
 
@@ -366,8 +366,8 @@ class LibriMixLevels:
         speech_lufs: tuple[float, float] = (-33.0, -25.0),
         noise_lufs: tuple[float, float] = (-38.0, -30.0),
     ):
-        self.meter = pyloudnorm.Meter(sample_rate)
-        self.min_frames = math.ceil(self.meter.block_size * sample_rate)
+        self.sample_rate = sample_rate
+        self.min_frames = math.ceil(GATING_BLOCK_SECONDS * sample_rate)
         self.speech_lufs = speech_lufs
         self.noise_lufs = noise_lufs
 
@@ -377,7 +377,7 @@ class LibriMixLevels:
         if rms < SILENCE_RMS:
             return None
         if len(signal) >= self.min_frames:
-            loudness = self.meter.integrated_loudness(signal.astype(np.float64))
+            loudness = integrated_loudness(signal, self.sample_rate)
             if math.isfinite(loudness):
                 return loudness
         return -0.691 + 20.0 * math.log10(rms)
