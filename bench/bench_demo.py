@@ -1,7 +1,7 @@
-"""Quality of the embedded demo: reads what `make demo` wrote (it does not train: a run takes ~12 min).
+"""Quality of the embedded demo: reads what `make demo` wrote (it does not train: a run takes ~13 min).
 
     make demo                                                        # results/demo (dynamic mixing)
-    .venv/bin/python -m speechsep.demo --output-folder results/demo-static --dynamic_mixing=False --N_epochs=18
+    .venv/bin/python -m speechsep.demo --output-folder results/demo-static --dynamic_mixing=False --N_epochs=19
     python bench/bench_demo.py
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {
-    "dynamic mixing (default), 12 epochs x 550 steps": REPO / "results" / "demo",
-    "static mixing, 18 epochs x 375 steps (2% more steps)": REPO / "results" / "demo-static",
+    "dynamic mixing (default), 13 epochs x 550 steps": REPO / "results" / "demo",
+    "static mixing, 19 epochs x 375 steps (0.3% fewer steps)": REPO / "results" / "demo-static",
 }
 
 
