@@ -49,6 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shifts", type=int, default=defaults.shifts,
                         help="average the estimates over this many sub-hop delays of the input: a cheap ensemble, "
                         "that many times slower (the demo reports its test scores with 8; default %(default)s)")
+    parser.add_argument("--mixture-consistency", action="store_true",
+                        help="make the estimates sum to the mixture (what they leave out is shared equally); for "
+                        "mixtures of speech alone, not noisy ones (the demo reports its test scores with it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     parser.add_argument("--quiet", action="store_true", help="only errors")
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         options = SeparationOptions(
             window=args.window, hop=args.hop, batch_size=args.batch_size, output_rate=args.output_rate,
             normalize=args.normalize, progress=False if args.no_progress else None, shifts=args.shifts,
+            mixture_consistency=args.mixture_consistency,
         )
         separator = FileSeparator(load_separator(args.model, device=args.device), options)
     except (ModelFolderError, ValueError) as err:

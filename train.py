@@ -28,7 +28,7 @@ from speechsep.dataio import separation_dataset, write_audio
 from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
 from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.errors import RecipeError
-from speechsep.inference import separate_shifted
+from speechsep.inference import mixture_consistency, separate_shifted
 from speechsep.losses import pit_si_snr_loss, true_lengths
 from speechsep.schedulers import step_scheduler
 
@@ -88,13 +88,15 @@ class Separation(sb.Brain):
         For testing: the global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would
         otherwise take the padding into account, and the scores would depend on the batch size. With
         `test_shifts` > 1, each utterance's estimates are averaged over that many sub-hop delays
-        (`speechsep.inference.separate_shifted`), as `separate.py --shifts` does.
+        (`speechsep.inference.separate_shifted`), as `separate.py --shifts` does, and with
+        `test_mixture_consistency` they are made to sum to the mixture, as `separate.py --mixture-consistency`.
         """
         hp = self.hparams
-        est_sources = [
-            separate_shifted(self.separate, mixture[b : b + 1, :num_samples], hp.test_shifts, hp.kernel_size // 2)
-            for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist())
-        ]
+        est_sources = []
+        for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
+            utterance = mixture[b : b + 1, :num_samples]
+            est = separate_shifted(self.separate, utterance, hp.test_shifts, hp.kernel_size // 2)
+            est_sources.append(mixture_consistency(est, utterance) if hp.test_mixture_consistency else est)
         padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
         for b, est in enumerate(est_sources):
             padded[b, : est.shape[1]] = est[0]
@@ -371,6 +373,8 @@ def prepare_experiment(argv):
         raise RecipeError(
             f"sdr_permutation is {hparams['sdr_permutation']!r}, expected one of {metrics.SDR_PERMUTATIONS}"
         )
+    if hparams["test_mixture_consistency"] and hparams["use_wham_noise"]:  # the noise would be shared out too
+        raise RecipeError("test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise")
     if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
         logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
         run_opts.precision = "bf16"

@@ -350,6 +350,29 @@ def separate_shifted(separate_batch: SeparateBatch, mixture: torch.Tensor, shift
     return total / shifts
 
 
+def mixture_consistency(est_sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+    """Estimates that sum to the mixture: what they leave out is shared equally between them.
+
+    The unweighted mixture-consistency projection of Wisdom et al. (ICASSP 2019), applied at test time after
+    `match_mixture_level` (estimates at an arbitrary scale would get the whole mixture added). Only for
+    mixtures that are the sum of the sources: on noisy ones the noise would be shared out too.
+
+    est_sources: [batch, time, num_spks]; mixture: [batch, time] -> [batch, time, num_spks].
+    """
+    estimates = match_mixture_level(est_sources, mixture)
+    residual = mixture.to(estimates.dtype) - estimates.sum(dim=-1)
+    return estimates + residual.unsqueeze(-1) / estimates.shape[-1]
+
+
+def with_mixture_consistency(separate_batch: SeparateBatch) -> SeparateBatch:
+    """`separate_batch` followed by `mixture_consistency`."""
+
+    def separate(mixture: torch.Tensor) -> torch.Tensor:
+        return mixture_consistency(separate_batch(mixture), mixture)
+
+    return separate
+
+
 def crossfade(length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Hann fade-in and fade-out of `length` samples that sum to exactly one, sample by sample."""
     fade_in = torch.sin(0.5 * math.pi * (torch.arange(length, dtype=torch.float64) + 0.5) / length) ** 2
@@ -424,6 +447,7 @@ class SeparationOptions:
     normalize: str = "mixture"  # "mixture": the mixture's level (least squares); "peak": each track peaks at 0.9
     progress: bool | None = None  # tqdm bar over windows (None: only on a terminal)
     shifts: int = 1  # >1: average over that many sub-hop delays of each window (`separate_shifted`), shifts x slower
+    mixture_consistency: bool = False  # estimates that sum to each window (`mixture_consistency`): clean mixtures only
 
     def __post_init__(self):
         if self.shifts < 1:
@@ -491,6 +515,8 @@ class FileSeparator:
             self.separate_batch = functools.partial(
                 separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=encoder_hop
             )
+        if self.options.mixture_consistency:
+            self.separate_batch = with_mixture_consistency(self.separate_batch)
         self._said: set[str] = set()
 
     def _say_once(self, message: str) -> None:

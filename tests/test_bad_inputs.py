@@ -121,3 +121,14 @@ def test_unknown_sdr_permutation_is_reported_before_training(corpus, tmp_path):
     result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--sdr_permutation=snr")
     assert last_line(result) == "error: sdr_permutation is 'snr', expected one of ('sdr', 'sir')"
     assert not (tmp_path / "run" / "save" / "train.csv").exists()  # stopped before data preparation
+
+
+def test_mixture_consistency_on_noisy_mixtures_is_refused_before_training(corpus, tmp_path):
+    result = run_train(
+        f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--use_wham_noise=True",
+        "--test_mixture_consistency=True",
+    )
+    assert last_line(result) == (
+        "error: test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise"
+    )
+    assert not (tmp_path / "run" / "save" / "train.csv").exists()

@@ -109,3 +109,16 @@ def test_test_shifts_average_over_delayed_copies_of_each_utterance(tmp_path):
     brain.evaluate_batch(make_batch(batch_size=2, lengths=[4000, 3000]), sb.Stage.TEST)
     assert all(np.isfinite(shifted_scores))
     assert [row["si-snr"] for row in brain.test_rows] != shifted_scores
+
+
+def test_test_mixture_consistency_makes_each_utterances_estimates_sum_to_it(tmp_path):
+    batch = make_batch(batch_size=2, lengths=[4000, 3000])
+    brain = make_brain(tmp_path, save_audio=False)
+    start(brain, sb.Stage.TEST)
+    for consistent in (False, True):
+        brain.hparams.test_mixture_consistency = consistent
+        est_sources, _, mixture, _ = brain.compute_forward(batch, sb.Stage.TEST)
+        for b, length in enumerate([4000, 3000]):
+            residual = (mixture[b, :length] - est_sources[b, :length].sum(-1)).norm() / mixture[b, :length].norm()
+            assert (residual < 1e-5) if consistent else (residual > 0.01), (consistent, b, float(residual))
+            assert not est_sources[b, length:].any()  # padding stays silent

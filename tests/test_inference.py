@@ -37,8 +37,10 @@ from speechsep.inference import (
     find_model,
     load_separator,
     match_mixture_level,
+    mixture_consistency,
     separate_long,
     separate_shifted,
+    with_mixture_consistency,
 )
 from speechsep.metrics import pit_si_snr
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
@@ -312,6 +314,18 @@ def test_shifts_average_delayed_views_and_may_not_exceed_the_encoder_hop(convtas
     assert not (tmp_path / "refused").exists()
 
 
+def test_mixture_consistency_option_makes_the_tracks_sum_to_the_mixture(convtasnet_run, recordings, tmp_path):
+    base = ["--model", str(convtasnet_run), "--output-dir"]
+    talk = recordings / "talk0.wav"
+    assert separate.main([*base, str(tmp_path / "plain"), str(talk)]) == 0
+    assert separate.main([*base, str(tmp_path / "consistent"), "--mixture-consistency", str(talk)]) == 0
+    mixture = sf.read(talk)[0]
+    for name, off_by in (("plain", lambda residual: residual > 0.05), ("consistent", lambda residual: residual < 1e-3)):
+        tracks = [sf.read(tmp_path / name / f"talk0_s{k}.wav")[0] for k in (1, 2)]
+        residual = np.sqrt(np.mean((mixture - sum(tracks)) ** 2) / np.mean(mixture**2))
+        assert off_by(residual), (name, residual)
+
+
 def test_bad_inputs_give_one_error_line_each_and_the_others_are_separated(convtasnet_run, recordings, tmp_path, caplog):
     (tmp_path / "garbage.wav").write_bytes(b"not audio" * 100)
     write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32))
@@ -421,6 +435,24 @@ def test_shift_averaging_averages_the_views_at_the_mixture_level():
 
     expected = sum(match_mixture_level(sources + error, mixture) for error in errors.values()) / 2
     assert torch.allclose(separate_shifted(separate_batch, mixture, shifts=2, hop=4), expected, atol=1e-5)
+
+
+def test_mixture_consistency_shares_what_the_estimates_leave_out_equally():
+    torch.manual_seed(0)
+    sources = torch.randn(2, 500, 2)
+    mixture = sources.sum(-1)
+    error = 0.3 * torch.randn(2, 500)
+    # The first estimate misses `error`: each estimate gets half of it back.
+    est_sources = torch.stack([sources[..., 0] - error, sources[..., 1]], dim=-1)
+    consistent = mixture_consistency(est_sources, mixture)
+    assert torch.allclose(consistent.sum(-1), mixture, atol=1e-5)
+    level_matched = match_mixture_level(est_sources, mixture)
+    expected = level_matched + (mixture - level_matched.sum(-1)).unsqueeze(-1) / 2
+    assert torch.allclose(consistent, expected, atol=1e-6)
+    # Estimates at an arbitrary scale are brought to the mixture's level first, so the oracle stays itself.
+    assert torch.allclose(mixture_consistency(sources * torch.tensor([0.2, 5.0]), mixture), sources, atol=1e-4)
+    separate_batch = with_mixture_consistency(lambda x: est_sources)
+    assert torch.allclose(separate_batch(mixture), consistent)
 
 
 def test_one_shift_is_the_separator_itself_and_bad_shift_counts_are_refused():
