@@ -7,8 +7,10 @@ element-wise operations. This module computes the same function on [batch, chann
 channel) as single kernels. With `activation="prelu", padding="reflect"` and ReLU masks it is SpeechBrain's
 network (`from_speechbrain` converts its weights; a test checks the outputs agree). Softmax masks differ on
 purpose: SpeechBrain normalises them over the encoder channels, this module over the speakers. The demo (hparams/demo.yaml) uses
-ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step. Timings in
-bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs ours".
+ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step; with zero padding, the
+dilated depthwise convolutions run on the CPU as a few shifted multiply-adds (`depthwise_conv`), since oneDNN's
+depthwise backward took ~20% of a step. Timings in bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs
+ours".
 """
 
 import re
@@ -39,6 +41,64 @@ class ChannelNorm(nn.Module):
         return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
 
+def _shifted_taps(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """sum_k weight[:, k] * x[..., t + (k - P // 2) * dilation], zero outside [0, frames); weight is [C, P]."""
+    frames, center = x.shape[-1], weight.shape[1] // 2
+    y = x * weight[:, center, None]
+    for k in range(weight.shape[1]):
+        offset = (k - center) * dilation
+        if k == center or abs(offset) >= frames:
+            continue
+        if offset > 0:
+            y[..., : frames - offset].addcmul_(x[..., offset:], weight[:, k, None])
+        else:
+            y[..., -offset:].addcmul_(x[..., : frames + offset], weight[:, k, None])
+    return y
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """The backward of the shifted taps, written out: the input's gradient is the same taps mirrored, each
+    weight's gradient one dot product over frames summed over the batch. Autograd through the slices would allocate
+    and fill a zero tensor per tap."""
+
+    @staticmethod
+    def forward(ctx, x, weight, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return _shifted_taps(x, weight, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        dilation, frames, center = ctx.dilation, x.shape[-1], weight.shape[1] // 2
+        grad_x = _shifted_taps(grad_y, weight.flip(1), dilation) if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            taps = []
+            for k in range(weight.shape[1]):
+                offset = (k - center) * dilation
+                if abs(offset) >= frames:
+                    taps.append(weight.new_zeros(weight.shape[0]))
+                elif offset > 0:
+                    taps.append(torch.linalg.vecdot(grad_y[..., : frames - offset], x[..., offset:]).sum(0))
+                else:
+                    taps.append(torch.linalg.vecdot(grad_y[..., -offset:], x[..., : frames + offset]).sum(0))
+            grad_weight = torch.stack(taps, 1)
+        return grad_x, grad_weight, None
+
+
+def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """`conv(x)` for a bias-free depthwise nn.Conv1d with zero "same" padding, faster on a CPU: oneDNN's
+    depthwise backward costs ~4x these element-wise passes at the demo's sizes. Elsewhere (GPU) the conv."""
+    if x.device.type != "cpu":
+        return conv(x)
+    weight = conv.weight[:, 0]
+    if torch.is_autocast_enabled("cpu"):  # in autocast's precision, as it runs the conv
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = x.to(dtype), weight.to(dtype)
+    return _DepthwiseConv.apply(x, weight, conv.dilation[0])
+
+
 class TemporalBlock(nn.Module):
     """1x1 conv B->H, activation, gLN, dilated depthwise conv, activation, gLN, 1x1 conv H->B, residual."""
 
@@ -61,8 +121,10 @@ class TemporalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm_in(self.act_in(self.conv_in(x)))
         if self.reflect:
-            y = F.pad(y, (self.pad, self.pad), mode="reflect")
-        y = self.norm_depthwise(self.act_depthwise(self.depthwise(y)))
+            y = self.depthwise(F.pad(y, (self.pad, self.pad), mode="reflect"))
+        else:
+            y = depthwise_conv(y, self.depthwise)
+        y = self.norm_depthwise(self.act_depthwise(y))
         return x + self.conv_out(y)
 
 

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from torch import nn
 from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
 
-from speechsep.conv_tasnet import MaskNet, from_speechbrain
+from speechsep.conv_tasnet import MaskNet, depthwise_conv, from_speechbrain
 
 SIZES = dict(N=16, B=8, H=12, P=3, X=3, R=2, C=2)
 
@@ -47,6 +48,44 @@ def test_zero_padding_keeps_the_number_of_frames():
     out = zeros(mixture_w)
     assert out.shape == (2, 2, SIZES["N"], 200)
     assert not torch.allclose(out, reference(mixture_w), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (3, 8), (5, 3), (3, 30), (5, 12)])
+def test_depthwise_conv_matches_the_zero_padded_conv(kernel_size, dilation):
+    """Outputs and both gradients; dilations up to and past the 30 frames, where outer taps fall off."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(6, 6, kernel_size, dilation=dilation, groups=6, bias=False, padding=dilation * (kernel_size // 2))
+    x = torch.randn(2, 6, 30, requires_grad=True)
+    grad_y = torch.randn(2, 6, 30)
+
+    expected = conv(x)
+    expected_grads = torch.autograd.grad(expected, (x, conv.weight), grad_y)
+    got = depthwise_conv(x, conv)
+    got_grads = torch.autograd.grad(got, (x, conv.weight), grad_y)
+
+    assert torch.allclose(got, expected, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert got_grad.shape == expected_grad.shape
+        assert torch.allclose(got_grad, expected_grad, atol=1e-5)
+
+
+def test_depthwise_conv_gradients_are_exact():
+    conv = nn.Conv1d(3, 3, 5, dilation=2, groups=3, bias=False, padding=4).double()
+    x = torch.randn(2, 3, 11, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: depthwise_conv(x, conv), (x, conv.weight))
+
+
+def test_depthwise_conv_under_autocast_runs_like_the_conv():
+    """bf16 in and out as autocast runs conv1d; the fp32 weight still gets an fp32 gradient."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(6, 6, 3, dilation=2, groups=6, bias=False, padding=2)
+    x = torch.randn(2, 6, 30)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = conv(x), depthwise_conv(x, conv)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), expected.float(), atol=0.05)
+    got.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.abs().sum() > 0
 
 
 def test_relu_masknet_trains_and_masks_are_non_negative():
