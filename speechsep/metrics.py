@@ -34,10 +34,9 @@ from scipy import stats
 from scipy.fft import next_fast_len
 from scipy.linalg import solve_toeplitz
 
+from speechsep import losses
 from speechsep.losses import length_mask
 
-# SpeechBrain's cal_si_snr constant, kept so that SI-SNR matches its loss exactly.
-SI_SNR_EPS = 1e-8
 # BSS-eval v3 distortion filter length (taps), as in mir_eval and the BSS Eval Matlab toolbox.
 SDR_FILTER_LENGTH = 512
 # SDR/SIR are clamped to [-SDR_CLAMP_DB, SDR_CLAMP_DB]; only perfect or silent signals reach it.
@@ -62,28 +61,11 @@ def pairwise_si_snr(
 ) -> torch.Tensor:
     """SI-SNR in dB [batch, num_spks, num_est] of every estimate against every reference.
 
-    `speechbrain.nnet.losses.cal_si_snr` (zero mean, same EPS placement) on each utterance's true
-    length, in float64, with the energies expanded into inner products so that no
-    [batch, time, num_spks, num_est] tensor is built. `est_sources` is [batch, time, num_est].
+    The training loss's SI-SNR (`speechbrain.nnet.losses.cal_si_snr` on each utterance's true length) in
+    float64. `est_sources` is [batch, time, num_est].
     """
     _check_signals(est_sources, sources)
-    batch, time, _ = sources.shape
-    mask = length_mask(lengths, batch, time, sources.device, torch.float64).unsqueeze(-1)  # [batch, time, 1]
-    num_samples = mask.sum(dim=1, keepdim=True)  # [batch, 1, 1]
-
-    def zero_mean(signals: torch.Tensor) -> torch.Tensor:
-        signals = signals.double() * mask
-        return (signals - signals.sum(dim=1, keepdim=True) / num_samples) * mask
-
-    refs, ests = zero_mean(sources), zero_mean(est_sources)
-    dot = torch.einsum("btk,btm->bkm", refs, ests)  # [batch, num_spks, num_est]
-    ref_energy = refs.pow(2).sum(dim=1).unsqueeze(-1)  # [batch, num_spks, 1]
-    est_energy = ests.pow(2).sum(dim=1).unsqueeze(-2)  # [batch, 1, num_est]
-    # proj = dot * ref / (ref_energy + EPS) and noise = est - proj, as in cal_si_snr.
-    scale = dot / (ref_energy + SI_SNR_EPS)
-    proj_energy = scale.pow(2) * ref_energy
-    noise_energy = (est_energy - 2 * scale * dot + proj_energy).clamp(min=0)
-    return 10 * torch.log10(proj_energy / (noise_energy + SI_SNR_EPS) + SI_SNR_EPS)
+    return losses.pairwise_si_snr(est_sources, sources, lengths, torch.float64).transpose(1, 2)
 
 
 def _unit_norm(signals: torch.Tensor) -> torch.Tensor:
