@@ -96,3 +96,10 @@ def test_demo_masknet_is_the_channels_first_one_with_the_demo_sizes():
     assert isinstance(masknet, MaskNet) and masknet is hp["modules"]["masknet"]
     assert len(masknet.blocks) == 3 * hp["R"] and masknet.bottleneck.out_channels == hp["B"]
     assert isinstance(masknet.blocks[0].act_in, torch.nn.ReLU) and not masknet.blocks[0].reflect
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_demo_trains_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert load("demo.yaml", data_folder="/data/MiniLibri2Mix")["precision"] == expected
