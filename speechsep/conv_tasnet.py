@@ -6,10 +6,10 @@ element-wise operations. This module computes the same function on [batch, chann
 `nn.Conv1d` and `GroupNorm(1, C)` (which is gLN: statistics over channels and frames, a scale and shift per
 channel) as single kernels. With `activation="prelu", padding="reflect"` and ReLU masks it is SpeechBrain's
 network (`from_speechbrain` converts its weights; a test checks the outputs agree). Softmax masks differ on
-purpose: SpeechBrain normalises them over the encoder channels, this module over the speakers. The demo (hparams/demo.yaml) uses
-ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step; with zero padding, the
-dilated depthwise convolutions run on the CPU as a few shifted multiply-adds (`depthwise_conv`), since oneDNN's
-depthwise backward took ~20% of a step. Timings in bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs
+purpose: SpeechBrain normalises them over the encoder channels, this module over the speakers. The demo
+(hparams/demo.yaml) uses ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step;
+with zero padding, the dilated depthwise convolutions run on the CPU as a few shifted multiply-adds
+(`depthwise_conv`), since oneDNN's depthwise backward took ~20% of a step. Timings in bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs
 ours".
 """
 
@@ -88,8 +88,8 @@ class _DepthwiseConv(torch.autograd.Function):
 
 
 def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """`conv(x)` for a bias-free depthwise nn.Conv1d with zero "same" padding, faster on a CPU: oneDNN's
-    depthwise backward costs ~4x these element-wise passes at the demo's sizes. Elsewhere (GPU) the conv."""
+    """`conv(x)` for a bias-free depthwise nn.Conv1d with zero "same" padding, faster on a CPU: at the demo's
+    sizes oneDNN's forward and backward took ~2.5x as long as these element-wise passes. Elsewhere (GPU) the conv."""
     if x.device.type != "cpu":
         return conv(x)
     weight = conv.weight[:, 0]

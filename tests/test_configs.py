@@ -98,7 +98,9 @@ def test_demo_masknet_is_the_channels_first_one_with_the_demo_sizes():
     assert isinstance(masknet.blocks[0].act_in, torch.nn.ReLU) and not masknet.blocks[0].reflect
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
 def test_demo_trains_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
