@@ -4,8 +4,9 @@
     python separate.py --model results/sepformer-wsj0mix/1234 --output-dir separated meeting.flac calls/
     python separate.py --model exported_model --output-dir out "recordings/**/*.wav" --output-rate input
 
---model is a training output folder (its best checkpoint by validation SI-SNR) or a folder written by
-export.py. Inputs are files, folders (searched recursively for wav/flac/ogg) or glob patterns, at any
+--model is a training output folder (its best checkpoint by validation SI-SNR), a folder written by
+export.py, or a SpeechBrain separation model folder as published (e.g. speechbrain/sepformer-wsj02mix,
+downloaded first: nothing is downloaded here). Inputs are files, folders (searched recursively for wav/flac/ogg) or glob patterns, at any
 sample rate and channel count. Long files are separated window by window (see --window, --hop), with each
 speaker kept on the same output track. Exit status: 0 if every input was separated, 1 if some failed (one
 `error:` line each, the others are still separated), 2 if the model cannot be used.
@@ -17,14 +18,9 @@ import sys
 
 import torch
 
-from speechsep.inference import (
-    AudioInputError,
-    FileSeparator,
-    ModelFolderError,
-    SeparationOptions,
-    expand_inputs,
-    load_separator,
-)
+from speechsep.errors import RecipeError
+from speechsep.inference import AudioInputError, FileSeparator, SeparationOptions, expand_inputs
+from speechsep.model_folder import load_separator
 
 logger = logging.getLogger("separate")
 
@@ -33,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults = SeparationOptions()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or glob patterns")
-    parser.add_argument("--model", required=True, help="training output folder or export.py folder")
+    parser.add_argument("--model", required=True, help="training output folder, export.py folder or SpeechBrain model folder")
     parser.add_argument("--output-dir", required=True, help="where <stem>_s1.wav, <stem>_s2.wav, ... are written")
     parser.add_argument("--window", type=float, default=defaults.window,
                         help="seconds separated at once (default %(default)s)")
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             mixture_consistency=args.mixture_consistency,
         )
         separator = FileSeparator(load_separator(args.model, device=args.device), options)
-    except (ModelFolderError, ValueError) as err:
+    except (RecipeError, ValueError) as err:
         logger.error(f"error: {err}")
         return 2
 

@@ -28,8 +28,10 @@ from speechsep.dataio import separation_dataset, write_audio
 from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
 from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.errors import RecipeError
+from speechsep.filterbank import encoder_hop
 from speechsep.inference import mixture_consistency, separate_shifted
 from speechsep.losses import pit_si_snr_loss, true_lengths
+from speechsep.model_folder import build_model, check_format, find_model, load_pretrained
 from speechsep.schedulers import step_scheduler
 
 logger = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class Separation(sb.Brain):
         est_sources = []
         for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
             utterance = mixture[b : b + 1, :num_samples]
-            est = separate_shifted(self.separate, utterance, hp.test_shifts, hp.kernel_size // 2)
+            est = separate_shifted(self.separate, utterance, hp.test_shifts, encoder_hop(self.modules.encoder))
             est_sources.append(mixture_consistency(est, utterance) if hp.test_mixture_consistency else est)
         padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
         for b, est in enumerate(est_sources):
@@ -380,10 +382,18 @@ def prepare_experiment(argv):
         run_opts.precision = "bf16"
         run_opts.overridden_args.add("precision")
 
+    if hparams["pretrained_separator"]:  # a missing or unusable folder is reported before any data is read
+        check_format(find_model(hparams["pretrained_separator"]), hparams["num_spks"], hparams["sample_rate"])
+
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
     if if_main_process():
-        Path(hparams["output_folder"], "hyperparams.yaml").write_text(resolved_yaml(hparams_file, overrides))
+        # --test_only keeps the training record: its own config goes with its results.
+        record = Path(hparams["results_folder"], "test_hyperparams.yaml") if run_opts["test_only"] else (
+            Path(hparams["output_folder"], "hyperparams.yaml")
+        )
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(resolved_yaml(hparams_file, overrides))
 
     if not hparams["skip_prep"]:  # with --test_only too: the test manifest comes from the same tree
         run_on_main(
@@ -405,19 +415,45 @@ def prepare_experiment(argv):
     return hparams, run_opts, dataio_prep(hparams, test_only)
 
 
+def starting_model(hparams, test_only):
+    """The modules and checkpointer a run starts from, given `pretrained_separator`.
+
+    Without it: the config's modules, from scratch or from the run's own checkpoint. With it and `test_only`:
+    the folder's own model, whatever its architecture, and no checkpointer (the folder is what is evaluated).
+    With it for training: the config's modules initialised from the folder before the first step (the
+    architectures must match), unless the run has a checkpoint of its own, which it then resumes from.
+    """
+    folder = hparams["pretrained_separator"]
+    if not folder:
+        return hparams["modules"], hparams["checkpointer"]
+    if test_only:
+        source = find_model(folder)
+        check_format(source, hparams["num_spks"], hparams["sample_rate"])
+        model = build_model(source)
+        logger.info(f"Evaluating {source.description}")
+        return model.modules, None
+    if hparams["checkpointer"].list_checkpoints():
+        logger.info(f"Resuming from this run's own checkpoint; pretrained_separator {folder} is not loaded again")
+    else:
+        description = load_pretrained(hparams["modules"], folder, hparams["num_spks"], hparams["sample_rate"])
+        logger.info(f"Initialised the encoder, masknet and decoder from {description}")
+    return hparams["modules"], hparams["checkpointer"]
+
+
 def main(argv):
     """Parse the command line, prepare the data, train, and evaluate on the test set."""
     try:
         hparams, run_opts, (train_data, valid_data, test_data) = prepare_experiment(argv)
+        modules, checkpointer = starting_model(hparams, run_opts["test_only"])
     except RecipeError as err:
         sys.exit(f"error: {err}")
 
     separator = Separation(
-        modules=hparams["modules"],
+        modules=modules,
         opt_class=hparams["optimizer"],
         hparams=hparams,
         run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
+        checkpointer=checkpointer,
     )
     # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): checkpoint, then exit 0.
     for signum in (signal.SIGTERM, signal.SIGUSR1):
@@ -428,7 +464,7 @@ def main(argv):
         f"{hparams['batch_size'] * world_size() * separator.grad_accumulation_factor}"
     )
     if run_opts["test_only"]:
-        if not separator.checkpointer.list_checkpoints():
+        if checkpointer is not None and not checkpointer.list_checkpoints():
             sys.exit(f"error: --test_only needs a trained model, but {hparams['save_folder']} has no checkpoint")
     else:
         separator.fit(

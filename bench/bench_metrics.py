@@ -135,7 +135,7 @@ def trained_model_agreement(run_dir: Path = DEMO_RUN, limit: int | None = None) 
     import pandas as pd
     import soundfile as sf
 
-    from speechsep.inference import load_separator
+    from speechsep.model_folder import load_separator
 
     title = "### Agreement with mir_eval on a trained model's outputs"
     summary_path = run_dir / "demo_summary.json"

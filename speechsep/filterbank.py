@@ -59,6 +59,12 @@ class Decoder(dual_path.Decoder):
         return signal  # [batch, time], as SpeechBrain's Decoder returns for a [batch, N, frames] input
 
 
+def encoder_hop(encoder: torch.nn.Module) -> int:
+    """Samples between the frames of a learned encoder (SpeechBrain's: its Conv1d's stride, half a window)."""
+    encoder = getattr(encoder, "module", encoder)  # under DDP, the wrapped module
+    return int(encoder.conv1d.stride[0])
+
+
 def use_fast_filterbank(*modules: torch.nn.Module) -> int:
     """Turns, in place, SpeechBrain's `dual_path.Encoder`/`Decoder` objects among `modules` into ours.
 

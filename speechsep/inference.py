@@ -1,13 +1,7 @@
-"""Separating recordings of any length with a trained model, and exporting models to SpeechBrain's inference API.
+"""Separating recordings of any length with a model (`separate.py`); model folders are `speechsep.model_folder`'s.
 
-The logic behind `separate.py` and `export.py`, in three parts:
+Two parts:
 
-- Model folders. A model is read from a training run's output folder (its `hyperparams.yaml` and the best
-  checkpoint under `save/` by the `si-snr` meta) or from a folder written by `export_model` (`hyperparams.yaml`,
-  `encoder.ckpt`, `masknet.ckpt`, `decoder.ckpt`). Both go through `find_model`, which reduces either to the
-  same thing: an inference config that names SpeechBrain classes only, plus a folder of weights. The exported
-  folder is that pair written out, so what `separate.py` runs and what
-  `SepformerSeparation.from_hparams(source=<export dir>)` loads are the same modules with the same weights.
 - Chunked separation (`separate_long`). A separator is never run on a whole long file, whose memory would grow
   with its length: the mixture is cut into overlapping windows, a batch of windows goes through the model at a
   time, each window's estimates are rescaled to the mixture's level, their speaker order is aligned to the
@@ -23,265 +17,28 @@ import functools
 import glob
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import ruamel.yaml
 import soundfile as sf
 import torch
 import torchaudio
-from hyperpyyaml import load_hyperpyyaml
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.tag import Tag
 from speechbrain.inference.separation import SepformerSeparation
-from speechbrain.utils.checkpoints import Checkpointer
 from tqdm import tqdm
 
-from speechsep.filterbank import use_fast_filterbank
+from speechsep.errors import RecipeError
+from speechsep.filterbank import encoder_hop
 from speechsep.metrics import best_permutation
-from speechsep.transformer import use_sdpa_attention
 
 logger = logging.getLogger(__name__)
 
-HPARAMS_FILE = "hyperparams.yaml"
-MODULE_NAMES = ("encoder", "masknet", "decoder")
-CHECKPOINT_KEY = "si-snr"  # the meta a run's checkpoints are ranked by (higher is better)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
-# Our SepFormer block is a drop-in for SpeechBrain's (same arguments, parameters and state_dict keys):
-# exported configs name SpeechBrain's, so that an exported folder needs SpeechBrain alone.
-SPEECHBRAIN_BLOCK = "!new:speechbrain.lobes.models.dual_path.SBTransformerBlock"
-OUR_BLOCKS = ("!apply:speechsep.transformer.sepformer_block", "!new:speechsep.transformer.FastSBTransformerBlock")
-# Likewise our encoder and decoder (speechsep.filterbank): SpeechBrain's classes with a faster forward.
-SPEECHBRAIN_FILTERBANK = {
-    f"!new:speechsep.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}" for name in ("Encoder", "Decoder")
-}
 
-INFERENCE_CONFIG = """\
-sample_rate: {sample_rate}
-num_spks: {num_spks}
-
-{model}
-modules:
-    encoder: !ref <encoder>
-    masknet: !ref <masknet>
-    decoder: !ref <decoder>
-
-# No `paths`: SepformerSeparation.from_hparams(source=<this folder>) collects <source>/<name>.ckpt, so the
-# folder can be moved, copied or uploaded as it is.
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        encoder: !ref <encoder>
-        masknet: !ref <masknet>
-        decoder: !ref <decoder>
-"""
-
-
-class ModelFolderError(ValueError):
-    """A --model folder that is neither a training run with a checkpoint nor an exported model."""
-
-
-class AudioInputError(ValueError):
+class AudioInputError(RecipeError):
     """An input file that cannot be separated (unreadable, empty, or an output name already taken)."""
-
-
-# ==================================================================== model folders
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """What a model is built from: an inference config naming SpeechBrain classes only, and its weights."""
-
-    config: str  # HyperPyYAML text with encoder, masknet, decoder, modules, pretrainer, num_spks, sample_rate
-    checkpoint_dir: Path  # holds encoder.ckpt, masknet.ckpt and decoder.ckpt
-    description: str  # says which weights, for logs
-
-
-def _yaml() -> ruamel.yaml.YAML:
-    yaml = ruamel.yaml.YAML()
-    yaml.indent(mapping=4, sequence=4, offset=2)
-    yaml.width = 120
-    return yaml
-
-
-def _portable_node(node):
-    """A copy of a config node without comments or anchors, our SepFormer block and filterbank written as
-    SpeechBrain's."""
-    if isinstance(node, dict):
-        copy = CommentedMap((key, _portable_node(value)) for key, value in node.items())
-        tag = getattr(getattr(node, "tag", None), "value", None)
-        if tag in OUR_BLOCKS:
-            copy.pop("fast_attention", None)
-            tag = SPEECHBRAIN_BLOCK
-        tag = SPEECHBRAIN_FILTERBANK.get(tag, tag)
-        if tag:
-            copy.yaml_set_ctag(Tag(suffix=tag))
-        return copy
-    if isinstance(node, list):
-        copy = CommentedSeq(_portable_node(value) for value in node)
-        tag = getattr(getattr(node, "tag", None), "value", None)
-        if tag:
-            copy.yaml_set_ctag(Tag(suffix=tag))
-        return copy
-    return node
-
-
-def _classes_outside_speechbrain(node) -> list[str]:
-    """Tags of `node` and its children that build objects from modules other than speechbrain and torch."""
-    tag = getattr(getattr(node, "tag", None), "value", None) or ""
-    found = []
-    kind, _, target = tag.partition(":")
-    if kind in ("!new", "!apply", "!name") and not target.startswith(("speechbrain.", "torch.")):
-        found.append(tag)
-    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
-    for child in children:
-        found.extend(_classes_outside_speechbrain(child))
-    return found
-
-
-def inference_config(run_hparams: str) -> str:
-    """The inference config of a run: its encoder, masknet and decoder, `num_spks` and `sample_rate`.
-
-    `run_hparams` is the text of a run's self-contained `hyperparams.yaml`. Data paths, optimiser, scheduler,
-    augmentation and logger are left out; the SepFormer block is written as SpeechBrain's `SBTransformerBlock`.
-    Raises ModelFolderError naming what is missing.
-    """
-    try:
-        document = ruamel.yaml.YAML().load(run_hparams)
-    except ruamel.yaml.YAMLError as err:
-        raise ModelFolderError(f"{HPARAMS_FILE} is not valid YAML ({err.__class__.__name__})") from None
-    modules = document.get("modules") if isinstance(document, dict) else None
-    missing = [f"modules.{name}" for name in MODULE_NAMES if not isinstance(modules, dict) or name not in modules]
-    missing += [key for key in ("num_spks", "sample_rate") if not isinstance(document, dict) or key not in document]
-    if missing:
-        raise ModelFolderError(f"{HPARAMS_FILE} lacks {', '.join(missing)}")
-    model = CommentedMap((name, _portable_node(modules[name])) for name in MODULE_NAMES)
-    for name in MODULE_NAMES:
-        model.yaml_set_comment_before_after_key(name, before="\n" if name != "encoder" else None)
-    stream = ruamel.yaml.compat.StringIO()
-    _yaml().dump(model, stream)
-    return INFERENCE_CONFIG.format(
-        sample_rate=int(document["sample_rate"]),
-        num_spks=int(document["num_spks"]),
-        model=stream.getvalue(),
-    )
-
-
-def _first_line(err: Exception) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    message = str(err).strip()
-    return f"{err.__class__.__name__}: {message.splitlines()[0]}" if message else err.__class__.__name__
-
-
-def _best_checkpoint(save_dir: Path):
-    """The checkpoint of highest `si-snr` meta under a run's save folder (a SpeechBrain Checkpoint)."""
-    checkpoint = Checkpointer(save_dir).find_checkpoint(max_key=CHECKPOINT_KEY)
-    if checkpoint is None:
-        raise ModelFolderError(
-            f"{save_dir} has no checkpoint with a '{CHECKPOINT_KEY}' meta (training saves one after each validation)"
-        )
-    lacking = [f"{name}.ckpt" for name in MODULE_NAMES if not (checkpoint.path / f"{name}.ckpt").is_file()]
-    if lacking:
-        raise ModelFolderError(f"{checkpoint.path} lacks {', '.join(lacking)}")
-    return checkpoint
-
-
-def find_model(model_dir: str | Path) -> ModelSource:
-    """Resolve a training run's output folder or an exported folder to its inference config and weights.
-
-    A folder with `save/` is a run: its best checkpoint by validation SI-SNR is used. A folder with the three
-    `.ckpt` files beside `hyperparams.yaml` is an export. Anything else raises ModelFolderError (one line).
-    """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelFolderError(f"model folder not found: {model_dir}")
-    hparams_file = model_dir / HPARAMS_FILE
-    if not hparams_file.is_file():
-        raise ModelFolderError(f"{model_dir} has no {HPARAMS_FILE}: expected a training output folder or an export")
-    try:
-        text = hparams_file.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ModelFolderError(f"cannot read {hparams_file} ({err})") from None
-    if (model_dir / "save").is_dir():
-        checkpoint = _best_checkpoint(model_dir / "save")
-        score = checkpoint.meta[CHECKPOINT_KEY]
-        description = f"{model_dir}: {checkpoint.path.name} (valid si-snr {score:.2f} dB)"
-        try:
-            config = inference_config(text)
-        except ModelFolderError as err:
-            raise ModelFolderError(f"{hparams_file}: {err}") from None
-        return ModelSource(config, checkpoint.path, description)
-    lacking = [f"{name}.ckpt" for name in MODULE_NAMES if not (model_dir / f"{name}.ckpt").is_file()]
-    if lacking:
-        raise ModelFolderError(
-            f"{model_dir} is neither a training output folder (no save/) nor an export (lacks {', '.join(lacking)})"
-        )
-    return ModelSource(text, model_dir, f"{model_dir} (exported model)")
-
-
-def build_separator(source: ModelSource, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
-    """SpeechBrain's `SepformerSeparation` (any encoder/masknet/decoder model) with the source's weights.
-
-    Weights are loaded strictly: a checkpoint that does not fit the config is an error, not a warning.
-    `fast_attention` swaps in our fused attention, and our matrix-product encoder and decoder (same parameters,
-    same outputs up to rounding), for speed.
-    """
-    try:
-        hparams = load_hyperpyyaml(source.config)
-    except Exception as err:  # any error building the modules: the folder is unusable, say why in one line
-        raise ModelFolderError(f"{source.description}: cannot build the model ({_first_line(err)})") from None
-    for name in MODULE_NAMES:
-        path = source.checkpoint_dir / f"{name}.ckpt"
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-            hparams[name].load_state_dict(state_dict)
-        except Exception as err:
-            raise ModelFolderError(f"{path}: cannot load into the {name} ({_first_line(err)})") from None
-    if fast_attention:
-        use_sdpa_attention(hparams["masknet"])
-        use_fast_filterbank(hparams["encoder"], hparams["decoder"])
-    modules = {name: hparams[name] for name in MODULE_NAMES}
-    return SepformerSeparation(modules=modules, hparams=hparams, run_opts={"device": device})
-
-
-def load_separator(model_dir: str | Path, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
-    """`build_separator(find_model(model_dir))`: a run folder or an exported folder, ready to separate."""
-    source = find_model(model_dir)
-    separator = build_separator(source, device, fast_attention)
-    hparams = separator.hparams
-    logger.info(f"Model: {source.description}, {hparams.num_spks} speakers at {hparams.sample_rate} Hz")
-    return separator
-
-
-def export_model(model_dir: str | Path, export_dir: str | Path) -> ModelSource:
-    """Write `hyperparams.yaml` and the three `.ckpt` files that `SepformerSeparation.from_hparams` loads.
-
-    The config holds only the model (SpeechBrain classes), `num_spks` and `sample_rate`: no data paths,
-    optimiser or hub references. The model is built and loaded once first, so a broken run is not exported.
-    """
-    source = find_model(model_dir)
-    outside = _classes_outside_speechbrain(ruamel.yaml.YAML().load(source.config))
-    if outside:
-        classes = ", ".join(sorted(set(outside)))
-        raise ModelFolderError(f"{model_dir}: the model uses {classes}, which SpeechBrain alone cannot build")
-    build_separator(source, fast_attention=False)
-    export_dir = Path(export_dir)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    config = source.config
-    if source.checkpoint_dir.resolve() != Path(model_dir).resolve():  # from a run, not an earlier export
-        config = (
-            f"# Exported by export.py from the training checkpoint {source.checkpoint_dir.name}.\n"
-            "# SepformerSeparation.from_hparams(source=<this folder>, savedir=<a folder>) loads it, and so does\n"
-            "# `python separate.py --model <this folder> ...`.\n\n" + config
-        )
-    (export_dir / HPARAMS_FILE).write_text(config)
-    for name in MODULE_NAMES:
-        target = export_dir / f"{name}.ckpt"
-        if target.resolve() != (source.checkpoint_dir / f"{name}.ckpt").resolve():
-            shutil.copyfile(source.checkpoint_dir / f"{name}.ckpt", target)
-    logger.info(f"Exported {source.description} to {export_dir}")
-    return ModelSource(config, export_dir, f"{export_dir} (exported model)")
 
 
 # ==================================================================== chunked separation
@@ -509,11 +266,11 @@ class FileSeparator:
         self.num_spks = int(separator.hparams.num_spks)
         self.separate_batch = separator.separate_batch  # what separates each window
         if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
-            encoder_hop = int(separator.mods.encoder.conv1d.stride[0])
-            if self.options.shifts > encoder_hop:
-                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({encoder_hop} samples)")
+            hop = encoder_hop(separator.mods.encoder)
+            if self.options.shifts > hop:
+                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({hop} samples)")
             self.separate_batch = functools.partial(
-                separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=encoder_hop
+                separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=hop
             )
         if self.options.mixture_consistency:
             self.separate_batch = with_mixture_consistency(self.separate_batch)

@@ -30,12 +30,9 @@ import separate
 from speechsep.config import load_hparams, resolved_yaml
 from speechsep.inference import (
     FileSeparator,
-    ModelFolderError,
     SeparationOptions,
     crossfade,
     expand_inputs,
-    find_model,
-    load_separator,
     match_mixture_level,
     mixture_consistency,
     separate_long,
@@ -43,6 +40,7 @@ from speechsep.inference import (
     with_mixture_consistency,
 )
 from speechsep.metrics import pit_si_snr
+from speechsep.model_folder import ModelFolderError, find_model, load_separator
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 from tests.corpus_trees import make_wsj0mix, speechlike
 
@@ -99,7 +97,7 @@ def recipe_estimates(run: Path, mixture: torch.Tensor) -> torch.Tensor:
 
 
 def test_run_folder_uses_the_checkpoint_with_the_best_si_snr(sepformer_run):
-    assert find_model(sepformer_run).checkpoint_dir.name == "CKPT+best"
+    assert find_model(sepformer_run).weights_dir.name == "CKPT+best"
 
 
 @pytest.mark.parametrize("run_fixture", ["convtasnet_run", "sepformer_run"])
@@ -118,12 +116,27 @@ def test_exported_model_loads_in_speechbrain_and_matches_the_recipe_model(reques
 def test_export_holds_only_the_model(sepformer_run, tmp_path):
     export.main([str(sepformer_run), str(tmp_path / "export")])
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
-        "decoder.ckpt", "encoder.ckpt", "hyperparams.yaml", "masknet.ckpt",
+        "README.md", "decoder.ckpt", "encoder.ckpt", "hyperparams.yaml", "masknet.ckpt",
     ]
     config = (tmp_path / "export" / "hyperparams.yaml").read_text()
     for absent in (str(sepformer_run), "data_folder", "optimizer", "checkpointer", "speechsep", "huggingface"):
         assert absent not in config
     assert "SBTransformerBlock" in config
+
+
+def test_export_writes_a_model_card_with_the_runs_corpus_and_test_scores(convtasnet_run, tmp_path):
+    assert export.main([str(convtasnet_run), str(tmp_path / "export")]) == 0
+
+    card = (tmp_path / "export" / "README.md").read_text()
+    summary = json.loads((convtasnet_run / "test_results_summary.json").read_text())
+    assert f"| SI-SNRi | {summary['si-snr_i']['mean']:.2f} |" in card
+    assert f"| SDRi | {summary['sdr_i']['mean']:.2f} |" in card
+    assert f"{summary['si-snr_i']['count']} mixtures" in card
+    assert "`experiment_name`: convtasnet-wsj0mix" in card and "`N_epochs`: 8" in card
+    separator = load_separator(tmp_path / "export")
+    parameters = sum(p.numel() for p in separator.mods.parameters())
+    assert f"| total | | {parameters:,} " in card
+    assert "SepformerSeparation.from_hparams" in card and "separate.py --model" in card
 
 
 def test_missing_model_folder_fails_with_one_line(tmp_path):
@@ -136,9 +149,9 @@ def test_missing_model_folder_fails_with_one_line(tmp_path):
 
 
 def test_folder_without_checkpoint_or_weights_is_not_a_model(tmp_path):
-    (tmp_path / "hyperparams.yaml").write_text("num_spks: 2\n")
-    with pytest.raises(ModelFolderError, match="neither a training output folder"):
-        find_model(tmp_path)
+    (tmp_path / "hyperparams.yaml").write_text("num_spks: 2\nsample_rate: 8000\n")
+    with pytest.raises(ModelFolderError, match="declares no encoder, masknet, decoder module"):
+        load_separator(tmp_path)
 
 
 # ---------------------------------------------------------------- chunked separation, with an oracle

@@ -1,0 +1,111 @@
+"""The README.md that `export.py` writes beside an exported model: what it is, how it was trained and scored.
+
+Everything in it is read from the folder being exported: the modules of the built model, the training run's
+`hyperparams.yaml` (corpus, config, training length) and its `test_results_summary.json` (test scores). What a
+folder does not hold (a published model has no training record) is said to be unknown, never guessed.
+"""
+
+import datetime
+import json
+from pathlib import Path
+
+import ruamel.yaml
+import torch
+
+# Keys of a run's config that say how it was trained, in the order the card lists them.
+TRAINING_KEYS = (
+    "experiment_name", "data_folder", "mixture_mode", "use_wham_noise", "dynamic_mixing", "N_epochs", "batch_size",
+    "lr", "training_signal_len", "seed",
+)
+SCORES = (("si-snr_i", "SI-SNRi"), ("sdr_i", "SDRi"), ("si-snr", "SI-SNR"), ("sdr", "SDR"))
+
+
+def _parameters(module: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def _class_name(module: torch.nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _run_record(model_dir: Path) -> dict:
+    """A training run's config (references resolved), or {} for a folder that is not a run."""
+    if not (model_dir / "save").is_dir():
+        return {}
+    try:
+        record = ruamel.yaml.YAML().load((model_dir / "hyperparams.yaml").read_text())
+    except (OSError, ruamel.yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _test_summary(record: dict) -> dict:
+    folder = record.get("results_folder")
+    path = Path(str(folder)) / "test_results_summary.json" if folder else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def render(model_dir: Path, source_description: str, modules: dict, num_spks: int, sample_rate: int) -> str:
+    """The model card of an export of `model_dir`, whose built `modules` are encoder, masknet and decoder."""
+    record = _run_record(Path(model_dir))
+    summary = _test_summary(record)
+    total = sum(_parameters(module) for module in modules.values())
+    lines = [
+        f"# Speech separation model: {num_spks} speakers at {sample_rate} Hz",
+        "",
+        f"Exported on {datetime.date.today().isoformat()} by this recipe's `export.py` from {source_description}.",
+        "",
+        "## Architecture",
+        "",
+        "| module | class | parameters |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | `{_class_name(module)}` | {_parameters(module):,} |" for name, module in modules.items()]
+    lines += [f"| total | | {total:,} ({total / 1e6:.2f} M) |", ""]
+
+    lines += ["## Training", ""]
+    if record:
+        lines += [f"- `{key}`: {record[key]}" for key in TRAINING_KEYS if key in record]
+        lines += ["- config: `hyperparams.yaml` of the training run (this folder keeps only the model)", ""]
+    else:
+        lines += ["Unknown: the exported folder was not a training run of this recipe (no training record).", ""]
+
+    lines += ["## Test scores", ""]
+    if summary:
+        count = next(iter(summary.values())).get("count", "?")
+        test_set = f"`{record.get('test_data', 'the test manifest')}` (from `{record.get('data_folder', '?')}`)"
+        lines += [f"On the test set {test_set}, {count} mixtures:", ""]
+        lines += ["| metric | mean (dB) | 95% CI |", "|---|---|---|"]
+        for key, name in SCORES:
+            if key in summary:
+                score = summary[key]
+                low, high = score.get("ci95_low"), score.get("ci95_high")
+                interval = f"{low:.2f} .. {high:.2f}" if low is not None and high is not None else "n/a"
+                lines.append(f"| {name} | {score['mean']:.2f} | {interval} |")
+        shifts, consistency = record.get("test_shifts", 1), record.get("test_mixture_consistency", False)
+        lines += ["", f"Test-time options of that run: `test_shifts` {shifts}, `test_mixture_consistency` {consistency}."]
+    else:
+        lines += ["None found: the run has no `test_results_summary.json` (or this folder was not a run)."]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from speechbrain.inference.separation import SepformerSeparation",
+        'model = SepformerSeparation.from_hparams(source="<this folder>", savedir="pretrained_models/mine")',
+        "est_sources = model.separate_batch(mixture)  # [batch, time] -> [batch, time, num_spks]",
+        "```",
+        "",
+        "```bash",
+        "python separate.py --model <this folder> --output-dir separated recording.wav   # any length",
+        "python train.py hparams/<config>.yaml --pretrained_separator=<this folder> --data_folder=...   # fine-tune",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,435 @@
+"""Model folders: finding, building and exporting a separator from a folder on disk.
+
+Three kinds of folder hold a model, and every entry point that takes a model (`separate.py --model`,
+`train.py --pretrained_separator`, `export.py`, the Python API) accepts all three:
+
+- a training run of this recipe (`hyperparams.yaml` and `save/`): its best checkpoint by validation SI-SNR;
+- a folder written by `export.py`;
+- a SpeechBrain model folder as published (e.g. `speechbrain/sepformer-wsj02mix` once downloaded): its
+  `hyperparams.yaml` declares the modules under any top-level names and lists them in `modules:`, and its
+  `pretrainer` names the weight files (`loadables`, optionally `paths`).
+
+The two last are the same thing to this module: a self-contained inference config plus weight files. A run is
+reduced to that pair by `inference_config`, which keeps only the model. Nothing is ever downloaded.
+"""
+
+import dataclasses
+import logging
+import re
+from pathlib import Path, PurePosixPath
+
+import ruamel.yaml
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.tag import Tag
+from speechbrain.inference.separation import SepformerSeparation
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechsep import model_card
+from speechsep.errors import RecipeError
+from speechsep.filterbank import use_fast_filterbank
+from speechsep.transformer import use_sdpa_attention
+
+logger = logging.getLogger(__name__)
+
+HPARAMS_FILE = "hyperparams.yaml"
+MODULE_NAMES = ("encoder", "masknet", "decoder")
+CHECKPOINT_KEY = "si-snr"  # the meta a run's checkpoints are ranked by (higher is better)
+
+# Our SepFormer block is a drop-in for SpeechBrain's (same arguments, parameters and state_dict keys):
+# exported configs name SpeechBrain's, so that an exported folder needs SpeechBrain alone.
+SPEECHBRAIN_BLOCK = "!new:speechbrain.lobes.models.dual_path.SBTransformerBlock"
+OUR_BLOCKS = ("!apply:speechsep.transformer.sepformer_block", "!new:speechsep.transformer.FastSBTransformerBlock")
+# Likewise our encoder and decoder (speechsep.filterbank): SpeechBrain's classes with a faster forward.
+SPEECHBRAIN_FILTERBANK = {
+    f"!new:speechsep.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}" for name in ("Encoder", "Decoder")
+}
+# owner/name as the Hugging Face hub spells a model id, or a URL of the hub
+HUB_ID = re.compile(r"^(hf://|https?://huggingface\.co/)?[A-Za-z0-9][\w.-]*/[\w.-]+/?$")
+
+INFERENCE_CONFIG = """\
+sample_rate: {sample_rate}
+num_spks: {num_spks}
+
+{model}
+modules:
+    encoder: !ref <encoder>
+    masknet: !ref <masknet>
+    decoder: !ref <decoder>
+
+# No `paths`: SepformerSeparation.from_hparams(source=<this folder>) collects <source>/<name>.ckpt, so the
+# folder can be moved, copied or uploaded as it is.
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        encoder: !ref <encoder>
+        masknet: !ref <masknet>
+        decoder: !ref <decoder>
+"""
+
+
+class ModelFolderError(RecipeError):
+    """A model folder that cannot be used; the message says why in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """What a model is built from: a self-contained inference config and the folder its weights are in."""
+
+    config: str  # HyperPyYAML text declaring the modules (in `modules:`), num_spks and sample_rate
+    weights_dir: Path  # where the pretrainer's weight files are (a run's checkpoint, or the folder itself)
+    description: str  # says which weights, for logs and errors
+
+
+@dataclasses.dataclass
+class Model:
+    """A built model: its encoder, masknet and decoder with their weights, and what it separates."""
+
+    modules: dict[str, torch.nn.Module]
+    num_spks: int
+    sample_rate: int
+    hparams: dict  # everything the config declares
+
+
+# ==================================================================== finding a model
+def _yaml() -> ruamel.yaml.YAML:
+    yaml = ruamel.yaml.YAML()
+    yaml.indent(mapping=4, sequence=4, offset=2)
+    yaml.width = 120
+    return yaml
+
+
+def _tag(node) -> str | None:
+    return getattr(getattr(node, "tag", None), "value", None)
+
+
+def _portable_node(node):
+    """A copy of a config node without comments or anchors, our SepFormer block and filterbank written as
+    SpeechBrain's."""
+    if isinstance(node, dict):
+        copy = CommentedMap((key, _portable_node(value)) for key, value in node.items())
+        tag = _tag(node)
+        if tag in OUR_BLOCKS:
+            copy.pop("fast_attention", None)
+            tag = SPEECHBRAIN_BLOCK
+        tag = SPEECHBRAIN_FILTERBANK.get(tag, tag)
+        if tag:
+            copy.yaml_set_ctag(Tag(suffix=tag))
+        return copy
+    if isinstance(node, list):
+        copy = CommentedSeq(_portable_node(value) for value in node)
+        if _tag(node):
+            copy.yaml_set_ctag(Tag(suffix=_tag(node)))
+        return copy
+    return node
+
+
+def classes_outside_speechbrain(node) -> list[str]:
+    """Tags of `node` and its children that build objects from modules other than speechbrain and torch."""
+    tag = _tag(node) or ""
+    found = []
+    kind, _, target = tag.partition(":")
+    if kind in ("!new", "!apply", "!name") and not target.startswith(("speechbrain.", "torch.")):
+        found.append(tag)
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    for child in children:
+        found.extend(classes_outside_speechbrain(child))
+    return found
+
+
+def inference_config(run_hparams: str) -> str:
+    """The inference config of a run: its encoder, masknet and decoder, `num_spks` and `sample_rate`.
+
+    `run_hparams` is the text of a run's self-contained `hyperparams.yaml`. Data paths, optimiser, scheduler,
+    augmentation and logger are left out; the SepFormer block is written as SpeechBrain's `SBTransformerBlock`.
+    Raises ModelFolderError naming what is missing.
+    """
+    try:
+        document = ruamel.yaml.YAML().load(run_hparams)
+    except ruamel.yaml.YAMLError as err:
+        raise ModelFolderError(f"{HPARAMS_FILE} is not valid YAML ({err.__class__.__name__})") from None
+    modules = document.get("modules") if isinstance(document, dict) else None
+    missing = [f"modules.{name}" for name in MODULE_NAMES if not isinstance(modules, dict) or name not in modules]
+    missing += [key for key in ("num_spks", "sample_rate") if not isinstance(document, dict) or key not in document]
+    if missing:
+        raise ModelFolderError(f"{HPARAMS_FILE} lacks {', '.join(missing)}")
+    model = CommentedMap((name, _portable_node(modules[name])) for name in MODULE_NAMES)
+    for name in MODULE_NAMES:
+        model.yaml_set_comment_before_after_key(name, before="\n" if name != "encoder" else None)
+    stream = ruamel.yaml.compat.StringIO()
+    _yaml().dump(model, stream)
+    return INFERENCE_CONFIG.format(
+        sample_rate=int(document["sample_rate"]),
+        num_spks=int(document["num_spks"]),
+        model=stream.getvalue(),
+    )
+
+
+def first_line(err: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    message = str(err).strip()
+    return f"{err.__class__.__name__}: {message.splitlines()[0]}" if message else err.__class__.__name__
+
+
+def _best_checkpoint(save_dir: Path):
+    """The checkpoint of highest `si-snr` meta under a run's save folder (a SpeechBrain Checkpoint)."""
+    checkpoint = Checkpointer(save_dir).find_checkpoint(max_key=CHECKPOINT_KEY)
+    if checkpoint is None:
+        raise ModelFolderError(
+            f"{save_dir} has no checkpoint with a '{CHECKPOINT_KEY}' meta (training saves one after each validation)"
+        )
+    lacking = [f"{name}.ckpt" for name in MODULE_NAMES if not (checkpoint.path / f"{name}.ckpt").is_file()]
+    if lacking:
+        raise ModelFolderError(f"{checkpoint.path} lacks {', '.join(lacking)}")
+    return checkpoint
+
+
+def _not_a_folder(model_dir: str) -> ModelFolderError:
+    """The error for a model folder that does not exist; a hub id gets the command that downloads it."""
+    if HUB_ID.match(model_dir):
+        repo_id = re.sub(r"^(hf://|https?://huggingface\.co/)", "", model_dir).rstrip("/")
+        local = f"pretrained_models/{repo_id.split('/')[-1]}"
+        return ModelFolderError(
+            f"{model_dir} is not a folder here, and this recipe never downloads: download the model first, e.g. "
+            f"`huggingface-cli download {repo_id} --local-dir {local}` (or `git clone "
+            f"https://huggingface.co/{repo_id} {local}`), then pass {local}"
+        )
+    return ModelFolderError(f"model folder not found: {model_dir}")
+
+
+def find_model(model_dir: str | Path) -> ModelSource:
+    """Resolve a training run, an exported folder or a published SpeechBrain folder to its config and weights.
+
+    A folder with `save/` is a run: its best checkpoint by validation SI-SNR is used. Any other folder with a
+    `hyperparams.yaml` is taken as a model folder whose config declares its modules and whose weight files lie
+    beside it (checked when the model is built). Anything else raises ModelFolderError (one line).
+    """
+    if not Path(model_dir).is_dir():
+        raise _not_a_folder(str(model_dir))
+    model_dir = Path(model_dir)
+    hparams_file = model_dir / HPARAMS_FILE
+    if not hparams_file.is_file():
+        raise ModelFolderError(
+            f"{model_dir} has no {HPARAMS_FILE}: expected a training output folder, an export or a SpeechBrain "
+            "model folder"
+        )
+    try:
+        text = hparams_file.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"cannot read {hparams_file} ({err})") from None
+    if (model_dir / "save").is_dir():
+        checkpoint = _best_checkpoint(model_dir / "save")
+        score = checkpoint.meta[CHECKPOINT_KEY]
+        description = f"{model_dir}: {checkpoint.path.name} (valid si-snr {score:.2f} dB)"
+        try:
+            config = inference_config(text)
+        except ModelFolderError as err:
+            raise ModelFolderError(f"{hparams_file}: {err}") from None
+        return ModelSource(config, checkpoint.path, description)
+    return ModelSource(text, model_dir, f"{model_dir} (model folder)")
+
+
+def check_format(source: ModelSource, num_spks: int, sample_rate: int) -> None:
+    """Fail, without building the model, unless it separates `num_spks` speakers at `sample_rate` Hz."""
+    document = ruamel.yaml.YAML().load(source.config)
+    declared = tuple(document.get(key) if isinstance(document, dict) else None for key in ("num_spks", "sample_rate"))
+    if declared != (num_spks, sample_rate):
+        raise ModelFolderError(
+            f"{source.description} separates {declared[0]} speakers at {declared[1]} Hz; the config says num_spks "
+            f"{num_spks} at sample_rate {sample_rate}: pass --num_spks={declared[0]} --sample_rate={declared[1]} "
+            "(with data to match)"
+        )
+
+
+# ==================================================================== building it
+def _declared_modules(hparams: dict, source: ModelSource) -> dict[str, torch.nn.Module]:
+    """encoder, masknet and decoder as the config declares them: in `modules:`, else as top-level keys."""
+    declared = hparams.get("modules")
+    if not isinstance(declared, dict) or not all(name in declared for name in MODULE_NAMES):
+        declared = hparams
+    missing = [name for name in MODULE_NAMES if not isinstance(declared.get(name), torch.nn.Module)]
+    if missing:
+        raise ModelFolderError(
+            f"{source.description}: {HPARAMS_FILE} declares no {', '.join(missing)} module "
+            "(expected `modules: {encoder: ..., masknet: ..., decoder: ...}`)"
+        )
+    return {name: declared[name] for name in MODULE_NAMES}
+
+
+def _weight_files(hparams: dict, modules: dict[str, torch.nn.Module], source: ModelSource) -> dict[str, Path]:
+    """The weight file of each module, as the config's pretrainer names it (SpeechBrain's rules, offline).
+
+    A pretrainer loadable `<key>` is collected from `paths[<key>]` when given (a file here, else its file name
+    looked up in the folder, as a hub path would be), otherwise from `<folder>/<key>.ckpt`. Without a pretrainer
+    (or a module it does not list), `<folder>/<module name>.ckpt`.
+    """
+    pretrainer = hparams.get("pretrainer")
+    loadables = getattr(pretrainer, "loadables", None) or {}
+    paths = getattr(pretrainer, "paths", None) or {}
+    files = {}
+    for name, module in modules.items():
+        key = next((key for key, loadable in loadables.items() if loadable is module), name)
+        if key in paths:
+            given = Path(str(paths[key]))
+            candidates = [given, source.weights_dir / given, source.weights_dir / PurePosixPath(str(paths[key])).name]
+        else:
+            candidates = [source.weights_dir / f"{key}.ckpt"]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            raise ModelFolderError(f"{source.description}: no weights for the {name}: {candidates[-1]} not found")
+        files[name] = found
+    return files
+
+
+def build_model(source: ModelSource, fast: bool = True) -> Model:
+    """Build the source's modules and load their weights, strictly: weights that do not fit are an error.
+
+    `fast` turns our speed-ups on where they are exact (fused attention in SpeechBrain's regular transformer
+    layers, the matrix-product encoder and decoder); modules they do not apply to are left as they are.
+    """
+    try:
+        hparams = load_hyperpyyaml(source.config)
+    except Exception as err:  # any error building the modules: the folder is unusable, say why in one line
+        raise ModelFolderError(f"{source.description}: cannot build the model ({first_line(err)})") from None
+    missing = [key for key in ("num_spks", "sample_rate") if key not in hparams]
+    if missing:
+        raise ModelFolderError(f"{source.description}: {HPARAMS_FILE} lacks {', '.join(missing)}")
+    modules = _declared_modules(hparams, source)
+    for name, path in _weight_files(hparams, modules, source).items():
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            modules[name].load_state_dict(state_dict)
+        except Exception as err:
+            raise ModelFolderError(f"{path}: cannot load into the {name} ({first_line(err)})") from None
+    if fast:
+        use_sdpa_attention(modules["masknet"])
+        use_fast_filterbank(modules["encoder"], modules["decoder"])
+    return Model(modules, int(hparams["num_spks"]), int(hparams["sample_rate"]), hparams)
+
+
+def build_separator(source: ModelSource, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
+    """SpeechBrain's `SepformerSeparation` (any encoder/masknet/decoder model) with the source's weights."""
+    model = build_model(source, fast=fast_attention)
+    hparams = {**model.hparams, "num_spks": model.num_spks, "sample_rate": model.sample_rate}
+    return SepformerSeparation(modules=model.modules, hparams=hparams, run_opts={"device": device})
+
+
+def load_separator(model_dir: str | Path, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
+    """`build_separator(find_model(model_dir))`: any model folder, ready to separate."""
+    source = find_model(model_dir)
+    separator = build_separator(source, device, fast_attention)
+    hparams = separator.hparams
+    logger.info(f"Model: {source.description}, {hparams.num_spks} speakers at {hparams.sample_rate} Hz")
+    return separator
+
+
+# ==================================================================== initialising a training run from it
+def _first_mismatch(name: str, folder_state: dict, config_state: dict) -> str | None:
+    """The first key or shape in which a module's weights from the folder and from the config differ."""
+    for key, tensor in config_state.items():
+        if key not in folder_state:
+            return f"the config's {name} has '{key}', the folder's does not"
+        if tuple(folder_state[key].shape) != tuple(tensor.shape):
+            return (
+                f"{name} '{key}' has shape {list(folder_state[key].shape)} in the folder, "
+                f"{list(tensor.shape)} in the config"
+            )
+    extra = next((key for key in folder_state if key not in config_state), None)
+    if extra is not None:
+        return f"the folder's {name} has '{extra}', the config's does not"
+    return None
+
+
+def load_pretrained(modules: dict[str, torch.nn.Module], model_dir: str | Path, num_spks: int, sample_rate: int) -> str:
+    """Copy a model folder's encoder, masknet and decoder weights into `modules` (a config's, same architecture).
+
+    Raises ModelFolderError naming the speaker count, sample rate or first weight key / shape that differs.
+    Returns the folder's description, for the log.
+    """
+    source = find_model(model_dir)
+    check_format(source, num_spks, sample_rate)
+    model = build_model(source, fast=False)
+    states = {name: model.modules[name].state_dict() for name in MODULE_NAMES}
+    for name in MODULE_NAMES:
+        mismatch = _first_mismatch(name, states[name], modules[name].state_dict())
+        if mismatch:
+            raise ModelFolderError(f"{source.description} does not match the config's architecture: {mismatch}")
+    for name in MODULE_NAMES:
+        modules[name].load_state_dict(states[name])
+    return source.description
+
+
+# ==================================================================== exporting
+def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool = False) -> ModelSource:
+    """Write `hyperparams.yaml`, the three `.ckpt` files that `SepformerSeparation.from_hparams` loads, and a
+    model card (`README.md`).
+
+    The config holds only the model (SpeechBrain classes), `num_spks` and `sample_rate`: no data paths,
+    optimiser or hub references. The model is built and loaded first, so a broken folder is not exported.
+    A non-empty `export_dir` is refused unless `overwrite`, and a training run's folder always is.
+    """
+    source = find_model(model_dir)
+    if source.weights_dir.resolve() == Path(model_dir).resolve():  # a model folder: rewrite it in our layout
+        config = _model_folder_config(ruamel.yaml.YAML().load(source.config), build_model(source, fast=False))
+    else:  # a run: its inference config already is in that layout
+        config = source.config
+    outside = classes_outside_speechbrain(ruamel.yaml.YAML().load(config))
+    if outside:
+        classes = ", ".join(sorted(set(outside)))
+        raise ModelFolderError(f"{model_dir}: the model uses {classes}, which SpeechBrain alone cannot build")
+    model = build_model(ModelSource(config, source.weights_dir, source.description), fast=False)
+    export_dir = Path(export_dir)
+    _check_export_target(export_dir, Path(model_dir), overwrite)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    origin = Path(model_dir).resolve().name  # names only: an export holds no path of the machine it came from
+    if source.weights_dir.resolve() != Path(model_dir).resolve():
+        origin += f", training checkpoint {source.weights_dir.name}"
+    header = (
+        f"# Exported by export.py from {origin}.\n"
+        "# SepformerSeparation.from_hparams(source=<this folder>, savedir=<a folder>) loads it, and so does\n"
+        "# `python separate.py --model <this folder> ...`.\n\n"
+    )
+    (export_dir / HPARAMS_FILE).write_text(header + config)
+    for name in MODULE_NAMES:
+        torch.save(model.modules[name].state_dict(), export_dir / f"{name}.ckpt")
+    card = model_card.render(Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate)
+    (export_dir / "README.md").write_text(card)
+    logger.info(f"Exported {source.description} to {export_dir}")
+    return ModelSource(header + config, export_dir, f"{export_dir} (exported model)")
+
+
+def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> None:
+    """Refuse to write where files of the user's or of a run would be replaced."""
+    if export_dir.exists() and not export_dir.is_dir():
+        raise ModelFolderError(f"{export_dir} exists and is not a folder")
+    if (export_dir / "save").is_dir() or export_dir.resolve() == model_dir.resolve():
+        raise ModelFolderError(f"{export_dir} is a training run or the folder being exported: export to a new folder")
+    if export_dir.is_dir() and any(export_dir.iterdir()) and not overwrite:
+        raise ModelFolderError(f"{export_dir} is not empty: choose a new folder, or pass --overwrite to replace it")
+
+
+def _model_folder_config(document: dict, model: Model) -> str:
+    """A model folder's config in the export layout: its modules under `encoder`, `masknet`, `decoder`.
+
+    The published layout declares the modules under names of its own and refers to them with `!ref`; the
+    modules are copied with every reference resolved, so the other keys can be left out.
+    """
+    resolved = ruamel.yaml.YAML().load(_resolved_text(document))
+    declared = resolved.get("modules") if isinstance(resolved.get("modules"), dict) else resolved
+    run_like = CommentedMap(
+        [("modules", CommentedMap((name, declared[name]) for name in MODULE_NAMES))]
+        + [("num_spks", model.num_spks), ("sample_rate", model.sample_rate)]
+    )
+    stream = ruamel.yaml.compat.StringIO()
+    _yaml().dump(run_like, stream)
+    return inference_config(stream.getvalue())
+
+
+def _resolved_text(document: dict) -> str:
+    """A config document with its `!ref`s resolved, as YAML text (HyperPyYAML's own resolution)."""
+    from hyperpyyaml import resolve_references
+
+    stream = ruamel.yaml.compat.StringIO()
+    _yaml().dump(document, stream)
+    return resolve_references(stream.getvalue()).getvalue()
+
