@@ -23,19 +23,30 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from prepare_data import prepare_data
 from speechsep import metrics
 from speechsep.augment import fit_length, perturb_sources
-from speechsep.config import load_hparams, peek, resolved_yaml
+from speechsep.config import (
+    DATA_KEYS,
+    ConfigError,
+    check_values,
+    differing_keys,
+    load_hparams,
+    model_keys,
+    record_yaml,
+    resolved_values,
+)
 from speechsep.dataio import separation_dataset, write_audio
-from speechsep.distributed import any_rank, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
+from speechsep.distributed import any_rank, is_launcher_main_process, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
 from speechsep.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.errors import RecipeError
 from speechsep.filterbank import encoder_hop
 from speechsep.inference import mixture_consistency, separate_shifted
 from speechsep.losses import pit_si_snr_loss, true_lengths
-from speechsep.model_folder import build_model, check_format, find_model, load_pretrained
+from speechsep.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
+from speechsep.run_lock import claim_output_folder
 from speechsep.schedulers import step_scheduler
 
 logger = logging.getLogger(__name__)
 MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
+SAME_WEIGHTS_KEYS = {"fast_attention"}  # model keys that change how the model computes, not its weights
 
 
 @sb.utils.checkpoints.register_checkpoint_hooks
@@ -361,40 +372,72 @@ def check_writable(folder: str, key: str = "output_folder") -> None:
         raise RecipeError(f"{key} {folder} cannot be written: {err.strerror or err}") from None
 
 
+def check_inputs(values: dict, test_only: bool) -> None:
+    """The folders and model the config names exist, and the output folder can be written, before anything
+    is built (a full-size model takes a minute) and not after hours of training."""
+    if not test_only and values["N_epochs"] < 1:
+        raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
+    if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
+        raise RecipeError(f"data_folder does not exist or is not a folder: {values['data_folder']}")
+    if values["dynamic_mixing"] and not test_only and not Path(str(values["base_folder_dm"])).is_dir():
+        raise RecipeError(f"base_folder_dm does not exist or is not a folder: {values['base_folder_dm']}")
+    if values["pretrained_separator"]:
+        check_format(find_model(values["pretrained_separator"]), values["num_spks"], values["sample_rate"])
+    for key in ("output_folder", "results_folder"):
+        check_writable(values[key], key)
+
+
+def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
+    """Refuse to resume or test a run of the output folder with a config that changes its model or its data.
+
+    A rerun into a folder that holds checkpoints continues that run: other model sizes would not load its
+    checkpoints, other data would mix two experiments. --test_only may score other data, not another model.
+    """
+    previous = Path(values["output_folder"], HPARAMS_FILE)
+    if not previous.is_file() or not list(Path(values["save_folder"]).glob("CKPT+*")):
+        return
+    keys = model_keys(record) - SAME_WEIGHTS_KEYS
+    if not test_only:
+        keys |= set(DATA_KEYS)
+    recorded = resolved_values(previous.read_text())
+    scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
+    differing = differing_keys(recorded, values, scalar)
+    if differing:
+        raise ConfigError(
+            f"output_folder {values['output_folder']} holds a run with another model or data "
+            f"({'; '.join(differing)}): choose a new output_folder for a fresh start, or rerun with the run's values"
+        )
+
+
 def prepare_experiment(argv):
     """Everything before training that depends on the user's input: config, output folder, data.
 
-    Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError naming the culprit.
+    Every check comes before anything is built or written; the run's record (`hyperparams.yaml`) is written
+    once they have all passed. Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError
+    naming the culprit.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    # Before the objects are built (that creates folders), and not after hours of evaluation for the results.
-    for key in ("output_folder", "results_folder"):
-        check_writable(peek(hparams_file, key, overrides), key)
+    test_only = run_opts["test_only"]
+    record = record_yaml(hparams_file, overrides)
+    values = resolved_values(record)
+    check_values(values)
+    check_inputs(values, test_only)
+    if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
+        claim_output_folder(values["output_folder"])
+    if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
+        check_same_experiment(values, record, test_only)
+
     hparams = load_hparams(hparams_file, overrides)
-    if hparams["sdr_permutation"] not in metrics.SDR_PERMUTATIONS:  # fail now, not after training
-        raise RecipeError(
-            f"sdr_permutation is {hparams['sdr_permutation']!r}, expected one of {metrics.SDR_PERMUTATIONS}"
-        )
-    if hparams["test_mixture_consistency"] and hparams["use_wham_noise"]:  # the noise would be shared out too
-        raise RecipeError("test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise")
+    hop = encoder_hop(hparams["modules"]["encoder"])
+    if hparams["test_shifts"] > hop:
+        raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")
     if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
         logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
         run_opts.precision = "bf16"
         run_opts.overridden_args.add("precision")
 
-    if hparams["pretrained_separator"]:  # a missing or unusable folder is reported before any data is read
-        check_format(find_model(hparams["pretrained_separator"]), hparams["num_spks"], hparams["sample_rate"])
-
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
-    if if_main_process():
-        # --test_only keeps the training record: its own config goes with its results.
-        record = Path(hparams["results_folder"], "test_hyperparams.yaml") if run_opts["test_only"] else (
-            Path(hparams["output_folder"], "hyperparams.yaml")
-        )
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(resolved_yaml(hparams_file, overrides))
-
     if not hparams["skip_prep"]:  # with --test_only too: the test manifest comes from the same tree
         run_on_main(
             prepare_data,
@@ -409,9 +452,14 @@ def prepare_experiment(argv):
                 skip_bad_files=hparams["skip_bad_files"],
             ),
         )
-    test_only = run_opts["test_only"]
     if hparams["dynamic_mixing"] and not test_only:
         run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
+    if if_main_process():  # --test_only keeps the training record: its own config goes with its results
+        folder, name = (hparams["results_folder"], "test_" + HPARAMS_FILE) if test_only else (
+            hparams["output_folder"], HPARAMS_FILE
+        )
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, name).write_text(record)
     return hparams, run_opts, dataio_prep(hparams, test_only)
 
 
@@ -464,8 +512,11 @@ def main(argv):
         f"{hparams['batch_size'] * world_size() * separator.grad_accumulation_factor}"
     )
     if run_opts["test_only"]:
-        if checkpointer is not None and not checkpointer.list_checkpoints():
-            sys.exit(f"error: --test_only needs a trained model, but {hparams['save_folder']} has no checkpoint")
+        if checkpointer is not None and checkpointer.recover_if_possible(max_key="si-snr") is None:
+            sys.exit(
+                f"error: --test_only needs a trained model, but no checkpoint in {hparams['save_folder']} loads "
+                "(to score another run's or a published model: --pretrained_separator=<folder>)"
+            )
     else:
         separator.fit(
             separator.hparams.epoch_counter,
@@ -474,6 +525,11 @@ def main(argv):
             train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
             valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
         )
+        if separator.optimizer_step == 0:  # an untrained model must not be reported as a result
+            sys.exit(
+                f"error: training made no optimizer step: every batch was skipped ({separator.nonfinite_count} "
+                "in the last epoch; the log says why); no test results written"
+            )
     separator.evaluate(
         test_data, max_key="si-snr", test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data)
     )

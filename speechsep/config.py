@@ -8,6 +8,8 @@ parent declares such keys, e.g. `MaskNet: !PLACEHOLDER`), and the command-line o
 
 import difflib
 import io
+import math
+import re
 from pathlib import Path
 
 import ruamel.yaml
@@ -62,6 +64,15 @@ def _check_keys(overrides: dict, known: dict, origin: str) -> None:
             raise ConfigError(f"unknown hyperparameter '{key}' (from {origin}){hint}")
 
 
+def _merge(document: dict, overrides: dict) -> None:
+    """Apply command-line overrides to a config document as HyperPyYAML does: mappings merge, values replace."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            _merge(document[key], value)
+        else:
+            document[key] = value
+
+
 def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None]:
     """The config with its overlays applied, as a YAML stream, and the checked command-line overrides."""
     root, overlays = _resolve_chain(Path(hparams_file))
@@ -96,6 +107,88 @@ def peek(hparams_file: str | Path, key: str, overrides: str | dict | None = None
 
 
 def resolved_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -> str:
-    """The effective config as one self-contained YAML text: the record of an experiment."""
+    """The effective config as one self-contained YAML text, every reference resolved."""
     stream, overrides = _effective_config(hparams_file, overrides)
     return resolve_references(stream, overrides, overrides_must_match=True).getvalue()
+
+
+def record_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -> str:
+    """The record of an experiment: the effective config as one self-contained file, references kept.
+
+    Loading it gives the same hyperparameters as the config with its overrides, and a later override of a key
+    moves whatever refers to it: `train.py RUN/hyperparams.yaml --output_folder=NEW` writes under NEW only.
+    """
+    stream, overrides = _effective_config(hparams_file, overrides)
+    yaml = ruamel.yaml.YAML()
+    document = yaml.load(stream)
+    _merge(document, overrides or {})
+    out = io.StringIO()
+    yaml.dump(document, out)
+    return out.getvalue()
+
+
+def resolved_values(text: str) -> dict:
+    """The plain values of a config text with references resolved; no object is built."""
+    return ruamel.yaml.YAML().load(resolve_references(text).getvalue())
+
+
+# ==================================================================== checks before anything is built
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# key -> (test of its value, what it must be)
+VALUE_CHECKS = {
+    "N_epochs": (lambda v: _is_int(v, 0), "a whole number of epochs, 0 or more"),
+    "batch_size": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
+    "num_workers": (lambda v: _is_int(v, 0), "a whole number, 0 or more"),
+    "num_spks": (lambda v: _is_int(v, 1), "a whole number of speakers"),
+    "sample_rate": (lambda v: _is_int(v, 1), "a whole number of Hz"),
+    "training_signal_len": (lambda v: _is_int(v, 1), "a whole number of samples, at least 1"),
+    "dm_epoch_len": (lambda v: _is_int(v, 1), "a whole number of mixtures, at least 1"),
+    "test_shifts": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
+    "n_audio_to_save": (lambda v: v is None or _is_int(v, 0), "null or a whole number, 0 or more"),
+    "num_ckpts_to_keep": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "threshold": (_is_number, "a finite number of dB"),
+    "loss_upper_lim": (_is_number, "a finite number"),
+    "clip_grad_norm": (_is_number, "a finite number (0 or negative: no clipping)"),
+    "mixture_mode": (lambda v: v in ("min", "max"), "min or max"),
+    "dm_level_scheme": (lambda v: v in ("wsj0", "librimix"), "wsj0 or librimix"),
+    "sdr_permutation": (lambda v: v in ("sdr", "sir"), "sdr or sir"),
+}
+# Keys that say which data a model is trained on: a run resumed with other values would mix two experiments.
+DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise")
+
+
+def check_values(values: dict) -> None:
+    """Every plain hyperparameter of the known ones, checked before anything is built or read."""
+    for key, (is_valid, expected) in VALUE_CHECKS.items():
+        if key in values and not is_valid(values[key]):
+            raise ConfigError(f"{key} is {values[key]!r}; expected {expected}")
+    if values.get("test_mixture_consistency") and values.get("use_wham_noise"):  # the noise would be shared out
+        raise ConfigError("test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise")
+
+
+def model_keys(record: str) -> set[str]:
+    """The top-level keys the `modules` of a config (text with its references) are built from, transitively."""
+    document = ruamel.yaml.YAML().load(record)
+    seen, pending = {"num_spks", "sample_rate"}, ["modules"]
+    while pending:
+        key = pending.pop()
+        if key in seen and key != "modules" or key not in document:
+            continue
+        seen.add(key)
+        stream = io.StringIO()
+        ruamel.yaml.YAML().dump({key: document[key]}, stream)
+        pending.extend(name for name in re.findall(r"<([\w.-]+)", stream.getvalue()) if name not in seen)
+    return seen - {"modules"}
+
+
+def differing_keys(previous: dict, current: dict, keys) -> list[str]:
+    """`key: old -> new` for each of `keys` whose value differs between two resolved configs."""
+    return [f"{key}: {previous.get(key)} -> {current.get(key)}" for key in sorted(keys) if previous.get(key) != current.get(key)]

@@ -1,8 +1,16 @@
 """Small helpers for results that must be combined across DDP processes."""
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+
+def is_launcher_main_process() -> bool:
+    """Rank 0 of a torchrun job (or a plain run), known from the launcher's environment before the process
+    group exists (SpeechBrain's `if_main_process` says True on every rank until then)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def is_distributed() -> bool:

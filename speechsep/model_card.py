@@ -9,8 +9,9 @@ import datetime
 import json
 from pathlib import Path
 
-import ruamel.yaml
 import torch
+
+from speechsep.config import resolved_values
 
 # Keys of a run's config that say how it was trained, in the order the card lists them.
 TRAINING_KEYS = (
@@ -34,8 +35,8 @@ def _run_record(model_dir: Path) -> dict:
     if not (model_dir / "save").is_dir():
         return {}
     try:
-        record = ruamel.yaml.YAML().load((model_dir / "hyperparams.yaml").read_text())
-    except (OSError, ruamel.yaml.YAMLError):
+        record = resolved_values((model_dir / "hyperparams.yaml").read_text())
+    except Exception:  # unreadable or not a config: the card says the training is unknown
         return {}
     return record if isinstance(record, dict) else {}
 

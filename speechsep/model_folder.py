@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import ruamel.yaml
 import torch
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.tag import Tag
 from speechbrain.inference.separation import SepformerSeparation
@@ -140,14 +140,14 @@ def classes_outside_speechbrain(node) -> list[str]:
 def inference_config(run_hparams: str) -> str:
     """The inference config of a run: its encoder, masknet and decoder, `num_spks` and `sample_rate`.
 
-    `run_hparams` is the text of a run's self-contained `hyperparams.yaml`. Data paths, optimiser, scheduler,
+    `run_hparams` is the text of a run's self-contained `hyperparams.yaml` (references resolved here). Data paths, optimiser, scheduler,
     augmentation and logger are left out; the SepFormer block is written as SpeechBrain's `SBTransformerBlock`.
     Raises ModelFolderError naming what is missing.
     """
     try:
-        document = ruamel.yaml.YAML().load(run_hparams)
-    except ruamel.yaml.YAMLError as err:
-        raise ModelFolderError(f"{HPARAMS_FILE} is not valid YAML ({err.__class__.__name__})") from None
+        document = ruamel.yaml.YAML().load(resolve_references(run_hparams).getvalue())
+    except Exception as err:  # not YAML, or a reference that does not resolve
+        raise ModelFolderError(f"{HPARAMS_FILE} cannot be read ({first_line(err)})") from None
     modules = document.get("modules") if isinstance(document, dict) else None
     missing = [f"modules.{name}" for name in MODULE_NAMES if not isinstance(modules, dict) or name not in modules]
     missing += [key for key in ("num_spks", "sample_rate") if not isinstance(document, dict) or key not in document]
@@ -427,8 +427,6 @@ def _model_folder_config(document: dict, model: Model) -> str:
 
 def _resolved_text(document: dict) -> str:
     """A config document with its `!ref`s resolved, as YAML text (HyperPyYAML's own resolution)."""
-    from hyperpyyaml import resolve_references
-
     stream = ruamel.yaml.compat.StringIO()
     _yaml().dump(document, stream)
     return resolve_references(stream.getvalue()).getvalue()

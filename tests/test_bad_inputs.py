@@ -119,7 +119,7 @@ def test_wrong_sample_rate_in_the_config_is_one_line(corpus, tmp_path):
 
 def test_unknown_sdr_permutation_is_reported_before_training(corpus, tmp_path):
     result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--sdr_permutation=snr")
-    assert last_line(result) == "error: sdr_permutation is 'snr', expected one of ('sdr', 'sir')"
+    assert last_line(result) == "error: sdr_permutation is 'snr'; expected sdr or sir"
     assert not (tmp_path / "run" / "save" / "train.csv").exists()  # stopped before data preparation
 
 

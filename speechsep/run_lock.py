@@ -1,0 +1,65 @@
+"""One run at a time in an output folder: an advisory lock that a crashed run does not leave behind.
+
+Two trainings in one folder would prune each other's checkpoints and test whichever scored best, possibly the
+other's. The main process of a run holds `fcntl.flock` on `<output_folder>/.lock` for as long as it lives; the
+kernel releases it when the process ends, however it ends, so a stale lock cannot block the next run. The file
+says who holds it, for the message the second run prints. Under DDP only the main process locks: the other
+ranks of the same job follow it, and those of another job stop when their main process does.
+"""
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from speechsep.errors import RecipeError
+
+LOCK_FILE = ".lock"
+_held: dict[Path, object] = {}  # folder -> open lock file, kept for the life of the process
+
+
+class FolderInUseError(RecipeError):
+    """Another live process holds the output folder."""
+
+
+def claim_output_folder(folder: str | Path) -> None:
+    """Lock `folder` for this process (idempotent), or raise FolderInUseError naming the holder."""
+    folder = Path(folder).resolve()
+    if folder in _held:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held open until the process ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        try:
+            owner = json.loads(handle.read() or "{}")
+        except ValueError:
+            owner = {}
+        handle.close()
+        holder = f"process {owner.get('pid', '?')} on {owner.get('host', '?')} (since {owner.get('started', '?')})"
+        raise FolderInUseError(
+            f"output_folder {folder} is in use by {holder}: wait for that run to end, or choose another output_folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+    }
+    handle.write(json.dumps(owner))
+    handle.flush()
+    _held[folder] = handle
+
+
+def release_output_folder(folder: str | Path) -> None:
+    """Give the lock back before the process ends (tests, notebooks); a no-op if not held."""
+    handle = _held.pop(Path(folder).resolve(), None)
+    if handle is not None:
+        handle.close()
