@@ -47,7 +47,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -133,7 +132,9 @@ def model_sizes(model: str, quick: bool) -> dict:
 
 def yaml_overrides(values: dict) -> str:
     """Overrides as YAML text (tagged values such as a `!new:` MaskNet stay tags)."""
-    return "\n".join(f"{key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items())
+    return "\n".join(
+        f"{key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+    )
 
 
 # ==================================================================== training steps (worker side)
@@ -353,7 +354,7 @@ WORKERS = {"steps": steps_worker, "scoring": scoring_worker}
 
 
 # ==================================================================== running workers (main side)
-def run_until(command: list[str], deadline: float, cwd: Path = REPO_ROOT) -> tuple[Optional[int], str, str]:
+def run_until(command: list[str], deadline: float, cwd: Path = REPO_ROOT) -> tuple[int | None, str, str]:
     """Run `command` until it ends or the deadline passes (then its process group is killed).
 
     Returns (exit status or None if stopped at the deadline, stdout, stderr).
@@ -370,7 +371,7 @@ def run_until(command: list[str], deadline: float, cwd: Path = REPO_ROOT) -> tup
         return None, stdout, stderr
 
 
-def run_worker(kind: str, spec: dict, deadline: float) -> tuple[list[dict], Optional[str]]:
+def run_worker(kind: str, spec: dict, deadline: float) -> tuple[list[dict], str | None]:
     """The JSON results a worker printed, and why it stopped early (None if it finished)."""
     command = [sys.executable, __file__, "--worker", kind, json.dumps({**spec, "deadline": deadline})]
     returncode, stdout, stderr = run_until(command, deadline)
@@ -383,17 +384,17 @@ def run_worker(kind: str, spec: dict, deadline: float) -> tuple[list[dict], Opti
     return results, None
 
 
-def _format(value: Optional[float], digits: int = 1) -> str:
+def _format(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(reference: Optional[dict], result: dict) -> Optional[float]:
+def _ratio(reference: dict | None, result: dict) -> float | None:
     if not reference or reference.get("median_ms") is None or not result.get("median_ms"):
         return None
     return reference["median_ms"] / result["median_ms"]
 
 
-def _ratio_text(value: Optional[float]) -> str:
+def _ratio_text(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
@@ -457,7 +458,7 @@ def goal_summary(results: dict) -> str:
         f"block at the same precision and at least {GOAL_VS_UPSTREAM:g}x faster than upstream's recipe "
         "configuration (same batch).",
     ]
-    for (case, result) in results.items():
+    for case, result in results.items():
         if case.model != "sepformer" or case.block != "ours" or "median_ms" not in result:
             continue
         vs_block = _ratio(results.get(dataclasses.replace(case, block="speechbrain")), result)
@@ -498,7 +499,7 @@ def log_stats(text: str, prefix: str) -> dict[str, str]:
     return dict(re.findall(rf"\b{prefix} ([\w-]+): ([^,\s]+)", text))
 
 
-def gradscaler_scale(output: Path) -> Optional[float]:
+def gradscaler_scale(output: Path) -> float | None:
     """The GradScaler's scale in the last checkpoint (fp16 only): each overflow-skipped step halves it."""
     import torch
 
@@ -526,7 +527,8 @@ def measure_train_run(precision: str, settings: Settings, data: Path, output: Pa
     if returncode is None:
         return {**result, "status": NOT_MEASURED}
     if returncode != 0:
-        return {**result, "status": f"failed: {(stderr.strip().splitlines() or ['?'])[-1][:160]}"}
+        reason = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1][:160]
+        return {**result, "status": f"failed: {reason}"}
     log = (output / "train_log.txt").read_text()
     run_log = (output / "log.txt").read_text() if (output / "log.txt").is_file() else stdout + stderr
     train, valid, test = log_stats(log, "train"), log_stats(log, "valid"), log_stats(log, "test")
@@ -559,7 +561,9 @@ def train_runs_section(settings: Settings, deadline: float) -> str:
             if run["status"] != "ok":
                 rows.append(f"| {precision} | {run['steps']} | {run['status']} | | | | | | |")
                 continue
-            overflows = "— (no GradScaler)" if run["overflows"] is None else str(run["overflows"])
+            overflows = str(run["overflows"])
+            if run["overflows"] is None:  # bf16 runs without a scaler; fp16 must have checkpointed one
+                overflows = "unknown (no scaler.ckpt)" if precision == "fp16" else "— (no GradScaler)"
             rows.append(
                 f"| {precision} | {run['steps']} | ok, {run['seconds']:.0f} s | {run['skipped']} "
                 f"({run['skip_messages']} logged) | {overflows} | {run['nan']} | {run['train_si_snr']} "
@@ -602,7 +606,8 @@ def scoring_section(settings: Settings, deadline: float) -> str:
         if ms is None:
             rows.append(f"| {device} | {batch} | {stopped or NOT_MEASURED} | | |")
             continue
-        rows.append(f"| {device} | {batch} | {ms:.1f} | {1e3 / ms:.0f} | {_ratio_text(cpu_ms / ms if cpu_ms else None)} |")
+        speed_up = _ratio_text(cpu_ms / ms if cpu_ms else None)
+        rows.append(f"| {device} | {batch} | {ms:.1f} | {1e3 / ms:.0f} | {speed_up} |")
     return "\n".join([
         "## Test-set scoring throughput",
         "",
@@ -639,7 +644,8 @@ def separate_section(settings: Settings, deadline: float) -> str:
             if returncode is None:
                 rows.append(f"| {model} | {seconds / 60:.3g} | {NOT_MEASURED} | | |")
             elif returncode != 0:
-                rows.append(f"| {model} | {seconds / 60:.3g} | failed: {(stderr.strip().splitlines() or ['?'])[-1][:160]} | | |")
+                reason = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1][:160]
+                rows.append(f"| {model} | {seconds / 60:.3g} | failed: {reason} | | |")
             else:
                 report = json.loads(stdout.strip().splitlines()[-1])
                 rows.append(
@@ -713,7 +719,7 @@ def report(settings: Settings, command: str, budget_s: float, deadline: float) -
         "",
         f"Written by `bench/gpu_check.py` (run plan in its docstring); `make bench` leaves this file alone.{quick}",
         "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         *machine_lines(settings.device),
         f"- Reproduce: `{command}`",
         f"- Budget: {budget_s:g} s, measuring took {time.time() - start:.0f} s",
@@ -723,13 +729,17 @@ def report(settings: Settings, command: str, budget_s: float, deadline: float) -
     return "\n".join(header + sections)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--quick", action="store_true", help="tiny models, short signals, few steps: a smoke test")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="stop measuring after this many seconds; the report is still written (default %(default)s)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="report path (default bench/RESULTS-gpu.md)")
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0,
+        help="stop measuring after this many seconds; the report is still written (default %(default)s)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="report path (default bench/RESULTS-gpu.md)"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

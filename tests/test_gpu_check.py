@@ -111,3 +111,14 @@ def test_bench_report_links_the_gpu_results_only_once_they_exist(tmp_path):
     gpu_results.write_text("# GPU check\n")
     assert "[RESULTS-gpu.md](RESULTS-gpu.md)" in gpu_results_line(report, gpu_results)
     assert "(bench/RESULTS-gpu.md)" in gpu_results_line(tmp_path / "RESULTS.md", gpu_results)
+
+
+def test_short_budget_stops_measuring_in_time_and_still_writes_the_report(tmp_path):
+    output = tmp_path / "gpu.md"
+    start = time.perf_counter()
+    result = run_gpu_check(output, "--budget-s", "8", timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.perf_counter() - start < 8 + 20  # interpreter start, the report, and killing the running worker
+    text = output.read_text()
+    assert NOT_MEASURED in text
+    assert [row["RTF"] for row in table(text, "separate.py real-time factor")] == [NOT_MEASURED]
