@@ -677,6 +677,7 @@ def _version(package: str) -> str:
 
 def machine_lines(device: str) -> list[str]:
     """GPU model, driver, CUDA and cuDNN, or the CPU; the versions that matter."""
+    import speechbrain  # noqa: F401  (its import sets TF32, as in every worker: report what they ran with)
     import torch
 
     if device.startswith("cuda"):
@@ -688,10 +689,12 @@ def machine_lines(device: str) -> list[str]:
         except (OSError, IndexError, subprocess.SubprocessError):
             driver = "unknown (no nvidia-smi)"
         properties = torch.cuda.get_device_properties(torch.device(device))
+        tf32 = "on" if torch.backends.cuda.matmul.allow_tf32 else "off"
         where = [
             f"- GPU: {properties.name}, {properties.total_memory / 2**30:.0f} GiB; driver {driver}; CUDA "
-            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; TF32 matmul "
-            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (torch default)",
+            f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
+            f"- TF32 matmuls in the fp32 rows: {tf32} (SpeechBrain's `allow_tf32` quirk, applied on import as in "
+            "upstream's recipe; `SB_DISABLE_QUIRKS=allow_tf32` turns it off)",
         ]
     else:
         from bench.run_all import _cpu_model

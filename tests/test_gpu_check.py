@@ -122,3 +122,49 @@ def test_short_budget_stops_measuring_in_time_and_still_writes_the_report(tmp_pa
     text = output.read_text()
     assert NOT_MEASURED in text
     assert [row["RTF"] for row in table(text, "separate.py real-time factor")] == [NOT_MEASURED]
+
+
+def test_gpu_header_names_the_gpu_driver_cuda_and_tf32(monkeypatch):
+    """The CUDA branch of the header, on a CPU machine: the properties torch would report for a GPU."""
+    import types
+
+    import torch
+
+    from bench import gpu_check
+
+    properties = types.SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda *args, **kwargs: types.SimpleNamespace(stdout="570.1\n"))
+    lines = gpu_check.machine_lines("cuda")
+    assert lines[0].startswith("- GPU: NVIDIA H200, 141 GiB; driver 570.1; CUDA")
+    assert lines[1].startswith("- TF32 matmuls in the fp32 rows: ")
+    assert lines[2].startswith("- Versions: python")
+
+
+def test_goal_is_met_only_when_both_speed_ups_reach_their_targets():
+    from bench.gpu_check import StepCase, goal_summary
+
+    results = {
+        StepCase("sepformer", "upstream", "fp32", 1): {"median_ms": 400.0},
+        StepCase("sepformer", "speechbrain", "fp16", 1): {"median_ms": 300.0},
+        StepCase("sepformer", "ours", "fp16", 1): {"median_ms": 100.0},
+        StepCase("sepformer", "speechbrain", "fp32", 1): {"median_ms": 150.0},
+        StepCase("sepformer", "ours", "fp32", 1): {"median_ms": 120.0},
+        StepCase("sepformer", "ours", "bf16", 1): {"status": NOT_MEASURED},
+    }
+    lines = goal_summary(results).splitlines()
+    assert lines[1] == "  - fp16, batch 1: 3.00x vs SpeechBrain's block, 4.00x vs upstream: met"
+    assert lines[2] == "  - fp32, batch 1: 1.25x vs SpeechBrain's block, 3.33x vs upstream: **not met**"
+    assert len(lines) == 3
+
+
+def test_gradscaler_overflows_are_read_from_the_checkpointed_scale(tmp_path):
+    import torch
+
+    from bench.gpu_check import gradscaler_scale
+
+    scaler = torch.GradScaler("cpu", init_scale=65536.0 / 8)  # as if three overflows had halved it
+    (tmp_path / "save" / "CKPT+1").mkdir(parents=True)
+    torch.save(scaler.state_dict(), tmp_path / "save" / "CKPT+1" / "scaler.ckpt")
+    assert gradscaler_scale(tmp_path) == 8192.0
+    assert gradscaler_scale(tmp_path / "no-run") is None
