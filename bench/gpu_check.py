@@ -25,8 +25,10 @@ What is measured, most wanted first, so that a short budget still answers the ma
 3. Test-set scoring throughput (`speechsep.metrics.separation_metrics`) on the device vs on the CPU.
 4. `separate.py`'s real-time factor on a 10-minute input at recipe size.
 
-`--budget-s` is checked before each measurement (and the running one is stopped when it runs out): what did
-not fit is listed as "not measured (budget)", and the file is always written.
+Every measurement runs in a child process (one per model for the training steps, with
+`torch.cuda.reset_peak_memory_stats` before each case), so a crash or an out-of-memory error costs one row,
+and the budget can stop it. `--budget-s` is checked before each measurement and the running one is killed when
+it runs out: what did not fit is listed as "not measured (budget)", and the file is always written.
 """
 
 import argparse
@@ -755,6 +757,9 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no GPU (torch.cuda.is_available() is False)")
+    if args.quick and device == "cpu":  # a smoke test on a shared CPU: one thread per child process, no contention
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(variable, "1")
     deadline = time.time() + args.budget_s
     command = shlex.join(["python", "bench/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
     text = report(Settings(device, args.quick), command, args.budget_s, deadline)
