@@ -15,20 +15,22 @@ their own because `make bench` rewrites bench/RESULTS.md (whose header links to 
 
 What is measured, most wanted first, so that a short budget still answers the main question:
 
-1. Training steps through the recipe's own `Separation.fit_batch` (forward, PIT SI-SNR loss, backward, GradScaler
-   unscale, clipping, Adam step) of the published-size SepFormer and Conv-TasNet, 4 s at 8 kHz, batch 1 and 4,
-   fp32 / bf16 / fp16, with SpeechBrain's transformer block (mask network for Conv-TasNet) and with ours;
-   plus the anchor: upstream SpeechBrain's configuration as its recipe runs it (its block, its encoder and
-   decoder, its `get_si_snr_with_pitwrapper` loss, fp32). Median step time after warm-up and peak memory.
+1. SepFormer training steps through the recipe's own `Separation.fit_batch` (forward, PIT SI-SNR loss,
+   backward, GradScaler unscale, clipping, Adam step) at the published size, 4 s at 8 kHz, batch 1 and 4,
+   fp32 / bf16 / fp16, with SpeechBrain's transformer block and with ours; plus the anchor: upstream
+   SpeechBrain's configuration as its recipe runs it (its block, its encoder and decoder, its
+   `get_si_snr_with_pitwrapper` loss, fp32). Median step time after warm-up and peak memory.
 2. A 20-step `train.py` run on a small generated tree in fp16 and in bf16: exit status, skipped batches,
    GradScaler overflows, NaN in the log.
-3. Test-set scoring throughput (`speechsep.metrics.separation_metrics`) on the device vs on the CPU.
-4. `separate.py`'s real-time factor on a 10-minute input at recipe size.
+3. The same training steps for Conv-TasNet (SpeechBrain's mask network vs ours).
+4. Test-set scoring throughput (`speechsep.metrics.separation_metrics`) on the device vs on the CPU.
+5. `separate.py`'s real-time factor on a 10-minute input at recipe size.
 
 Every measurement runs in a child process (one per model for the training steps, with
-`torch.cuda.reset_peak_memory_stats` before each case), so a crash or an out-of-memory error costs one row,
-and the budget can stop it. `--budget-s` is checked before each measurement and the running one is killed when
-it runs out: what did not fit is listed as "not measured (budget)", and the file is always written.
+`torch.cuda.reset_peak_memory_stats` before each case): an out-of-memory error costs one row, a crash that
+worker's remaining rows, and the budget can stop it. `--budget-s` is checked before each measurement and the
+running one is killed when it runs out: what did not fit is listed as "not measured (budget)", and the file is
+always written.
 """
 
 import argparse
@@ -400,24 +402,25 @@ def _ratio_text(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
-def measure_steps(settings: Settings, deadline: float) -> tuple[str, dict]:
-    """The training-step table of both models, and its results keyed by StepCase (for the summary)."""
-    results: dict[StepCase, dict] = {}
-    for model in MODELS:
-        cases = step_cases(model, settings)
-        to_run = [case for case in cases if not (case.precision == "fp16" and settings.device == "cpu")]
-        for case in cases:
-            results[case] = {"status": NA_ON_CPU} if case not in to_run else {"status": NOT_MEASURED}
-        if time.time() >= deadline:
-            continue
-        spec = {"device": settings.device, "quick": settings.quick, "cases": [dataclasses.asdict(c) for c in to_run]}
-        measured, stopped = run_worker("steps", spec, deadline)
-        for item in measured:
-            case = StepCase(**item.pop("case"))
-            results[case] = {"status": f"failed: {item['error']}"} if "error" in item else item
-        for case in to_run[len(measured):]:
-            results[case] = {"status": stopped or NOT_MEASURED}
+def measure_steps(model: str, settings: Settings, deadline: float) -> dict[StepCase, dict]:
+    """Every training-step case of one model, in one worker: a result, or a status saying why there is none."""
+    cases = step_cases(model, settings)
+    to_run = [case for case in cases if not (case.precision == "fp16" and settings.device == "cpu")]
+    results = {case: {"status": NOT_MEASURED if case in to_run else NA_ON_CPU} for case in cases}
+    if time.time() >= deadline:
+        return results
+    spec = {"device": settings.device, "quick": settings.quick, "cases": [dataclasses.asdict(c) for c in to_run]}
+    measured, stopped = run_worker("steps", spec, deadline)
+    for item in measured:
+        case = StepCase(**item.pop("case"))
+        results[case] = {"status": f"failed: {item['error']}"} if "error" in item else item
+    for case in to_run[len(measured):]:
+        results[case] = {"status": stopped or NOT_MEASURED}
+    return results
 
+
+def steps_section(results: dict[StepCase, dict], settings: Settings) -> str:
+    """The training-step table: time, memory and the two speed-ups of every case."""
     cuda = settings.device.startswith("cuda")
     memory = "`torch.cuda.max_memory_allocated`" if cuda else "peak RSS (VmHWM, reset before each case)"
     warmup, repeats = settings.warmup_repeats
@@ -450,7 +453,7 @@ def measure_steps(settings: Settings, deadline: float) -> tuple[str, dict]:
             f"| {_format(result.get('peak_mib'))} | {_ratio_text(_ratio(reference, result))} "
             f"| {_ratio_text(_ratio(anchor, result))} |"
         )
-    return "\n".join(lines) + "\n", results
+    return "\n".join(lines) + "\n"
 
 
 def goal_summary(results: dict) -> str:
@@ -711,10 +714,13 @@ def machine_lines(device: str) -> list[str]:
 def report(settings: Settings, command: str, budget_s: float, deadline: float) -> str:
     """Every section, measured while the deadline allows, under one header."""
     start = time.time()
-    steps_table, step_results = measure_steps(settings, deadline)
+    # Most wanted first: SepFormer's steps answer the goal, the train.py runs prove the AMP paths.
+    step_results = measure_steps("sepformer", settings, deadline)
+    train_runs = train_runs_section(settings, deadline)
+    step_results.update(measure_steps("convtasnet", settings, deadline))
     sections = [
-        steps_table,
-        train_runs_section(settings, deadline),
+        steps_section(step_results, settings),
+        train_runs,
         scoring_section(settings, deadline),
         separate_section(settings, deadline),
     ]
