@@ -1,12 +1,13 @@
 # make demo : install, synthesise the embedded corpus, train a small model on CPU, evaluate it
 # make test : install, run the test suite
 # make bench: install, run every benchmark and write bench/RESULTS.md
+# make gpu-check: install, measure training and inference on the GPU within a budget, write bench/RESULTS-gpu.md
 PYTHON_SYSTEM ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench gpu-check clean-demo
 
 $(INSTALLED): requirements.txt
 	$(PYTHON_SYSTEM) -m venv $(VENV)
@@ -24,3 +25,7 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PYTHON) bench/run_all.py
+
+GPU_BUDGET_S ?= 420
+gpu-check: $(INSTALLED)
+	$(PYTHON) bench/gpu_check.py --device cuda --budget-s $(GPU_BUDGET_S)

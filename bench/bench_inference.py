@@ -41,8 +41,8 @@ CASES = [(model, minutes * 60.0) for model in MODELS for minutes in (1, 10, 60)]
 QUICK_CASES = [(DEMO, 10.0), (DEMO, 30.0), (RECIPE, 10.0)]
 
 
-def write_model(folder: Path, overrides: dict, seed: int = 0) -> Path:
-    """An exported-model folder (config + random weights) of hparams/convtasnet.yaml with `overrides`."""
+def write_model(folder: Path, overrides: dict, seed: int = 0, config: str = "convtasnet.yaml") -> Path:
+    """An exported-model folder (config + random weights) of hparams/<config> with `overrides`."""
     import torch
     from hyperpyyaml import load_hyperpyyaml
 
@@ -50,7 +50,7 @@ def write_model(folder: Path, overrides: dict, seed: int = 0) -> Path:
     from speechsep.model_folder import MODULE_NAMES, inference_config
 
     values = {"data_folder": str(folder), "output_folder": str(folder), "num_spks": NUM_SPKS, **overrides}
-    text = resolved_yaml(REPO_ROOT / "hparams" / "convtasnet.yaml", "\n".join(f"{k}: {v}" for k, v in values.items()))
+    text = resolved_yaml(REPO_ROOT / "hparams" / config, "\n".join(f"{k}: {v}" for k, v in values.items()))
     config = inference_config(text)
     torch.manual_seed(seed)
     modules = load_hyperpyyaml(config)

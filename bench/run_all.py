@@ -24,6 +24,7 @@ from typing import Optional
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+GPU_RESULTS = BENCH_DIR / "RESULTS-gpu.md"  # written by bench/gpu_check.py, never by this script
 if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/run_all.py`
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -72,7 +73,16 @@ def _gpus() -> str:
     return ", ".join(torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count()))
 
 
-def header(command: str) -> str:
+def gpu_results_line(output: Path, gpu_results: Path = GPU_RESULTS) -> Optional[str]:
+    """A link from the report to the GPU check's own file, if it was written: this report is rewritten whole,
+    so the GPU figures live apart and survive `make bench`."""
+    if not gpu_results.is_file():
+        return None
+    link = Path(os.path.relpath(gpu_results.resolve(), output.resolve().parent)).as_posix()
+    return f"- GPU figures: [{gpu_results.name}]({link}) (`make gpu-check`, bench/gpu_check.py)"
+
+
+def header(command: str, extra_lines: tuple[str, ...] = ()) -> str:
     """Machine, versions, date and the command that reproduces the report."""
     ram = _ram_gib()
     return "\n".join([
@@ -86,6 +96,7 @@ def header(command: str) -> str:
         f"- Versions: python {platform.python_version()}, torch {_version('torch')}, "
         f"speechbrain {_version('speechbrain')}",
         f"- Reproduce: `{command}`",
+        *extra_lines,
         "",
     ])
 
@@ -121,7 +132,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         names = [name for name in names if name in requested]
 
     command = shlex.join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
-    sections = [header(command)]
+    gpu_line = gpu_results_line(args.output)
+    sections = [header(command, (gpu_line,) if gpu_line else ())]
     for name in names:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
         sections.append(run_benchmark(name, args.quick))
