@@ -1,22 +1,27 @@
 """Data preparation: turn a WSJ0Mix, LibriMix or custom directory tree into train/valid/test CSV manifests.
 
 The dataset type is detected from the tree itself. Every mixture is validated while walking (all sources
-present, mono, same length as the mixture, the configured sample rate) and problems stop the preparation
-with one line naming the path, unless `skip_bad_files` is set, in which case the bad items are listed in
-`skipped_files.csv` and counted. Manifests use upstream SpeechBrain's column names (`mix_wav`, `s1_wav`, ...)
-with paths written as `$data_root/...`, so they survive moving the corpus.
+present, mono, same length as the mixture, the configured sample rate, finite samples, no all-zero source)
+and problems stop the preparation with one line naming the path, unless `skip_bad_files` is set, in which
+case the bad items are listed in `skipped_files.csv` and counted. Manifests use upstream SpeechBrain's column
+names (`mix_wav`, `s1_wav`, ...) with paths written as `$data_root/...`, so they survive moving the corpus.
+They are reused on a rerun only when the options and the audio files (names, sizes, mtimes) are unchanged.
 
     python prepare_data.py DATA_FOLDER SAVE_FOLDER [--num_spks 2] [--sample_rate 8000] [--mode min]
 """
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
+import os
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from speechsep.errors import RecipeError
@@ -29,10 +34,17 @@ SKIPPED_FILE = "skipped_files.csv"
 WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}
 LIBRIMIX_SPLITS = {"valid": "dev", "test": "test"}
 LIBRIMIX_TRAIN_SUBSETS = {"100": ["train-100"], "360": ["train-360"], "both": ["train-100", "train-360"]}
+AUDIO_EXTENSIONS = (".wav", ".flac")  # in any case: `a.WAV` is listed like `a.wav`
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only encodings that can hold NaN or inf
+BLOCK_FRAMES = 1 << 16  # samples read at a time when checking a file's samples
+FIRST_PCM_BLOCK_FRAMES = 4096  # a PCM reference is rarely all 0 for that long: most are done after one small read
+MIN_NUM_SPKS = 2  # 1 would be speech enhancement: lower this where that task (loss, metrics, config) lands
 LAYOUTS = (
     "WSJ0Mix   <data_folder>/wav{8k,16k}/{min,max}/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav",
-    "LibriMix  <data_folder>/wav{8k,16k}/{min,max}/{train-100,train-360,dev,test}/"
-    "{mix_clean,mix_both,s1,s2[,s3],noise}/*.wav",
+    (
+        "LibriMix  <data_folder>/wav{8k,16k}/{min,max}/{train-100,train-360,dev,test}/"
+        "{mix_clean,mix_both,s1,s2[,s3],noise}/*.wav"
+    ),
     "custom    <data_folder>/{train,valid,test}/{mixture,source1,source2[,source3][,noise]}/*.wav",
 )
 
@@ -48,6 +60,15 @@ class SplitFolders:
     mixture: Path
     sources: list[Path]
     noise: Path | None = None
+
+
+def check_num_spks(num_spks: int) -> None:
+    """Fail on a speaker count the recipe cannot train for, before anything is read."""
+    if num_spks < MIN_NUM_SPKS:
+        raise DataPreparationError(
+            f"num_spks is {num_spks}, separation needs at least {MIN_NUM_SPKS}; "
+            "the enhancement task (one speaker) is not supported yet"
+        )
 
 
 def detect_layout(data_folder: Path) -> str:
@@ -81,7 +102,7 @@ def split_folders(
             split: [
                 SplitFolders(
                     mixture=data_folder / split / "mixture",
-                    sources=[data_folder / split / f"source{k}" for k in range(1, num_spks + 1)],
+                    sources=_source_folders(data_folder / split, "source", num_spks),
                     noise=_existing(data_folder / split / "noise"),
                 )
             ]
@@ -101,7 +122,7 @@ def split_folders(
 
     if layout == "wsj0mix":
         return {
-            split: [SplitFolders(root / sub / "mix", [root / sub / f"s{k}" for k in range(1, num_spks + 1)])]
+            split: [SplitFolders(root / sub / "mix", _source_folders(root / sub, "s", num_spks))]
             for split, sub in WSJ0MIX_SPLITS.items()
         }
 
@@ -115,7 +136,7 @@ def split_folders(
         split: [
             SplitFolders(
                 root / sub / mixture_folder,
-                [root / sub / f"s{k}" for k in range(1, num_spks + 1)],
+                _source_folders(root / sub, "s", num_spks),
                 _existing(root / sub / "noise"),
             )
             for sub in subs
@@ -128,15 +149,92 @@ def _existing(path: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _check_item(mixture: Path, folders: SplitFolders, sample_rate: int) -> tuple[float, list[Path]]:
+def _source_folders(split_folder: Path, prefix: str, num_spks: int) -> list[Path]:
+    """`<prefix>1 .. <prefix>num_spks` in `split_folder`; one more on disk means the mixtures hold more speakers
+    than num_spks, and training on some of their sources would go wrong silently."""
+    extra = split_folder / f"{prefix}{num_spks + 1}"
+    if extra.is_dir():
+        raise DataPreparationError(
+            f"found source folder {extra} but num_spks is {num_spks}; "
+            "set num_spks to the number of speakers per mixture"
+        )
+    return [split_folder / f"{prefix}{k}" for k in range(1, num_spks + 1)]
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files directly in `folder`, sorted by name; the extension matches in any case."""
+    with os.scandir(folder) as entries:
+        return sorted(
+            Path(entry.path) for entry in entries
+            if os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS and entry.is_file()
+        )
+
+
+@dataclass(frozen=True)
+class AudioFolder:
+    """One folder's audio files by ID (file name without extension): how sources are matched to a mixture, so
+    that `mix/a.WAV` finds `s1/a.wav`."""
+
+    path: Path
+    files_by_id: dict[str, list[Path]]
+
+    @classmethod
+    def scan(cls, path: Path) -> "AudioFolder":
+        """List `path` once; lookups are then dictionary hits rather than a directory search per mixture."""
+        files_by_id = defaultdict(list)
+        for file in audio_files(path):
+            files_by_id[file.stem].append(file)
+        return cls(path, dict(files_by_id))
+
+    def file_for(self, mixture: Path) -> Path:
+        """The file with the mixture's ID, or a one-line error when there is none or more than one."""
+        candidates = self.files_by_id.get(mixture.stem, [])
+        if not candidates:
+            raise DataPreparationError(f"missing file {self.path / mixture.name} (expected next to mixture {mixture})")
+        if len(candidates) > 1:
+            raise DataPreparationError(
+                f"{len(candidates)} candidates for a source of mixture {mixture}: "
+                f"{' and '.join(map(str, candidates))}; keep one"
+            )
+        return candidates[0]
+
+
+def _check_samples(path: Path, is_reference: bool) -> None:
+    """Fail on NaN/inf (they make every SI-SNR nan) and on an all-zero reference (no SDR against silence).
+
+    Reads in blocks, and only what can be wrong: PCM cannot hold NaN, so a PCM reference is read up to its first
+    non-zero block and a PCM mixture or noise not at all; float files are read whole.
+    """
+    try:
+        with sf.SoundFile(str(path)) as audio:
+            is_float = audio.subtype in FLOAT_SUBTYPES
+            if not (is_float or is_reference):
+                return
+            dtype = "float32" if is_float else "int32"  # float32 as training reads it; int32 keeps every PCM step
+            is_silent = is_reference
+            start, block_frames = 0, BLOCK_FRAMES if is_float else FIRST_PCM_BLOCK_FRAMES
+            while len(block := audio.read(block_frames, dtype=dtype)):
+                if is_float and not np.isfinite(block).all():
+                    index = start + int(np.flatnonzero(~np.isfinite(block))[0])
+                    raise DataPreparationError(f"non-finite sample (NaN or inf) in {path} at sample {index}")
+                is_silent = is_silent and not block.any()
+                if not (is_float or is_silent):
+                    break
+                start, block_frames = start + len(block), BLOCK_FRAMES
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataPreparationError(f"unreadable audio file {path}: {err}") from None
+    if is_silent:
+        raise DataPreparationError(f"silent reference {path}: every sample is 0, so no SDR can be computed against it")
+
+
+def _check_item(
+    mixture: Path, sources: list[AudioFolder], noise: AudioFolder | None, sample_rate: int
+) -> tuple[float, list[Path]]:
     """Validate one mixture and its sources; return (duration in s, [mixture, sources..., noise])."""
-    paths = [mixture] + [folder / mixture.name for folder in folders.sources]
-    if folders.noise is not None:
-        paths.append(folders.noise / mixture.name)
+    source_paths = [folder.file_for(mixture) for folder in sources]
+    paths = [mixture, *source_paths] + ([noise.file_for(mixture)] if noise is not None else [])
     frames = None
     for path in paths:
-        if not path.is_file():
-            raise DataPreparationError(f"missing file {path} (expected next to mixture {mixture})")
         try:
             info = sf.info(str(path))
         except (RuntimeError, sf.LibsndfileError) as err:
@@ -150,6 +248,8 @@ def _check_item(mixture: Path, folders: SplitFolders, sample_rate: int) -> tuple
         if frames is not None and info.frames != frames:
             raise DataPreparationError(f"{path} has {info.frames} samples, its mixture {mixture} has {frames}")
         frames = frames if frames is not None else info.frames
+    for path in paths:  # after the header checks: reading samples is the expensive part
+        _check_samples(path, is_reference=path in source_paths)
     return frames / sample_rate, paths
 
 
@@ -158,23 +258,35 @@ def _manifest_rows(
 ) -> list[dict]:
     """Walk one split and return its CSV rows; bad items go to `skipped` when it is not None."""
     rows = []
+    mixture_by_id: dict[str, Path] = {}
     for folders in folders_list:
         for folder in [folders.mixture, *folders.sources]:
             if not folder.is_dir():
                 raise DataPreparationError(f"missing folder {folder} (needed for the {split} split)")
-        mixtures = sorted(folders.mixture.glob("*.wav")) + sorted(folders.mixture.glob("*.flac"))
+        mixtures = []
+        for example_id, paths in AudioFolder.scan(folders.mixture).files_by_id.items():
+            for path in paths:
+                if example_id in mixture_by_id:
+                    raise DataPreparationError(
+                        f"duplicate ID '{example_id}' in the {split} split: {mixture_by_id[example_id]} and {path} "
+                        "(an ID is the file name without extension); rename or remove one"
+                    )
+                mixture_by_id[example_id] = path
+                mixtures.append(path)
         if not mixtures:
             raise DataPreparationError(f"no .wav/.flac mixtures in {folders.mixture}")
+        sources = [AudioFolder.scan(folder) for folder in folders.sources]
+        noise = AudioFolder.scan(folders.noise) if folders.noise is not None else None
 
-        def check(mixture, folders=folders):
+        def check(mixture, sources=sources, noise=noise):
             try:
-                return _check_item(mixture, folders, sample_rate)
+                return _check_item(mixture, sources, noise, sample_rate)
             except DataPreparationError as err:
                 if skipped is None:
                     raise
                 return err
 
-        with ThreadPoolExecutor(max_workers=8) as pool:  # sf.info is I/O bound
+        with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound; soundfile and numpy release the GIL
             results = list(pool.map(check, mixtures))
         for mixture, result in zip(mixtures, results):
             if isinstance(result, DataPreparationError):
@@ -185,9 +297,28 @@ def _manifest_rows(
             if folders.noise is not None:
                 columns.append("noise_wav")
             row = {"ID": mixture.stem, "duration": round(duration, 4)}
-            row.update({col: "$data_root/" + path.relative_to(data_folder).as_posix() for col, path in zip(columns, paths)})
+            relative_paths = [path.relative_to(data_folder).as_posix() for path in paths]
+            row.update({column: f"$data_root/{relative}" for column, relative in zip(columns, relative_paths)})
             rows.append(row)
     return rows
+
+
+def tree_fingerprint(data_folder: Path, folders: dict[str, list[SplitFolders]]) -> dict:
+    """Count and hash of (path, size, mtime) of every audio file the manifests are made from: reusing manifests of
+    a changed tree would leave added mixtures unscored and fail at test time on removed ones."""
+    digest = hashlib.sha256()
+    num_files = 0
+    for split_folders_list in folders.values():
+        for split in split_folders_list:
+            for folder in [split.mixture, *split.sources, split.noise]:
+                if folder is None or not folder.is_dir():
+                    continue  # _manifest_rows names a missing folder
+                for path in audio_files(folder):
+                    stat = path.stat()
+                    entry = f"{path.relative_to(data_folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+                    digest.update(entry.encode())
+                    num_files += 1
+    return {"audio_files": num_files, "sha256": digest.hexdigest()}
 
 
 @dataclass
@@ -204,6 +335,29 @@ class PrepareOptions:
     skip_bad_files: bool
 
 
+def _manifests_are_current(options_path: Path, options: PrepareOptions, fingerprint: dict) -> bool:
+    """Whether the manifests next to `options_path` were made with these options from these files; logs why not."""
+    save_folder = options_path.parent
+    try:
+        stored = json.loads(options_path.read_text())
+    except json.JSONDecodeError:
+        logger.info(f"{options_path} is unreadable; regenerating the manifests in {save_folder}")
+        return False
+    stored_fingerprint = stored.pop("tree", None)
+    if stored != asdict(options):
+        logger.info(f"Data options changed since the manifests in {save_folder} were written; regenerating")
+        return False
+    if stored_fingerprint != fingerprint:
+        before = (stored_fingerprint or {}).get("audio_files", "?")
+        logger.info(
+            f"Audio files in the data tree changed (added, removed or rewritten; {before} then, "
+            f"{fingerprint['audio_files']} now) since the manifests in {save_folder} were written; regenerating"
+        )
+        return False
+    logger.info(f"Manifests in {save_folder} match the options and the data tree; reusing them")
+    return True
+
+
 def prepare_data(
     data_folder: str | Path,
     save_folder: str | Path,
@@ -215,6 +369,7 @@ def prepare_data(
     skip_bad_files: bool = False,
 ) -> dict[str, Path]:
     """Write `<save_folder>/{train,valid,test}.csv` for the tree in `data_folder`; return their paths."""
+    check_num_spks(num_spks)
     data_folder = Path(data_folder).resolve()
     save_folder = Path(save_folder)
     layout = detect_layout(data_folder)
@@ -222,20 +377,22 @@ def prepare_data(
         str(data_folder), layout, num_spks, sample_rate, mode, str(librimix_train_subset),
         use_wham_noise, skip_bad_files,
     )
+    folders = split_folders(
+        data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise
+    )
+    fingerprint = tree_fingerprint(data_folder, folders)
     csv_paths = {split: save_folder / f"{split}.csv" for split in SPLITS}
     options_path = save_folder / OPTIONS_FILE
-    if options_path.is_file() and all(p.is_file() for p in csv_paths.values()):
-        if json.loads(options_path.read_text()) == asdict(options):
-            logger.info(f"Manifests in {save_folder} match the options; reusing them")
-            return csv_paths
-        logger.info(f"Data options changed since the manifests in {save_folder} were written; regenerating")
+    manifests_exist = all(p.is_file() for p in [options_path, *csv_paths.values()])
+    if manifests_exist and _manifests_are_current(options_path, options, fingerprint):
+        return csv_paths
 
-    folders = split_folders(data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise)
     skipped: list[dict] | None = [] if skip_bad_files else None
     manifests = {split: _manifest_rows(split, folders[split], data_folder, sample_rate, skipped) for split in SPLITS}
 
     save_folder.mkdir(parents=True, exist_ok=True)
     options_path.unlink(missing_ok=True)  # written last: a crash below leaves no stale "match"
+    (save_folder / SKIPPED_FILE).unlink(missing_ok=True)  # a list from an earlier preparation would mislead
     for split, rows in manifests.items():
         if not rows:
             raise DataPreparationError(f"no usable mixtures for the {split} split in {data_folder}")
@@ -243,7 +400,8 @@ def prepare_data(
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        logger.info(f"{split}: {len(rows)} mixtures, {sum(r['duration'] for r in rows) / 3600:.2f} h -> {csv_paths[split]}")
+        hours = sum(row["duration"] for row in rows) / 3600
+        logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
         report = save_folder / SKIPPED_FILE
         with open(report, "w", newline="") as f:
@@ -251,7 +409,7 @@ def prepare_data(
             writer.writeheader()
             writer.writerows(skipped)
         logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
-    options_path.write_text(json.dumps(asdict(options), indent=1))
+    options_path.write_text(json.dumps({**asdict(options), "tree": fingerprint}, indent=1))
     return csv_paths
 
 

@@ -1,6 +1,8 @@
 """Reading mixtures and their sources from the CSV manifests written by `prepare_data.py`."""
 
 import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import soundfile as sf
@@ -9,6 +11,12 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import GeneratorDynamicItem
 
 from speechsep.errors import RecipeError
+
+DATA_ROOT = "$data_root"  # how manifests start the paths of files in the data folder
+
+
+class ManifestError(RecipeError):
+    """A manifest that cannot be used as it is; the message names the CSV and, where it is one row, its line."""
 
 
 def signal_names(num_spks: int, with_noise: bool) -> list[str]:
@@ -46,19 +54,67 @@ class SegmentReader:
         yield tuple(signals)
 
 
-def _check_manifest(csv_path: Path, columns: list[str]) -> None:
-    """Fail with one line if a manifest is missing, lacks a needed column, or lists no example."""
+def read_manifest(csv_path: Path, data_root: str, columns: list[str]) -> dict[str, dict]:
+    """The rows of a manifest by ID, with a leading `$data_root` replaced, after checking that it lists examples,
+    has `columns`, unique IDs and files that exist: one line naming the CSV instead of a failure mid-run.
+
+    Ours rather than SpeechBrain's `load_data_csv`, which takes every `$word` in a value for a variable to
+    replace, so that a file named `a$b.wav` could not be listed.
+    """
     if not csv_path.is_file():
-        raise RecipeError(f"manifest not found: {csv_path}")
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        has_rows = next(reader, None) is not None
-    missing = [column for column in columns if column not in header]
-    if missing:
-        raise RecipeError(f"{csv_path} lacks column(s) {missing}; it has {header}")
-    if not has_rows:
-        raise RecipeError(f"{csv_path} lists no examples")
+        raise ManifestError(f"manifest not found: {csv_path}")
+    rows_by_id: dict[str, dict] = {}
+    line_by_id: dict[str, int] = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        header = reader.fieldnames or []
+        missing = [column for column in columns if column not in header]
+        if missing:
+            raise ManifestError(f"{csv_path} lacks column(s) {missing}; it has {header}")
+        for row in reader:
+            example_id = row.pop("ID")
+            if example_id in line_by_id:
+                first_line = line_by_id[example_id]
+                raise ManifestError(
+                    f"{csv_path} line {reader.line_num}: duplicate ID '{example_id}' (first on line {first_line})"
+                )
+            line_by_id[example_id] = reader.line_num
+            where = f"{csv_path} line {reader.line_num} (ID {example_id})"
+            rows_by_id[example_id] = _parse_row(row, data_root, [c for c in columns if c != "ID"], where)
+    if not rows_by_id:
+        raise ManifestError(f"{csv_path} lists no examples")
+    _check_files_exist(csv_path, rows_by_id, line_by_id, [column for column in columns if column.endswith("_wav")])
+    return rows_by_id
+
+
+def _parse_row(row: dict, data_root: str, columns: list[str], where: str) -> dict:
+    """One row's values: `$data_root` replaced, `duration` a float (SpeechBrain's convention)."""
+    for column in columns:
+        if row.get(column) is None:
+            raise ManifestError(f"{where}: no value for {column}")
+    parsed = {
+        key: data_root + value[len(DATA_ROOT):] if isinstance(value, str) and value.startswith(DATA_ROOT) else value
+        for key, value in row.items()
+    }
+    if "duration" in parsed:
+        try:
+            parsed["duration"] = float(parsed["duration"])
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: duration {parsed['duration']!r} is not a number") from None
+    return parsed
+
+
+def _check_files_exist(
+    csv_path: Path, rows_by_id: dict[str, dict], line_by_id: dict[str, int], path_columns: list[str]
+) -> None:
+    """Fail naming the first missing file now, not when a loader reaches it (for the test set: after training)."""
+    entries = [(example_id, column, row[column]) for example_id, row in rows_by_id.items() for column in path_columns]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one stat each; threads hide a network file system's latency
+        exists = list(pool.map(os.path.isfile, [path for _, _, path in entries]))
+    for (example_id, column, path), is_file in zip(entries, exists):
+        if not is_file:
+            where = f"{csv_path} line {line_by_id[example_id]} (ID {example_id})"
+            raise ManifestError(f"{where}: {column} file not found: {path}")
 
 
 def separation_dataset(
@@ -71,8 +127,7 @@ def separation_dataset(
 ) -> DynamicItemDataset:
     """A DynamicItemDataset over a manifest, providing `id`, `mix_sig`, `s1_sig`, ... (and `noise_sig`)."""
     names = signal_names(num_spks, with_noise)
-    _check_manifest(Path(csv_path), ["ID"] + [f"{name}_wav" for name in names])
-    dataset = DynamicItemDataset.from_csv(csv_path=csv_path, replacements={"data_root": data_root})
+    dataset = DynamicItemDataset(read_manifest(Path(csv_path), data_root, ["ID"] + [f"{name}_wav" for name in names]))
     dataset.add_dynamic_item(
         GeneratorDynamicItem(
             takes=[f"{name}_wav" for name in names],

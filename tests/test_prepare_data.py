@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -44,6 +45,8 @@ def test_librimix_train_subset_both_reads_train_100_and_train_360(tmp_path):
     data = make_librimix(tmp_path, per_split=2)
     base = data / "wav8k" / "min"
     (base / "train-360").rename(base / "train-100")
+    for path in (base / "train-100").glob("*/*.wav"):  # IDs unique across subsets, as in LibriMix
+        path.rename(path.with_name(path.name.replace("train-360", "train-100")))
     with pytest.raises(DataPreparationError, match="train-360"):
         prepare_data(data, tmp_path / "save", librimix_train_subset="360")
     make_librimix(tmp_path, per_split=2, seed=1)  # a train-360 again
@@ -112,3 +115,110 @@ def test_skip_bad_files_excludes_and_reports_bad_items(tmp_path):
     assert [r["ID"] for r in read_csv(paths["train"])] == ["tr_000_mix", "tr_002_mix"]
     report = read_csv(tmp_path / "save" / "skipped_files.csv")
     assert len(report) == 1 and "tr_001_mix" in report[0]["mixture"] and report[0]["reason"].startswith("missing file")
+
+
+def copy_example(split_folder, name, new_name, folders=("mix", "s1", "s2")):
+    """Add an example to a WSJ0Mix split by copying an existing one under a new name."""
+    for folder in folders:
+        (split_folder / folder / f"{new_name}.wav").write_bytes((split_folder / folder / f"{name}.wav").read_bytes())
+
+
+def test_test_mixture_added_after_preparation_is_in_the_regenerated_manifest(tmp_path, caplog):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    paths = prepare_data(data, tmp_path / "save")
+    copy_example(data / "wav8k/min/tt", "tt_000_mix", "tt_new_mix")
+    with caplog.at_level("INFO", logger="prepare_data"):
+        prepare_data(data, tmp_path / "save")
+    assert "tt_new_mix" in [r["ID"] for r in read_csv(paths["test"])]
+    assert "files in the data tree changed" in caplog.text
+
+
+def test_test_mixture_removed_after_preparation_is_left_out_of_the_regenerated_manifest(tmp_path, caplog):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    paths = prepare_data(data, tmp_path / "save")
+    for folder in ("mix", "s1", "s2"):
+        (data / "wav8k/min/tt" / folder / "tt_001_mix.wav").unlink()
+    with caplog.at_level("INFO", logger="prepare_data"):
+        prepare_data(data, tmp_path / "save")
+    assert [r["ID"] for r in read_csv(paths["test"])] == ["tt_000_mix"]
+    assert "files in the data tree changed" in caplog.text
+
+
+def test_rewritten_source_after_preparation_regenerates_the_manifests(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    paths = prepare_data(data, tmp_path / "save")
+    paths["test"].write_text("marker\n")
+    source = data / "wav8k/min/tr/s1/tr_000_mix.wav"
+    signal, rate = sf.read(source)
+    sf.write(source, 0.5 * signal, rate, subtype="PCM_16")  # same length, another size and mtime
+    prepare_data(data, tmp_path / "save")
+    assert read_csv(paths["test"])[0]["ID"] == "tt_000_mix"
+
+
+def rename_example(split_folder, name, mixture_suffix, source_suffix, folders=("s1", "s2")):
+    (split_folder / "mix" / f"{name}.wav").rename(split_folder / "mix" / f"{name}{mixture_suffix}")
+    for folder in folders:
+        (split_folder / folder / f"{name}.wav").rename(split_folder / folder / f"{name}{source_suffix}")
+
+
+@pytest.mark.parametrize("mixture_suffix, source_suffix", [(".WAV", ".WAV"), (".WAV", ".wav"), (".wav", ".Wav")])
+def test_extensions_match_in_any_case_for_mixtures_and_their_sources(tmp_path, mixture_suffix, source_suffix):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    rename_example(data / "wav8k/min/tt", "tt_001_mix", mixture_suffix, source_suffix)
+    rows = read_csv(prepare_data(data, tmp_path / "save")["test"])
+    assert [r["ID"] for r in rows] == ["tt_000_mix", "tt_001_mix"]
+    assert rows[1]["mix_wav"].endswith(f"/tt/mix/tt_001_mix{mixture_suffix}")
+    assert rows[1]["s2_wav"].endswith(f"/tt/s2/tt_001_mix{source_suffix}")
+
+
+def test_one_name_with_two_extensions_is_a_duplicate_id_naming_both_files(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    mixture = data / "wav8k/min/cv/mix/cv_000_mix.wav"
+    signal, rate = sf.read(mixture)
+    sf.write(mixture.with_suffix(".flac"), signal, rate)
+    with pytest.raises(DataPreparationError) as error:
+        prepare_data(data, tmp_path / "save")
+    message = str(error.value)
+    assert "duplicate ID 'cv_000_mix'" in message and str(mixture) in message
+    assert str(mixture.with_suffix(".flac")) in message and "\n" not in message
+
+
+def test_source_with_two_extensions_is_ambiguous_and_names_both_files(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    source = data / "wav8k/min/tr/s2/tr_001_mix.wav"
+    source.with_suffix(".WAV").write_bytes(source.read_bytes())
+    mixture = data / "wav8k/min/tr/mix/tr_001_mix.wav"
+    both = f"{source.with_suffix('.WAV')} and {source}"
+    with pytest.raises(DataPreparationError, match=f"2 candidates for a source of mixture {mixture}: {both}"):
+        prepare_data(data, tmp_path / "save")
+
+
+@pytest.mark.parametrize("make_tree, extra_folder", [(make_wsj0mix, "wav8k/min/tr/s3"), (make_custom, "train/source3")])
+def test_tree_with_more_source_folders_than_num_spks_names_the_folder_and_num_spks(tmp_path, make_tree, extra_folder):
+    data = make_tree(tmp_path, num_spks=3, per_split=2)
+    with pytest.raises(DataPreparationError, match=f"{data / extra_folder} .*num_spks is 2") as error:
+        prepare_data(data, tmp_path / "save", num_spks=2)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("num_spks", [1, 0])
+def test_num_spks_below_two_says_the_enhancement_task_is_not_supported_yet(tmp_path, num_spks):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    with pytest.raises(DataPreparationError, match=f"num_spks is {num_spks}.*enhancement .*not supported yet"):
+        prepare_data(data, tmp_path / "save", num_spks=num_spks)
+
+
+def test_nonfinite_and_silent_items_are_left_out_and_listed_with_skip_bad_files(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=3)
+    nan_mixture = data / "wav8k/min/cv/mix/cv_001_mix.wav"
+    signal, rate = sf.read(nan_mixture)
+    signal[5] = float("nan")
+    sf.write(nan_mixture, signal, rate, subtype="FLOAT")
+    silent_source = data / "wav8k/min/tt/s1/tt_002_mix.wav"
+    sf.write(silent_source, np.zeros(sf.info(silent_source).frames), rate, subtype="PCM_16")
+    paths = prepare_data(data, tmp_path / "save", skip_bad_files=True)
+    assert [r["ID"] for r in read_csv(paths["valid"])] == ["cv_000_mix", "cv_002_mix"]
+    assert [r["ID"] for r in read_csv(paths["test"])] == ["tt_000_mix", "tt_001_mix"]
+    reasons = [r["reason"] for r in read_csv(tmp_path / "save" / "skipped_files.csv")]
+    assert reasons[0].startswith(f"non-finite sample (NaN or inf) in {nan_mixture}")
+    assert reasons[1].startswith(f"silent reference {silent_source}")
