@@ -20,7 +20,7 @@ import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import prepare_data
+from prepare_data import check_num_spks, prepare_data
 from speechsep import metrics
 from speechsep.augment import fit_length, perturb_sources
 from speechsep.config import (
@@ -375,6 +375,7 @@ def check_writable(folder: str, key: str = "output_folder") -> None:
 def check_inputs(values: dict, test_only: bool) -> None:
     """The folders and model the config names exist, and the output folder can be written, before anything
     is built (a full-size model takes a minute) and not after hours of training."""
+    check_num_spks(values["num_spks"])
     if not test_only and values["N_epochs"] < 1:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
