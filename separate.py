@@ -9,12 +9,15 @@ export.py, or a SpeechBrain separation model folder as published (e.g. speechbra
 downloaded first: nothing is downloaded here). Inputs are files, folders (searched recursively for wav/flac/ogg) or glob patterns, at any
 sample rate and channel count. Long files are separated window by window (see --window, --hop), with each
 speaker kept on the same output track. Exit status: 0 if every input was separated, 1 if some failed (one
-`error:` line each, the others are still separated), 2 if the model cannot be used.
+`error:` line each, the others are still separated), 2 if the model cannot be used. Nothing is
+overwritten: an output that exists already is an error for its input unless --overwrite, and an output that
+would replace an input always is.
 """
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
@@ -48,10 +51,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mixture-consistency", action="store_true",
                         help="make the estimates sum to the mixture (what they leave out is shared equally); for "
                         "mixtures of speech alone, not noisy ones (the demo reports its test scores with it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     parser.add_argument("--quiet", action="store_true", help="only errors")
     return parser.parse_args(argv)
+
+
+def output_problem(path: Path, outputs: list[Path], inputs: set[Path], written_by: dict, overwrite: bool) -> str | None:
+    """Why an input's outputs may not be written (they would replace an input, another input's outputs or,
+    unless `overwrite`, an existing file), or None."""
+    if path.stem in written_by:
+        return f"its outputs would overwrite those of {written_by[path.stem]} (same name)"
+    for output in outputs:
+        if output.resolve() in inputs:
+            return f"its output {output} would replace an input; choose another --output-dir"
+        if output.exists() and not overwrite:
+            return f"{output} exists; pass --overwrite to replace earlier outputs, or choose another --output-dir"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,14 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         logger.error(f"error: {err}")
         return 2
 
+    try:  # before any separation: a folder that cannot be created fails now, not after an hour of work
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        logger.error(f"error: cannot create --output-dir {args.output_dir} ({err.strerror or err})")
+        return 2
+
     files, errors = expand_inputs(args.inputs)
     for message in errors:
         logger.error(f"error: {message}")
     failed = len(errors)
+    inputs = {path.resolve() for path in files}
     written_by = {}  # output stem -> the input that wrote it, so that no input overwrites another's outputs
     for path in files:
-        if path.stem in written_by:
-            logger.error(f"error: {path}: its outputs would overwrite those of {written_by[path.stem]} (same name)")
+        problem = output_problem(path, separator.output_paths(path, args.output_dir), inputs, written_by, args.overwrite)
+        if problem:
+            logger.error(f"error: {path}: {problem}")
             failed += 1
             continue
         try:

@@ -193,6 +193,10 @@ def separate_long(
 
 
 # ==================================================================== files
+MIN_WINDOW_S = 0.1  # shorter windows give the model too few encoder frames to separate anything
+MIN_HOP_S = 0.01  # shorter hops only multiply the work
+
+
 @dataclasses.dataclass
 class SeparationOptions:
     """How files are separated; times in seconds."""
@@ -209,6 +213,12 @@ class SeparationOptions:
     def __post_init__(self):
         if self.shifts < 1:
             raise ValueError(f"shifts must be at least 1, got {self.shifts}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.window < MIN_WINDOW_S or self.hop < MIN_HOP_S:
+            raise ValueError(
+                f"window ({self.window} s) and hop ({self.hop} s) must be at least {MIN_WINDOW_S} s and {MIN_HOP_S} s"
+            )
         if self.output_rate not in ("model", "input"):
             raise ValueError(f"output_rate must be 'model' or 'input', got {self.output_rate!r}")
         if self.normalize not in ("mixture", "peak"):
@@ -244,6 +254,9 @@ def read_mixture(path: Path, block_frames: int = 1 << 20) -> tuple[np.ndarray, i
         raise AudioInputError(f"not a readable audio file ({reason})") from None
     if filled == 0:
         raise AudioInputError("no audio samples (empty file)")
+    nonfinite = int(np.count_nonzero(~np.isfinite(mono[:filled])))
+    if nonfinite:
+        raise AudioInputError(f"{nonfinite} of its {filled} samples are NaN or infinite; refusing it")
     return mono[:filled], sample_rate, channels
 
 
@@ -294,6 +307,10 @@ class FileSeparator:
             description=description,
         )
 
+    def output_paths(self, path: Path, output_dir: Path) -> list[Path]:
+        """Where the tracks of one input go: `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ..."""
+        return [Path(output_dir) / f"{Path(path).stem}_s{k + 1}.wav" for k in range(self.num_spks)]
+
     def separate_file(self, path: str | Path, output_dir: str | Path) -> SeparatedFile:
         """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file.
 
@@ -332,7 +349,7 @@ class FileSeparator:
                 gains /= peak
 
         output_dir.mkdir(parents=True, exist_ok=True)
-        outputs = [output_dir / f"{path.stem}_s{k + 1}.wav" for k in range(est_sources.shape[1])]
+        outputs = self.output_paths(path, output_dir)
         for k, output in enumerate(outputs):
             write_track(output, est_sources[:, k], output_rate, float(gains[k]))
         return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)

@@ -353,6 +353,68 @@ def test_bad_inputs_give_one_error_line_each_and_the_others_are_separated(convta
     assert (tmp_path / "out" / "talk0_s2.wav").is_file()
 
 
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("error:")]
+
+
+def test_outputs_never_replace_an_input_or_an_existing_file(convtasnet_run, recordings, tmp_path, caplog):
+    """A folder holding a.wav and the user's own a_s1.wav, separated into itself: a.wav would overwrite a_s1.wav."""
+    write(recordings / "talk0_s1.wav", two_speaker_recording(2.0, seed=5)[0].numpy())
+    users_file = (recordings / "talk0_s1.wav").read_bytes()
+    base = ["--model", str(convtasnet_run), "--output-dir", str(recordings)]
+
+    assert separate.main([*base, str(recordings / "talk0.wav"), str(recordings / "talk0_s1.wav")]) == 1
+    assert (recordings / "talk0_s1.wav").read_bytes() == users_file
+    assert error_lines(caplog) == [
+        f"error: {recordings / 'talk0.wav'}: its output {recordings / 'talk0_s1.wav'} would replace an input; "
+        "choose another --output-dir",
+    ]
+    assert (recordings / "talk0_s1_s1.wav").is_file()  # the user's file was separated as an input
+
+    caplog.clear()
+    assert separate.main([*base, str(recordings / "talk0_s1.wav")]) == 1  # its outputs exist now
+    assert "talk0_s1_s1.wav exists; pass --overwrite" in error_lines(caplog)[0]
+    assert separate.main([*base, "--overwrite", str(recordings / "talk0_s1.wav")]) == 0
+
+
+def test_a_recording_with_nan_or_inf_is_refused_naming_it(convtasnet_run, recordings, tmp_path, caplog):
+    signal = two_speaker_recording(1.0)[0].numpy()
+    signal[[10, 20]] = [np.nan, np.inf]
+    write(tmp_path / "broken.wav", signal)
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"),
+                          str(tmp_path / "broken.wav"), str(recordings / "talk0.wav")])
+    assert code == 1
+    assert error_lines(caplog)[0] == (
+        f"error: {tmp_path / 'broken.wav'}: 2 of its {SAMPLE_RATE} samples are NaN or infinite; refusing it"
+    )
+    assert not (tmp_path / "out" / "broken_s1.wav").exists() and (tmp_path / "out" / "talk0_s1.wav").is_file()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--hop", "0.00001"], "must be at least 0.1 s and 0.01 s"),
+        (["--window", "0.001", "--hop", "0.0005"], "must be at least 0.1 s and 0.01 s"),
+        (["--batch-size", "0"], "batch size must be at least 1, got 0"),
+    ],
+)
+def test_unusable_window_hop_or_batch_size_is_one_line_before_any_work(convtasnet_run, recordings, tmp_path, caplog,
+                                                                        option, message):
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), *option,
+                          str(recordings)])
+    assert code == 2
+    assert len(error_lines(caplog)) == 1 and message in error_lines(caplog)[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_cannot_be_created_fails_before_separating(convtasnet_run, recordings, tmp_path, caplog):
+    (tmp_path / "file").write_text("a regular file")
+    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "file" / "out"),
+                          str(recordings)])
+    assert code == 2
+    assert error_lines(caplog) == [f"error: cannot create --output-dir {tmp_path / 'file' / 'out'} (Not a directory)"]
+
+
 def test_resampling_and_downmix_are_said_once(convtasnet_run, tmp_path, caplog):
     for seed in range(2):
         mono = two_speaker_recording(1.0, seed)[0].numpy()
