@@ -18,7 +18,7 @@ $(INSTALLED): requirements.txt
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(PYTHON) -m speechsep.demo
+	$(PYTHON) -m speechsep.corpus.demo
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q

@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from speechsep.model_folder import ModelFolderError, export_model
+from speechsep.inference.model_folder import ModelFolderError, export_model
 
 logger = logging.getLogger("export")
 

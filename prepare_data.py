@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechsep.data.audio import is_audio_name
 from speechsep.errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ SKIPPED_FILE = "skipped_files.csv"
 WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}
 LIBRIMIX_SPLITS = {"valid": "dev", "test": "test"}
 LIBRIMIX_TRAIN_SUBSETS = {"100": ["train-100"], "360": ["train-360"], "both": ["train-100", "train-360"]}
-AUDIO_EXTENSIONS = (".wav", ".flac")  # in any case: `a.WAV` is listed like `a.wav`
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only encodings that can hold NaN or inf
 BLOCK_FRAMES = 1 << 16  # samples read at a time when checking a file's samples
 FIRST_PCM_BLOCK_FRAMES = 4096  # a PCM reference is rarely all 0 for that long: most are done after one small read
@@ -166,7 +166,7 @@ def audio_files(folder: Path) -> list[Path]:
     with os.scandir(folder) as entries:
         return sorted(
             Path(entry.path) for entry in entries
-            if os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS and entry.is_file()
+            if is_audio_name(entry.name) and entry.is_file()
         )
 
 
@@ -429,7 +429,7 @@ def main() -> None:
     try:
         paths = prepare_data(**vars(args))
     except DataPreparationError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     for split, path in paths.items():
         print(f"{split}: {path}")
 

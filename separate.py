@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from speechsep.errors import RecipeError
-from speechsep.inference import AudioInputError, FileSeparator, SeparationOptions, expand_inputs
-from speechsep.model_folder import load_separator
+from speechsep.inference.files import AudioInputError, FileSeparator, SeparationOptions, expand_inputs
+from speechsep.inference.model_folder import load_separator
 
 logger = logging.getLogger("separate")
 

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
@@ -21,9 +22,9 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from prepare_data import check_num_spks, prepare_data
-from speechsep import metrics
-from speechsep.augment import fit_length, perturb_sources
-from speechsep.config import (
+from speechsep.evaluation import metrics
+from speechsep.data.augment import fit_length, perturb_sources
+from speechsep.training.config import (
     DATA_KEYS,
     ConfigError,
     check_values,
@@ -33,30 +34,202 @@ from speechsep.config import (
     record_yaml,
     resolved_values,
 )
-from speechsep.dataio import separation_dataset, write_audio
-from speechsep.distributed import any_rank, is_launcher_main_process, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
-from speechsep.dynamic_mixing import dynamic_mixing_dataset
+from speechsep.data.audio import PEAK_LIMIT, write_pcm16
+from speechsep.data.manifests import separation_dataset
+from speechsep.training.distributed import any_rank, is_launcher_main_process, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
+from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.errors import RecipeError
-from speechsep.filterbank import encoder_hop
-from speechsep.inference import mixture_consistency, separate_shifted
-from speechsep.losses import pit_si_snr_loss, true_lengths
-from speechsep.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
-from speechsep.run_lock import claim_output_folder
-from speechsep.schedulers import step_scheduler
+from speechsep.models.filterbank import encoder_hop
+from speechsep.models.speedups import speed_up
+from speechsep.inference.separation import mixture_consistency, separate_shifted
+from speechsep.training.losses import pit_si_snr_loss, true_lengths
+from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
+from speechsep.training.run_lock import claim_output_folder
+from speechsep.training.schedulers import step_scheduler
+from speechsep.training.statistics import EpochStatistics
 
 logger = logging.getLogger(__name__)
 MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
+TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
+
+
+class StopRequested(Exception):
+    """A preemption or time-limit signal was honoured: the run is checkpointed and ends with exit status 0."""
+
+
+class Predictions(NamedTuple):
+    """What `compute_forward` returns: estimates [batch, time, num_spks] and the signals to score them on."""
+
+    est_sources: torch.Tensor
+    sources: torch.Tensor
+    mixture: torch.Tensor
+    lengths: torch.Tensor
+    est_sources_with_options: torch.Tensor | None = None  # TEST with test_shifts / test_mixture_consistency
+
+
 SAME_WEIGHTS_KEYS = {"fast_attention"}  # model keys that change how the model computes, not its weights
 
 
-@sb.utils.checkpoints.register_checkpoint_hooks
 class Separation(sb.Brain):
-    """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules."""
+    """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules.
+
+    SpeechBrain's Brain with its hooks: `compute_forward` / `compute_objectives`, a `fit_batch` that adds
+    threshold-by-loss filtering and counted skips around SpeechBrain's `optimizers_step`, and evaluation that
+    writes every metric of the test set in one pass. The helpers follow the hooks.
+    """
 
     train_dataset = None
     stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
 
-    # ---------------------------------------------------------------- forward and loss
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        clip = self.hparams.clip_grad_norm
+        self.max_grad_norm = clip if clip > 0 else float("inf")  # what SpeechBrain's optimizers_step clips to
+        self.epoch_stats = EpochStatistics()
+        self.pending_backwards = 0
+        if self.checkpointer is not None:  # optional: checkpoints of earlier versions have none
+            self.checkpointer.add_recoverable("epoch_stats", self.epoch_stats, optional_load=True)
+
+    # ---------------------------------------------------------------- the Brain's hooks
+    def compute_forward(self, batch, stage):
+        """The estimates and the signals they are scored against (at TRAIN, the augmented ones).
+
+        TEST separates each utterance on its own, so that padding never changes a reported score, in one plain
+        pass (the headline scores) and, when test-time options are set, once more with them (reported beside).
+        VALID stays batched: its loss only ranks checkpoints and drives the schedule, padding shifts it by a few
+        tenths of a dB at most, and one forward per utterance made the demo's validation passes about 3x slower.
+        """
+        mixture, sources, lengths, noise = self.batch_signals(batch)
+        if stage == sb.Stage.TRAIN:
+            mixture, sources, lengths = self.augment(mixture, sources, lengths, noise)
+        if stage != sb.Stage.TEST:
+            return Predictions(self.separate(mixture), sources, mixture, lengths)
+        hp = self.hparams
+        est_sources = self.separate_each(mixture, lengths)
+        with_options = None
+        if hp.test_shifts > 1 or hp.test_mixture_consistency:
+            with_options = self.separate_each(mixture, lengths, hp.test_shifts, hp.test_mixture_consistency)
+        return Predictions(est_sources, sources, mixture, lengths, with_options)
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]."""
+        return pit_si_snr_loss(predictions.est_sources, predictions.sources, predictions.lengths)
+
+    def fit_batch(self, batch):
+        """One training step with threshold-by-loss filtering and skipping of unusable batches."""
+        should_step = self.step % self.grad_accumulation_factor == 0
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                predictions = self.compute_forward(batch, sb.Stage.TRAIN)
+            loss_per_example = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+            loss, skip_reason = self.filter_loss(loss_per_example)
+            # Every rank must take the same decisions: one rank skipping a backward would hang the others'
+            # gradient all-reduce, and a preemption checkpoint is a collective save.
+            skip_elsewhere, stop = any_rank(skip_reason is not None, self.stop_requested)
+            if skip_elsewhere and skip_reason is None:
+                skip_reason = "skipped on another process"
+            if skip_reason is None:
+                self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+                self.pending_backwards += 1
+
+        if skip_reason is not None:
+            self.nonfinite_count += 1
+            logger.info(f"Skipping batch ({skip_reason}); {self.nonfinite_count} skipped so far this epoch")
+        if should_step:
+            if self.pending_backwards > 0:
+                self.optimizers_step()  # SpeechBrain's: unscale, clip to max_grad_norm, step, update, zero_grad
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.pending_backwards = 0
+
+        if stop:
+            self.stop_at_checkpoint()
+        if skip_reason is not None:
+            return torch.tensor(0.0)
+        loss = loss.detach().cpu()
+        self.epoch_stats.loss_sum += float(loss)
+        self.epoch_stats.batches += 1
+        return loss
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, stage):
+        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass."""
+        with self.evaluation_ctx:
+            predictions = self.compute_forward(batch, stage)
+        loss = self.compute_objectives(predictions, batch, stage)
+        self.eval_rows.extend({"snt_id": snt_id, "loss": float(value)} for snt_id, value in zip(batch.id, loss))
+        if stage == sb.Stage.TEST:
+            rows = self.score(predictions, predictions.est_sources, batch.id)
+            if predictions.est_sources_with_options is not None:  # beside the plain pass's scores, never instead
+                for row, scored in zip(rows, self.score(predictions, predictions.est_sources_with_options, batch.id)):
+                    row.update({f"{TEST_OPTIONS_PREFIX}{key}": scored[key] for key in MAIN_METRICS})
+            perms = [row.pop("perm") for row in rows]
+            self.test_rows.extend(rows)
+            if self.hparams.save_audio and if_main_process():
+                self.save_audio(batch.id, predictions, perms)
+        return loss.mean().detach().cpu()
+
+    def on_stage_start(self, stage, epoch=None):
+        """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
+        self.eval_rows, self.test_rows = [], []
+        self.audio_saved = 0
+        if stage == sb.Stage.TRAIN and self.step == 0:
+            self.epoch_stats.reset()
+        elif stage == sb.Stage.TRAIN:
+            logger.info(f"Resuming epoch {epoch} after batch {self.step}")
+        self.pending_backwards = 0
+        if stage == sb.Stage.TRAIN and hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results.
+
+        VALID and TEST statistics are means over examples gathered from every rank, not the Brain's
+        running mean of batch means (which weighs a short last batch like a full one).
+        """
+        if stage == sb.Stage.TRAIN:
+            stats = self.epoch_stats
+            loss_sum, batches, skipped, filtered, seen = sum_over_ranks(
+                stats.loss_sum, stats.batches, self.nonfinite_count, stats.examples_filtered, stats.examples_seen
+            )
+            self.train_stats = {
+                "si-snr": -loss_sum / max(batches, 1),
+                "skipped_batches": int(skipped),
+                "filtered_examples": round(filtered / max(seen, 1), 4),
+            }
+            return
+
+        rows = gather_rows(self.eval_rows)
+        mean_loss = sum(row["loss"] for row in rows) / max(len(rows), 1)
+        stats = {"si-snr": -mean_loss, "examples": len(rows)}
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
+            )
+            if any_rank(self.stop_requested)[0]:
+                raise StopRequested(f"epoch {epoch} is checkpointed")
+        else:
+            test_rows = gather_rows(self.test_rows)
+            if if_main_process():
+                metrics.write_test_results(test_rows, Path(self.hparams.results_folder) / "test_results.csv")
+            reported = [key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]]
+            means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, reported).items()}
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=means
+            )
+
+    def make_dataloader(self, dataset, stage, **loader_kwargs):
+        """Remember the training dataset: it is told the epoch before each epoch's workers start."""
+        if stage == sb.Stage.TRAIN:
+            self.train_dataset = dataset
+        return super().make_dataloader(dataset, stage, **loader_kwargs)
+
+    # ---------------------------------------------------------------- signals and separation
     def batch_signals(self, batch):
         """Move the batch to the device: mixture [B, T], sources [B, T, C], relative lengths [B], noise or None."""
         batch = batch.to(self.device)
@@ -95,96 +268,26 @@ class Separation(sb.Brain):
         )
         return fit_length(est_sources, mixture.shape[1])
 
-    def separate_each(self, mixture, lengths):
+    def separate_each(self, mixture, lengths, shifts=1, consistency=False):
         """`separate` one utterance at a time on its true length, re-padded with zeros.
 
         For testing: the global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would
         otherwise take the padding into account, and the scores would depend on the batch size. With
-        `test_shifts` > 1, each utterance's estimates are averaged over that many sub-hop delays
-        (`speechsep.inference.separate_shifted`), as `separate.py --shifts` does, and with
-        `test_mixture_consistency` they are made to sum to the mixture, as `separate.py --mixture-consistency`.
+        `shifts` > 1, each utterance's estimates are averaged over that many sub-hop delays
+        (`speechsep.inference.separation.separate_shifted`), as `separate.py --shifts` does, and with
+        `consistency` they are made to sum to the mixture, as `separate.py --mixture-consistency`.
         """
-        hp = self.hparams
         est_sources = []
         for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
             utterance = mixture[b : b + 1, :num_samples]
-            est = separate_shifted(self.separate, utterance, hp.test_shifts, encoder_hop(self.modules.encoder))
-            est_sources.append(mixture_consistency(est, utterance) if hp.test_mixture_consistency else est)
+            est = separate_shifted(self.separate, utterance, shifts, encoder_hop(self.modules.encoder))
+            est_sources.append(mixture_consistency(est, utterance) if consistency else est)
         padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
         for b, est in enumerate(est_sources):
             padded[b, : est.shape[1]] = est[0]
         return padded
 
-    def compute_forward(self, batch, stage):
-        """Returns (est_sources, sources, mixture, lengths); at TRAIN the augmented signals.
-
-        TEST separates each utterance on its own, so that padding never changes a reported score. VALID stays
-        batched: its loss only ranks checkpoints and drives the schedule, padding shifts it by a few tenths of
-        a dB at most, and one forward per utterance made the demo's validation passes about 3x slower.
-        """
-        mixture, sources, lengths, noise = self.batch_signals(batch)
-        if stage == sb.Stage.TRAIN:
-            mixture, sources, lengths = self.augment(mixture, sources, lengths, noise)
-        if stage == sb.Stage.TEST:
-            return self.separate_each(mixture, lengths), sources, mixture, lengths
-        return self.separate(mixture), sources, mixture, lengths
-
-    def compute_objectives(self, predictions, batch, stage):
-        """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]."""
-        est_sources, sources, _, lengths = predictions
-        return pit_si_snr_loss(est_sources, sources, lengths)
-
-    # ---------------------------------------------------------------- training step
-    def fit_batch(self, batch):
-        """One training step with threshold-by-loss filtering and skipping of unusable batches."""
-        hp = self.hparams
-        should_step = self.step % self.grad_accumulation_factor == 0
-        with self.no_sync(not should_step):
-            with self.training_ctx:
-                predictions = self.compute_forward(batch, sb.Stage.TRAIN)
-            loss_per_example = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
-            loss, skip_reason = self.filter_loss(loss_per_example)
-            # Every rank must take the same decisions: one rank skipping a backward would hang the others'
-            # gradient all-reduce, and a preemption checkpoint is a collective save.
-            skip_elsewhere, stop = any_rank(skip_reason is not None, self.stop_requested)
-            if skip_elsewhere and skip_reason is None:
-                skip_reason = "skipped on another process"
-            if skip_reason is None:
-                self.scaler.scale(loss / self.grad_accumulation_factor).backward()
-                self.pending_backwards += 1
-
-        if skip_reason is not None:
-            self.nonfinite_count += 1
-            logger.info(f"Skipping batch ({skip_reason}); {self.nonfinite_count} skipped so far this epoch")
-        if should_step:
-            if self.pending_backwards > 0:
-                if hp.clip_grad_norm > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.modules.parameters(), hp.clip_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer_step += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            self.pending_backwards = 0
-
-        if stop:
-            self.stop_at_checkpoint()
-        if skip_reason is not None:
-            return torch.tensor(0.0)
-        loss = loss.detach().cpu()
-        self.train_loss_sum += float(loss)
-        self.train_batches += 1
-        return loss
-
-    def stop_at_checkpoint(self):
-        """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and exit cleanly.
-
-        The rerun of the same command resumes at the next batch of this epoch.
-        """
-        self._save_intra_epoch_ckpt()
-        logger.info(f"Stop requested: saved a checkpoint at epoch step {self.step}; exiting")
-        raise SystemExit(0)
-
+    # ---------------------------------------------------------------- training helpers
     def filter_loss(self, loss_per_example):
         """Apply threshold-by-loss; return (mean loss, None) or (None, why the batch must be skipped).
 
@@ -194,8 +297,8 @@ class Separation(sb.Brain):
         """
         hp = self.hparams
         keep = loss_per_example > hp.threshold if hp.threshold_byloss else torch.ones_like(loss_per_example, dtype=torch.bool)
-        self.examples_seen += loss_per_example.numel()
-        self.examples_filtered += int((~keep).sum())
+        self.epoch_stats.examples_seen += loss_per_example.numel()
+        self.epoch_stats.examples_filtered += int((~keep).sum())
         loss = loss_per_example[keep].mean() if keep.any() else None
         if not torch.isfinite(loss_per_example).all():
             return None, "non-finite loss"
@@ -205,37 +308,34 @@ class Separation(sb.Brain):
             return None, f"loss {loss.detach().item():.3g} >= loss_upper_lim {hp.loss_upper_lim}"
         return loss, None
 
-    # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate_batch(self, batch, stage):
-        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass."""
-        with self.evaluation_ctx:
-            predictions = self.compute_forward(batch, stage)
-        loss = self.compute_objectives(predictions, batch, stage)
-        self.eval_rows.extend({"snt_id": snt_id, "loss": float(value)} for snt_id, value in zip(batch.id, loss))
-        if stage == sb.Stage.TEST:
-            est_sources, sources, mixture, lengths = predictions
-            rows = metrics.separation_metrics(
-                mixture, sources, est_sources.float(), lengths, snt_ids=batch.id,
-                compute_stoi=self.hparams.compute_stoi, sample_rate=self.hparams.sample_rate,
-                sdr_permutation=self.hparams.sdr_permutation,
-            )
-            perms = [row.pop("perm") for row in rows]
-            self.test_rows.extend(rows)
-            if self.hparams.save_audio and if_main_process():
-                self.save_audio(batch.id, mixture, sources, est_sources, lengths, perms)
-        return loss.mean().detach().cpu()
+    def stop_at_checkpoint(self):
+        """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and stop the run (main exits 0).
 
-    def save_audio(self, ids, mixture, sources, est_sources, lengths, perms):
-        """Write mixture, references and permutation-aligned estimates until `n_audio_to_save` examples."""
+        The rerun of the same command resumes at the next batch of this epoch.
+        """
+        self._save_intra_epoch_ckpt()
+        raise StopRequested(f"saved a checkpoint at epoch step {self.step}")
+
+    # ---------------------------------------------------------------- test helpers
+    def score(self, predictions, est_sources, snt_ids):
+        """The test metrics of one set of estimates, one row per utterance."""
+        return metrics.separation_metrics(
+            predictions.mixture, predictions.sources, est_sources.float(), predictions.lengths, snt_ids=snt_ids,
+            compute_stoi=self.hparams.compute_stoi, sample_rate=self.hparams.sample_rate,
+            sdr_permutation=self.hparams.sdr_permutation,
+        )
+
+    def save_audio(self, ids, predictions, perms):
+        """Write mixture, references and permutation-aligned plain-pass estimates until `n_audio_to_save`."""
+        mixture, sources, est_sources, lengths = (
+            predictions.mixture, predictions.sources, predictions.est_sources, predictions.lengths
+        )
         limit = self.hparams.n_audio_to_save
         audio_dir = Path(self.hparams.results_folder) / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
-        time = mixture.shape[1]
-        for b, snt_id in enumerate(ids):
+        for b, (snt_id, length) in enumerate(zip(ids, true_lengths(lengths, mixture.shape[1]).tolist())):
             if limit is not None and self.audio_saved >= limit:
                 return
-            length = int(round(float(lengths[b]) * time))
             signals = {"mix": mixture[b, :length]}
             for k in range(sources.shape[-1]):
                 signals[f"source{k + 1}"] = sources[b, :length, k]
@@ -244,87 +344,9 @@ class Separation(sb.Brain):
                 waveform = waveform.float().cpu()
                 peak = waveform.abs().max()
                 if peak > 0:  # estimates have an arbitrary scale; silent signals are written as silence
-                    waveform = waveform / peak * 0.9
-                write_audio(audio_dir / f"{snt_id}_{name}.wav", waveform, self.hparams.sample_rate)
+                    waveform = waveform / peak * PEAK_LIMIT
+                write_pcm16(audio_dir / f"{snt_id}_{name}.wav", waveform, self.hparams.sample_rate)
             self.audio_saved += 1
-
-    # ---------------------------------------------------------------- stage hooks
-    def on_stage_start(self, stage, epoch=None):
-        """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
-        self.eval_rows, self.test_rows = [], []
-        self.audio_saved = 0
-        if stage == sb.Stage.TRAIN and self.step == 0:
-            self.train_loss_sum, self.train_batches = 0.0, 0
-            self.examples_seen, self.examples_filtered = 0, 0
-        elif stage == sb.Stage.TRAIN:
-            logger.info(f"Resuming epoch {epoch} after batch {self.step}")
-        self.pending_backwards = 0
-        if stage == sb.Stage.TRAIN and hasattr(self.train_dataset, "set_epoch"):
-            self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
-
-    def make_dataloader(self, dataset, stage, **loader_kwargs):
-        """Remember the training dataset: it is told the epoch before each epoch's workers start."""
-        if stage == sb.Stage.TRAIN:
-            self.train_dataset = dataset
-        return super().make_dataloader(dataset, stage, **loader_kwargs)
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results.
-
-        VALID and TEST statistics are means over examples gathered from every rank, not the Brain's
-        running mean of batch means (which weighs a short last batch like a full one).
-        """
-        if stage == sb.Stage.TRAIN:
-            loss_sum, batches, skipped, filtered, seen = sum_over_ranks(
-                self.train_loss_sum, self.train_batches, self.nonfinite_count, self.examples_filtered, self.examples_seen
-            )
-            self.train_stats = {
-                "si-snr": -loss_sum / max(batches, 1),
-                "skipped_batches": int(skipped),
-                "filtered_examples": round(filtered / max(seen, 1), 4),
-            }
-            return
-
-        rows = gather_rows(self.eval_rows)
-        mean_loss = sum(row["loss"] for row in rows) / max(len(rows), 1)
-        stats = {"si-snr": -mean_loss, "examples": len(rows)}
-        if stage == sb.Stage.VALID:
-            lr = self.optimizer.param_groups[0]["lr"]
-            step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss)
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
-            )
-            if any_rank(self.stop_requested)[0]:
-                logger.info(f"Stop requested: epoch {epoch} is checkpointed; exiting")
-                raise SystemExit(0)
-        else:
-            test_rows = gather_rows(self.test_rows)
-            if if_main_process():
-                metrics.write_test_results(test_rows, Path(self.hparams.results_folder) / "test_results.csv")
-            means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, MAIN_METRICS).items()}
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=means
-            )
-
-    # ---------------------------------------------------------------- checkpointing of the counters above
-    CHECKPOINTED_COUNTERS = ("train_loss_sum", "train_batches", "examples_seen", "examples_filtered")
-
-    @sb.utils.checkpoints.mark_as_saver
-    def _save(self, path):
-        """The Brain's position (step, optimizer step) plus this epoch's statistics, for intra-epoch resume."""
-        state = {"step": self.step, "avg_train_loss": self.avg_train_loss, "optimizer_step": self.optimizer_step}
-        state.update({key: getattr(self, key, 0) for key in self.CHECKPOINTED_COUNTERS})
-        Path(path).write_text(yaml.safe_dump(state))
-
-    @sb.utils.checkpoints.mark_as_loader
-    def _recover(self, path, end_of_epoch):
-        super()._recover(path, end_of_epoch)
-        state = yaml.safe_load(Path(path).read_text())
-        for key in self.CHECKPOINTED_COUNTERS:
-            setattr(self, key, state.get(key, 0))
 
 
 def training_dataset(hparams):
@@ -429,6 +451,7 @@ def prepare_experiment(argv):
         check_same_experiment(values, record, test_only)
 
     hparams = load_hparams(hparams_file, overrides)
+    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
     hop = encoder_hop(hparams["modules"]["encoder"])
     if hparams["test_shifts"] > hop:
         raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")
@@ -519,13 +542,17 @@ def main(argv):
                 "(to score another run's or a published model: --pretrained_separator=<folder>)"
             )
     else:
-        separator.fit(
-            separator.hparams.epoch_counter,
-            train_data,
-            valid_data,
-            train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
-            valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
-        )
+        try:
+            separator.fit(
+                separator.hparams.epoch_counter,
+                train_data,
+                valid_data,
+                train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
+                valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
+            )
+        except StopRequested as stop:  # the rerun of the same command resumes from that checkpoint
+            logger.info(f"Stop requested: {stop}; exiting")
+            sys.exit(0)
         if separator.optimizer_step == 0:  # an untrained model must not be reported as a result
             sys.exit(
                 f"error: training made no optimizer step: every batch was skipped ({separator.nonfinite_count} "

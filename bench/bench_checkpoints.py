@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 from speechbrain.utils.epoch_loop import EpochCounter  # noqa: E402
 
-from speechsep.checkpoints import RobustCheckpointer  # noqa: E402
+from speechsep.training.checkpoints import RobustCheckpointer  # noqa: E402
 
 
 def _recoverables(num_params: int) -> dict:

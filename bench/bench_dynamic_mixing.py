@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speechsep.dynamic_mixing import AudioIndex, DynamicMixingDataset, SourcePool  # noqa: E402
+from speechsep.data.dynamic_mixing import AudioIndex, DynamicMixingDataset, SourcePool  # noqa: E402
 
 SAMPLE_RATE = 8000
 SEGMENT_LEN = 4 * SAMPLE_RATE
@@ -58,7 +58,7 @@ def data_wait_share(pool_folder: Path, steps: int) -> tuple[float, float, int]:
     import speechbrain as sb
     from speechbrain.dataio.batch import PaddedBatch
 
-    from speechsep.config import load_hparams
+    from speechsep.training.config import load_hparams
     from train import Separation, training_dataset
 
     root = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 Upstream evaluates the test set twice, batch size 1: `evaluate` (forward + SI-SNR loss), then
 `save_results` (forward again, then per utterance two mir_eval `bss_eval_sources` calls and PIT SI-SNR
 twice). The recipe's TEST stage runs one forward per utterance (on its true length, so padding never
-changes a score) and scores the whole batch with one `speechsep.metrics.separation_metrics` call. Both with the demo model (`hparams/demo.yaml`, random weights:
+changes a score) and scores the whole batch with one `speechsep.evaluation.metrics.separation_metrics` call. Both with the demo model (`hparams/demo.yaml`, random weights:
 the scoring cost does not depend on the quality) on 4 s, 8 kHz speech-like mixtures.
 
     python -m bench.bench_evaluation --quick
@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_metrics import upstream_scores  # noqa: E402
-from speechsep.config import load_hparams  # noqa: E402
-from speechsep.losses import pit_si_snr_loss  # noqa: E402
-from speechsep.metrics import separation_metrics  # noqa: E402
+from speechsep.training.config import load_hparams  # noqa: E402
+from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
+from speechsep.evaluation.metrics import separation_metrics  # noqa: E402
 from speechsep.synthetic_speech import speech_like_mixture  # noqa: E402
 from train import Separation  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Speed of SpeechBrain's learned encoder/decoder (Conv1d / ConvTranspose1d) vs speechsep.filterbank's
+"""Speed of SpeechBrain's learned encoder/decoder (Conv1d / ConvTranspose1d) vs speechsep.models.filterbank's
 (the same modules computed as matrix products), alone and inside the demo's training step.
 
     python -m bench.bench_filterbank            # prints a markdown section for bench/RESULTS.md
@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 from speechbrain.lobes.models import dual_path
 
-from speechsep import filterbank
-from speechsep.config import load_hparams
-from speechsep.losses import pit_si_snr_loss
+from speechsep.models import filterbank
+from speechsep.training.config import load_hparams
+from speechsep.training.losses import pit_si_snr_loss
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
@@ -24,7 +24,7 @@ NUM_SPKS = 2
 SIZES = [("recipes (N=256, 2 ms windows)", 256, 16, 1, 4.0), ("demo (N=256, 8 ms windows)", 256, 64, 8, 1.0)]
 IMPLEMENTATIONS = {
     "SpeechBrain": (dual_path.Encoder, dual_path.Decoder),
-    "speechsep.filterbank": (filterbank.Encoder, filterbank.Decoder),
+    "speechsep.models.filterbank": (filterbank.Encoder, filterbank.Decoder),
 }
 
 
@@ -89,14 +89,14 @@ def demo_training_step(implementation: str, quick: bool) -> Callable:
 def run(quick: bool = False) -> str:
     warmup, repeats = (1, 1) if quick else (5, 30)
     lines = [
-        "## Encoder / decoder: SpeechBrain's vs speechsep.filterbank",
+        "## Encoder / decoder: SpeechBrain's vs speechsep.models.filterbank",
         "",
         f"CPU, {torch.get_num_threads()} threads, fp32, median of {repeats} repeats after {warmup} warm-up. "
         "*Decoder alone* = one decoder call and its backward; "
         "*filterbank* = encoder, one decoder call per speaker (2) and their backward, with random masks; "
         "*demo step* = the whole training step of `hparams/demo.yaml` (forward, PIT SI-SNR, backward, Adam).",
         "",
-        "| what | SpeechBrain (ms) | speechsep.filterbank (ms) | speed-up |",
+        "| what | SpeechBrain (ms) | speechsep.models.filterbank (ms) | speed-up |",
         "|---|---:|---:|---:|",
     ]
     rows = [

@@ -46,8 +46,8 @@ def write_model(folder: Path, overrides: dict, seed: int = 0, config: str = "con
     import torch
     from hyperpyyaml import load_hyperpyyaml
 
-    from speechsep.config import resolved_yaml
-    from speechsep.model_folder import MODULE_NAMES, inference_config
+    from speechsep.training.config import resolved_yaml
+    from speechsep.inference.model_folder import MODULE_NAMES, inference_config
 
     values = {"data_folder": str(folder), "output_folder": str(folder), "num_spks": NUM_SPKS, **overrides}
     text = resolved_yaml(REPO_ROOT / "hparams" / config, "\n".join(f"{k}: {v}" for k, v in values.items()))
@@ -85,8 +85,8 @@ def _current_rss_mib() -> float:
 
 def worker(model_dir: str, input_path: str, output_dir: str, batch_size: int, device: str) -> dict:
     """One case, in this (fresh) process: load the model, separate the file, report time and memory."""
-    from speechsep.inference import FileSeparator, SeparationOptions
-    from speechsep.model_folder import load_separator
+    from speechsep.inference.files import FileSeparator, SeparationOptions
+    from speechsep.inference.model_folder import load_separator
 
     options = SeparationOptions(batch_size=batch_size, progress=False)
     separator = FileSeparator(load_separator(model_dir, device=device), options)

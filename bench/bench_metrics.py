@@ -1,4 +1,4 @@
-"""Scoring time per utterance: speechsep.metrics vs the mir_eval scoring of upstream SpeechBrain.
+"""Scoring time per utterance: speechsep.evaluation.metrics vs the mir_eval scoring of upstream SpeechBrain.
 
 Metrics only, no model: 4 s, 8 kHz utterances separated by a perturbed ratio mask
 (`speechsep.synthetic_speech`), 2 and 3 speakers. Upstream's WSJ0Mix recipe scores each
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
-from speechsep.metrics import SDR_PERMUTATIONS, pit_sdr, separation_metrics
+from speechsep.evaluation.metrics import SDR_PERMUTATIONS, pit_sdr, separation_metrics
 from speechsep.synthetic_speech import mask_separation_example
 
 SAMPLE_RATE = 8000
@@ -135,7 +135,7 @@ def trained_model_agreement(run_dir: Path = DEMO_RUN, limit: int | None = None) 
     import pandas as pd
     import soundfile as sf
 
-    from speechsep.model_folder import load_separator
+    from speechsep.inference.model_folder import load_separator
 
     title = "### Agreement with mir_eval on a trained model's outputs"
     summary_path = run_dir / "demo_summary.json"
@@ -165,7 +165,7 @@ def trained_model_agreement(run_dir: Path = DEMO_RUN, limit: int | None = None) 
         title,
         "",
         f"The trained demo model (`{run_dir.name}`) separates the {len(manifest)} test mixtures of its corpus; "
-        f"per-source SDR of `speechsep.metrics.pit_sdr` vs `mir_eval.separation.bss_eval_sources` (mean mir_eval "
+        f"per-source SDR of `speechsep.evaluation.metrics.pit_sdr` vs `mir_eval.separation.bss_eval_sources` (mean mir_eval "
         f"SDR {np.mean(mir_eval_sdrs):.2f} dB).",
         "",
         "| SDR permutation | max abs difference (dB) | median abs difference (dB) | mixtures where the speaker order differs |",
@@ -184,7 +184,7 @@ def run(quick: bool = False) -> str:
     lines = [
         "## Metrics: scoring time per utterance",
         "",
-        f"`speechsep.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi in one call) vs one "
+        f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi in one call) vs one "
         f"`mir_eval.separation.bss_eval_sources` call (SDR of the estimates only) and vs upstream SpeechBrain's "
         f"per-utterance scoring (2 mir_eval calls + 2 PIT SI-SNR: the same four numbers), on {count} "
         f"mask-separated {NUM_SAMPLES // SAMPLE_RATE} s {SAMPLE_RATE // 1000} kHz utterances; medians after "

@@ -34,8 +34,8 @@ from speechbrain.lobes.models.dual_path import (
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 from torch import nn
 
-from speechsep.conv_tasnet import MaskNet
-from speechsep.transformer import FastSBTransformerBlock
+from speechsep.models.conv_tasnet import MaskNet
+from speechsep.models.transformer import FastSBTransformerBlock
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2

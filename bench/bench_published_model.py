@@ -124,7 +124,7 @@ def run(quick: bool = False, device: str | None = None) -> str:
         f"{MODEL}: a folder in the layout SpeechBrain publishes (random weights), given to `separate.py --model` "
         f"as it is. One {SAMPLE_RATE} Hz two-speaker recording per row on {where}, default 8 s windows and 4 s "
         "hop, one window per forward pass, fused attention and matrix-product filterbank swapped in at load time. "
-        "RTF = separation time / audio duration; RSS as in the section above"
+        "RTF = separation time / audio duration; RSS as in \"Separating long recordings (separate.py)\""
         + (" (--quick: short inputs, a smoke test)." if quick else "."),
         "",
         f"| input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB |",

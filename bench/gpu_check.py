@@ -23,7 +23,7 @@ What is measured, most wanted first, so that a short budget still answers the ma
 2. A 20-step `train.py` run on a small generated tree in fp16 and in bf16: exit status, skipped batches,
    GradScaler overflows, NaN in the log.
 3. The same training steps for Conv-TasNet (SpeechBrain's mask network vs ours).
-4. Test-set scoring throughput (`speechsep.metrics.separation_metrics`) on the device vs on the CPU.
+4. Test-set scoring throughput (`speechsep.evaluation.metrics.separation_metrics`) on the device vs on the CPU.
 5. `separate.py`'s real-time factor on a 10-minute input at recipe size.
 
 Every measurement runs in a child process (one per model for the training steps, with
@@ -71,7 +71,7 @@ NA_ON_CPU = "n/a on CPU"
 GOAL_VS_SPEECHBRAIN, GOAL_VS_UPSTREAM = 1.5, 2.0
 # Conv-TasNet's mask network in our layout, as the same network as SpeechBrain's (PReLU, reflection padding).
 OUR_CONVTASNET_MASKNET = (
-    "!new:speechsep.conv_tasnet.MaskNet {N: !ref <N_encoder_out>, B: !ref <B>, H: !ref <H>, P: !ref <P>, "
+    "!new:speechsep.models.conv_tasnet.MaskNet {N: !ref <N_encoder_out>, B: !ref <B>, H: !ref <H>, P: !ref <P>, "
     "X: !ref <X>, R: !ref <R>, C: !ref <num_spks>, activation: prelu, padding: reflect}"
 )
 
@@ -183,7 +183,7 @@ def recipe_step(case: StepCase, settings: Settings, workdir: Path):
     """A `Separation` brain as train.py builds it, and a step that calls its `fit_batch`."""
     import speechbrain as sb
 
-    from speechsep.config import load_hparams
+    from speechsep.training.config import load_hparams
     from train import Separation
 
     values = {
@@ -329,7 +329,7 @@ def scoring_worker(spec: dict) -> None:
     """Milliseconds per utterance of the test-set metrics on the CPU and on the device, batch 1 and batched."""
     import torch
 
-    from speechsep.metrics import separation_metrics
+    from speechsep.evaluation.metrics import separation_metrics
     from speechsep.synthetic_speech import mask_separation_example
 
     count = spec["utterances"]
@@ -616,7 +616,7 @@ def scoring_section(settings: Settings, deadline: float) -> str:
     return "\n".join([
         "## Test-set scoring throughput",
         "",
-        f"`speechsep.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi) on {count} mask-separated 4 s "
+        f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi) on {count} mask-separated 4 s "
         f"{SAMPLE_RATE} Hz two-speaker utterances, one call per batch, after a warm-up call; the test stage scores "
         "batch 1.",
         "",

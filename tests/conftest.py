@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from speechsep.config import load_hparams
+from speechsep.training.config import load_hparams
 from tests.corpus_trees import speechlike
 
 REPO = Path(__file__).resolve().parents[1]

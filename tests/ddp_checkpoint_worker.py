@@ -15,7 +15,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from speechbrain.utils.epoch_loop import EpochCounter  # noqa: E402
 
-from speechsep.checkpoints import RobustCheckpointer  # noqa: E402
+from speechsep.training.checkpoints import RobustCheckpointer  # noqa: E402
 
 
 def main(checkpoints_dir: str, output_dir: str) -> None:

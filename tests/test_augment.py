@@ -2,7 +2,7 @@
 
 import torch
 
-from speechsep.augment import perturb_sources
+from speechsep.data.augment import perturb_sources
 from tests.conftest import make_batch, make_brain
 
 

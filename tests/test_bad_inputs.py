@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 
 from prepare_data import DataPreparationError, prepare_data
-from speechsep.dataio import separation_dataset
+from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
-from speechsep.losses import pit_si_snr_loss
+from speechsep.training.losses import pit_si_snr_loss
 from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
 

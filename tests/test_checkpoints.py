@@ -12,7 +12,7 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from speechsep.checkpoints import CheckpointWriteError, RobustCheckpointer
+from speechsep.training.checkpoints import CheckpointWriteError, RobustCheckpointer
 from tests.conftest import REPO
 
 
@@ -154,7 +154,7 @@ def test_save_interrupted_midway_leaves_no_checkpoint_and_no_partial_folder(two_
 KILLED_SAVE = textwrap.dedent(
     """
     import os, signal, sys, torch
-    from speechsep.checkpoints import RobustCheckpointer
+    from speechsep.training.checkpoints import RobustCheckpointer
 
     model = torch.nn.Linear(4, 3)
     torch.nn.init.constant_(model.weight, 1.0)

@@ -1,12 +1,15 @@
-"""The four recipe configs: upstream defaults, overrides, and the config loader's rules."""
+"""The recipe configs: stock HyperPyYAML, upstream defaults, overrides, and the config loader's rules."""
 
 import pytest
+import ruamel.yaml
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
 
-from speechsep.config import ConfigError, load_hparams, resolved_yaml
-from speechsep.conv_tasnet import MaskNet
-from speechsep.transformer import FastSBTransformerBlock
+from speechsep.models.conv_tasnet import MaskNet
+from speechsep.models.speedups import speed_up
+from speechsep.models.transformer import SDPAMultiheadAttention
+from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
 from tests.conftest import REPO
 
 CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml"]
@@ -26,19 +29,76 @@ def test_every_config_has_upstream_training_defaults(config):
     assert set(hp["modules"]) == {"encoder", "masknet", "decoder"}
 
 
-def test_sepformer_has_the_paper_sizes_and_the_fast_block():
-    masknet = load("sepformer.yaml")["MaskNet"]
+ALL_CONFIGS = sorted(path.name for path in (REPO / "hparams").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS)
+def test_every_config_loads_with_stock_hyperpyyaml_and_builds_its_modules(config, tmp_path):
+    with open(REPO / "hparams" / config) as stream:
+        hp = load_hyperpyyaml(stream, {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "out")})
+    assert set(hp["modules"]) == {"encoder", "masknet", "decoder"}
+    assert all(isinstance(module, torch.nn.Module) for module in hp["modules"].values())
+    mixture = torch.randn(1, 800)
+    with torch.no_grad():
+        masks = hp["modules"]["masknet"](hp["modules"]["encoder"](mixture))
+    assert masks.shape[:2] == (hp["num_spks"], 1)
+
+
+# Keys a config may set differently from sepformer.yaml; every other key is the same in all configs, so that
+# fixing the recipe in one file and not in the others fails here.
+OWN_KEYS = {
+    "sepformer.yaml": set(),
+    "sepformer-libri2mix.yaml": {"experiment_name", "dm_level_scheme"},
+    "convtasnet.yaml": {"experiment_name", "MaskNet", "B", "H", "P", "X", "R"},
+    "convtasnet-libri2mix.yaml": {"experiment_name", "dm_level_scheme", "MaskNet", "B", "H", "P", "X", "R"},
+    "demo.yaml": {
+        "experiment_name", "output_folder", "dm_level_scheme", "MaskNet", "B", "H", "P", "X", "R", "kernel_size",
+        "N_epochs", "batch_size", "lr", "training_signal_len", "num_workers", "use_speedperturb", "precision",
+        "test_shifts", "test_mixture_consistency", "dynamic_mixing", "base_folder_dm", "dm_epoch_len",
+        "lr_scheduler",
+    },
+}
+SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size", "fast_attention"}
+
+
+@pytest.mark.parametrize("config", sorted(OWN_KEYS))
+def test_configs_share_every_recipe_key_but_their_own(config):
+    assert set(OWN_KEYS) == set(ALL_CONFIGS)
+    sepformer, other = (as_text(name) for name in ("sepformer.yaml", config))
+    shared = (set(sepformer) | set(other)) - OWN_KEYS[config] - (SEPFORMER_ONLY if "sepformer" not in config else set())
+    assert {key for key in shared if sepformer.get(key) != other.get(key)} == set()
+
+
+def as_text(config: str) -> dict[str, str]:
+    """Each top-level key of a config with its value as YAML text (tags included, comments not)."""
+    yaml = ruamel.yaml.YAML()
+    document = yaml.load((REPO / "hparams" / config).read_text())
+    texts = {}
+    for key, value in document.items():
+        stream = ruamel.yaml.compat.StringIO()
+        yaml.dump({key: value}, stream)
+        texts[key] = "\n".join(line.split(" #")[0].rstrip() for line in stream.getvalue().splitlines()
+                                if line.strip() and not line.strip().startswith("#"))
+    return texts
+
+
+def test_sepformer_has_the_paper_sizes_and_trains_with_the_fused_attention():
+    hp = load("sepformer.yaml")
+    masknet = hp["MaskNet"]
     assert len(masknet.dual_mdl) == 2 and masknet.K == 250
     intra = masknet.dual_mdl[0].intra_mdl
-    assert type(intra) is FastSBTransformerBlock and len(intra.mdl.layers) == 8
+    assert type(intra) is SBTransformerBlock and len(intra.mdl.layers) == 8  # SpeechBrain's class in the config
     layer = intra.mdl.layers[0]
     assert layer.pos_ffn.ffn[0].out_features == 1024 and layer.self_att.att.num_heads == 8
+    speed_up(hp["modules"], fast_attention=hp["fast_attention"])  # what train.py does once it is built
+    assert type(layer.self_att) is SDPAMultiheadAttention
 
 
-def test_one_key_switches_back_to_speechbrains_block():
-    masknet = load("sepformer-libri2mix.yaml", fast_attention=False)["MaskNet"]
-    assert type(masknet.dual_mdl[0].intra_mdl) is SBTransformerBlock
-    assert type(masknet.dual_mdl[0].inter_mdl) is SBTransformerBlock
+def test_one_key_keeps_speechbrains_attention():
+    hp = load("sepformer-libri2mix.yaml", fast_attention=False)
+    speed_up(hp["modules"], fast_attention=hp["fast_attention"])
+    layers = [*hp["MaskNet"].dual_mdl[0].intra_mdl.mdl.layers, *hp["MaskNet"].dual_mdl[0].inter_mdl.mdl.layers]
+    assert not any(isinstance(layer.self_att, SDPAMultiheadAttention) for layer in layers)
 
 
 def test_convtasnet_has_the_paper_sizes():

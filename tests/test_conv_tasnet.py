@@ -1,11 +1,11 @@
-"""speechsep.conv_tasnet.MaskNet: SpeechBrain's Conv-TasNet mask network, channels-first."""
+"""speechsep.models.conv_tasnet.MaskNet: SpeechBrain's Conv-TasNet mask network, channels-first."""
 
 import pytest
 import torch
 from torch import nn
 from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
 
-from speechsep.conv_tasnet import MaskNet, depthwise_conv, from_speechbrain
+from speechsep.models.conv_tasnet import MaskNet, depthwise_conv, from_speechbrain
 
 SIZES = dict(N=16, B=8, H=12, P=3, X=3, R=2, C=2)
 

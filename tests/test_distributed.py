@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from speechsep.losses import pit_si_snr_loss
+from speechsep.training.losses import pit_si_snr_loss
 from tests.conftest import REPO, TINY_CONVTASNET, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
 

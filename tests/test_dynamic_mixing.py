@@ -1,4 +1,4 @@
-"""Specification of dynamic mixing (speechsep.dynamic_mixing), on tiny numpy-made pools."""
+"""Specification of dynamic mixing (speechsep.data.dynamic_mixing), on tiny numpy-made pools."""
 
 from pathlib import Path
 
@@ -12,8 +12,8 @@ import torch.multiprocessing
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from speechsep import dynamic_mixing
-from speechsep.dynamic_mixing import (
+from speechsep.data import dynamic_mixing
+from speechsep.data.dynamic_mixing import (
     AudioIndex,
     DynamicMixingDataset,
     LibriMixLevels,

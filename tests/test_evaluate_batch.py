@@ -92,8 +92,9 @@ def test_test_scores_do_not_depend_on_the_batch_size(tmp_path, config):
             assert batched[row["snt_id"]][key] == pytest.approx(row[key], abs=0.01), key
 
 
-def test_test_shifts_average_over_delayed_copies_of_each_utterance(tmp_path):
-    """test_shifts=2: each utterance is separated as it is and delayed by half an encoder hop, on its own length."""
+def test_test_shifts_are_scored_beside_the_plain_pass_never_instead(tmp_path):
+    """test_shifts=2: each utterance is separated as it is (the headline scores), then as it is and delayed by
+    half an encoder hop, on its own length (the `with_test_options_` columns)."""
     brain = make_brain(tmp_path, save_audio=False, test_shifts=2)
     separated_lengths = []
     separate = brain.separate
@@ -101,14 +102,16 @@ def test_test_shifts_average_over_delayed_copies_of_each_utterance(tmp_path):
     hop = brain.hparams.kernel_size // 2
     start(brain, sb.Stage.TEST)
     brain.evaluate_batch(make_batch(batch_size=2, lengths=[4000, 3000]), sb.Stage.TEST)
-    assert separated_lengths == [4000, 4000 + hop // 2, 3000, 3000 + hop // 2]
-    shifted_scores = [row["si-snr"] for row in brain.test_rows]
+    assert separated_lengths == [4000, 3000, 4000, 4000 + hop // 2, 3000, 3000 + hop // 2]
+    plain = [row["si-snr"] for row in brain.test_rows]
+    shifted = [row["with_test_options_si-snr"] for row in brain.test_rows]
 
     brain.hparams.test_shifts = 1
     start(brain, sb.Stage.TEST)
     brain.evaluate_batch(make_batch(batch_size=2, lengths=[4000, 3000]), sb.Stage.TEST)
-    assert all(np.isfinite(shifted_scores))
-    assert [row["si-snr"] for row in brain.test_rows] != shifted_scores
+    assert [row["si-snr"] for row in brain.test_rows] == plain
+    assert "with_test_options_si-snr" not in brain.test_rows[0]
+    assert all(np.isfinite(shifted)) and shifted != plain
 
 
 def test_test_mixture_consistency_makes_each_utterances_estimates_sum_to_it(tmp_path):
@@ -117,7 +120,9 @@ def test_test_mixture_consistency_makes_each_utterances_estimates_sum_to_it(tmp_
     start(brain, sb.Stage.TEST)
     for consistent in (False, True):
         brain.hparams.test_mixture_consistency = consistent
-        est_sources, _, mixture, _ = brain.compute_forward(batch, sb.Stage.TEST)
+        predictions = brain.compute_forward(batch, sb.Stage.TEST)
+        mixture = predictions.mixture
+        est_sources = predictions.est_sources_with_options if consistent else predictions.est_sources
         for b, length in enumerate([4000, 3000]):
             residual = (mixture[b, :length] - est_sources[b, :length].sum(-1)).norm() / mixture[b, :length].norm()
             assert (residual < 1e-5) if consistent else (residual > 0.01), (consistent, b, float(residual))

@@ -1,10 +1,10 @@
-"""speechsep.filterbank: SpeechBrain's encoder and decoder computed as matrix products."""
+"""speechsep.models.filterbank: SpeechBrain's encoder and decoder computed as matrix products."""
 
 import pytest
 import torch
 from speechbrain.lobes.models import dual_path
 
-from speechsep.filterbank import Decoder, Encoder, use_fast_filterbank
+from speechsep.models.filterbank import Decoder, Encoder, use_fast_filterbank
 
 
 def pair(ours_class, speechbrain_class, **kwargs):

@@ -6,7 +6,7 @@ import pytest
 import speechbrain as sb
 import torch
 
-from speechsep.losses import pit_si_snr_loss
+from speechsep.training.losses import pit_si_snr_loss
 from tests.conftest import make_batch, make_brain, parameters_of
 
 SGD = "!name:torch.optim.SGD {lr: 0.1}"
@@ -39,7 +39,8 @@ def test_threshold_keeps_exactly_the_examples_above_it(tmp_path):
     loss = brain.fit_batch(batch)
 
     sub_batch = make_batch(batch_size=4)
-    est_sources, sources, _, lengths = reference.compute_forward(sub_batch, sb.Stage.TRAIN)
+    predictions = reference.compute_forward(sub_batch, sb.Stage.TRAIN)
+    est_sources, sources, lengths = predictions.est_sources, predictions.sources, predictions.lengths
     expected = pit_si_snr_loss(est_sources, sources, lengths)[[1, 3]].mean()
     expected.backward()
     reference.optimizer.step()
@@ -47,7 +48,7 @@ def test_threshold_keeps_exactly_the_examples_above_it(tmp_path):
     assert float(loss) == pytest.approx(float(expected.detach()), rel=1e-5)
     for ours, theirs in zip(brain.modules.parameters(), reference.modules.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-    assert brain.examples_filtered == 2 and brain.examples_seen == 4
+    assert brain.epoch_stats.examples_filtered == 2 and brain.epoch_stats.examples_seen == 4
 
 
 def test_threshold_off_averages_every_example(tmp_path):

@@ -27,20 +27,18 @@ from speechbrain.inference.separation import SepformerSeparation
 
 import export
 import separate
-from speechsep.config import load_hparams, resolved_yaml
-from speechsep.inference import (
-    FileSeparator,
-    SeparationOptions,
+from speechsep.training.config import load_hparams, resolved_yaml
+from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs
+from speechsep.inference.separation import (
     crossfade,
-    expand_inputs,
     match_mixture_level,
     mixture_consistency,
     separate_long,
     separate_shifted,
     with_mixture_consistency,
 )
-from speechsep.metrics import pit_si_snr
-from speechsep.model_folder import ModelFolderError, find_model, load_separator
+from speechsep.evaluation.metrics import pit_si_snr
+from speechsep.inference.model_folder import ModelFolderError, find_model, load_separator
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 from tests.corpus_trees import make_wsj0mix, speechlike
 

@@ -1,10 +1,10 @@
-"""speechsep.losses: the training loss against SpeechBrain's, in float32 as it trains."""
+"""speechsep.training.losses: the training loss against SpeechBrain's, in float32 as it trains."""
 
 import pytest
 import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
-from speechsep.losses import pairwise_si_snr, pit_si_snr_loss
+from speechsep.training.losses import pairwise_si_snr, pit_si_snr_loss
 
 
 def estimates_at(noise_levels, time=4000, seed=0):

@@ -1,4 +1,4 @@
-"""speechsep.loudness.integrated_loudness against pyloudnorm, the reference it replaces in dynamic mixing."""
+"""speechsep.data.loudness.integrated_loudness against pyloudnorm, the reference it replaces in dynamic mixing."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyloudnorm
 import pytest
 
-from speechsep.loudness import integrated_loudness
+from speechsep.data.loudness import integrated_loudness
 
 
 def _signals(sample_rate: int, num_samples: int) -> dict[str, np.ndarray]:

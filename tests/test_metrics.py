@@ -1,4 +1,4 @@
-"""Tests of speechsep.metrics against the references it replaces (mir_eval, SpeechBrain's PIT SI-SNR)."""
+"""Tests of speechsep.evaluation.metrics against the references it replaces (mir_eval, SpeechBrain's PIT SI-SNR)."""
 
 import csv
 import json
@@ -10,9 +10,8 @@ import pytest
 import torch
 from speechbrain.nnet.losses import PitWrapper, cal_si_snr, get_si_snr_with_pitwrapper
 
-from speechsep import metrics
-from speechsep.metrics import (
-    best_permutation,
+from speechsep.evaluation import metrics
+from speechsep.evaluation.metrics import (
     pairwise_bss_eval,
     pairwise_sdr,
     pit_sdr,

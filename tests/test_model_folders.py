@@ -14,9 +14,10 @@ from speechbrain.inference.separation import SepformerSeparation
 
 import export
 import separate
-from speechsep import filterbank, transformer
-from speechsep.inference import FileSeparator, match_mixture_level
-from speechsep.model_folder import ModelFolderError, build_model, find_model, load_separator
+from speechsep.models import filterbank, transformer
+from speechsep.inference.files import FileSeparator
+from speechsep.inference.separation import match_mixture_level
+from speechsep.inference.model_folder import ModelFolderError, build_model, find_model, load_separator
 from tests.conftest import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
 from tests.published_models import KINDS, write_published_folder

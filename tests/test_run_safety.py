@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import train
-from speechsep.config import load_hparams, resolved_values
-from speechsep.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
+from speechsep.training.config import load_hparams, resolved_values
+from speechsep.training.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
 from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
 
@@ -112,7 +112,7 @@ def test_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path, data_fol
 
 def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path, data_folder):
     holder = subprocess.run(
-        [sys.executable, "-c", f"from speechsep.run_lock import claim_output_folder; claim_output_folder({str(tmp_path / 'run')!r})"],
+        [sys.executable, "-c", f"from speechsep.training.run_lock import claim_output_folder; claim_output_folder({str(tmp_path / 'run')!r})"],
         cwd=REPO, timeout=60,
     )
     assert holder.returncode == 0 and (tmp_path / "run" / LOCK_FILE).is_file()

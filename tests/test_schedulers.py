@@ -5,7 +5,7 @@ import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechsep.schedulers import HoldThenLinearDecay, step_scheduler
+from speechsep.training.schedulers import HoldThenLinearDecay, step_scheduler
 
 
 def optimizer_with_lr(lr: float) -> torch.optim.Optimizer:

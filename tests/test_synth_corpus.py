@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechsep import synth_corpus
-from speechsep.espeak import EspeakSynth, available_languages, available_variants
-from speechsep.loudness import measure_loudness, normalize_loudness
-from speechsep.report import improvement_by_gender_pairing
-from speechsep.sentences import make_sentence
-from speechsep.synth_corpus import (
+from speechsep.corpus import synth_corpus
+from speechsep.corpus.espeak import EspeakSynth, available_languages, available_variants
+from speechsep.data.loudness import measure_loudness, normalize_loudness
+from speechsep.evaluation.report import improvement_by_gender_pairing
+from speechsep.corpus.sentences import make_sentence
+from speechsep.corpus.synth_corpus import (
     ENGLISH_ACCENTS,
     FEMALE_VARIANTS,
-    LIBRIMIX_SPLITS,
+    SPLIT_FOLDERS,
     MALE_VARIANTS,
     MAX_AMPLITUDE,
     NOISE_LOUDNESS_RANGE,
@@ -31,7 +31,7 @@ from speechsep.synth_corpus import (
     CorpusOptions,
     synthesize_corpus,
 )
-from speechsep.synth_noise import coloured_noise, mains_hum
+from speechsep.corpus.synth_noise import coloured_noise, mains_hum
 
 TINY = SIZE_PRESETS["tiny"]
 LOUDNESS_TOLERANCE = 0.2  # LU: PCM_16 rounding and the clipping guard's 0.9 peak
@@ -61,7 +61,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _mixture_rows(root: Path, split: str, mix_type: str, wav_dir: str = "wav8k/min"):
-    return _read_csv(root / wav_dir / "metadata" / f"mixture_{LIBRIMIX_SPLITS[split]}_{mix_type}.csv")
+    return _read_csv(root / wav_dir / "metadata" / f"mixture_{SPLIT_FOLDERS[split]}_{mix_type}.csv")
 
 
 # --- eSpeak NG wrapper, sentences, loudness, noise ---------------------------------------
@@ -137,7 +137,7 @@ def test_mains_hum_repeats_at_the_mains_period():
 
 def test_corpus_has_the_librimix_folders(corpus):
     assert corpus.name == "MiniLibri2Mix"
-    for split in LIBRIMIX_SPLITS.values():
+    for split in SPLIT_FOLDERS.values():
         for track in ("mix_clean", "mix_both", "s1", "s2", "noise"):
             assert any((corpus / "wav8k" / "min" / split / track).glob("*.wav")), (split, track)
     assert not (corpus / "wav8k" / "min" / "test" / "s3").exists()
@@ -145,7 +145,7 @@ def test_corpus_has_the_librimix_folders(corpus):
 
 
 def test_metadata_csvs_have_the_librimix_columns(corpus):
-    for split in LIBRIMIX_SPLITS:
+    for split in SPLIT_FOLDERS:
         clean = _read_csv_header(corpus, split, "mix_clean")
         both = _read_csv_header(corpus, split, "mix_both")
         assert clean == ["mixture_ID", "mixture_path", "source_1_path", "source_2_path", "length"]
@@ -153,13 +153,13 @@ def test_metadata_csvs_have_the_librimix_columns(corpus):
 
 
 def _read_csv_header(root: Path, split: str, mix_type: str) -> list[str]:
-    path = root / "metadata" / f"mixture_{LIBRIMIX_SPLITS[split]}_{mix_type}.csv"
+    path = root / "metadata" / f"mixture_{SPLIT_FOLDERS[split]}_{mix_type}.csv"
     with open(path, newline="") as file:
         return next(csv.reader(file))
 
 
 def test_metadata_rows_point_to_existing_files_of_the_stated_length(corpus):
-    for split in LIBRIMIX_SPLITS:
+    for split in SPLIT_FOLDERS:
         rows = _mixture_rows(corpus, split, "mix_both")
         assert len(rows) == TINY[f"num_{split}"]
         for row in rows:
@@ -193,7 +193,7 @@ def test_min_mode_cuts_mixtures_to_the_shortest_source(corpus):
 
 
 def test_mixtures_are_exact_sums_of_the_written_tracks(corpus):
-    for split in LIBRIMIX_SPLITS:
+    for split in SPLIT_FOLDERS:
         for row in _mixture_rows(corpus, split, "mix_both"):
             s1, s2, noise = (_read(row[c]) for c in ("source_1_path", "source_2_path", "noise_path"))
             mix_both = _read(row["mixture_path"])
@@ -203,14 +203,14 @@ def test_mixtures_are_exact_sums_of_the_written_tracks(corpus):
 
 
 def test_mixtures_do_not_clip(corpus):
-    for split in LIBRIMIX_SPLITS:
+    for split in SPLIT_FOLDERS:
         for mix_type in ("mix_clean", "mix_both"):
             for row in _mixture_rows(corpus, split, mix_type):
                 assert np.abs(_read(row["mixture_path"])).max() <= MAX_AMPLITUDE + 1 / 32768
 
 
 def test_sources_and_noise_have_librimix_loudness(corpus):
-    for split in LIBRIMIX_SPLITS:
+    for split in SPLIT_FOLDERS:
         for row in _mixture_rows(corpus, split, "mix_both"):
             # The clipping guard may have lowered everything together: then only upper bounds hold.
             scaled = np.abs(_read(row["mixture_path"])).max() >= MAX_AMPLITUDE - 1 / 32768
@@ -249,7 +249,7 @@ def test_speakers_are_disjoint_across_splits(corpus):
 
 def test_each_mixture_has_distinct_speakers_of_its_split(corpus):
     split_of = {row["speaker_id"]: row["split"] for row in _read_csv(corpus / "sources" / "speakers.csv")}
-    for split in LIBRIMIX_SPLITS:
+    for split in SPLIT_FOLDERS:
         for row in _mixture_rows(corpus, split, "mix_clean"):
             speakers = row["mixture_ID"].split("_")[::2]
             assert len(set(speakers)) == len(speakers) == 2
@@ -333,7 +333,7 @@ def test_invalid_options_fail_clearly(tmp_path):
 
 def test_test_results_split_by_gender_pairing_of_the_talkers(corpus, tmp_path):
     gender = {row["speaker_id"]: row["gender"] for row in _read_csv(corpus / "sources" / "speakers.csv")}
-    rows = [row for split in LIBRIMIX_SPLITS for row in _mixture_rows(corpus, split, "mix_clean")]
+    rows = [row for split in SPLIT_FOLDERS for row in _mixture_rows(corpus, split, "mix_clean")]
     same = [gender[a] == gender[b] for a, b in (row["mixture_ID"].split("_")[::2] for row in rows)]
     assert any(same) and not all(same)  # the tiny corpus has both kinds (all splits scored as one here)
     results = tmp_path / "test_results.csv"

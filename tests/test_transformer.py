@@ -13,7 +13,7 @@ from speechbrain.lobes.models.dual_path import (
 )
 from speechbrain.nnet.attention import MultiheadAttention
 
-from speechsep.transformer import (
+from speechsep.models.transformer import (
     FastSBTransformerBlock,
     SDPAMultiheadAttention,
     fused_attention_pays,
@@ -235,7 +235,7 @@ def test_use_sdpa_attention_converts_sepformer_wrapper_in_place():
 
 
 def test_block_keeps_speechbrain_attention_for_other_attention_types(caplog):
-    with caplog.at_level(logging.WARNING, logger="speechsep.transformer"):
+    with caplog.at_level(logging.WARNING, logger="speechsep.models.transformer"):
         reference, fast = make_block_pair(attention_type="RoPEMHA")
     assert "RoPEMHA" in caplog.text
     assert type(fast.mdl.layers[0].self_att) is type(reference.mdl.layers[0].self_att)

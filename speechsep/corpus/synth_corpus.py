@@ -24,8 +24,8 @@ interrupted generation is detected (manifest not marked complete) and started ov
 
 Usage::
 
-    python -m speechsep.synth_corpus data/            # default size, ~1-2 min on 2 cores
-    python -m speechsep.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
+    python -m speechsep.corpus.synth_corpus data/            # default size, ~1-2 min on 2 cores
+    python -m speechsep.corpus.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from speechsep.espeak import EspeakSynth
-from speechsep.loudness import normalize_loudness
-from speechsep.sentences import make_sentence
-from speechsep.synth_noise import random_noise
+from speechsep.data.audio import PEAK_LIMIT
+from speechsep.corpus.espeak import EspeakSynth
+from speechsep.data.loudness import normalize_loudness
+from speechsep.corpus.sentences import make_sentence
+from speechsep.corpus.synth_noise import random_noise
 
 __all__ = [
     "CorpusOptions",
@@ -67,11 +68,11 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 # Folder names of the splits in the LibriMix part of the layout.
-LIBRIMIX_SPLITS = {"train": "train-360", "dev": "dev", "test": "test"}
+SPLIT_FOLDERS = {"train": "train-360", "dev": "dev", "test": "test"}
 MIX_TYPES = ("mix_clean", "mix_both")
 SOURCE_LOUDNESS_RANGE = (-33.0, -25.0)  # LUFS, as in LibriMix
 NOISE_LOUDNESS_RANGE = (-38.0, -30.0)  # LUFS, as in LibriMix
-MAX_AMPLITUDE = 0.9  # LibriMix's peak limit for mixtures
+MAX_AMPLITUDE = PEAK_LIMIT  # LibriMix's peak limit for mixtures
 # The pool sits at the top of the source range, so mixing only ever attenuates it.
 POOL_LOUDNESS = -25.0
 UTTERANCE_DURATION_RANGE = (2.0, 6.0)  # seconds
@@ -490,7 +491,7 @@ def _render_mixture(plan: _MixturePlan, options: CorpusOptions, root: Path) -> d
     tracks["mix_clean"] = mix_clean.astype(np.int16)
     tracks["mix_both"] = (mix_clean + noise_pcm).astype(np.int16)
 
-    split_dir = root / options.wav_dir / LIBRIMIX_SPLITS[plan.split]
+    split_dir = root / options.wav_dir / SPLIT_FOLDERS[plan.split]
     paths = {}
     for name, pcm in tracks.items():
         paths[name] = split_dir / name / f"{plan.mixture_id}.wav"
@@ -526,7 +527,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 # workers import it as their main module, and a preloaded copy would make runpy warn).
 _WORKER_IMPORTS = (
     "numpy", "scipy.fft", "scipy.signal", "soundfile", "pyloudnorm",
-    "speechsep.espeak", "speechsep.loudness", "speechsep.sentences", "speechsep.synth_noise",
+    "speechsep.corpus.espeak", "speechsep.data.loudness", "speechsep.corpus.sentences", "speechsep.corpus.synth_noise",
 )
 
 
@@ -647,7 +648,7 @@ def _synthesize_mixtures(
             if row["split"] == split:
                 utterances.setdefault(row["speaker_id"], []).append(Path(row["path"]))
         plans.extend(_plan_mixtures(split, utterances, options))
-        split_dir = root / options.wav_dir / LIBRIMIX_SPLITS[split]
+        split_dir = root / options.wav_dir / SPLIT_FOLDERS[split]
         for track in [f"s{i + 1}" for i in range(options.num_spks)] + ["noise", *MIX_TYPES]:
             (split_dir / track).mkdir(parents=True, exist_ok=True)
     with context.Pool(num_workers) as pool:
@@ -663,7 +664,7 @@ def _synthesize_mixtures(
     for split, split_results in results_by_split.items():
         for mix_type in MIX_TYPES:
             _write_csv(
-                metadata_dir / f"mixture_{LIBRIMIX_SPLITS[split]}_{mix_type}.csv",
+                metadata_dir / f"mixture_{SPLIT_FOLDERS[split]}_{mix_type}.csv",
                 [_metadata_row(result, mix_type, options.num_spks) for result in split_results],
             )
     shortcut = root / "metadata"
@@ -746,9 +747,9 @@ def synthesize_corpus(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``python -m speechsep.synth_corpus OUTPUT_DIR [options]``."""
+    """Command line: ``python -m speechsep.corpus.synth_corpus OUTPUT_DIR [options]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m speechsep.synth_corpus",
+        prog="python -m speechsep.corpus.synth_corpus",
         description="Generate an offline synthetic speech-separation corpus in the LibriMix "
         "layout (eSpeak NG speakers, synthetic noise).",
     )
@@ -782,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     options = CorpusOptions(**(_read_manifest(root) or {})["options"])
     summary = (_read_manifest(root) or {}).get("summary", {})
     print(f"Corpus:   {root}")
-    print(f"Mixtures: {root / options.wav_dir}/{{{','.join(LIBRIMIX_SPLITS.values())}}}/")
+    print(f"Mixtures: {root / options.wav_dir}/{{{','.join(SPLIT_FOLDERS.values())}}}/")
     print(f"Metadata: {root / options.wav_dir / 'metadata'}")
     print(f"Sources:  {root / 'sources'}/{{{','.join(SPLITS)}}}/ (+ speakers.csv, utterances.csv)")
     for key, value in summary.items():
@@ -793,6 +794,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     # Run through the importable module, so that workers pickle functions by their real name.
-    from speechsep.synth_corpus import main as _main
+    from speechsep.corpus.synth_corpus import main as _main
 
     _main()

@@ -137,9 +137,3 @@ def separation_dataset(
     )
     dataset.set_output_keys(["id"] + [f"{name}_sig" for name in names])
     return dataset
-
-
-def write_audio(path, signal: torch.Tensor, sample_rate: int) -> None:
-    """Write a mono float signal [time] as 16-bit PCM, clipped to [-1, 1] and with NaN written as 0."""
-    signal = torch.nan_to_num(signal.detach().float().cpu(), nan=0.0).clamp(-1.0, 1.0)
-    sf.write(str(path), signal.numpy(), sample_rate, subtype="PCM_16")

@@ -18,7 +18,7 @@ three things:
 
 In the hparams, replace SpeechBrain's class; the arguments are the same:
 
-    checkpointer: !new:speechsep.checkpoints.RobustCheckpointer
+    checkpointer: !new:speechsep.training.checkpoints.RobustCheckpointer
         checkpoints_dir: !ref <save_folder>
         recoverables: ...
 """
@@ -43,9 +43,8 @@ from speechbrain.utils.checkpoints import (
     get_default_hook,
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
-from speechbrain.utils.logger import get_logger
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"  # `.CKPT+<name>.partial`: a checkpoint being written
 REPLACED_SUFFIX = ".replaced"  # `.CKPT+<name>.replaced`: the old copy while a custom name is saved again

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from speechsep.config import resolved_values
+from speechsep.training.config import resolved_values
 
 # Keys of a run's config that say how it was trained, in the order the card lists them.
 TRAINING_KEYS = (

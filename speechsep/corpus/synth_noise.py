@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import scipy.fft
 
-from speechsep.loudness import normalize_loudness
+from speechsep.data.loudness import normalize_loudness
 
 __all__ = ["coloured_noise", "mains_hum", "babble", "random_noise"]
 

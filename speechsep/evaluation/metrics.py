@@ -34,8 +34,7 @@ from scipy import stats
 from scipy.fft import next_fast_len
 from scipy.linalg import solve_toeplitz
 
-from speechsep import losses
-from speechsep.losses import length_mask
+from speechsep.training.losses import best_permutation, length_mask, pairwise_si_snr
 
 # BSS-eval v3 distortion filter length (taps), as in mir_eval and the BSS Eval Matlab toolbox.
 SDR_FILTER_LENGTH = 512
@@ -54,18 +53,6 @@ def _check_signals(est_sources: torch.Tensor, sources: torch.Tensor) -> None:
             f"est_sources has shape {tuple(est_sources.shape)}, expected [batch, time, *] "
             f"matching sources {tuple(sources.shape)}"
         )
-
-
-def pairwise_si_snr(
-    est_sources: torch.Tensor, sources: torch.Tensor, lengths: torch.Tensor | None = None
-) -> torch.Tensor:
-    """SI-SNR in dB [batch, num_spks, num_est] of every estimate against every reference.
-
-    The training loss's SI-SNR (`speechbrain.nnet.losses.cal_si_snr` on each utterance's true length) in
-    float64. `est_sources` is [batch, time, num_est].
-    """
-    _check_signals(est_sources, sources)
-    return losses.pairwise_si_snr(est_sources, sources, lengths, torch.float64).transpose(1, 2)
 
 
 def _unit_norm(signals: torch.Tensor) -> torch.Tensor:
@@ -162,14 +149,14 @@ def pairwise_sdr(
     lengths: torch.Tensor | None = None,
     clamp_db: float = SDR_CLAMP_DB,
 ) -> torch.Tensor:
-    """BSS-eval v3 SDR in dB [batch, num_spks, num_est] of every estimate/reference pair.
+    """BSS-eval v3 SDR in dB [batch, num_est, num_spks] of every estimate/reference pair.
 
     Same decomposition as `mir_eval.separation.bss_eval_sources` (512-tap filters, no mean
     removal), in float64 on the inputs' device. SDR = |s_target|^2 / |estimate - s_target|^2 only
     needs each reference's own filter: one taps x taps Toeplitz system per reference.
     """
     refs, ests = _unit_norm_signals(est_sources, sources, lengths)
-    return _coherence_to_db(_explained_by_each(*_own_reference_stats(refs, ests)), clamp_db)
+    return _coherence_to_db(_explained_by_each(*_own_reference_stats(refs, ests)), clamp_db).transpose(1, 2)
 
 
 def pairwise_bss_eval(
@@ -178,7 +165,7 @@ def pairwise_bss_eval(
     lengths: torch.Tensor | None = None,
     clamp_db: float = SDR_CLAMP_DB,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BSS-eval v3 SDR and SIR in dB, each [batch, num_spks, num_est], for every estimate/reference pair.
+    """BSS-eval v3 SDR and SIR in dB, each [batch, num_est, num_spks], for every estimate/reference pair.
 
     As `pairwise_sdr`, plus SIR, which also needs the projection on all references together
     (a (taps * num_spks)-sized system: several times the cost of SDR alone).
@@ -192,24 +179,12 @@ def pairwise_bss_eval(
     coh_sdr = _explained_by_each(own_acf, xcorr.permute(0, 2, 3, 1).contiguous())
     coh_sar = _explained_by_all(acf, xcorr).unsqueeze(-2)  # [batch, 1, num_est]
     coh_sir = torch.where(coh_sar > 0, coh_sdr / coh_sar, torch.zeros_like(coh_sdr))
-    return _coherence_to_db(coh_sdr, clamp_db), _coherence_to_db(coh_sir, clamp_db)
-
-
-def best_permutation(scores: torch.Tensor) -> torch.Tensor:
-    """Estimate index per reference [batch, num_spks] maximising the mean of `scores`.
-
-    `scores` is [batch, num_spks, num_est] (higher is better). Exhaustive search over
-    permutations (fine up to ~6 speakers); ties go to the first in itertools order, as in mir_eval.
-    """
-    num_spks, num_est = scores.shape[-2:]
-    perms = torch.tensor(list(itertools.permutations(range(num_est), num_spks)), device=scores.device)
-    per_perm = scores[:, torch.arange(num_spks, device=scores.device), perms]  # [batch, num_perms, num_spks]
-    return perms[per_perm.mean(dim=-1).argmax(dim=-1)]
+    return _coherence_to_db(coh_sdr, clamp_db).transpose(1, 2), _coherence_to_db(coh_sir, clamp_db).transpose(1, 2)
 
 
 def _take(scores: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Scores [batch, num_spks] of the pairs chosen by `perm` from [batch, num_spks, num_est]."""
-    return scores.gather(-1, perm.unsqueeze(-1)).squeeze(-1)
+    """Scores [batch, num_spks] of the pairs chosen by `perm` (estimate per reference) from [batch, est, ref]."""
+    return scores.gather(1, perm.unsqueeze(1)).squeeze(1)
 
 
 @torch.no_grad()
@@ -222,8 +197,9 @@ def pit_si_snr(
     is matched with estimate perm[:, k], so `est_sources[b, :, perm[b]]` follows the references.
     The mean over speakers equals `-get_si_snr_with_pitwrapper(sources, est_sources)`.
     """
-    scores = pairwise_si_snr(est_sources, sources, lengths)
-    perm = best_permutation(scores)
+    _check_signals(est_sources, sources)
+    scores = pairwise_si_snr(est_sources, sources, lengths, torch.float64)
+    _, perm = best_permutation(scores)
     return _take(scores, perm), perm
 
 
@@ -258,7 +234,7 @@ def pit_sdr(
     real separators' outputs are not.
     """
     sdr, scores = _sdr_and_selection_scores(est_sources, sources, lengths, permutation)
-    perm = best_permutation(scores)
+    _, perm = best_permutation(scores)
     return _take(sdr, perm), perm
 
 
@@ -299,14 +275,12 @@ def separation_metrics(
     # The mixture joins as one more estimate: its scores against each reference are the baselines.
     # candidates [batch, time, num_spks + 1]
     candidates = torch.cat([est_sources.double(), mixture.double().unsqueeze(-1)], dim=-1)
-    si_snr_pairs = pairwise_si_snr(candidates, sources, lengths)  # [batch, num_spks, num_spks + 1]
+    si_snr_pairs = pairwise_si_snr(candidates, sources, lengths, torch.float64)  # [batch, num_spks + 1, num_spks]
     sdr_pairs, selection_pairs = _sdr_and_selection_scores(candidates, sources, lengths, sdr_permutation)
-    perm = best_permutation(si_snr_pairs[..., :num_spks])
-    per_source = {
-        "sdr": _take(sdr_pairs, best_permutation(selection_pairs[..., :num_spks])),
-        "si-snr": _take(si_snr_pairs, perm),
-    }
-    baselines = {"sdr": sdr_pairs[..., num_spks], "si-snr": si_snr_pairs[..., num_spks]}
+    _, perm = best_permutation(si_snr_pairs[:, :num_spks])
+    _, sdr_perm = best_permutation(selection_pairs[:, :num_spks])
+    per_source = {"sdr": _take(sdr_pairs, sdr_perm), "si-snr": _take(si_snr_pairs, perm)}
+    baselines = {"sdr": sdr_pairs[:, num_spks], "si-snr": si_snr_pairs[:, num_spks]}
     if compute_stoi:
         per_source["stoi"], baselines["stoi"] = _stoi(
             mixture, sources, est_sources, perm, lengths, sample_rate

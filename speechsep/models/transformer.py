@@ -11,7 +11,7 @@ a flash kernel on CPU) with the very same parameters.
 constructor, same parameters, same state_dict keys (SpeechBrain SepFormer checkpoints load
 unchanged), same outputs up to float rounding. Select it in a recipe's YAML with::
 
-    intra_model: !new:speechsep.transformer.FastSBTransformerBlock
+    intra_model: !new:speechsep.models.transformer.FastSBTransformerBlock
         num_layers: 8
         d_model: 256
         nhead: 8

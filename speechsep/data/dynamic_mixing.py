@@ -32,19 +32,18 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from speechbrain.utils.logger import get_logger
+import logging
 
+from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name
+from speechsep.data.loudness import GATING_BLOCK_SECONDS, integrated_loudness
 from speechsep.errors import RecipeError
-from speechsep.loudness import GATING_BLOCK_SECONDS, integrated_loudness
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class PoolError(RecipeError):
     """A source or noise folder that cannot serve dynamic mixing; the message names the folder."""
 
-AUDIO_EXTENSIONS = (".wav", ".flac")
-PEAK_LIMIT = 0.9  # mixtures louder than this are scaled down, as in LibriMix and upstream SpeechBrain
 SILENCE_RMS = 1e-4  # -80 dBFS: quieter signals keep their level instead of being amplified to a target
 EXPECTED_LAYOUTS = (
     "a LibriSpeech split (<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac), "
@@ -69,7 +68,7 @@ def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
     scanned = []
     for dirpath, _, filenames in os.walk(folder, followlinks=True):
         for name in filenames:
-            if name.lower().endswith(AUDIO_EXTENSIONS):
+            if is_audio_name(name):
                 path = Path(dirpath, name)
                 stat = path.stat()
                 rel_path = path.relative_to(folder).as_posix()

@@ -1,9 +1,8 @@
-"""Loading the recipe's HyperPyYAML files: one base file per model, thin per-dataset overlays.
+"""Loading and checking the recipe's HyperPyYAML files.
 
-A config may name a parent with `base_config: <file>`; its other top-level keys then replace the parent's
-values or add keys (added keys go at the end, so a parent's key must not refer to them as objects: the
-parent declares such keys, e.g. `MaskNet: !PLACEHOLDER`), and the command-line overrides go on top. Every override must name a key that exists, so a typo such as
-`--batchsize=4` stops the run with a one-line error instead of being silently ignored.
+Every `hparams/*.yaml` is a complete config that stock `hyperpyyaml.load_hyperpyyaml` loads. On top of it, the
+command-line overrides must each name a key that exists, so a typo such as `--batchsize=4` stops the run with a
+one-line error instead of being silently ignored; and the plain values are checked before anything is built.
 """
 
 import difflib
@@ -16,9 +15,6 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from speechsep.errors import RecipeError
-
-BASE_KEY = "base_config"
-
 
 class ConfigError(RecipeError):
     """A config file or an override that cannot be used as given."""
@@ -35,25 +31,6 @@ def _read_mapping(text: str, origin: str) -> dict:
     if not isinstance(mapping, dict):
         raise ConfigError(f"{origin}: expected a mapping of keys to values, got {type(mapping).__name__}")
     return mapping
-
-
-def _resolve_chain(hparams_file: Path) -> tuple[Path, list[tuple[str, dict]]]:
-    """Follow `base_config` links: return the root file and the overlays, outermost last."""
-    overlays = []
-    current = hparams_file
-    seen = set()
-    while True:
-        if not current.is_file():
-            raise ConfigError(f"hparams file not found: {current}")
-        if current.resolve() in seen:
-            raise ConfigError(f"{current}: base_config loop")
-        seen.add(current.resolve())
-        mapping = _read_mapping(current.read_text(), str(current))
-        if BASE_KEY not in mapping:
-            return current, overlays[::-1]
-        base = current.parent / str(mapping.pop(BASE_KEY))
-        overlays.append((str(current), mapping))
-        current = base
 
 
 def _check_keys(overrides: dict, known: dict, origin: str) -> None:
@@ -74,13 +51,12 @@ def _merge(document: dict, overrides: dict) -> None:
 
 
 def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None]:
-    """The config with its overlays applied, as a YAML stream, and the checked command-line overrides."""
-    root, overlays = _resolve_chain(Path(hparams_file))
+    """The config as a YAML stream with tagged overrides applied, and the other (checked) overrides."""
+    hparams_file = Path(hparams_file)
+    if not hparams_file.is_file():
+        raise ConfigError(f"hparams file not found: {hparams_file}")
     yaml = ruamel.yaml.YAML()
-    document = yaml.load(root.read_text())
-    for _, mapping in overlays:
-        for key, value in mapping.items():
-            document[key] = value  # a whole value is replaced, never merged into
+    document = _read_mapping(hparams_file.read_text(), str(hparams_file))
     if isinstance(overrides, str):
         overrides = _read_mapping(overrides, "the command line")
     if overrides:
@@ -91,12 +67,12 @@ def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None
     stream = io.StringIO()
     yaml.dump(document, stream)
     stream.seek(0)
-    stream.name = str(root)  # lets !include: find files next to the root config
+    stream.name = str(hparams_file)  # lets !include: find files next to the config
     return stream, overrides or None
 
 
 def load_hparams(hparams_file: str | Path, overrides: str | dict | None = None) -> dict:
-    """Load a recipe config with its `base_config` chain and command-line overrides (YAML text or dict)."""
+    """Load a recipe config with command-line overrides (YAML text or dict), unknown keys refused."""
     stream, overrides = _effective_config(hparams_file, overrides)
     return load_hyperpyyaml(stream, overrides, overrides_must_match=True)
 

@@ -26,10 +26,9 @@ from ruamel.yaml.tag import Tag
 from speechbrain.inference.separation import SepformerSeparation
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechsep import model_card
+from speechsep.inference import model_card
 from speechsep.errors import RecipeError
-from speechsep.filterbank import use_fast_filterbank
-from speechsep.transformer import use_sdpa_attention
+from speechsep.models.speedups import speed_up
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +39,10 @@ CHECKPOINT_KEY = "si-snr"  # the meta a run's checkpoints are ranked by (higher 
 # Our SepFormer block is a drop-in for SpeechBrain's (same arguments, parameters and state_dict keys):
 # exported configs name SpeechBrain's, so that an exported folder needs SpeechBrain alone.
 SPEECHBRAIN_BLOCK = "!new:speechbrain.lobes.models.dual_path.SBTransformerBlock"
-OUR_BLOCKS = ("!apply:speechsep.transformer.sepformer_block", "!new:speechsep.transformer.FastSBTransformerBlock")
-# Likewise our encoder and decoder (speechsep.filterbank): SpeechBrain's classes with a faster forward.
+OUR_BLOCKS = ("!apply:speechsep.models.transformer.sepformer_block", "!new:speechsep.models.transformer.FastSBTransformerBlock")
+# Likewise our encoder and decoder (speechsep.models.filterbank): SpeechBrain's classes with a faster forward.
 SPEECHBRAIN_FILTERBANK = {
-    f"!new:speechsep.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}" for name in ("Encoder", "Decoder")
+    f"!new:speechsep.models.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}" for name in ("Encoder", "Decoder")
 }
 # owner/name as the Hugging Face hub spells a model id, or a URL of the hub
 HUB_ID = re.compile(r"^(hf://|https?://huggingface\.co/)?[A-Za-z0-9][\w.-]*/[\w.-]+/?$")
@@ -302,8 +301,7 @@ def build_model(source: ModelSource, fast: bool = True) -> Model:
         except Exception as err:
             raise ModelFolderError(f"{path}: cannot load into the {name} ({first_line(err)})") from None
     if fast:
-        use_sdpa_attention(modules["masknet"])
-        use_fast_filterbank(modules["encoder"], modules["decoder"])
+        speed_up(modules)
     return Model(modules, int(hparams["num_spks"]), int(hparams["sample_rate"]), hparams)
 
 

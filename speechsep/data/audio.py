@@ -1,0 +1,31 @@
+"""Audio file conventions shared by every tool: which files are audio, the peak limit, the one writer.
+
+`write_pcm16` is how the recipe writes float signals (test-time examples, separated tracks); the synthetic
+corpus writes its own integer samples (`speechsep.corpus.synth_corpus`) so that its mixtures are exact sums.
+"""
+
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")  # matched in any case: `a.WAV` is audio like `a.wav`
+PEAK_LIMIT = 0.9  # mixtures are scaled below it (LibriMix, upstream SpeechBrain); written examples peak at it
+
+
+def is_audio_name(name: str | Path) -> bool:
+    """Whether a file name has one of the audio extensions, in any case."""
+    return Path(name).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def write_pcm16(
+    path: str | Path, signal: torch.Tensor, sample_rate: int, gain: float = 1.0, block_samples: int = 1 << 20
+) -> None:
+    """Write a mono float signal [time] times `gain` as 16-bit PCM, block by block (no full-size copy).
+
+    Samples beyond [-1, 1] are clipped and NaN is written as 0: callers that must not clip scale first.
+    """
+    signal = signal.detach().float().cpu()
+    with sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16") as audio:
+        for block in torch.split(signal, block_samples):
+            audio.write((block * gain).nan_to_num(0.0).clamp(-1.0, 1.0).numpy())

@@ -1,0 +1,1 @@
+"""Evaluation: separation metrics (SDR, SI-SNR and their improvements), results files, report figures."""

@@ -1,0 +1,2 @@
+"""Inference: model folders (runs, exports, published SpeechBrain models) and their export with a model card,
+windowed separation of any length with test-time shifts, audio files."""

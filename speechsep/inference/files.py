@@ -1,0 +1,214 @@
+"""Separating audio files (`separate.py`): any sample rate (resampled to the model's) and channel count (mixed
+down), one 16-bit WAV per speaker, levels that match the mixture (or peak-normalised), never clipped, never
+written over an existing file.
+"""
+
+import dataclasses
+import functools
+import glob
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from speechbrain.inference.separation import SepformerSeparation
+
+from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, write_pcm16
+from speechsep.errors import RecipeError
+from speechsep.inference.separation import separate_long, separate_shifted, with_mixture_consistency
+from speechsep.models.filterbank import encoder_hop
+
+logger = logging.getLogger(__name__)
+
+class AudioInputError(RecipeError):
+    """An input file that cannot be separated (unreadable, empty, or an output name already taken)."""
+
+
+MIN_WINDOW_S = 0.1  # shorter windows give the model too few encoder frames to separate anything
+MIN_HOP_S = 0.01  # shorter hops only multiply the work
+
+
+@dataclasses.dataclass
+class SeparationOptions:
+    """How files are separated; times in seconds."""
+
+    window: float = 8.0  # seconds the model sees at once; longer files are cut into windows
+    hop: float = 4.0  # seconds between window starts (window - hop is the cross-faded overlap)
+    batch_size: int = 1  # windows per forward pass (faster on GPU, more memory)
+    output_rate: str = "model"  # "model": the model's sample rate; "input": each input's own
+    normalize: str = "mixture"  # "mixture": the mixture's level (least squares); "peak": each track peaks at 0.9
+    progress: bool | None = None  # tqdm bar over windows (None: only on a terminal)
+    shifts: int = 1  # >1: average over that many sub-hop delays of each window (`separate_shifted`), shifts x slower
+    mixture_consistency: bool = False  # estimates that sum to each window (`mixture_consistency`): clean mixtures only
+
+    def __post_init__(self):
+        if self.shifts < 1:
+            raise ValueError(f"shifts must be at least 1, got {self.shifts}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.window < MIN_WINDOW_S or self.hop < MIN_HOP_S:
+            raise ValueError(
+                f"window ({self.window} s) and hop ({self.hop} s) must be at least {MIN_WINDOW_S} s and {MIN_HOP_S} s"
+            )
+        if self.output_rate not in ("model", "input"):
+            raise ValueError(f"output_rate must be 'model' or 'input', got {self.output_rate!r}")
+        if self.normalize not in ("mixture", "peak"):
+            raise ValueError(f"normalize must be 'mixture' or 'peak', got {self.normalize!r}")
+        if not 0 < self.hop < self.window:
+            raise ValueError(f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparatedFile:
+    """What `FileSeparator.separate_file` wrote."""
+
+    outputs: list[Path]
+    seconds: float  # the input's duration
+    elapsed: float  # wall-clock seconds spent on it
+
+
+def read_mixture(path: Path, block_frames: int = 1 << 20) -> tuple[np.ndarray, int, int]:
+    """A file's audio mixed down to mono float32 [time], its sample rate and channel count.
+
+    Read in blocks and mixed down block by block, so a multichannel file costs one mono buffer.
+    """
+    try:
+        with sf.SoundFile(str(path)) as audio:
+            sample_rate, channels = audio.samplerate, audio.channels
+            mono = np.empty(audio.frames, dtype=np.float32)
+            filled = 0
+            for block in audio.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+                mono[filled : filled + block.shape[0]] = block.mean(axis=1)
+                filled += block.shape[0]
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        reason = getattr(err, "error_string", None) or str(err)
+        raise AudioInputError(f"not a readable audio file ({reason})") from None
+    if filled == 0:
+        raise AudioInputError("no audio samples (empty file)")
+    nonfinite = int(np.count_nonzero(~np.isfinite(mono[:filled])))
+    if nonfinite:
+        raise AudioInputError(f"{nonfinite} of its {filled} samples are NaN or infinite; refusing it")
+    return mono[:filled], sample_rate, channels
+
+
+class FileSeparator:
+    """Separates audio files with one model: any length, sample rate and channel count; one file per speaker."""
+
+    def __init__(self, separator: SepformerSeparation, options: SeparationOptions | None = None):
+        self.separator = separator
+        self.options = options or SeparationOptions()
+        self.sample_rate = int(separator.hparams.sample_rate)
+        self.num_spks = int(separator.hparams.num_spks)
+        self.separate_batch = separator.separate_batch  # what separates each window
+        if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
+            hop = encoder_hop(separator.mods.encoder)
+            if self.options.shifts > hop:
+                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({hop} samples)")
+            self.separate_batch = functools.partial(
+                separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=hop
+            )
+        if self.options.mixture_consistency:
+            self.separate_batch = with_mixture_consistency(self.separate_batch)
+        self._said: set[str] = set()
+
+    def _say_once(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            logger.info(message)
+
+    @torch.inference_mode()
+    def separate(self, mixture: torch.Tensor, description: str | None = None) -> torch.Tensor:
+        """mixture [time] at the model's rate -> est_sources [time, num_spks] at the mixture's level."""
+        return separate_long(
+            self.separate_batch,
+            mixture,
+            window=round(self.options.window * self.sample_rate),
+            hop=round(self.options.hop * self.sample_rate),
+            batch_size=self.options.batch_size,
+            progress=self.options.progress,
+            description=description,
+        )
+
+    def output_paths(self, path: Path, output_dir: Path) -> list[Path]:
+        """Where the tracks of one input go: `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ..."""
+        return [Path(output_dir) / f"{Path(path).stem}_s{k + 1}.wav" for k in range(self.num_spks)]
+
+    def separate_file(self, path: str | Path, output_dir: str | Path) -> SeparatedFile:
+        """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file.
+
+        Raises AudioInputError for an unreadable or empty file.
+        """
+        path, output_dir = Path(path), Path(output_dir)
+        started = time.perf_counter()
+        samples, input_rate, channels = read_mixture(path)
+        num_input_samples = samples.shape[0]
+        if channels > 1:
+            self._say_once(f"Mixing {channels}-channel inputs down to mono")
+        mixture = torch.from_numpy(samples)
+        del samples  # `mixture` is the input buffer from here on
+        if input_rate != self.sample_rate:
+            self._say_once(f"Resampling {input_rate} Hz inputs to the model's {self.sample_rate} Hz")
+            mixture = torchaudio.functional.resample(mixture, input_rate, self.sample_rate)
+        est_sources = self.separate(mixture, description=path.name)  # [time, num_spks]
+        del mixture
+
+        output_rate = input_rate if self.options.output_rate == "input" else self.sample_rate
+        if output_rate != self.sample_rate:
+            est_sources = torchaudio.functional.resample(est_sources.T, self.sample_rate, output_rate).T
+            est_sources = est_sources[:num_input_samples]
+        low, high = torch.aminmax(est_sources, dim=0)
+        peaks = torch.maximum(high, -low)  # [num_spks], without a full-size copy
+        if self.options.normalize == "peak":
+            gains = PEAK_LIMIT / peaks.clamp(min=1e-8)
+        else:
+            gains = torch.ones_like(peaks)
+            peak = float(peaks.max())
+            if peak > 1.0:  # never clip: every track down by the same factor, so their balance is kept
+                logger.info(
+                    f"{path.name}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB "
+                    "to avoid clipping"
+                )
+                gains /= peak
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        outputs = self.output_paths(path, output_dir)
+        for k, output in enumerate(outputs):
+            write_pcm16(output, est_sources[:, k], output_rate, float(gains[k]))
+        return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
+
+
+def is_audio(path: Path) -> bool:
+    """A file whose name says it is audio that folders and globs should pick up."""
+    return path.is_file() and is_audio_name(path)
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files named by the command line's inputs (files, folders searched recursively, glob patterns).
+
+    Returns the audio files in order, without duplicates, and one error message per input that names nothing.
+    """
+    files, errors = [], []
+    for name in inputs:
+        path = Path(name)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if is_audio(p))
+            if not found:
+                errors.append(f"{name}: folder holds no {'/'.join(s[1:] for s in AUDIO_EXTENSIONS)} file")
+        elif any(char in name for char in "*?["):
+            matches = sorted(Path(match) for match in glob.glob(name, recursive=True))
+            found = [m for m in matches if m.is_file()]
+            found += [p for m in matches if m.is_dir() for p in sorted(m.rglob("*")) if is_audio(p)]
+            if not found:
+                errors.append(f"{name}: matches no file")
+        else:
+            found = []
+            errors.append(f"{name}: no such file or folder")
+        files.extend(found)
+    unique = list(dict.fromkeys(files))
+    return unique, errors

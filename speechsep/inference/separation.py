@@ -1,0 +1,166 @@
+"""Separating a mixture of any length with a separator: windows, overlap-add, test-time shifts, consistency.
+
+A separator is never run on a whole long file, whose memory would grow with its length: the mixture is cut
+into overlapping windows, a batch of windows goes through the model at a time, each window's estimates are
+rescaled to the mixture's level, their speaker order is aligned to the previous window on the samples both
+share (best permutation by correlation), and they are overlap-added with a Hann cross-fade, as Asteroid's
+`LambdaOverlapAdd` does. Peak memory is then the input and output buffers plus one batch of windows, whatever
+the file's length. `train.py` uses the shifts and the mixture consistency for its test stage.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from speechsep.training.losses import best_permutation
+
+SeparateBatch = Callable[[torch.Tensor], torch.Tensor]  # mixture [batch, time] -> est_sources [batch, time, num_spks]
+
+
+def match_mixture_level(est_sources: torch.Tensor, mixture: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+    """Rescale each estimate so that their sum fits the mixture in the least-squares sense.
+
+    Separators trained with SI-SNR output each source at an arbitrary scale, different in every window; the
+    gains g [batch, num_spks] minimising ||mixture - sum_k g_k est_k||^2 give the estimates the mixture's level
+    (in a clean mixture, the sources' own level) and make consecutive windows agree. A gain can only amplify
+    an estimate as far as the mixture needs it. Diagonal loading (`ridge` times each estimate's energy, plus a
+    floor) keeps the system solvable when estimates are alike or silent: identical estimates share the
+    mixture equally, a silent window gives silence.
+
+    est_sources: [batch, time, num_spks]; mixture: [batch, time] -> [batch, time, num_spks].
+    """
+    estimates = est_sources.double()
+    gram = estimates.transpose(1, 2) @ estimates  # [batch, num_spks, num_spks]
+    target = (estimates.transpose(1, 2) @ mixture.double().unsqueeze(-1)).squeeze(-1)  # [batch, num_spks]
+    energy = gram.diagonal(dim1=-2, dim2=-1)  # [batch, num_spks]
+    loading = ridge * energy + 1e-9 * energy.mean(dim=-1, keepdim=True) + 1e-30
+    gains = torch.linalg.solve(gram + torch.diag_embed(loading), target)  # [batch, num_spks]
+    return (estimates * gains.unsqueeze(1)).to(est_sources.dtype)
+
+
+def align_to_previous(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """The speaker order of `current` that best matches `previous` on the samples they share.
+
+    previous, current: [overlap, num_spks] -> index tensor [num_spks]; `current[:, order]` follows `previous`.
+    Scores are normalised correlations; silent overlaps (all scores 0) keep the order as it is.
+    """
+    previous = previous.double() / (previous.double().norm(dim=0, keepdim=True) + 1e-8)
+    current = current.double() / (current.double().norm(dim=0, keepdim=True) + 1e-8)
+    correlation = current.T @ previous  # [num_spks (current: estimates), num_spks (previous: references)]
+    return best_permutation(correlation.unsqueeze(0))[1][0]
+
+
+def separate_shifted(separate_batch: SeparateBatch, mixture: torch.Tensor, shifts: int, hop: int) -> torch.Tensor:
+    """The mean of the estimates of `shifts` copies of the mixture, delayed by offsets spread over one `hop`.
+
+    A learned encoder reads the mixture in frames `hop` samples apart, so a delay of a fraction of a hop gives
+    the model another view of the same signal and slightly different errors; averaging the views is a cheap
+    ensemble (test-time augmentation, like Demucs' --shifts). Each view's estimates are brought to the
+    mixture's level (`match_mixture_level`) and into the speaker order of the first view before averaging.
+    With shifts=1 this is `separate_batch(mixture)` itself.
+
+    mixture: [batch, time] -> est_sources [batch, time, num_spks].
+    """
+    if shifts < 1 or shifts > hop:
+        raise ValueError(f"shifts must lie in [1, hop={hop}], got {shifts}")
+    if shifts == 1:
+        return separate_batch(mixture)
+    num_samples = mixture.shape[1]
+    total = first = None
+    for k in range(shifts):
+        offset = k * hop // shifts
+        delayed = torch.nn.functional.pad(mixture, (offset, 0))
+        estimates = match_mixture_level(separate_batch(delayed)[:, offset : offset + num_samples], mixture)
+        if first is None:
+            first, total = estimates, estimates.clone()
+        else:
+            for b in range(mixture.shape[0]):
+                total[b] += estimates[b][:, align_to_previous(first[b], estimates[b])]
+    return total / shifts
+
+
+def mixture_consistency(est_sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+    """Estimates that sum to the mixture: what they leave out is shared equally between them.
+
+    The unweighted mixture-consistency projection of Wisdom et al. (ICASSP 2019), applied at test time after
+    `match_mixture_level` (estimates at an arbitrary scale would get the whole mixture added). Only for
+    mixtures that are the sum of the sources: on noisy ones the noise would be shared out too.
+
+    est_sources: [batch, time, num_spks]; mixture: [batch, time] -> [batch, time, num_spks].
+    """
+    estimates = match_mixture_level(est_sources, mixture)
+    residual = mixture.to(estimates.dtype) - estimates.sum(dim=-1)
+    return estimates + residual.unsqueeze(-1) / estimates.shape[-1]
+
+
+def with_mixture_consistency(separate_batch: SeparateBatch) -> SeparateBatch:
+    """`separate_batch` followed by `mixture_consistency`."""
+
+    def separate(mixture: torch.Tensor) -> torch.Tensor:
+        return mixture_consistency(separate_batch(mixture), mixture)
+
+    return separate
+
+
+def crossfade(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hann fade-in and fade-out of `length` samples that sum to exactly one, sample by sample."""
+    fade_in = torch.sin(0.5 * math.pi * (torch.arange(length, dtype=torch.float64) + 0.5) / length) ** 2
+    return fade_in.float(), (1 - fade_in).float()
+
+
+def separate_long(
+    separate_batch: SeparateBatch,
+    mixture: torch.Tensor,
+    window: int,
+    hop: int,
+    batch_size: int = 1,
+    progress: bool | None = False,
+    description: str | None = None,
+) -> torch.Tensor:
+    """Separate a mixture of any length by overlap-add of windows, keeping each speaker on one track.
+
+    mixture: [time] -> est_sources [time, num_spks], each window's estimates at the mixture's level
+    (`match_mixture_level`). A mixture of at most `window` samples is separated in one pass. Otherwise windows
+    start every `hop` samples (the last one zero-padded), go through `separate_batch` `batch_size` at a time,
+    are put in the speaker order of the previous window on their `window - hop` shared samples, and are
+    cross-faded there. `progress`: a tqdm bar (None: only on a terminal).
+    """
+    if not 0 < hop < window:
+        raise ValueError(f"hop ({hop} samples) must be positive and shorter than the window ({window}) so they overlap")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    num_samples = mixture.shape[0]
+    if num_samples <= window:
+        return match_mixture_level(separate_batch(mixture.unsqueeze(0)).cpu(), mixture.unsqueeze(0))[0]
+
+    overlap = window - hop
+    num_windows = math.ceil((num_samples - overlap) / hop)  # the last one reaches the end, no other one does
+    fade_in, fade_out = crossfade(overlap)
+    est_sources = None  # [time, num_spks], allocated once the number of speakers is known
+    previous_tail = None  # the last window's estimates on the samples it shares with the next one
+    disable = None if progress is None else not progress  # tqdm: None disables the bar off a terminal
+    with tqdm(total=num_windows, unit="window", desc=description, disable=disable, leave=False) as bar:
+        for first in range(0, num_windows, batch_size):
+            starts = [k * hop for k in range(first, min(first + batch_size, num_windows))]
+            chunks = torch.zeros(len(starts), window, dtype=mixture.dtype)  # [batch, window]
+            for row, start in enumerate(starts):
+                piece = mixture[start : start + window]
+                chunks[row, : piece.shape[0]] = piece
+            estimates = match_mixture_level(separate_batch(chunks).cpu().float(), chunks)  # [batch, window, num_spks]
+            if est_sources is None:
+                est_sources = torch.zeros(num_samples, estimates.shape[-1])
+            for start, estimate in zip(starts, estimates):
+                if previous_tail is not None:
+                    estimate = estimate[:, align_to_previous(previous_tail, estimate[:overlap])]
+                previous_tail = estimate[hop:]
+                weight = torch.ones(window)
+                if start > 0:
+                    weight[:overlap] = fade_in
+                if start + window < num_samples:
+                    weight[hop:] = fade_out
+                end = min(start + window, num_samples)
+                est_sources[start:end] += (estimate * weight.unsqueeze(-1))[: end - start]
+            bar.update(len(starts))
+    return est_sources

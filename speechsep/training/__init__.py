@@ -1,0 +1,2 @@
+"""Training runtime: PIT SI-SNR loss, schedulers, checkpoints, distributed helpers, config loading and
+checks, the output-folder lock."""
