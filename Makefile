@@ -21,6 +21,8 @@ demo: $(INSTALLED)
 	$(PYTHON) -m speechsep.corpus.demo
 
 test: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -q
 
 bench: $(INSTALLED)

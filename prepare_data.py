@@ -82,9 +82,7 @@ def detect_layout(data_folder: Path) -> str:
             return "wsj0mix"
         if (rate_folder / "test" / "s1").is_dir() and (rate_folder / "dev").is_dir():
             return "librimix"
-    raise DataPreparationError(
-        f"unknown data layout in {data_folder}; expected one of: " + " | ".join(LAYOUTS)
-    )
+    raise DataPreparationError(f"unknown data layout in {data_folder}; expected one of: " + " | ".join(LAYOUTS))
 
 
 def split_folders(
@@ -164,10 +162,7 @@ def _source_folders(split_folder: Path, prefix: str, num_spks: int) -> list[Path
 def audio_files(folder: Path) -> list[Path]:
     """The audio files directly in `folder`, sorted by name; the extension matches in any case."""
     with os.scandir(folder) as entries:
-        return sorted(
-            Path(entry.path) for entry in entries
-            if is_audio_name(entry.name) and entry.is_file()
-        )
+        return sorted(Path(entry.path) for entry in entries if is_audio_name(entry.name) and entry.is_file())
 
 
 @dataclass(frozen=True)
@@ -374,8 +369,14 @@ def prepare_data(
     save_folder = Path(save_folder)
     layout = detect_layout(data_folder)
     options = PrepareOptions(
-        str(data_folder), layout, num_spks, sample_rate, mode, str(librimix_train_subset),
-        use_wham_noise, skip_bad_files,
+        str(data_folder),
+        layout,
+        num_spks,
+        sample_rate,
+        mode,
+        str(librimix_train_subset),
+        use_wham_noise,
+        skip_bad_files,
     )
     folders = split_folders(
         data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise

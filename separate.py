@@ -32,27 +32,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults = SeparationOptions()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or glob patterns")
-    parser.add_argument("--model", required=True, help="training output folder, export.py folder or SpeechBrain model folder")
+    parser.add_argument(
+        "--model", required=True, help="training output folder, export.py folder or SpeechBrain model folder"
+    )
     parser.add_argument("--output-dir", required=True, help="where <stem>_s1.wav, <stem>_s2.wav, ... are written")
-    parser.add_argument("--window", type=float, default=defaults.window,
-                        help="seconds separated at once (default %(default)s)")
-    parser.add_argument("--hop", type=float, default=defaults.hop,
-                        help="seconds between windows; window - hop are cross-faded (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="windows per forward pass (default %(default)s)")
-    parser.add_argument("--output-rate", choices=("model", "input"), default=defaults.output_rate,
-                        help="write at the model's sample rate or each input's (default %(default)s)")
-    parser.add_argument("--normalize", choices=("mixture", "peak"), default=defaults.normalize,
-                        help="mixture: estimates at the mixture's level; peak: each track peaks at 0.9 "
-                        "(default %(default)s)")
-    parser.add_argument("--shifts", type=int, default=defaults.shifts,
-                        help="average the estimates over this many sub-hop delays of the input: a cheap ensemble, "
-                        "that many times slower (the demo reports its test scores with 8; default %(default)s)")
-    parser.add_argument("--mixture-consistency", action="store_true",
-                        help="make the estimates sum to the mixture (what they leave out is shared equally); for "
-                        "mixtures of speech alone, not noisy ones (the demo reports its test scores with it)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (never an input)")
+    parser.add_argument(
+        "--window", type=float, default=defaults.window, help="seconds separated at once (default %(default)s)"
+    )
+    parser.add_argument(
+        "--hop",
+        type=float,
+        default=defaults.hop,
+        help="seconds between windows; window - hop are cross-faded (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass (default %(default)s)"
+    )
+    parser.add_argument(
+        "--output-rate",
+        choices=("model", "input"),
+        default=defaults.output_rate,
+        help="write at the model's sample rate or each input's (default %(default)s)",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=("mixture", "peak"),
+        default=defaults.normalize,
+        help="mixture: estimates at the mixture's level; peak: each track peaks at 0.9 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shifts",
+        type=int,
+        default=defaults.shifts,
+        help="average the estimates over this many sub-hop delays of the input: a cheap ensemble, "
+        "that many times slower (the demo reports its test scores with 8; default %(default)s)",
+    )
+    parser.add_argument(
+        "--mixture-consistency",
+        action="store_true",
+        help="make the estimates sum to the mixture (what they leave out is shared equally); for "
+        "mixtures of speech alone, not noisy ones (the demo reports its test scores with it)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     parser.add_argument("--quiet", action="store_true", help="only errors")
@@ -81,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(level)
     try:
         options = SeparationOptions(
-            window=args.window, hop=args.hop, batch_size=args.batch_size, output_rate=args.output_rate,
-            normalize=args.normalize, progress=False if args.no_progress else None, shifts=args.shifts,
+            window=args.window,
+            hop=args.hop,
+            batch_size=args.batch_size,
+            output_rate=args.output_rate,
+            normalize=args.normalize,
+            progress=False if args.no_progress else None,
+            shifts=args.shifts,
             mixture_consistency=args.mixture_consistency,
         )
         separator = FileSeparator(load_separator(args.model, device=args.device), options)
@@ -103,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {path.resolve() for path in files}
     written_by = {}  # output stem -> the input that wrote it, so that no input overwrites another's outputs
     for path in files:
-        problem = output_problem(path, separator.output_paths(path, args.output_dir), inputs, written_by, args.overwrite)
+        problem = output_problem(
+            path, separator.output_paths(path, args.output_dir), inputs, written_by, args.overwrite
+        )
         if problem:
             logger.error(f"error: {path}: {problem}")
             failed += 1

@@ -15,15 +15,22 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-import yaml
 import speechbrain as sb
+import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from prepare_data import check_num_spks, prepare_data
-from speechsep.evaluation import metrics
+from speechsep.data.audio import PEAK_LIMIT, write_pcm16
 from speechsep.data.augment import fit_length, perturb_sources
+from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
+from speechsep.data.manifests import separation_dataset
+from speechsep.errors import RecipeError
+from speechsep.evaluation import metrics
+from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
+from speechsep.inference.separation import mixture_consistency, separate_shifted
+from speechsep.models.filterbank import encoder_hop
+from speechsep.models.speedups import speed_up
 from speechsep.training.config import (
     DATA_KEYS,
     ConfigError,
@@ -34,16 +41,15 @@ from speechsep.training.config import (
     record_yaml,
     resolved_values,
 )
-from speechsep.data.audio import PEAK_LIMIT, write_pcm16
-from speechsep.data.manifests import separation_dataset
-from speechsep.training.distributed import any_rank, is_launcher_main_process, gather_rows, shard_for_evaluation, sum_over_ranks, world_size
-from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
-from speechsep.errors import RecipeError
-from speechsep.models.filterbank import encoder_hop
-from speechsep.models.speedups import speed_up
-from speechsep.inference.separation import mixture_consistency, separate_shifted
+from speechsep.training.distributed import (
+    any_rank,
+    gather_rows,
+    is_launcher_main_process,
+    shard_for_evaluation,
+    sum_over_ranks,
+    world_size,
+)
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
-from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
@@ -217,7 +223,9 @@ class Separation(sb.Brain):
             test_rows = gather_rows(self.test_rows)
             if if_main_process():
                 metrics.write_test_results(test_rows, Path(self.hparams.results_folder) / "test_results.csv")
-            reported = [key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]]
+            reported = [
+                key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]
+            ]
             means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, reported).items()}
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=means
@@ -296,7 +304,11 @@ class Separation(sb.Brain):
         input (and upstream's filter silently drops NaN but back-propagates -inf).
         """
         hp = self.hparams
-        keep = loss_per_example > hp.threshold if hp.threshold_byloss else torch.ones_like(loss_per_example, dtype=torch.bool)
+        keep = (
+            loss_per_example > hp.threshold
+            if hp.threshold_byloss
+            else torch.ones_like(loss_per_example, dtype=torch.bool)
+        )
         self.epoch_stats.examples_seen += loss_per_example.numel()
         self.epoch_stats.examples_filtered += int((~keep).sum())
         loss = loss_per_example[keep].mean() if keep.any() else None
@@ -320,15 +332,23 @@ class Separation(sb.Brain):
     def score(self, predictions, est_sources, snt_ids):
         """The test metrics of one set of estimates, one row per utterance."""
         return metrics.separation_metrics(
-            predictions.mixture, predictions.sources, est_sources.float(), predictions.lengths, snt_ids=snt_ids,
-            compute_stoi=self.hparams.compute_stoi, sample_rate=self.hparams.sample_rate,
+            predictions.mixture,
+            predictions.sources,
+            est_sources.float(),
+            predictions.lengths,
+            snt_ids=snt_ids,
+            compute_stoi=self.hparams.compute_stoi,
+            sample_rate=self.hparams.sample_rate,
             sdr_permutation=self.hparams.sdr_permutation,
         )
 
     def save_audio(self, ids, predictions, perms):
         """Write mixture, references and permutation-aligned plain-pass estimates until `n_audio_to_save`."""
         mixture, sources, est_sources, lengths = (
-            predictions.mixture, predictions.sources, predictions.est_sources, predictions.lengths
+            predictions.mixture,
+            predictions.sources,
+            predictions.est_sources,
+            predictions.lengths,
         )
         limit = self.hparams.n_audio_to_save
         audio_dir = Path(self.hparams.results_folder) / "audio"
@@ -365,8 +385,12 @@ def training_dataset(hparams):
             seed=hparams["seed"],
         )
     return separation_dataset(
-        hparams["train_data"], hparams["data_folder"], hparams["num_spks"], hparams["use_wham_noise"],
-        segment_len=hparams["training_signal_len"], random_crop=True,
+        hparams["train_data"],
+        hparams["data_folder"],
+        hparams["num_spks"],
+        hparams["use_wham_noise"],
+        segment_len=hparams["training_signal_len"],
+        random_crop=True,
     )
 
 
@@ -479,8 +503,10 @@ def prepare_experiment(argv):
     if hparams["dynamic_mixing"] and not test_only:
         run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
     if if_main_process():  # --test_only keeps the training record: its own config goes with its results
-        folder, name = (hparams["results_folder"], "test_" + HPARAMS_FILE) if test_only else (
-            hparams["output_folder"], HPARAMS_FILE
+        folder, name = (
+            (hparams["results_folder"], "test_" + HPARAMS_FILE)
+            if test_only
+            else (hparams["output_folder"], HPARAMS_FILE)
         )
         Path(folder).mkdir(parents=True, exist_ok=True)
         Path(folder, name).write_text(record)

@@ -65,11 +65,18 @@ def data_wait_share(pool_folder: Path, steps: int) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as output:
         hparams = load_hparams(
             root / "hparams" / "demo.yaml",
-            {"data_folder": "unused", "output_folder": output, "dynamic_mixing": True,
-             "base_folder_dm": str(pool_folder), "dm_epoch_len": 64 * (steps + 5)},
+            {
+                "data_folder": "unused",
+                "output_folder": output,
+                "dynamic_mixing": True,
+                "base_folder_dm": str(pool_folder),
+                "dm_epoch_len": 64 * (steps + 5),
+            },
         )
         brain = Separation(
-            modules=hparams["modules"], opt_class=hparams["optimizer"], hparams=hparams,
+            modules=hparams["modules"],
+            opt_class=hparams["optimizer"],
+            hparams=hparams,
             run_opts={"device": "cpu", "noprogressbar": True},
         )
         train_set = training_dataset(hparams)

@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_metrics import upstream_scores  # noqa: E402
-from speechsep.training.config import load_hparams  # noqa: E402
-from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
 from speechsep.evaluation.metrics import separation_metrics  # noqa: E402
 from speechsep.synthetic_speech import speech_like_mixture  # noqa: E402
+from speechsep.training.config import load_hparams  # noqa: E402
+from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
 from train import Separation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,12 @@ def test_set(num_spks: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor
 
     pairs = []
     for seed in range(count):
-        mixture, sources = speech_like_mixture(SECONDS * SAMPLE_RATE, num_spks, SAMPLE_RATE, np.random.default_rng(seed))
-        pairs.append((torch.tensor(mixture, dtype=torch.float32)[None], torch.tensor(sources, dtype=torch.float32)[None]))
+        mixture, sources = speech_like_mixture(
+            SECONDS * SAMPLE_RATE, num_spks, SAMPLE_RATE, np.random.default_rng(seed)
+        )
+        pairs.append(
+            (torch.tensor(mixture, dtype=torch.float32)[None], torch.tensor(sources, dtype=torch.float32)[None])
+        )
     return pairs
 
 

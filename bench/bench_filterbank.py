@@ -8,7 +8,7 @@
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from speechbrain.lobes.models import dual_path
@@ -100,10 +100,20 @@ def run(quick: bool = False) -> str:
         "|---|---:|---:|---:|",
     ]
     rows = [
-        (f"{part}, {name}, batch {batch} x {seconds:g} s",
-         {impl: filterbank_step(impl, channels, kernel, 1 if quick else batch, 0.5 if quick else seconds,
-                                decoder_only=part.startswith("decoder"))
-          for impl in IMPLEMENTATIONS})
+        (
+            f"{part}, {name}, batch {batch} x {seconds:g} s",
+            {
+                impl: filterbank_step(
+                    impl,
+                    channels,
+                    kernel,
+                    1 if quick else batch,
+                    0.5 if quick else seconds,
+                    decoder_only=part.startswith("decoder"),
+                )
+                for impl in IMPLEMENTATIONS
+            },
+        )
         for name, channels, kernel, batch, seconds in SIZES
         for part in ("decoder alone (1 call)", "filterbank")
     ]

@@ -46,8 +46,8 @@ def write_model(folder: Path, overrides: dict, seed: int = 0, config: str = "con
     import torch
     from hyperpyyaml import load_hyperpyyaml
 
-    from speechsep.training.config import resolved_yaml
     from speechsep.inference.model_folder import MODULE_NAMES, inference_config
+    from speechsep.training.config import resolved_yaml
 
     values = {"data_folder": str(folder), "output_folder": str(folder), "num_spks": NUM_SPKS, **overrides}
     text = resolved_yaml(REPO_ROOT / "hparams" / config, "\n".join(f"{k}: {v}" for k, v in values.items()))
@@ -105,7 +105,14 @@ def worker(model_dir: str, input_path: str, output_dir: str, batch_size: int, de
 def measure(model_dir: Path, input_path: Path, output_dir: Path, batch_size: int, device: str) -> dict:
     """Runs `worker` in a fresh Python process; returns its report or {"error": ...}."""
     command = [
-        sys.executable, __file__, "--worker", str(model_dir), str(input_path), str(output_dir), str(batch_size), device,
+        sys.executable,
+        __file__,
+        "--worker",
+        str(model_dir),
+        str(input_path),
+        str(output_dir),
+        str(batch_size),
+        device,
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     if result.returncode != 0:
@@ -139,21 +146,23 @@ def run(quick: bool = False, batch_size: int = 1, device: str | None = None) -> 
             )
     where = f"CPU ({len(os.sched_getaffinity(0))} threads)" if device == "cpu" else f"`{device}`"
     caveat = " (--quick: short inputs, a smoke test)" if quick else ""
-    return "\n".join([
-        "## Separating long recordings (separate.py)",
-        "",
-        f"One {SAMPLE_RATE} Hz two-speaker recording per row (synthetic speech-like mixtures), separated on {where} "
-        f"with the default 8 s windows and 4 s hop, {batch_size} window(s) per forward pass, "
-        "random weights. RTF = separation time / audio duration (reading, resampling and writing included, "
-        "model loading not). Peak RSS of the fresh process that loaded the model and separated the file; "
-        "*before* = RSS once the model is loaded. Chunking keeps peak minus before at the input and output "
-        f"buffers (about 12 bytes per input sample with two speakers) plus one window's activations{caveat}.",
-        "",
-        f"| model | input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Separating long recordings (separate.py)",
+            "",
+            f"One {SAMPLE_RATE} Hz two-speaker recording per row (synthetic speech-like mixtures), separated on {where} "
+            f"with the default 8 s windows and 4 s hop, {batch_size} window(s) per forward pass, "
+            "random weights. RTF = separation time / audio duration (reading, resampling and writing included, "
+            "model loading not). Peak RSS of the fresh process that loaded the model and separated the file; "
+            "*before* = RSS once the model is loaded. Chunking keeps peak minus before at the input and output "
+            f"buffers (about 12 bytes per input sample with two speakers) plus one window's activations{caveat}.",
+            "",
+            f"| model | input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def main() -> None:

@@ -44,9 +44,7 @@ def mir_eval_sdr(sources: torch.Tensor, est_sources: torch.Tensor) -> np.ndarray
     return _mir_eval_with_permutation(sources, est_sources)[0]
 
 
-def upstream_scores(
-    mixture: torch.Tensor, sources: torch.Tensor, est_sources: torch.Tensor
-) -> dict[str, float]:
+def upstream_scores(mixture: torch.Tensor, sources: torch.Tensor, est_sources: torch.Tensor) -> dict[str, float]:
     """Score one utterance the way upstream SpeechBrain's WSJ0Mix `save_results` does (batch size 1):
     sdr, sdr_i, si-snr, si-snr_i, with the mixture as the baseline estimate of every source."""
     mixture_signal = torch.stack([mixture] * sources.shape[-1], dim=-1)
@@ -100,9 +98,7 @@ def _measure(num_spks: int, count: int, batch_size: int) -> dict[str, dict[str, 
     for rule in SDR_PERMUTATIONS:
         for _ in range(3):
             separation_metrics(*utterances[0], sdr_permutation=rule)
-        ours = [
-            _median_ms(lambda: separation_metrics(*utterance, sdr_permutation=rule)) for utterance in utterances
-        ]
+        ours = [_median_ms(lambda: separation_metrics(*utterance, sdr_permutation=rule)) for utterance in utterances]
         batched = []
         for start in range(0, count - batch_size + 1, batch_size):
             batch = [torch.cat(tensors) for tensors in zip(*utterances[start : start + batch_size])]

@@ -19,8 +19,8 @@ import resource
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,15 +51,27 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml).
 FULL_SIZES = {
     "sepformer": dict(
-        encoder_channels=256, kernel_size=16, num_blocks=2, num_layers=8,
-        d_model=256, nhead=8, d_ffn=1024, chunk_size=250,
+        encoder_channels=256,
+        kernel_size=16,
+        num_blocks=2,
+        num_layers=8,
+        d_model=256,
+        nhead=8,
+        d_ffn=1024,
+        chunk_size=250,
     ),
     "convtasnet": dict(encoder_channels=256, kernel_size=16, B=256, H=512, P=3, X=6, R=4),
 }
 TINY_SIZES = {
     "sepformer": dict(
-        encoder_channels=32, kernel_size=16, num_blocks=1, num_layers=1,
-        d_model=32, nhead=4, d_ffn=64, chunk_size=50,
+        encoder_channels=32,
+        kernel_size=16,
+        num_blocks=1,
+        num_layers=1,
+        d_model=32,
+        nhead=4,
+        d_ffn=64,
+        chunk_size=50,
     ),
     "convtasnet": dict(encoder_channels=32, kernel_size=16, B=32, H=64, P=3, X=2, R=1),
 }
@@ -87,9 +99,9 @@ class Case:
 class Measurement:
     """What one configuration measured, or why it failed."""
 
-    median_ms: Optional[float] = None
-    peak_mib: Optional[float] = None
-    error: Optional[str] = None
+    median_ms: float | None = None
+    peak_mib: float | None = None
+    error: str | None = None
 
 
 class MaskingSeparator(nn.Module):
@@ -119,14 +131,25 @@ def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> 
     encoder_channels, kernel_size = sizes["encoder_channels"], sizes["kernel_size"]
     if model == "sepformer":
         block_kwargs = dict(
-            num_layers=sizes["num_layers"], d_model=sizes["d_model"], nhead=sizes["nhead"],
-            d_ffn=sizes["d_ffn"], dropout=0.0, use_positional_encoding=True, norm_before=True,
+            num_layers=sizes["num_layers"],
+            d_model=sizes["d_model"],
+            nhead=sizes["nhead"],
+            d_ffn=sizes["d_ffn"],
+            dropout=0.0,
+            use_positional_encoding=True,
+            norm_before=True,
         )
         masknet = Dual_Path_Model(
-            in_channels=encoder_channels, out_channels=sizes["d_model"],
-            intra_model=BLOCKS[block](**block_kwargs), inter_model=BLOCKS[block](**block_kwargs),
-            num_layers=sizes["num_blocks"], norm="ln", K=sizes["chunk_size"], num_spks=NUM_SPKS,
-            skip_around_intra=True, linear_layer_after_inter_intra=False,
+            in_channels=encoder_channels,
+            out_channels=sizes["d_model"],
+            intra_model=BLOCKS[block](**block_kwargs),
+            inter_model=BLOCKS[block](**block_kwargs),
+            num_layers=sizes["num_blocks"],
+            norm="ln",
+            K=sizes["chunk_size"],
+            num_spks=NUM_SPKS,
+            skip_around_intra=True,
+            linear_layer_after_inter_intra=False,
         )
     elif model == "convtasnet":
         masknet = MASKNETS[block](
@@ -137,8 +160,9 @@ def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> 
     return MaskingSeparator(
         Encoder(kernel_size=kernel_size, out_channels=encoder_channels),
         masknet,
-        Decoder(in_channels=encoder_channels, out_channels=1, kernel_size=kernel_size,
-                stride=kernel_size // 2, bias=False),
+        Decoder(
+            in_channels=encoder_channels, out_channels=1, kernel_size=kernel_size, stride=kernel_size // 2, bias=False
+        ),
     )
 
 
@@ -266,8 +290,10 @@ def profile_breakdown(case: Case, warmup: int = 1) -> dict[str, float]:
     for event in profiler.key_averages():
         if event.key.startswith("aten::") or "scaled_dot_product" in event.key:
             group = (
-                "linear" if event.key in LINEAR_OPS
-                else "attention" if any(name in event.key for name in ATTENTION_OPS)
+                "linear"
+                if event.key in LINEAR_OPS
+                else "attention"
+                if any(name in event.key for name in ATTENTION_OPS)
                 else "other"
             )
             totals[group] += event.self_cpu_time_total
@@ -275,7 +301,7 @@ def profile_breakdown(case: Case, warmup: int = 1) -> dict[str, float]:
     return {group: value / total for group, value in totals.items()}
 
 
-def _breakdown_or_report(case: Case) -> Optional[dict[str, float]]:
+def _breakdown_or_report(case: Case) -> dict[str, float] | None:
     try:
         return profile_breakdown(case)
     except Exception:
@@ -313,11 +339,11 @@ def breakdown_section(quick: bool) -> str:
     return "\n".join(lines)
 
 
-def _format(value: Optional[float], digits: int = 0) -> str:
+def _format(value: float | None, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(reference: Optional[float], value: Optional[float]) -> str:
+def _ratio(reference: float | None, value: float | None) -> str:
     if reference is None or value is None or value <= 0:
         return "—"
     return f"{reference / value:.2f}x"
@@ -391,7 +417,7 @@ NOTES = {
 }
 
 
-def run(quick: bool = False, device: Optional[str] = None, models: tuple[str, ...] = MODELS) -> str:
+def run(quick: bool = False, device: str | None = None, models: tuple[str, ...] = MODELS) -> str:
     """Measures every case, each in a fresh process, and returns a markdown section per model."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:

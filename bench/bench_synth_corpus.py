@@ -63,23 +63,25 @@ def run(quick: bool = False) -> str:
     mixtures = "/".join(str(summary["mixtures"][split]) for split in SPLITS)
     speakers = "/".join(str(summary["speakers"][split]) for split in SPLITS)
     hours = sum(summary["mixture_hours"].values())
-    return "\n".join([
-        "## Synthetic corpus generation",
-        "",
-        f"`synthesize_corpus` with the `{size}` size{caveat}, {NUM_WORKERS} worker processes, 8 kHz, "
-        "2 speakers, min mode. Wall time depends on what else runs on the machine; the CPU costs "
-        "are timed serially in one process, and the estimate divides the total CPU work by the "
-        "workers (what a quiet machine takes, process start-up aside).",
-        "",
-        "| speakers train/dev/test | pool utterances | pool hours | mixtures train/dev/test "
-        "| mixture hours | MB on disk | wall s | CPU ms / utterance | CPU ms / mixture "
-        "| quiet estimate s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {speakers} | {num_utterances} | {summary['source_hours']:.2f} | {mixtures} | {hours:.2f} "
-        f"| {summary['megabytes']:.0f} | {wall:.1f} | {1000 * per_utterance:.1f} "
-        f"| {1000 * per_mixture:.1f} | {quiet_estimate:.0f} |",
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Synthetic corpus generation",
+            "",
+            f"`synthesize_corpus` with the `{size}` size{caveat}, {NUM_WORKERS} worker processes, 8 kHz, "
+            "2 speakers, min mode. Wall time depends on what else runs on the machine; the CPU costs "
+            "are timed serially in one process, and the estimate divides the total CPU work by the "
+            "workers (what a quiet machine takes, process start-up aside).",
+            "",
+            "| speakers train/dev/test | pool utterances | pool hours | mixtures train/dev/test "
+            "| mixture hours | MB on disk | wall s | CPU ms / utterance | CPU ms / mixture "
+            "| quiet estimate s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {speakers} | {num_utterances} | {summary['source_hours']:.2f} | {mixtures} | {hours:.2f} "
+            f"| {summary['megabytes']:.0f} | {wall:.1f} | {1000 * per_utterance:.1f} "
+            f"| {1000 * per_mixture:.1f} | {quiet_estimate:.0f} |",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -126,8 +126,12 @@ def model_sizes(model: str, quick: bool) -> dict:
     overrides = {"N_encoder_out": sizes["encoder_channels"], "kernel_size": sizes["kernel_size"]}
     if model == "sepformer":
         overrides.update(
-            out_channels=sizes["d_model"], num_layers=sizes["num_layers"], nhead=sizes["nhead"],
-            d_ffn=sizes["d_ffn"], num_blocks=sizes["num_blocks"], chunk_size=sizes["chunk_size"],
+            out_channels=sizes["d_model"],
+            num_layers=sizes["num_layers"],
+            nhead=sizes["nhead"],
+            d_ffn=sizes["d_ffn"],
+            num_blocks=sizes["num_blocks"],
+            chunk_size=sizes["chunk_size"],
         )
     else:
         overrides.update({key: sizes[key] for key in ("B", "H", "P", "X", "R")})
@@ -187,8 +191,11 @@ def recipe_step(case: StepCase, settings: Settings, workdir: Path):
     from train import Separation
 
     values = {
-        "data_folder": str(workdir), "output_folder": str(workdir / "out"),
-        "use_speedperturb": False, "num_workers": 0, **model_sizes(case.model, settings.quick),
+        "data_folder": str(workdir),
+        "output_folder": str(workdir / "out"),
+        "use_speedperturb": False,
+        "num_workers": 0,
+        **model_sizes(case.model, settings.quick),
     }
     if case.model == "sepformer":
         values["fast_attention"] = case.block == "ours"
@@ -196,7 +203,9 @@ def recipe_step(case: StepCase, settings: Settings, workdir: Path):
         values["MaskNet"] = OUR_CONVTASNET_MASKNET
     hparams = load_hparams(REPO_ROOT / "hparams" / f"{case.model}.yaml", yaml_overrides(values))
     brain = Separation(
-        modules=hparams["modules"], opt_class=hparams["optimizer"], hparams=hparams,
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
         run_opts={"device": settings.device, "precision": case.precision, "eval_precision": "fp32"},
         checkpointer=None,
     )
@@ -334,9 +343,7 @@ def scoring_worker(spec: dict) -> None:
 
     count = spec["utterances"]
     examples = [mask_separation_example(NUM_SPKS, 4 * SAMPLE_RATE, SAMPLE_RATE, seed) for seed in range(count)]
-    mixture, sources, est_sources = (
-        torch.tensor(np.stack(signals), dtype=torch.float32) for signals in zip(*examples)
-    )
+    mixture, sources, est_sources = (torch.tensor(np.stack(signals), dtype=torch.float32) for signals in zip(*examples))
     devices = ["cpu"] + ([spec["device"]] if spec["device"] != "cpu" else [])
     for device in devices:
         synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -379,7 +386,7 @@ def run_worker(kind: str, spec: dict, deadline: float) -> tuple[list[dict], str 
     """The JSON results a worker printed, and why it stopped early (None if it finished)."""
     command = [sys.executable, __file__, "--worker", kind, json.dumps({**spec, "deadline": deadline})]
     returncode, stdout, stderr = run_until(command, deadline)
-    results = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    results = [json.loads(line[len("RESULT ") :]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     if returncode is None:
         return results, NOT_MEASURED
     if returncode != 0:
@@ -414,7 +421,7 @@ def measure_steps(model: str, settings: Settings, deadline: float) -> dict[StepC
     for item in measured:
         case = StepCase(**item.pop("case"))
         results[case] = {"status": f"failed: {item['error']}"} if "error" in item else item
-    for case in to_run[len(measured):]:
+    for case in to_run[len(measured) :]:
         results[case] = {"status": stopped or NOT_MEASURED}
     return results
 
@@ -469,8 +476,10 @@ def goal_summary(results: dict) -> str:
         vs_block = _ratio(results.get(dataclasses.replace(case, block="speechbrain")), result)
         vs_upstream = _ratio(results.get(StepCase("sepformer", UPSTREAM, "fp32", case.batch)), result)
         met = (
-            "not measured" if vs_block is None or vs_upstream is None
-            else "met" if vs_block >= GOAL_VS_SPEECHBRAIN and vs_upstream >= GOAL_VS_UPSTREAM
+            "not measured"
+            if vs_block is None or vs_upstream is None
+            else "met"
+            if vs_block >= GOAL_VS_SPEECHBRAIN and vs_upstream >= GOAL_VS_UPSTREAM
             else "**not met**"
         )
         lines.append(
@@ -494,8 +503,12 @@ def write_tree(root: Path, train_files: int, seconds: float, seed: int = 0) -> P
             signals = {"mixture": mixture, **{f"source{k + 1}": sources[:, k] for k in range(NUM_SPKS)}}
             for folder, signal_ in signals.items():
                 (root / split / folder).mkdir(parents=True, exist_ok=True)
-                sf.write(root / split / folder / f"utt{index:03d}.wav", signal_.astype(np.float32), SAMPLE_RATE,
-                         subtype="FLOAT")
+                sf.write(
+                    root / split / folder / f"utt{index:03d}.wav",
+                    signal_.astype(np.float32),
+                    SAMPLE_RATE,
+                    subtype="FLOAT",
+                )
     return root
 
 
@@ -518,12 +531,22 @@ def measure_train_run(precision: str, settings: Settings, data: Path, output: Pa
     """Train for `train_steps` steps (one epoch, batch 1), validate and test with train.py; what its logs say."""
     steps = settings.train_steps
     options = {
-        "N_epochs": 1, "batch_size": 1, "use_speedperturb": False, "num_workers": 0, "save_audio": False,
+        "N_epochs": 1,
+        "batch_size": 1,
+        "use_speedperturb": False,
+        "num_workers": 0,
+        "save_audio": False,
         **model_sizes("sepformer", settings.quick),
     }
     command = [
-        sys.executable, "train.py", "hparams/sepformer.yaml", f"--data_folder={data}", f"--output_folder={output}",
-        f"--precision={precision}", f"--device={settings.device}", "--noprogressbar",
+        sys.executable,
+        "train.py",
+        "hparams/sepformer.yaml",
+        f"--data_folder={data}",
+        f"--output_folder={output}",
+        f"--precision={precision}",
+        f"--device={settings.device}",
+        "--noprogressbar",
         *[f"--{key}={value}" for key, value in options.items()],
     ]
     start = time.time()
@@ -575,23 +598,25 @@ def train_runs_section(settings: Settings, deadline: float) -> str:
                 f"| {run['valid_si_snr']} | {run['test_si_snr']} |"
             )
     skipped_cpu = " fp16 is not run on CPU (train.py would swap it for bf16)." if settings.device == "cpu" else ""
-    return "\n".join([
-        "## train.py under mixed precision",
-        "",
-        f"`python train.py hparams/sepformer.yaml --precision=<p> --device={settings.device}` on a generated custom "
-        f"tree ({settings.train_steps} training mixtures, batch 1: {settings.train_steps} steps, then validation and "
-        f"test on 2 mixtures each), SepFormer at {'tiny' if settings.quick else 'published'} size, random init. "
-        "*Skipped batches*: train.py's count of batches it did not back-propagate (non-finite or out-of-range "
-        "loss), with the number of `Skipping batch` log lines. *GradScaler overflows*: steps the scaler skipped "
-        "for inf/NaN gradients, log2(65536 / final scale). *NaN*: whether `nan` appears in train_log.txt. "
-        f"SI-SNR in dB.{skipped_cpu}",
-        "",
-        "| precision | steps | run (wall time) | skipped batches | GradScaler overflows | NaN | train si-snr "
-        "| valid si-snr | test si-snr |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            "## train.py under mixed precision",
+            "",
+            f"`python train.py hparams/sepformer.yaml --precision=<p> --device={settings.device}` on a generated custom "
+            f"tree ({settings.train_steps} training mixtures, batch 1: {settings.train_steps} steps, then validation and "
+            f"test on 2 mixtures each), SepFormer at {'tiny' if settings.quick else 'published'} size, random init. "
+            "*Skipped batches*: train.py's count of batches it did not back-propagate (non-finite or out-of-range "
+            "loss), with the number of `Skipping batch` log lines. *GradScaler overflows*: steps the scaler skipped "
+            "for inf/NaN gradients, log2(65536 / final scale). *NaN*: whether `nan` appears in train_log.txt. "
+            f"SI-SNR in dB.{skipped_cpu}",
+            "",
+            "| precision | steps | run (wall time) | skipped batches | GradScaler overflows | NaN | train si-snr "
+            "| valid si-snr | test si-snr |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 # ==================================================================== scoring and separate.py (main side)
@@ -613,18 +638,20 @@ def scoring_section(settings: Settings, deadline: float) -> str:
             continue
         speed_up = _ratio_text(cpu_ms / ms if cpu_ms else None)
         rows.append(f"| {device} | {batch} | {ms:.1f} | {1e3 / ms:.0f} | {speed_up} |")
-    return "\n".join([
-        "## Test-set scoring throughput",
-        "",
-        f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi) on {count} mask-separated 4 s "
-        f"{SAMPLE_RATE} Hz two-speaker utterances, one call per batch, after a warm-up call; the test stage scores "
-        "batch 1.",
-        "",
-        "| device | batch | ms per utterance | utterances/s | speed-up vs CPU batch 1 |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Test-set scoring throughput",
+            "",
+            f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi) on {count} mask-separated 4 s "
+            f"{SAMPLE_RATE} Hz two-speaker utterances, one call per batch, after a warm-up call; the test stage scores "
+            "batch 1.",
+            "",
+            "| device | batch | ms per utterance | utterances/s | speed-up vs CPU batch 1 |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def separate_section(settings: Settings, deadline: float) -> str:
@@ -642,8 +669,14 @@ def separate_section(settings: Settings, deadline: float) -> str:
                 continue
             model_dir = write_model(tmp / model, model_sizes(model, settings.quick), config=f"{model}.yaml")
             command = [
-                sys.executable, str(BENCH_DIR / "bench_inference.py"), "--worker", str(model_dir), str(recording),
-                str(tmp / "out"), "1", settings.device,
+                sys.executable,
+                str(BENCH_DIR / "bench_inference.py"),
+                "--worker",
+                str(model_dir),
+                str(recording),
+                str(tmp / "out"),
+                "1",
+                settings.device,
             ]
             returncode, stdout, stderr = run_until(command, deadline)
             if returncode is None:
@@ -657,19 +690,21 @@ def separate_section(settings: Settings, deadline: float) -> str:
                     f"| {model} | {seconds / 60:.3g} | {report['elapsed'] / report['audio_seconds']:.4f} "
                     f"| {report['elapsed']:.1f} | {report['peak_rss_mib']:.0f} |"
                 )
-    return "\n".join([
-        "## separate.py real-time factor",
-        "",
-        f"One {seconds / 60:.3g}-minute {SAMPLE_RATE} Hz two-speaker recording separated on `{settings.device}` the "
-        "way separate.py does (8 s windows, 4 s hop, one window per forward pass, read and written as files), "
-        f"{'tiny' if settings.quick else 'published-size'} models with random weights, in a fresh process "
-        "(`bench/bench_inference.py`'s worker). RTF = separation time / audio duration, model loading excluded.",
-        "",
-        "| model | input (min) | RTF | time (s) | peak RSS (MiB) |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            "## separate.py real-time factor",
+            "",
+            f"One {seconds / 60:.3g}-minute {SAMPLE_RATE} Hz two-speaker recording separated on `{settings.device}` the "
+            "way separate.py does (8 s windows, 4 s hop, one window per forward pass, read and written as files), "
+            f"{'tiny' if settings.quick else 'published-size'} models with random weights, in a fresh process "
+            "(`bench/bench_inference.py`'s worker). RTF = separation time / audio duration, model loading excluded.",
+            "",
+            "| model | input (min) | RTF | time (s) | peak RSS (MiB) |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 # ==================================================================== the report
@@ -687,10 +722,16 @@ def machine_lines(device: str) -> list[str]:
 
     if device.startswith("cuda"):
         try:
-            driver = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=30,
-            ).stdout.strip().splitlines()[0]
+            driver = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
         except (OSError, IndexError, subprocess.SubprocessError):
             driver = "unknown (no nvidia-smi)"
         properties = torch.cuda.get_device_properties(torch.device(device))
@@ -745,7 +786,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--quick", action="store_true", help="tiny models, short signals, few steps: a smoke test")
     parser.add_argument(
-        "--budget-s", type=float, default=420.0,
+        "--budget-s",
+        type=float,
+        default=420.0,
         help="stop measuring after this many seconds; the report is still written (default %(default)s)",
     )
     parser.add_argument(

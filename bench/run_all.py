@@ -20,7 +20,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -45,7 +44,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _ram_gib() -> Optional[float]:
+def _ram_gib() -> float | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -73,7 +72,7 @@ def _gpus() -> str:
     return ", ".join(torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count()))
 
 
-def gpu_results_line(output: Path, gpu_results: Path = GPU_RESULTS) -> Optional[str]:
+def gpu_results_line(output: Path, gpu_results: Path = GPU_RESULTS) -> str | None:
     """A link from the report to the GPU check's own file, if it was written: this report is rewritten whole,
     so the GPU figures live apart and survive `make bench`."""
     if not gpu_results.is_file():
@@ -85,20 +84,21 @@ def gpu_results_line(output: Path, gpu_results: Path = GPU_RESULTS) -> Optional[
 def header(command: str, extra_lines: tuple[str, ...] = ()) -> str:
     """Machine, versions, date and the command that reproduces the report."""
     ram = _ram_gib()
-    return "\n".join([
-        "# Benchmark results",
-        "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores "
-        f"({len(os.sched_getaffinity(0))} usable by this process)",
-        f"- RAM: {ram:.1f} GiB" if ram is not None else "- RAM: unknown",
-        f"- GPU: {_gpus()}",
-        f"- Versions: python {platform.python_version()}, torch {_version('torch')}, "
-        f"speechbrain {_version('speechbrain')}",
-        f"- Reproduce: `{command}`",
-        *extra_lines,
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+            f"- CPU: {_cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable by this process)",
+            f"- RAM: {ram:.1f} GiB" if ram is not None else "- RAM: unknown",
+            f"- GPU: {_gpus()}",
+            f"- Versions: python {platform.python_version()}, torch {_version('torch')}, "
+            f"speechbrain {_version('speechbrain')}",
+            f"- Reproduce: `{command}`",
+            *extra_lines,
+            "",
+        ]
+    )
 
 
 def run_benchmark(name: str, quick: bool) -> str:
@@ -112,7 +112,7 @@ def run_benchmark(name: str, quick: bool) -> str:
     return f"{section.rstrip()}\n\n_bench_{name} took {time.perf_counter() - start:.0f} s._\n"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the benchmarks and write a markdown report.")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
     parser.add_argument(

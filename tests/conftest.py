@@ -22,12 +22,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A ConvTasNet small enough for a CPU test step in milliseconds.
 TINY_CONVTASNET = {
-    "N_encoder_out": 16, "kernel_size": 16, "B": 8, "H": 16, "P": 3, "X": 2, "R": 1,
-    "use_speedperturb": False, "num_workers": 0,
+    "N_encoder_out": 16,
+    "kernel_size": 16,
+    "B": 8,
+    "H": 16,
+    "P": 3,
+    "X": 2,
+    "R": 1,
+    "use_speedperturb": False,
+    "num_workers": 0,
 }
 TINY_SEPFORMER = {
-    "N_encoder_out": 16, "kernel_size": 16, "out_channels": 16, "num_layers": 1,
-    "nhead": 2, "d_ffn": 32, "num_blocks": 1, "chunk_size": 20, "use_speedperturb": False, "num_workers": 0,
+    "N_encoder_out": 16,
+    "kernel_size": 16,
+    "out_channels": 16,
+    "num_layers": 1,
+    "nhead": 2,
+    "d_ffn": 32,
+    "num_blocks": 1,
+    "chunk_size": 20,
+    "use_speedperturb": False,
+    "num_workers": 0,
 }
 
 
@@ -36,7 +51,9 @@ def tiny_hparams(tmp_path, config="convtasnet.yaml", **overrides):
     sizes = TINY_SEPFORMER if config.startswith("sepformer") else TINY_CONVTASNET
     values = {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "out"), **sizes, **overrides}
     # YAML text, so that a string value may carry a tag, e.g. optimizer="!name:torch.optim.SGD {lr: 1.0}"
-    text = "\n".join(f"{key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items())
+    text = "\n".join(
+        f"{key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+    )
     return load_hparams(REPO / "hparams" / config, text)
 
 

@@ -43,7 +43,9 @@ def make_wsj0mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split
     for split in ("tr", "cv", "tt"):
         folders = {"mix": base / split / "mix", **{f"s{k}": base / split / f"s{k}" for k in range(1, num_spks + 1)}}
         for i in range(per_split):
-            _write_example(folders, f"{split}_{i:03d}_mix", rng, num_spks, sample_rate, seconds * rng.uniform(0.8, 1.2), False)
+            _write_example(
+                folders, f"{split}_{i:03d}_mix", rng, num_spks, sample_rate, seconds * rng.uniform(0.8, 1.2), False
+            )
     return data_folder
 
 

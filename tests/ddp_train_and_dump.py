@@ -1,6 +1,6 @@
 """Run train.main under torchrun, then save this rank's parameters (for tests/test_distributed.py).
 
-    torchrun --nproc_per_node=2 tests/ddp_train_and_dump.py hparams/X.yaml --distributed_backend=gloo ...
+torchrun --nproc_per_node=2 tests/ddp_train_and_dump.py hparams/X.yaml --distributed_backend=gloo ...
 """
 
 import os

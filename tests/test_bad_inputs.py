@@ -191,7 +191,9 @@ def test_unknown_sdr_permutation_is_reported_before_training(corpus, tmp_path):
 
 def test_mixture_consistency_on_noisy_mixtures_is_refused_before_training(corpus, tmp_path):
     result = run_train(
-        f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--use_wham_noise=True",
+        f"--data_folder={corpus}",
+        f"--output_folder={tmp_path}/run",
+        "--use_wham_noise=True",
         "--test_mixture_consistency=True",
     )
     assert last_line(result) == (

@@ -339,8 +339,14 @@ def test_save_and_keep_only_keeps_the_old_checkpoint_when_the_new_save_fails(tmp
 # --------------------------------------------------------------------------------------------------- DDP
 def test_ddp_ranks_keep_complete_checkpoints_and_fall_back_alike(tmp_path):
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "tests/ddp_checkpoint_worker.py", str(tmp_path / "save"), str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "tests/ddp_checkpoint_worker.py",
+        str(tmp_path / "save"),
+        str(tmp_path),
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -52,9 +52,28 @@ OWN_KEYS = {
     "convtasnet.yaml": {"experiment_name", "MaskNet", "B", "H", "P", "X", "R"},
     "convtasnet-libri2mix.yaml": {"experiment_name", "dm_level_scheme", "MaskNet", "B", "H", "P", "X", "R"},
     "demo.yaml": {
-        "experiment_name", "output_folder", "dm_level_scheme", "MaskNet", "B", "H", "P", "X", "R", "kernel_size",
-        "N_epochs", "batch_size", "lr", "training_signal_len", "num_workers", "use_speedperturb", "precision",
-        "test_shifts", "test_mixture_consistency", "dynamic_mixing", "base_folder_dm", "dm_epoch_len",
+        "experiment_name",
+        "output_folder",
+        "dm_level_scheme",
+        "MaskNet",
+        "B",
+        "H",
+        "P",
+        "X",
+        "R",
+        "kernel_size",
+        "N_epochs",
+        "batch_size",
+        "lr",
+        "training_signal_len",
+        "num_workers",
+        "use_speedperturb",
+        "precision",
+        "test_shifts",
+        "test_mixture_consistency",
+        "dynamic_mixing",
+        "base_folder_dm",
+        "dm_epoch_len",
         "lr_scheduler",
     },
 }
@@ -77,8 +96,11 @@ def as_text(config: str) -> dict[str, str]:
     for key, value in document.items():
         stream = ruamel.yaml.compat.StringIO()
         yaml.dump({key: value}, stream)
-        texts[key] = "\n".join(line.split(" #")[0].rstrip() for line in stream.getvalue().splitlines()
-                                if line.strip() and not line.strip().startswith("#"))
+        texts[key] = "\n".join(
+            line.split(" #")[0].rstrip()
+            for line in stream.getvalue().splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        )
     return texts
 
 
@@ -125,7 +147,9 @@ def test_unknown_key_is_an_error_with_a_suggestion():
 
 
 def test_a_tagged_override_replaces_the_object():
-    hp = load_hparams(REPO / "hparams" / "convtasnet.yaml", "data_folder: /d\noptimizer: !name:torch.optim.SGD {lr: 0.5}")
+    hp = load_hparams(
+        REPO / "hparams" / "convtasnet.yaml", "data_folder: /d\noptimizer: !name:torch.optim.SGD {lr: 0.5}"
+    )
     assert hp["optimizer"].func.__name__ == "SGD"
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
 from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
+from torch import nn
 
 from speechsep.models.conv_tasnet import MaskNet, depthwise_conv, from_speechbrain
 

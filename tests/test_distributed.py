@@ -27,8 +27,16 @@ def ddp_run(tmp_path_factory):
     data_folder = make_wsj0mix(root / "data", per_split=5)
     output = root / "out"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/ddp_train_and_dump.py",
-        "hparams/convtasnet.yaml", *options(data_folder, output), "--distributed_backend=gloo", "--device=cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "tests/ddp_train_and_dump.py",
+        "hparams/convtasnet.yaml",
+        *options(data_folder, output),
+        "--distributed_backend=gloo",
+        "--device=cpu",
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,7 +72,9 @@ def test_ddp_valid_loss_is_the_mean_over_all_valid_examples(ddp_run, tmp_path):
     brain = Separation(modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"})
     rank0 = torch.load(output / "params_rank0.pt")
     for key, module in brain.modules.items():
-        module.load_state_dict({name.split(".module.", 1)[1]: p for name, p in rank0.items() if name.startswith(key + ".")})
+        module.load_state_dict(
+            {name.split(".module.", 1)[1]: p for name, p in rank0.items() if name.startswith(key + ".")}
+        )
     _, valid, _ = dataio_prep(hparams)
     brain.modules.eval()
     losses = []

@@ -131,7 +131,10 @@ def test_every_signal_has_segment_len_samples(tmp_path):
     )
     for example in dataset:
         assert {name: signal.shape for name, signal in example.items() if name != "id"} == {
-            "mix_sig": (12000,), "s1_sig": (12000,), "s2_sig": (12000,), "noise_sig": (12000,)
+            "mix_sig": (12000,),
+            "s1_sig": (12000,),
+            "s2_sig": (12000,),
+            "noise_sig": (12000,),
         }
         assert all(signal.dtype == torch.float32 for name, signal in example.items() if name != "id")
 
@@ -144,9 +147,7 @@ def test_index_past_the_epoch_raises_index_error(tmp_path):
 
 # ------------------------------------------------------------------ levels
 def test_librimix_sources_are_within_the_target_loudness_range(tmp_path):
-    dataset = make_dataset(
-        tmp_path, level_scheme="librimix", segment_len=SAMPLE_RATE, pool_options={"seconds": 2}
-    )
+    dataset = make_dataset(tmp_path, level_scheme="librimix", segment_len=SAMPLE_RATE, pool_options={"seconds": 2})
     for example in dataset:
         assert example["mix_sig"].abs().max() < 0.9  # no peak scaling, so targets are kept as drawn
         for source in source_signals(example):
@@ -177,7 +178,7 @@ def test_wsj0_levels_follow_the_upstream_distributions():
     assert first.min() >= -45 and second.max() <= 0
     assert abs(first.mean() + 27.43) < 0.15 and abs(first.std() - 2.57) < 0.15
     assert abs((second - first).mean() + 2.51) < 0.15 and abs((second - first).std() - 2.66) < 0.15
-    assert -6 <= min(speech_to_noise) and max(speech_to_noise) <= 3
+    assert min(speech_to_noise) >= -6 and max(speech_to_noise) <= 3
 
 
 def test_wsj0_dataset_sources_get_the_scheme_levels(tmp_path):
@@ -273,9 +274,7 @@ def draw_on_rank(rank: int, dataset: DynamicMixingDataset, out_dir: Path) -> Non
 def test_gloo_ranks_get_different_mixtures(tmp_path):
     dataset = make_dataset(tmp_path, epoch_len=8)
     # fork keeps it quick; spawn-safety is checked with loader workers below
-    torch.multiprocessing.start_processes(
-        draw_on_rank, args=(dataset, tmp_path), nprocs=2, start_method="fork"
-    )
+    torch.multiprocessing.start_processes(draw_on_rank, args=(dataset, tmp_path), nprocs=2, start_method="fork")
     rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
     assert len(rank0) == len(rank1) == 4 and not set(rank0) & set(rank1)
     assert not any(torch.equal(one, other) for one in rank0.values() for other in rank1.values())

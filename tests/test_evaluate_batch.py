@@ -23,8 +23,9 @@ def test_test_stage_saves_exactly_n_audio_to_save_examples_across_batches(tmp_pa
     files = sorted(p.name for p in (tmp_path / "out" / "audio").iterdir())
     # batch ids are utt0, utt1 in both batches: utt0 and utt1 of the first, utt0 of the second (overwritten)
     assert brain.audio_saved == 3
-    assert files == sorted(f"utt{b}_{name}.wav" for b in (0, 1) for name in
-                           ["mix", "source1", "source2", "source1hat", "source2hat"])
+    assert files == sorted(
+        f"utt{b}_{name}.wav" for b in (0, 1) for name in ["mix", "source1", "source2", "source1hat", "source2hat"]
+    )
 
 
 def test_counter_is_reset_for_each_evaluation_run(tmp_path):

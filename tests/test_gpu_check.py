@@ -10,8 +10,14 @@ from bench.run_all import gpu_results_line
 from tests.conftest import REPO
 
 STEP_COLUMNS = [
-    "model", "block", "precision", "batch", "median step (ms)", "peak memory (MiB)",
-    "speed-up vs speechbrain block", "speed-up vs upstream",
+    "model",
+    "block",
+    "precision",
+    "batch",
+    "median step (ms)",
+    "peak memory (MiB)",
+    "speed-up vs speechbrain block",
+    "speed-up vs upstream",
 ]
 NOT_MEASURED = "not measured (budget)"
 

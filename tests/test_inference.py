@@ -27,8 +27,9 @@ from speechbrain.inference.separation import SepformerSeparation
 
 import export
 import separate
-from speechsep.training.config import load_hparams, resolved_yaml
+from speechsep.evaluation.metrics import pit_si_snr
 from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs
+from speechsep.inference.model_folder import ModelFolderError, find_model, load_separator
 from speechsep.inference.separation import (
     crossfade,
     match_mixture_level,
@@ -37,8 +38,7 @@ from speechsep.inference.separation import (
     separate_shifted,
     with_mixture_consistency,
 )
-from speechsep.evaluation.metrics import pit_si_snr
-from speechsep.inference.model_folder import ModelFolderError, find_model, load_separator
+from speechsep.training.config import load_hparams, resolved_yaml
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 from tests.corpus_trees import make_wsj0mix, speechlike
 
@@ -57,8 +57,13 @@ def convtasnet_run(tmp_path_factory) -> Path:
     data_folder = make_wsj0mix(root / "data", per_split=4)
     options = {"N_epochs": 8, "lr": 0.01, "batch_size": 2, "save_audio": False, **TINY_CONVTASNET}
     command = [
-        sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={data_folder}",
-        f"--output_folder={root / 'run'}", "--noprogressbar", *[f"--{k}={v}" for k, v in options.items()],
+        sys.executable,
+        "train.py",
+        "hparams/convtasnet.yaml",
+        f"--data_folder={data_folder}",
+        f"--output_folder={root / 'run'}",
+        "--noprogressbar",
+        *[f"--{k}={v}" for k, v in options.items()],
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -114,7 +119,11 @@ def test_exported_model_loads_in_speechbrain_and_matches_the_recipe_model(reques
 def test_export_holds_only_the_model(sepformer_run, tmp_path):
     export.main([str(sepformer_run), str(tmp_path / "export")])
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
-        "README.md", "decoder.ckpt", "encoder.ckpt", "hyperparams.yaml", "masknet.ckpt",
+        "README.md",
+        "decoder.ckpt",
+        "encoder.ckpt",
+        "hyperparams.yaml",
+        "masknet.ckpt",
     ]
     config = (tmp_path / "export" / "hyperparams.yaml").read_text()
     for absent in (str(sepformer_run), "data_folder", "optimizer", "checkpointer", "speechsep", "huggingface"):
@@ -140,7 +149,10 @@ def test_export_writes_a_model_card_with_the_runs_corpus_and_test_scores(convtas
 def test_missing_model_folder_fails_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "separate.py", "--model", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path), "x.wav"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: model folder not found: {tmp_path / 'nowhere'}"]
@@ -300,7 +312,10 @@ def test_each_input_gives_one_file_per_speaker(convtasnet_run, recordings, tmp_p
     code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), str(recordings)])
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "talk0_s1.wav", "talk0_s2.wav", "talk1_s1.wav", "talk1_s2.wav",
+        "talk0_s1.wav",
+        "talk0_s2.wav",
+        "talk1_s1.wav",
+        "talk1_s2.wav",
     ]
     info = sf.info(tmp_path / "out" / "talk0_s1.wav")
     assert (info.samplerate, info.frames) == (SAMPLE_RATE, 2 * SAMPLE_RATE)
@@ -379,8 +394,16 @@ def test_a_recording_with_nan_or_inf_is_refused_naming_it(convtasnet_run, record
     signal = two_speaker_recording(1.0)[0].numpy()
     signal[[10, 20]] = [np.nan, np.inf]
     write(tmp_path / "broken.wav", signal)
-    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"),
-                          str(tmp_path / "broken.wav"), str(recordings / "talk0.wav")])
+    code = separate.main(
+        [
+            "--model",
+            str(convtasnet_run),
+            "--output-dir",
+            str(tmp_path / "out"),
+            str(tmp_path / "broken.wav"),
+            str(recordings / "talk0.wav"),
+        ]
+    )
     assert code == 1
     assert error_lines(caplog)[0] == (
         f"error: {tmp_path / 'broken.wav'}: 2 of its {SAMPLE_RATE} samples are NaN or infinite; refusing it"
@@ -396,10 +419,12 @@ def test_a_recording_with_nan_or_inf_is_refused_naming_it(convtasnet_run, record
         (["--batch-size", "0"], "batch size must be at least 1, got 0"),
     ],
 )
-def test_unusable_window_hop_or_batch_size_is_one_line_before_any_work(convtasnet_run, recordings, tmp_path, caplog,
-                                                                        option, message):
-    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), *option,
-                          str(recordings)])
+def test_unusable_window_hop_or_batch_size_is_one_line_before_any_work(
+    convtasnet_run, recordings, tmp_path, caplog, option, message
+):
+    code = separate.main(
+        ["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "out"), *option, str(recordings)]
+    )
     assert code == 2
     assert len(error_lines(caplog)) == 1 and message in error_lines(caplog)[0]
     assert not (tmp_path / "out").exists()
@@ -407,8 +432,9 @@ def test_unusable_window_hop_or_batch_size_is_one_line_before_any_work(convtasne
 
 def test_an_output_dir_that_cannot_be_created_fails_before_separating(convtasnet_run, recordings, tmp_path, caplog):
     (tmp_path / "file").write_text("a regular file")
-    code = separate.main(["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "file" / "out"),
-                          str(recordings)])
+    code = separate.main(
+        ["--model", str(convtasnet_run), "--output-dir", str(tmp_path / "file" / "out"), str(recordings)]
+    )
     assert code == 2
     assert error_lines(caplog) == [f"error: cannot create --output-dir {tmp_path / 'file' / 'out'} (Not a directory)"]
 
@@ -479,10 +505,12 @@ def test_inputs_may_be_files_folders_or_globs(tmp_path):
 # ==================================================================== shift averaging
 def delayed_oracle(sources, swap_offsets=()):
     """A 'separator' that returns the true sources, delayed like its input, in swapped order at `swap_offsets`."""
+
     def separate_batch(mixture):
         offset = mixture.shape[1] - sources.shape[1]
         est = torch.nn.functional.pad(sources, (0, 0, offset, 0))
         return est.flip(-1) if offset in swap_offsets else est
+
     return separate_batch
 
 

@@ -16,8 +16,15 @@ NUM_TRAIN = 60
 
 
 def train_command(data_folder, output, **overrides):
-    values = {"data_folder": data_folder, "output_folder": output, "N_epochs": 1, "batch_size": 1,
-              **TINY_CONVTASNET, "use_speedperturb": False, **overrides}
+    values = {
+        "data_folder": data_folder,
+        "output_folder": output,
+        "N_epochs": 1,
+        "batch_size": 1,
+        **TINY_CONVTASNET,
+        "use_speedperturb": False,
+        **overrides,
+    }
     return [sys.executable, "train.py", "hparams/convtasnet.yaml", *[f"--{k}={v}" for k, v in values.items()]]
 
 

@@ -14,10 +14,10 @@ from speechbrain.inference.separation import SepformerSeparation
 
 import export
 import separate
-from speechsep.models import filterbank, transformer
 from speechsep.inference.files import FileSeparator
-from speechsep.inference.separation import match_mixture_level
 from speechsep.inference.model_folder import ModelFolderError, build_model, find_model, load_separator
+from speechsep.inference.separation import match_mixture_level
+from speechsep.models import filterbank, transformer
 from tests.conftest import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
 from tests.published_models import KINDS, write_published_folder
@@ -79,9 +79,13 @@ def test_pretrainer_paths_are_looked_up_in_the_folder_offline(tmp_path):
     folder = write_published_folder(tmp_path / "model")
     (folder / "masknet.ckpt").rename(folder / "mask_weights.ckpt")
     config = (folder / "hyperparams.yaml").read_text()
-    config = config.replace("        decoder: !ref <Decoder>\n", "        decoder: !ref <Decoder>\n    paths:\n"
-                            "        encoder: speechbrain/sepformer-wsj02mix/encoder.ckpt\n"
-                            "        masknet: mask_weights.ckpt\n", 1)
+    config = config.replace(
+        "        decoder: !ref <Decoder>\n",
+        "        decoder: !ref <Decoder>\n    paths:\n"
+        "        encoder: speechbrain/sepformer-wsj02mix/encoder.ckpt\n"
+        "        masknet: mask_weights.ckpt\n",
+        1,
+    )
     (folder / "hyperparams.yaml").write_text(config)
     reference = write_published_folder(tmp_path / "reference")
     mixture = short_mixture()
@@ -131,8 +135,11 @@ def test_fine_tuning_a_different_architecture_names_the_first_mismatch(tmp_path)
 
     folder = write_published_folder(tmp_path / "model")
     hparams = tiny_hparams(tmp_path, "sepformer.yaml", pretrained_separator=str(folder), d_ffn=64)
-    with pytest.raises(ModelFolderError, match=r"does not match the config's architecture: masknet '.*' has shape "
-                                                r"\[32, 16\] in the folder, \[64, 16\] in the config"):
+    with pytest.raises(
+        ModelFolderError,
+        match=r"does not match the config's architecture: masknet '.*' has shape "
+        r"\[32, 16\] in the folder, \[64, 16\] in the config",
+    ):
         starting_model(hparams, test_only=False)
 
 
@@ -141,7 +148,10 @@ def test_fine_tuning_needs_the_folders_speaker_count(tmp_path):
 
     folder = write_published_folder(tmp_path / "model")
     hparams = tiny_hparams(tmp_path, "sepformer.yaml", pretrained_separator=str(folder), num_spks=3)
-    with pytest.raises(ModelFolderError, match="separates 2 speakers at 8000 Hz; the config says num_spks 3 at sample_rate 8000: pass --num_spks=2"):
+    with pytest.raises(
+        ModelFolderError,
+        match="separates 2 speakers at 8000 Hz; the config says num_spks 3 at sample_rate 8000: pass --num_spks=2",
+    ):
         starting_model(hparams, test_only=False)
 
 
@@ -181,7 +191,10 @@ def test_test_only_evaluates_a_published_folder_without_training(tmp_path, tiny_
     folder = write_published_folder(tmp_path / "model", "convtasnet")  # any architecture: the folder's own
     run = tmp_path / "eval"
     result = run_train(
-        f"--data_folder={tiny_tree}", f"--output_folder={run}", f"--pretrained_separator={folder}", "--test_only",
+        f"--data_folder={tiny_tree}",
+        f"--output_folder={run}",
+        f"--pretrained_separator={folder}",
+        "--test_only",
         *tiny_options(save_audio=True, n_audio_to_save=1),
     )
     assert result.returncode == 0, result.stdout[-2000:]
@@ -197,8 +210,12 @@ def test_test_only_evaluates_a_published_folder_without_training(tmp_path, tiny_
 def test_test_only_with_a_folder_of_another_speaker_count_fails_with_one_line(tmp_path, tiny_tree):
     folder = write_published_folder(tmp_path / "model")
     result = run_train(
-        f"--data_folder={tiny_tree}", f"--output_folder={tmp_path / 'eval'}", f"--pretrained_separator={folder}",
-        "--test_only", "--num_spks=3", *tiny_options(),
+        f"--data_folder={tiny_tree}",
+        f"--output_folder={tmp_path / 'eval'}",
+        f"--pretrained_separator={folder}",
+        "--test_only",
+        "--num_spks=3",
+        *tiny_options(),
     )
     assert result.returncode == 1
     assert result.stdout.strip().splitlines()[-1].startswith("error: ")

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.slow
 def train_command(output_folder: Path, data_folder: Path, *extra: str, config="hparams/convtasnet.yaml", **values):
     options = {"N_epochs": 2, "batch_size": 2, "save_audio": False, **TINY_CONVTASNET, **values}
     return [
-        sys.executable, "train.py", config, f"--data_folder={data_folder}", f"--output_folder={output_folder}",
-        "--noprogressbar", *[f"--{key}={value}" for key, value in options.items()], *extra,
+        sys.executable,
+        "train.py",
+        config,
+        f"--data_folder={data_folder}",
+        f"--output_folder={output_folder}",
+        "--noprogressbar",
+        *[f"--{key}={value}" for key, value in options.items()],
+        *extra,
     ]
 
 
@@ -112,8 +118,13 @@ def test_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path, data_fol
 
 def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path, data_folder):
     holder = subprocess.run(
-        [sys.executable, "-c", f"from speechsep.training.run_lock import claim_output_folder; claim_output_folder({str(tmp_path / 'run')!r})"],
-        cwd=REPO, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            f"from speechsep.training.run_lock import claim_output_folder; claim_output_folder({str(tmp_path / 'run')!r})",
+        ],
+        cwd=REPO,
+        timeout=60,
     )
     assert holder.returncode == 0 and (tmp_path / "run" / LOCK_FILE).is_file()
     result = run_train(tmp_path / "run", data_folder, N_epochs=1)
@@ -123,7 +134,10 @@ def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path, data_folder):
 def test_two_trainings_into_one_folder_one_runs_the_other_refuses(tmp_path, data_folder):
     run = tmp_path / "run"
     first = subprocess.Popen(
-        train_command(run, data_folder, N_epochs=4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        train_command(run, data_folder, N_epochs=4),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     deadline = time.monotonic() + 120
@@ -195,8 +209,12 @@ def test_the_record_keeps_its_references_so_an_output_folder_override_moves_ever
 
     results = (run_copy / "test_results.csv").read_bytes()
     command = [
-        sys.executable, "train.py", str(run_copy / "hyperparams.yaml"), f"--output_folder={run_copy.parent / 'new'}",
-        "--test_only", "--noprogressbar",
+        sys.executable,
+        "train.py",
+        str(run_copy / "hyperparams.yaml"),
+        f"--output_folder={run_copy.parent / 'new'}",
+        "--test_only",
+        "--noprogressbar",
     ]
     result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert result.returncode != 0  # the new folder holds no model; it says how to score the old run's

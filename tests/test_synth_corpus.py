@@ -14,13 +14,10 @@ import soundfile as sf
 
 from speechsep.corpus import synth_corpus
 from speechsep.corpus.espeak import EspeakSynth, available_languages, available_variants
-from speechsep.data.loudness import measure_loudness, normalize_loudness
-from speechsep.evaluation.report import improvement_by_gender_pairing
 from speechsep.corpus.sentences import make_sentence
 from speechsep.corpus.synth_corpus import (
     ENGLISH_ACCENTS,
     FEMALE_VARIANTS,
-    SPLIT_FOLDERS,
     MALE_VARIANTS,
     MAX_AMPLITUDE,
     NOISE_LOUDNESS_RANGE,
@@ -28,10 +25,13 @@ from speechsep.corpus.synth_corpus import (
     POOL_LOUDNESS,
     SIZE_PRESETS,
     SOURCE_LOUDNESS_RANGE,
+    SPLIT_FOLDERS,
     CorpusOptions,
     synthesize_corpus,
 )
 from speechsep.corpus.synth_noise import coloured_noise, mains_hum
+from speechsep.data.loudness import measure_loudness, normalize_loudness
+from speechsep.evaluation.report import improvement_by_gender_pairing
 
 TINY = SIZE_PRESETS["tiny"]
 LOUDNESS_TOLERANCE = 0.2  # LU: PCM_16 rounding and the clipping guard's 0.9 peak
@@ -44,8 +44,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def _wav_digests(root: Path) -> dict[str, str]:
     return {
-        str(path.relative_to(root)): hashlib.sha1(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*.wav"))
+        str(path.relative_to(root)): hashlib.sha1(path.read_bytes()).hexdigest() for path in sorted(root.rglob("*.wav"))
     }
 
 
@@ -179,10 +178,7 @@ def test_mixture_ids_join_the_source_utterance_ids(corpus):
 
 
 def test_min_mode_cuts_mixtures_to_the_shortest_source(corpus):
-    lengths = {
-        row["utterance_id"]: int(row["num_samples"])
-        for row in _read_csv(corpus / "sources" / "utterances.csv")
-    }
+    lengths = {row["utterance_id"]: int(row["num_samples"]) for row in _read_csv(corpus / "sources" / "utterances.csv")}
     for row in _mixture_rows(corpus, "dev", "mix_clean"):
         parts = row["mixture_ID"].split("_")
         ids = ["_".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
@@ -258,9 +254,7 @@ def test_each_mixture_has_distinct_speakers_of_its_split(corpus):
 
 def test_babble_never_uses_the_mixture_speakers():
     options = CorpusOptions(**TINY)
-    utterances = {
-        f"spk{s:03d}": [Path(f"spk{s:03d}_{u:04d}.wav") for u in range(3)] for s in range(6)
-    }
+    utterances = {f"spk{s:03d}": [Path(f"spk{s:03d}_{u:04d}.wav") for u in range(3)] for s in range(6)}
     plans = synth_corpus._plan_mixtures("train", utterances, options)
     for plan in plans:
         mixture_speakers = {path.stem[:6] for path in plan.source_paths}
@@ -295,18 +289,18 @@ def test_other_options_fail_unless_overwrite_and_other_seed_differs(tmp_path):
 
 
 def test_three_speakers_at_16k_in_max_mode(tmp_path):
-    root = synthesize_corpus(
-        tmp_path, num_spks=3, sample_rate=16000, mode="max", num_workers=2, **TINY
-    )
+    root = synthesize_corpus(tmp_path, num_spks=3, sample_rate=16000, mode="max", num_workers=2, **TINY)
     assert root.name == "MiniLibri3Mix"
-    lengths = {
-        row["utterance_id"]: int(row["num_samples"])
-        for row in _read_csv(root / "sources" / "utterances.csv")
-    }
+    lengths = {row["utterance_id"]: int(row["num_samples"]) for row in _read_csv(root / "sources" / "utterances.csv")}
     rows = _mixture_rows(root, "test", "mix_both", wav_dir="wav16k/max")
     assert list(rows[0]) == [
-        "mixture_ID", "mixture_path", "source_1_path", "source_2_path", "source_3_path",
-        "noise_path", "length",
+        "mixture_ID",
+        "mixture_path",
+        "source_1_path",
+        "source_2_path",
+        "source_3_path",
+        "noise_path",
+        "length",
     ]
     for row in rows:
         parts = row["mixture_ID"].split("_")

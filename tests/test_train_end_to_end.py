@@ -13,8 +13,14 @@ from tests.corpus_trees import make_librimix, make_speaker_pool, make_wsj0mix
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
     options = {"N_epochs": 2, "batch_size": 2, **sizes, **overrides}
     command = [
-        sys.executable, "train.py", f"hparams/{config}", f"--data_folder={data_folder}",
-        f"--output_folder={output_folder}", "--noprogressbar", *[f"--{k}={v}" for k, v in options.items()], *extra,
+        sys.executable,
+        "train.py",
+        f"hparams/{config}",
+        f"--data_folder={data_folder}",
+        f"--output_folder={output_folder}",
+        "--noprogressbar",
+        *[f"--{k}={v}" for k, v in options.items()],
+        *extra,
     ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -51,7 +57,9 @@ def test_rerun_resumes_from_the_checkpoint_instead_of_starting_over(tmp_path):
     assert run_train("convtasnet.yaml", data_folder, output, TINY_CONVTASNET).returncode == 0
     again = run_train("convtasnet.yaml", data_folder, output, TINY_CONVTASNET, N_epochs=3)
     assert again.returncode == 0, again.stderr[-3000:]
-    epochs = [line.split(",")[0] for line in (output / "train_log.txt").read_text().splitlines() if line.startswith("epoch:")]
+    epochs = [
+        line.split(",")[0] for line in (output / "train_log.txt").read_text().splitlines() if line.startswith("epoch:")
+    ]
     assert epochs == ["epoch: 1", "epoch: 2", "epoch: 3"]
 
 
@@ -74,8 +82,15 @@ def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
     pool = make_speaker_pool(tmp_path)
     output = tmp_path / "out"
     result = run_train(
-        "convtasnet.yaml", data_folder, output, TINY_CONVTASNET, N_epochs=1, dynamic_mixing=True,
-        base_folder_dm=pool, dm_epoch_len=6, training_signal_len=4000,
+        "convtasnet.yaml",
+        data_folder,
+        output,
+        TINY_CONVTASNET,
+        N_epochs=1,
+        dynamic_mixing=True,
+        base_folder_dm=pool,
+        dm_epoch_len=6,
+        training_signal_len=4000,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output / "test_results.csv").is_file()
@@ -96,8 +111,15 @@ def test_test_only_scores_the_best_checkpoint_again_and_a_custom_test_manifest(t
     custom = tmp_path / "custom.csv"
     pd.read_csv(output / "save" / "test.csv").iloc[:2].to_csv(custom, index=False)
     scored = run_train(
-        "convtasnet.yaml", data_folder, output, TINY_CONVTASNET, "--test_only",
-        skip_prep=True, test_data=custom, results_folder=tmp_path / "custom_eval" / "new", save_audio=False,
+        "convtasnet.yaml",
+        data_folder,
+        output,
+        TINY_CONVTASNET,
+        "--test_only",
+        skip_prep=True,
+        test_data=custom,
+        results_folder=tmp_path / "custom_eval" / "new",
+        save_audio=False,
     )
     assert scored.returncode == 0, scored.stderr[-3000:]
     rows = pd.read_csv(tmp_path / "custom_eval" / "new" / "test_results.csv")

@@ -39,9 +39,7 @@ def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, name: st
     assert error <= RTOL, f"{name}: relative error {error:.2e} > {RTOL:.0e}"
 
 
-def make_block_pair(
-    dropout: float = 0.0, **config
-) -> tuple[SBTransformerBlock, FastSBTransformerBlock]:
+def make_block_pair(dropout: float = 0.0, **config) -> tuple[SBTransformerBlock, FastSBTransformerBlock]:
     """SpeechBrain's block and ours, ours loaded from SpeechBrain's state_dict."""
     kwargs = dict(num_layers=2, d_model=D_MODEL, nhead=NHEAD, d_ffn=32, dropout=dropout)
     kwargs.update(config)
@@ -143,16 +141,12 @@ def make_attention_pair(
 ) -> tuple[MultiheadAttention, SDPAMultiheadAttention]:
     """SpeechBrain's attention and ours, on copies of the same parameters."""
     torch.manual_seed(0)
-    reference = MultiheadAttention(
-        nhead=NHEAD, d_model=D_MODEL, dropout=dropout, kdim=kdim, vdim=vdim
-    )
+    reference = MultiheadAttention(nhead=NHEAD, d_model=D_MODEL, dropout=dropout, kdim=kdim, vdim=vdim)
     return reference, SDPAMultiheadAttention(copy.deepcopy(reference.att))
 
 
 MASKS = {
-    "key_padding": lambda: dict(
-        key_padding_mask=torch.tensor([[False] * 10, [False] * 7 + [True] * 3])
-    ),
+    "key_padding": lambda: dict(key_padding_mask=torch.tensor([[False] * 10, [False] * 7 + [True] * 3])),
     "causal_bool": lambda: dict(attn_mask=torch.ones(10, 10, dtype=torch.bool).triu(1)),
     "float": lambda: dict(attn_mask=torch.randn(10, 10)),
     "causal_and_padding": lambda: dict(

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from speechsep.evaluation.report import improvement_by_gender_pairing, make_figures
 from speechsep.corpus.synth_corpus import synthesize_corpus
+from speechsep.evaluation.report import improvement_by_gender_pairing, make_figures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,8 +26,12 @@ def run_demo(data_dir: Path, output_folder: Path, config: Path, train_overrides:
     corpus_seconds = time.perf_counter() - start
 
     command = [
-        sys.executable, str(REPO / "train.py"), str(config),
-        f"--data_folder={corpus}", f"--output_folder={output_folder}", *train_overrides,
+        sys.executable,
+        str(REPO / "train.py"),
+        str(config),
+        f"--data_folder={corpus}",
+        f"--output_folder={output_folder}",
+        *train_overrides,
     ]
     print("Training and evaluating:", " ".join(command), flush=True)
     subprocess.run(command, cwd=REPO, check=True)

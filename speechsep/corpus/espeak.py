@@ -39,12 +39,10 @@ _PARAM_WORDGAP = 7
 _BUFFER_MILLISECONDS = 1000  # audio handed to the callback per call: fewer, larger chunks
 
 # int callback(short *wav, int num_samples, espeak_EVENT *events)
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-)
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 # One loaded library per process: the key is the pid, so a forked child re-initialises.
-_PROCESS_STATE: dict[int, "_EspeakLibrary"] = {}
+_PROCESS_STATE: dict[int, _EspeakLibrary] = {}
 _PROCESS_LOCK = threading.Lock()
 
 
@@ -69,14 +67,18 @@ class _EspeakLibrary:
     def __init__(self) -> None:
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Initialize.argtypes = [
-            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int
-        ]
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         sample_rate = self.lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS,
@@ -108,9 +110,7 @@ class _EspeakLibrary:
         self.lib.espeak_ng_SetRandSeed(seed)
         encoded = text.encode("utf-8")
         self.chunks = []
-        status = self.lib.espeak_Synth(
-            encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-        )
+        status = self.lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if status != _EE_OK:
             raise RuntimeError(f"espeak_Synth failed with status {status} on {text!r}")
         samples = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)

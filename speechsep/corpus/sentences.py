@@ -13,7 +13,7 @@ Example
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -39,12 +39,31 @@ NOUNS = [
         "ribbon saddle tractor wallet whistle"
     ).split()
 ] + [
-    ("box", "boxes"), ("bus", "buses"), ("church", "churches"), ("dish", "dishes"),
-    ("fox", "foxes"), ("sandwich", "sandwiches"), ("glass", "glasses"), ("watch", "watches"), ("brush", "brushes"),
-    ("city", "cities"), ("story", "stories"), ("library", "libraries"), ("cherry", "cherries"),
-    ("child", "children"), ("mouse", "mice"), ("knife", "knives"), ("leaf", "leaves"),
-    ("wolf", "wolves"), ("woman", "women"), ("man", "men"), ("goose", "geese"),
-    ("sheep", "sheep"), ("fish", "fish"), ("potato", "potatoes"), ("tomato", "tomatoes"),
+    ("box", "boxes"),
+    ("bus", "buses"),
+    ("church", "churches"),
+    ("dish", "dishes"),
+    ("fox", "foxes"),
+    ("sandwich", "sandwiches"),
+    ("glass", "glasses"),
+    ("watch", "watches"),
+    ("brush", "brushes"),
+    ("city", "cities"),
+    ("story", "stories"),
+    ("library", "libraries"),
+    ("cherry", "cherries"),
+    ("child", "children"),
+    ("mouse", "mice"),
+    ("knife", "knives"),
+    ("leaf", "leaves"),
+    ("wolf", "wolves"),
+    ("woman", "women"),
+    ("man", "men"),
+    ("goose", "geese"),
+    ("sheep", "sheep"),
+    ("fish", "fish"),
+    ("potato", "potatoes"),
+    ("tomato", "tomatoes"),
 ]
 
 PLACES = (
@@ -67,16 +86,36 @@ ADVERBS = (
 
 # (base, past, present participle) of irregular verbs that take an object.
 IRREGULAR_VERBS = [
-    ("bring", "brought", "bringing"), ("buy", "bought", "buying"), ("build", "built", "building"),
-    ("catch", "caught", "catching"), ("choose", "chose", "choosing"), ("draw", "drew", "drawing"),
-    ("drive", "drove", "driving"), ("find", "found", "finding"), ("forget", "forgot", "forgetting"),
-    ("hide", "hid", "hiding"), ("hold", "held", "holding"), ("keep", "kept", "keeping"),
-    ("leave", "left", "leaving"), ("lend", "lent", "lending"), ("lose", "lost", "losing"),
-    ("make", "made", "making"), ("meet", "met", "meeting"), ("sell", "sold", "selling"),
-    ("send", "sent", "sending"), ("shake", "shook", "shaking"), ("sing", "sang", "singing"),
-    ("steal", "stole", "stealing"), ("sweep", "swept", "sweeping"), ("take", "took", "taking"),
-    ("teach", "taught", "teaching"), ("throw", "threw", "throwing"), ("wear", "wore", "wearing"),
-    ("write", "wrote", "writing"), ("break", "broke", "breaking"), ("feed", "fed", "feeding"),
+    ("bring", "brought", "bringing"),
+    ("buy", "bought", "buying"),
+    ("build", "built", "building"),
+    ("catch", "caught", "catching"),
+    ("choose", "chose", "choosing"),
+    ("draw", "drew", "drawing"),
+    ("drive", "drove", "driving"),
+    ("find", "found", "finding"),
+    ("forget", "forgot", "forgetting"),
+    ("hide", "hid", "hiding"),
+    ("hold", "held", "holding"),
+    ("keep", "kept", "keeping"),
+    ("leave", "left", "leaving"),
+    ("lend", "lent", "lending"),
+    ("lose", "lost", "losing"),
+    ("make", "made", "making"),
+    ("meet", "met", "meeting"),
+    ("sell", "sold", "selling"),
+    ("send", "sent", "sending"),
+    ("shake", "shook", "shaking"),
+    ("sing", "sang", "singing"),
+    ("steal", "stole", "stealing"),
+    ("sweep", "swept", "sweeping"),
+    ("take", "took", "taking"),
+    ("teach", "taught", "teaching"),
+    ("throw", "threw", "throwing"),
+    ("wear", "wore", "wearing"),
+    ("write", "wrote", "writing"),
+    ("break", "broke", "breaking"),
+    ("feed", "fed", "feeding"),
 ]
 REGULAR_VERBS = (
     "paint wash open clean fix carry push pull follow watch visit count borrow repair "
@@ -212,19 +251,49 @@ def _short_phrase(w: _Words, num_words: int) -> tuple[str, str]:
     noun = w.pick(NOUNS)[0]
     phrases = {
         1: ("yes|.", "no|.", "thanks|.", "really|?", "okay|.", "hello|!", f"{name}|!", "sorry|."),
-        2: ("thank you|.", "oh no|!", "good morning|.", f"hello, {name}|!", f"{name} agreed|.",
-            "not again|!", "why not|?", f"{name} laughed|."),
-        3: ("I see it|.", f"{name} was right|.", "not this time|.", f"come here, {name}|!",
-            "is it ready|?", f"ask {name} first|.", f"where is {name}|?", "that was close|!"),
-        4: (f"{name} found the {noun}|.", "is it ready now|?", f"give it to {name}|!",
-            f"I like this {noun}|.", f"where is the {noun}|?", f"{name} never said that|."),
+        2: (
+            "thank you|.",
+            "oh no|!",
+            "good morning|.",
+            f"hello, {name}|!",
+            f"{name} agreed|.",
+            "not again|!",
+            "why not|?",
+            f"{name} laughed|.",
+        ),
+        3: (
+            "I see it|.",
+            f"{name} was right|.",
+            "not this time|.",
+            f"come here, {name}|!",
+            "is it ready|?",
+            f"ask {name} first|.",
+            f"where is {name}|?",
+            "that was close|!",
+        ),
+        4: (
+            f"{name} found the {noun}|.",
+            "is it ready now|?",
+            f"give it to {name}|!",
+            f"I like this {noun}|.",
+            f"where is the {noun}|?",
+            f"{name} never said that|.",
+        ),
     }[num_words]
     return tuple(w.pick(phrases).split("|"))
 
 
 _SENTENCE_SHAPES: tuple[Callable[[_Words], tuple[str, str]], ...] = (
-    _statement, _statement, _progressive, _yes_no_question, _wh_question,
-    _existential, _exclamation, _imperative, _compound, _listing,
+    _statement,
+    _statement,
+    _progressive,
+    _yes_no_question,
+    _wh_question,
+    _existential,
+    _exclamation,
+    _imperative,
+    _compound,
+    _listing,
 )
 
 

@@ -41,19 +41,19 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from speechsep.data.audio import PEAK_LIMIT
 from speechsep.corpus.espeak import EspeakSynth
-from speechsep.data.loudness import normalize_loudness
 from speechsep.corpus.sentences import make_sentence
 from speechsep.corpus.synth_noise import random_noise
+from speechsep.data.audio import PEAK_LIMIT
+from speechsep.data.loudness import normalize_loudness
 
 __all__ = [
     "CorpusOptions",
@@ -83,28 +83,141 @@ GENERATOR_VERSION = 1
 # eSpeak NG accents of English, and Latin-script languages that read English words with
 # their own letter-to-sound rules (a strong foreign accent, still speech-like).
 ENGLISH_ACCENTS = (
-    "en", "en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd", "en-us-nyc",
+    "en",
+    "en-us",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-us-nyc",
 )
 OTHER_LANGUAGES = (
-    "de", "nl", "af", "sv", "da", "nb", "fr", "es", "es-419", "it", "pt", "pt-br", "ro", "ca",
-    "pl", "cs", "sk", "hr", "fi", "et", "hu", "id", "ms", "sw", "tr", "eo", "cy", "ga", "lb",
-    "is", "sq", "lv", "lt", "sl", "mt", "ht",
+    "de",
+    "nl",
+    "af",
+    "sv",
+    "da",
+    "nb",
+    "fr",
+    "es",
+    "es-419",
+    "it",
+    "pt",
+    "pt-br",
+    "ro",
+    "ca",
+    "pl",
+    "cs",
+    "sk",
+    "hr",
+    "fi",
+    "et",
+    "hu",
+    "id",
+    "ms",
+    "sw",
+    "tr",
+    "eo",
+    "cy",
+    "ga",
+    "lb",
+    "is",
+    "sq",
+    "lv",
+    "lt",
+    "sl",
+    "mt",
+    "ht",
 )
 # Voice variants of espeak-ng-data/voices/!v, split by the pitch of the voice. Whispered,
 # unvoiced and robotic variants (long metallic echoes) are left out.
 FEMALE_VARIANTS = (
-    "f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "anika", "aunty", "belinda",
-    "grandma", "linda", "shelby", "steph", "steph2", "steph3", "zac",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "Alicia",
+    "Andrea",
+    "Annie",
+    "anika",
+    "aunty",
+    "belinda",
+    "grandma",
+    "linda",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "zac",
 )
 MALE_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Alex", "Andy", "AnxiousAndy", "Denis",
-    "Diogo", "Gene", "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael",
-    "Mike", "Nguyen", "Reed", "Storm", "Tweaky", "adam", "announcer", "antonio", "benjamin",
-    "boris", "croak", "david", "ed", "edward", "edward2", "fast", "grandpa", "gustave", "iven",
-    "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt3", "klatt4", "klatt5", "klatt6",
-    "marcelo", "max", "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro",
-    "quincy", "rob", "robert", "sandro", "travis", "victor",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "Alex",
+    "Andy",
+    "AnxiousAndy",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "Reed",
+    "Storm",
+    "Tweaky",
+    "adam",
+    "announcer",
+    "antonio",
+    "benjamin",
+    "boris",
+    "croak",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "fast",
+    "grandpa",
+    "gustave",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "john",
+    "kaukovalta",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "mike2",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "sandro",
+    "travis",
+    "victor",
 )
 PITCH_BOUNDS = (10, 90)  # eSpeak pitch 0..100: about 0.75x .. 1.5x the variant's own pitch
 INTONATION_BOUNDS = (15, 95)  # intonation range, 0 = monotone
@@ -124,14 +237,22 @@ _BABBLE_UTTERANCES_PER_TALKER = 2
 SIZE_PRESETS: dict[str, dict[str, int]] = {
     # Chosen for a ~10 minute CPU training demo: many speakers, a few thousand short mixtures.
     "default": dict(
-        num_train=3000, num_dev=150, num_test=150,
-        num_train_speakers=240, num_dev_speakers=30, num_test_speakers=30,
+        num_train=3000,
+        num_dev=150,
+        num_test=150,
+        num_train_speakers=240,
+        num_dev_speakers=30,
+        num_test_speakers=30,
         utts_per_speaker=15,
     ),
     # For unit tests: seconds to generate.
     "tiny": dict(
-        num_train=6, num_dev=3, num_test=3,
-        num_train_speakers=4, num_dev_speakers=3, num_test_speakers=3,
+        num_train=6,
+        num_dev=3,
+        num_test=3,
+        num_train_speakers=4,
+        num_dev_speakers=3,
+        num_test_speakers=3,
         utts_per_speaker=3,
     ),
 }
@@ -279,9 +400,7 @@ def _trim_silence(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     return waveform[start:stop]
 
 
-def _speak_utterance(
-    synth: EspeakSynth, speaker: SyntheticSpeaker, rng: np.random.Generator
-) -> tuple[np.ndarray, str]:
+def _speak_utterance(synth: EspeakSynth, speaker: SyntheticSpeaker, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """One sentence of random length in UTTERANCE_DURATION_RANGE, at eSpeak's native rate.
 
     The number of words is corrected from the measured duration until the speech fits; a
@@ -400,9 +519,7 @@ class _MixturePlan:
         return "_".join(path.stem for path in self.source_paths)
 
 
-def _plan_mixtures(
-    split: str, utterances: dict[str, list[Path]], options: CorpusOptions
-) -> list[_MixturePlan]:
+def _plan_mixtures(split: str, utterances: dict[str, list[Path]], options: CorpusOptions) -> list[_MixturePlan]:
     """Draw the speakers, utterances and babble talkers of every mixture of a split.
 
     Speakers are drawn uniformly without replacement; each speaker's utterances are used in
@@ -464,20 +581,15 @@ def _fit_lengths(sources: list[np.ndarray], mode: str) -> list[np.ndarray]:
 
 def _render_mixture(plan: _MixturePlan, options: CorpusOptions, root: Path) -> dict[str, object]:
     """Write the sources, noise and both mixtures of one plan; returns their metadata row."""
-    rng = np.random.default_rng(
-        [options.seed, _STREAM_MIX, SPLITS.index(plan.split), plan.index]
-    )
+    rng = np.random.default_rng([options.seed, _STREAM_MIX, SPLITS.index(plan.split), plan.index])
     sample_rate = options.sample_rate
     sources = _fit_lengths([_read_float(path) for path in plan.source_paths], options.mode)
     targets = rng.uniform(*SOURCE_LOUDNESS_RANGE, size=len(sources))
-    sources = [
-        normalize_loudness(source, sample_rate, target)[0]
-        for source, target in zip(sources, targets)
-    ]
+    sources = [normalize_loudness(source, sample_rate, target)[0] for source, target in zip(sources, targets)]
     talkers = [[_read_float(path) for path in paths] for paths in plan.babble_paths]
-    noise = random_noise(
-        rng, len(sources[0]), sample_rate, rng.uniform(*NOISE_LOUDNESS_RANGE), talkers
-    ).astype(np.float64)
+    noise = random_noise(rng, len(sources[0]), sample_rate, rng.uniform(*NOISE_LOUDNESS_RANGE), talkers).astype(
+        np.float64
+    )
 
     clean = np.sum(sources, axis=0)
     peak = max(np.abs(clean).max(), np.abs(clean + noise).max())
@@ -526,8 +638,15 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 # Imported once by the forkserver that starts the workers (not this module itself: the
 # workers import it as their main module, and a preloaded copy would make runpy warn).
 _WORKER_IMPORTS = (
-    "numpy", "scipy.fft", "scipy.signal", "soundfile", "pyloudnorm",
-    "speechsep.corpus.espeak", "speechsep.data.loudness", "speechsep.corpus.sentences", "speechsep.corpus.synth_noise",
+    "numpy",
+    "scipy.fft",
+    "scipy.signal",
+    "soundfile",
+    "pyloudnorm",
+    "speechsep.corpus.espeak",
+    "speechsep.data.loudness",
+    "speechsep.corpus.sentences",
+    "speechsep.corpus.synth_noise",
 )
 
 
@@ -613,23 +732,27 @@ def _default_num_workers() -> int:
     return min(8, usable or 1)
 
 
-def _synthesize_pool(
-    context, num_workers: int, options: CorpusOptions, root: Path
-) -> list[dict]:
+def _synthesize_pool(context, num_workers: int, options: CorpusOptions, root: Path) -> list[dict]:
     """Write ``sources/``: every utterance of every speaker, plus speakers.csv and utterances.csv."""
     speakers = design_speakers(options)
     indexed = list(enumerate(speakers))
-    groups = [
-        indexed[i : i + _SPEAKERS_PER_PROCESS] for i in range(0, len(indexed), _SPEAKERS_PER_PROCESS)
-    ]
+    groups = [indexed[i : i + _SPEAKERS_PER_PROCESS] for i in range(0, len(indexed), _SPEAKERS_PER_PROCESS)]
     # maxtasksperchild=1: a fresh process per group, see _synthesize_speakers.
     with context.Pool(num_workers, maxtasksperchild=1) as pool:
         work = partial(_synthesize_speakers, options=options, root=root)
         utterance_rows = [row for rows in pool.imap(work, groups) for row in rows]
     speaker_rows = [
-        dict(speaker_id=s.speaker_id, split=s.split, voice=s.voice, language=s.language,
-             variant=s.variant, gender=s.gender, pitch=s.pitch, pitch_range=s.pitch_range,
-             rate=s.rate)
+        dict(
+            speaker_id=s.speaker_id,
+            split=s.split,
+            voice=s.voice,
+            language=s.language,
+            variant=s.variant,
+            gender=s.gender,
+            pitch=s.pitch,
+            pitch_range=s.pitch_range,
+            rate=s.rate,
+        )
         for s in speakers
     ]
     _write_csv(root / "sources" / "speakers.csv", speaker_rows)
@@ -658,8 +781,7 @@ def _synthesize_mixtures(
     metadata_dir = root / options.wav_dir / "metadata"
     metadata_dir.mkdir(parents=True, exist_ok=True)
     results_by_split = {
-        split: [result for plan, result in zip(plans, results) if plan.split == split]
-        for split in SPLITS
+        split: [result for plan, result in zip(plans, results) if plan.split == split] for split in SPLITS
     }
     for split, split_results in results_by_split.items():
         for mix_type in MIX_TYPES:
@@ -707,10 +829,17 @@ def synthesize_corpus(
     overwrite : replace an existing corpus made with other options instead of failing.
     """
     options = CorpusOptions(
-        num_spks=num_spks, sample_rate=sample_rate, mode=mode,
-        num_train=num_train, num_dev=num_dev, num_test=num_test,
-        num_train_speakers=num_train_speakers, num_dev_speakers=num_dev_speakers,
-        num_test_speakers=num_test_speakers, utts_per_speaker=utts_per_speaker, seed=seed,
+        num_spks=num_spks,
+        sample_rate=sample_rate,
+        mode=mode,
+        num_train=num_train,
+        num_dev=num_dev,
+        num_test=num_test,
+        num_train_speakers=num_train_speakers,
+        num_dev_speakers=num_dev_speakers,
+        num_test_speakers=num_test_speakers,
+        utts_per_speaker=utts_per_speaker,
+        seed=seed,
     )
     num_workers = _default_num_workers() if num_workers is None else num_workers
     if num_workers < 1:
@@ -734,8 +863,7 @@ def synthesize_corpus(
         source_hours=round(sum(row["num_samples"] for row in utterance_rows) / sample_rate / 3600, 3),
         mixtures={split: len(results[split]) for split in SPLITS},
         mixture_hours={
-            split: round(sum(result["length"] for result in results[split]) / sample_rate / 3600, 3)
-            for split in SPLITS
+            split: round(sum(result["length"] for result in results[split]) / sample_rate / 3600, 3) for split in SPLITS
         },
         megabytes=round(_disk_megabytes(root), 1),
         seconds=round(seconds, 1),
@@ -754,18 +882,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "layout (eSpeak NG speakers, synthetic noise).",
     )
     parser.add_argument("output_dir", type=Path, help="the corpus goes to OUTPUT_DIR/MiniLibri<n>Mix")
-    parser.add_argument("--size", choices=sorted(SIZE_PRESETS), default="default",
-                        help="preset sizes; the --num-* options below override single values")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZE_PRESETS),
+        default="default",
+        help="preset sizes; the --num-* options below override single values",
+    )
     parser.add_argument("--num-spks", type=int, default=2, help="speakers per mixture")
     parser.add_argument("--sample-rate", type=int, default=8000, help="Hz, a multiple of 1000")
     parser.add_argument("--mode", choices=("min", "max"), default="min")
     for key in SIZE_PRESETS["default"]:
-        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
-                            help=f"(default: {SIZE_PRESETS['default'][key]}, tiny: {SIZE_PRESETS['tiny'][key]})")
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"(default: {SIZE_PRESETS['default'][key]}, tiny: {SIZE_PRESETS['tiny'][key]})",
+        )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=None, help="default: usable CPUs, at most 8")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing corpus made with other options")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus made with other options")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -774,9 +909,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     start = time.perf_counter()
     try:
         root = synthesize_corpus(
-            args.output_dir, num_spks=args.num_spks, sample_rate=args.sample_rate,
-            mode=args.mode, seed=args.seed, num_workers=args.num_workers,
-            overwrite=args.overwrite, **sizes,
+            args.output_dir,
+            num_spks=args.num_spks,
+            sample_rate=args.sample_rate,
+            mode=args.mode,
+            seed=args.seed,
+            num_workers=args.num_workers,
+            overwrite=args.overwrite,
+            **sizes,
         )
     except (ValueError, FileExistsError) as error:  # bad options or an occupied folder
         parser.exit(2, f"error: {error}\n")

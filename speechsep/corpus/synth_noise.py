@@ -7,7 +7,7 @@ Every generator takes a ``numpy.random.Generator``, so a noise is fixed by its s
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft
@@ -24,9 +24,7 @@ def _slow_envelope(rng: np.random.Generator, num_samples: int, sample_rate: int)
     return 1.0 + depth * np.sin(2 * np.pi * rng.uniform(0.1, 1.0) * time + rng.uniform(0, 2 * np.pi))
 
 
-def coloured_noise(
-    rng: np.random.Generator, num_samples: int, sample_rate: int, exponent: float
-) -> np.ndarray:
+def coloured_noise(rng: np.random.Generator, num_samples: int, sample_rate: int, exponent: float) -> np.ndarray:
     """Gaussian noise with a 1/f**exponent power spectrum, ``[time]`` with unit RMS.
 
     ``exponent`` 0 is white, 1 pink, 2 brown (Brownian); values in between blend them.

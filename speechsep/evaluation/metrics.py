@@ -282,9 +282,7 @@ def separation_metrics(
     per_source = {"sdr": _take(sdr_pairs, sdr_perm), "si-snr": _take(si_snr_pairs, perm)}
     baselines = {"sdr": sdr_pairs[:, num_spks], "si-snr": si_snr_pairs[:, num_spks]}
     if compute_stoi:
-        per_source["stoi"], baselines["stoi"] = _stoi(
-            mixture, sources, est_sources, perm, lengths, sample_rate
-        )
+        per_source["stoi"], baselines["stoi"] = _stoi(mixture, sources, est_sources, perm, lengths, sample_rate)
 
     rows = []
     for b in range(sources.shape[0]):

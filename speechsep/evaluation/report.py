@@ -1,6 +1,6 @@
 """Figures of a finished run: learning curve from `train_log.txt`, SI-SNRi histogram from `test_results.csv`.
 
-    python -m speechsep.evaluation.report results/demo
+python -m speechsep.evaluation.report results/demo
 """
 
 import argparse

@@ -24,6 +24,7 @@ from speechsep.models.filterbank import encoder_hop
 
 logger = logging.getLogger(__name__)
 
+
 class AudioInputError(RecipeError):
     """An input file that cannot be separated (unreadable, empty, or an output name already taken)."""
 

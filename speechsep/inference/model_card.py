@@ -15,8 +15,16 @@ from speechsep.training.config import resolved_values
 
 # Keys of a run's config that say how it was trained, in the order the card lists them.
 TRAINING_KEYS = (
-    "experiment_name", "data_folder", "mixture_mode", "use_wham_noise", "dynamic_mixing", "N_epochs", "batch_size",
-    "lr", "training_signal_len", "seed",
+    "experiment_name",
+    "data_folder",
+    "mixture_mode",
+    "use_wham_noise",
+    "dynamic_mixing",
+    "N_epochs",
+    "batch_size",
+    "lr",
+    "training_signal_len",
+    "seed",
 )
 SCORES = (("si-snr_i", "SI-SNRi"), ("sdr_i", "SDRi"), ("si-snr", "SI-SNR"), ("sdr", "SDR"))
 
@@ -90,7 +98,10 @@ def render(model_dir: Path, source_description: str, modules: dict, num_spks: in
                 interval = f"{low:.2f} .. {high:.2f}" if low is not None and high is not None else "n/a"
                 lines.append(f"| {name} | {score['mean']:.2f} | {interval} |")
         shifts, consistency = record.get("test_shifts", 1), record.get("test_mixture_consistency", False)
-        lines += ["", f"Test-time options of that run: `test_shifts` {shifts}, `test_mixture_consistency` {consistency}."]
+        lines += [
+            "",
+            f"Test-time options of that run: `test_shifts` {shifts}, `test_mixture_consistency` {consistency}.",
+        ]
     else:
         lines += ["None found: the run has no `test_results_summary.json` (or this folder was not a run)."]
     lines += [

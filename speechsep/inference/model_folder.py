@@ -26,8 +26,8 @@ from ruamel.yaml.tag import Tag
 from speechbrain.inference.separation import SepformerSeparation
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechsep.inference import model_card
 from speechsep.errors import RecipeError
+from speechsep.inference import model_card
 from speechsep.models.speedups import speed_up
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,14 @@ CHECKPOINT_KEY = "si-snr"  # the meta a run's checkpoints are ranked by (higher 
 # Our SepFormer block is a drop-in for SpeechBrain's (same arguments, parameters and state_dict keys):
 # exported configs name SpeechBrain's, so that an exported folder needs SpeechBrain alone.
 SPEECHBRAIN_BLOCK = "!new:speechbrain.lobes.models.dual_path.SBTransformerBlock"
-OUR_BLOCKS = ("!apply:speechsep.models.transformer.sepformer_block", "!new:speechsep.models.transformer.FastSBTransformerBlock")
+OUR_BLOCKS = (
+    "!apply:speechsep.models.transformer.sepformer_block",
+    "!new:speechsep.models.transformer.FastSBTransformerBlock",
+)
 # Likewise our encoder and decoder (speechsep.models.filterbank): SpeechBrain's classes with a faster forward.
 SPEECHBRAIN_FILTERBANK = {
-    f"!new:speechsep.models.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}" for name in ("Encoder", "Decoder")
+    f"!new:speechsep.models.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}"
+    for name in ("Encoder", "Decoder")
 }
 # owner/name as the Hugging Face hub spells a model id, or a URL of the hub
 HUB_ID = re.compile(r"^(hf://|https?://huggingface\.co/)?[A-Za-z0-9][\w.-]*/[\w.-]+/?$")
@@ -428,4 +432,3 @@ def _resolved_text(document: dict) -> str:
     stream = ruamel.yaml.compat.StringIO()
     _yaml().dump(document, stream)
     return resolve_references(stream.getvalue()).getvalue()
-

@@ -25,7 +25,6 @@ or a pretrained separator) in place.
 """
 
 import logging
-from typing import Optional
 
 import torch
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
@@ -74,9 +73,9 @@ class SDPAMultiheadAttention(nn.Module):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        attn_mask: Optional[torch.Tensor] = None,
-        key_padding_mask: Optional[torch.Tensor] = None,
-        pos_embs: Optional[torch.Tensor] = None,
+        attn_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        pos_embs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
         """Attends `query` [batch, tgt_time, d_model] to `key`/`value` [batch, src_time, kdim/vdim].
 
@@ -137,9 +136,7 @@ def use_sdpa_attention(model: nn.Module) -> int:
     """
     num_replaced = 0
     for module in model.modules():
-        if isinstance(module, TransformerEncoderLayer) and isinstance(
-            module.self_att, MultiheadAttention
-        ):
+        if isinstance(module, TransformerEncoderLayer) and isinstance(module.self_att, MultiheadAttention):
             module.self_att = SDPAMultiheadAttention(module.self_att.att)
             num_replaced += 1
     return num_replaced
@@ -194,9 +191,9 @@ class FastSBTransformerBlock(SBTransformerBlock):
         d_model: int,
         nhead: int,
         d_ffn: int = 2048,
-        input_shape: Optional[tuple] = None,
-        kdim: Optional[int] = None,
-        vdim: Optional[int] = None,
+        input_shape: tuple | None = None,
+        kdim: int | None = None,
+        vdim: int | None = None,
         dropout: float = 0.1,
         activation: str = "relu",
         use_positional_encoding: bool = False,

@@ -216,9 +216,7 @@ class RobustCheckpointer(Checkpointer):
         if if_main_process():
             self._remove_leftovers()
         ddp_barrier()  # a checkpoint put back by the main process is listed by every process
-        candidates = self.find_checkpoints(
-            importance_key, max_key, min_key, ckpt_predicate, max_num_checkpoints=None
-        )
+        candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate, max_num_checkpoints=None)
         if not candidates:
             logger.info("Would load a checkpoint here, but none found yet.")
             return None

@@ -16,6 +16,7 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from speechsep.errors import RecipeError
 
+
 class ConfigError(RecipeError):
     """A config file or an override that cannot be used as given."""
 
@@ -147,7 +148,9 @@ def check_values(values: dict) -> None:
         if key in values and not is_valid(values[key]):
             raise ConfigError(f"{key} is {values[key]!r}; expected {expected}")
     if values.get("test_mixture_consistency") and values.get("use_wham_noise"):  # the noise would be shared out
-        raise ConfigError("test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise")
+        raise ConfigError(
+            "test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise"
+        )
 
 
 def model_keys(record: str) -> set[str]:
@@ -167,4 +170,8 @@ def model_keys(record: str) -> set[str]:
 
 def differing_keys(previous: dict, current: dict, keys) -> list[str]:
     """`key: old -> new` for each of `keys` whose value differs between two resolved configs."""
-    return [f"{key}: {previous.get(key)} -> {current.get(key)}" for key in sorted(keys) if previous.get(key) != current.get(key)]
+    return [
+        f"{key}: {previous.get(key)} -> {current.get(key)}"
+        for key in sorted(keys)
+        if previous.get(key) != current.get(key)
+    ]

@@ -10,5 +10,5 @@ def native_bf16_cpu() -> bool:
 
 
 def cpu_training_precision() -> str:
-    """"bf16" (autocast) on CPUs with native bf16, else "fp32": SpeechBrain's `precision` run option."""
+    """ "bf16" (autocast) on CPUs with native bf16, else "fp32": SpeechBrain's `precision` run option."""
     return "bf16" if native_bf16_cpu() else "fp32"
