@@ -14,7 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speechsep.data.dynamic_mixing import AudioIndex, DynamicMixingDataset, SourcePool  # noqa: E402
+from speechsep.data.dynamic_mixing import DynamicMixingDataset  # noqa: E402
+from speechsep.data.source_pool import AudioIndex, SourcePool  # noqa: E402
 
 SAMPLE_RATE = 8000
 SEGMENT_LEN = 4 * SAMPLE_RATE

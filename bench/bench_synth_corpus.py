@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speechsep import synth_corpus  # noqa: E402
+from speechsep.corpus import synth_corpus  # noqa: E402
 from speechsep.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus  # noqa: E402
 
 NUM_WORKERS = 2
@@ -23,7 +23,7 @@ def _cpu_seconds_per_item(root: Path, options: CorpusOptions, num_speakers: int,
     speakers = list(enumerate(synth_corpus.design_speakers(options)))[:num_speakers]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.process_time()
-        rows = synth_corpus._synthesize_speakers(speakers, options, Path(tmp))
+        rows = synth_corpus.synthesize_speakers(speakers, options, Path(tmp))
         per_utterance = (time.process_time() - start) / len(rows)
 
         utterances: dict[str, list[Path]] = {}
@@ -32,13 +32,13 @@ def _cpu_seconds_per_item(root: Path, options: CorpusOptions, num_speakers: int,
         for row in rows:
             if row["split"] == "train":
                 utterances.setdefault(row["speaker_id"], []).append(Path(row["path"]))
-        plans = synth_corpus._plan_mixtures("train", utterances, options)[:num_mixtures]
+        plans = synth_corpus.plan_mixtures("train", utterances, options)[:num_mixtures]
         split_dir = Path(tmp) / options.wav_dir / "train-360"
         for track in ("s1", "s2", "noise", "mix_clean", "mix_both"):
             (split_dir / track).mkdir(parents=True)
         start = time.process_time()
         for plan in plans:
-            synth_corpus._render_mixture(plan, options, Path(tmp))
+            synth_corpus.render_mixture(plan, options, Path(tmp))
         per_mixture = (time.process_time() - start) / len(plans)
     return per_utterance, per_mixture
 

@@ -12,16 +12,9 @@ import torch.multiprocessing
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from speechsep.data import dynamic_mixing
-from speechsep.data.dynamic_mixing import (
-    AudioIndex,
-    DynamicMixingDataset,
-    LibriMixLevels,
-    PoolError,
-    SourcePool,
-    Wsj0Levels,
-    dynamic_mixing_dataset,
-)
+from speechsep.data import source_pool
+from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
+from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
 
 SAMPLE_RATE = 8000
 SEGMENT_LEN = 4000  # 0.5 s
@@ -344,7 +337,7 @@ def test_index_cache_spares_reading_the_files_again(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("opened a file that the index cache already describes")
 
-    monkeypatch.setattr(dynamic_mixing.sf, "info", fail)
+    monkeypatch.setattr(source_pool.sf, "info", fail)
     second = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
     assert_same_index(second.files, first.files)
 
@@ -358,7 +351,7 @@ def test_resampling_cache_is_built_once(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("resampled again")
 
-    monkeypatch.setattr(dynamic_mixing, "_resample_file", fail)
+    monkeypatch.setattr(source_pool, "_resample_file", fail)
     second = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
     assert_same_index(second.files, first.files)
 

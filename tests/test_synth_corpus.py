@@ -14,22 +14,19 @@ import soundfile as sf
 
 from speechsep.corpus import synth_corpus
 from speechsep.corpus.espeak import EspeakSynth, available_languages, available_variants
-from speechsep.corpus.sentences import make_sentence
-from speechsep.corpus.synth_corpus import (
-    ENGLISH_ACCENTS,
-    FEMALE_VARIANTS,
-    MALE_VARIANTS,
+from speechsep.corpus.options import (
     MAX_AMPLITUDE,
     NOISE_LOUDNESS_RANGE,
-    OTHER_LANGUAGES,
     POOL_LOUDNESS,
     SIZE_PRESETS,
     SOURCE_LOUDNESS_RANGE,
     SPLIT_FOLDERS,
     CorpusOptions,
-    synthesize_corpus,
 )
+from speechsep.corpus.sentences import make_sentence
+from speechsep.corpus.synth_corpus import synthesize_corpus
 from speechsep.corpus.synth_noise import coloured_noise, mains_hum
+from speechsep.corpus.voices import ENGLISH_ACCENTS, FEMALE_VARIANTS, MALE_VARIANTS, OTHER_LANGUAGES
 from speechsep.data.loudness import measure_loudness, normalize_loudness
 from speechsep.evaluation.report import improvement_by_gender_pairing
 
@@ -255,7 +252,7 @@ def test_each_mixture_has_distinct_speakers_of_its_split(corpus):
 def test_babble_never_uses_the_mixture_speakers():
     options = CorpusOptions(**TINY)
     utterances = {f"spk{s:03d}": [Path(f"spk{s:03d}_{u:04d}.wav") for u in range(3)] for s in range(6)}
-    plans = synth_corpus._plan_mixtures("train", utterances, options)
+    plans = synth_corpus.plan_mixtures("train", utterances, options)
     for plan in plans:
         mixture_speakers = {path.stem[:6] for path in plan.source_paths}
         babble_speakers = {path.stem[:6] for paths in plan.babble_paths for path in paths}

@@ -19,288 +19,21 @@ Example
 
 from __future__ import annotations
 
-import csv
-import hashlib
+import logging
 import math
-import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
-import logging
 
-from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name
+from speechsep.data.audio import PEAK_LIMIT
 from speechsep.data.loudness import GATING_BLOCK_SECONDS, integrated_loudness
-from speechsep.errors import RecipeError
+
+from speechsep.data.source_pool import SILENCE_RMS, AudioIndex, PoolError, SourcePool, read_mono
 
 logger = logging.getLogger(__name__)
-
-
-class PoolError(RecipeError):
-    """A source or noise folder that cannot serve dynamic mixing; the message names the folder."""
-
-SILENCE_RMS = 1e-4  # -80 dBFS: quieter signals keep their level instead of being amplified to a target
-EXPECTED_LAYOUTS = (
-    "a LibriSpeech split (<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac), "
-    "WSJ0 si_tr_s (<spk>/<spk>xxxxx.wav) or speaker folders (<speaker>/<utterance>.wav)"
-)
-
-
-# --------------------------------------------------------------------------------------------------
-# Indexing audio folders (with a cache of frame counts and of resampled copies)
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
-class _ScannedFile:
-    rel_path: str  # POSIX path relative to the scanned folder
-    size: int
-    mtime_ns: int
-
-
-def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
-    """Audio files under `folder` (links followed), sorted so that every process agrees on the order."""
-    if not folder.is_dir():
-        raise PoolError(f"Audio folder {folder} does not exist or is not a folder")
-    scanned = []
-    for dirpath, _, filenames in os.walk(folder, followlinks=True):
-        for name in filenames:
-            if is_audio_name(name):
-                path = Path(dirpath, name)
-                stat = path.stat()
-                rel_path = path.relative_to(folder).as_posix()
-                scanned.append(_ScannedFile(rel_path, stat.st_size, stat.st_mtime_ns))
-    if not scanned:
-        raise PoolError(f"No {'/'.join(AUDIO_EXTENSIONS)} files under {folder}")
-    return sorted(scanned)
-
-
-def _temporary_path(path: Path) -> Path:
-    """A per-process sibling of `path`: written first, then renamed, so readers never see half a file."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _read_mono(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
-    """Frames [start, start + frames) of the first channel, as float32 in [-1, 1]."""
-    audio, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(audio[:, 0])
-
-
-def _resample_file(source: Path, target: Path, sample_rate: int) -> int:
-    """Write `source` resampled to `sample_rate` at `target`; returns its number of frames.
-
-    The level is kept as it is: the file keeps its sample format unless the resampling filter's
-    overshoot would clip it, in which case it is written as float.
-    """
-    info = sf.info(str(source))
-    audio = torch.from_numpy(_read_mono(str(source)))
-    resampled = torchaudio.functional.resample(audio, info.samplerate, sample_rate).numpy()
-    fits = np.abs(resampled).max(initial=0.0) < 1.0
-    subtype = info.subtype if fits and sf.check_format("WAV", info.subtype) else "FLOAT"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_path(target)
-    sf.write(temporary, resampled, sample_rate, subtype=subtype, format="WAV")
-    os.replace(temporary, target)
-    return len(resampled)
-
-
-class _FolderCache:
-    """Cache of one audio folder at one sample rate: an index CSV and resampled copies of the files."""
-
-    COLUMNS = ("rel_path", "size", "mtime_ns", "source_rate", "num_frames")
-
-    def __init__(self, cache_dir: str | Path, folder: Path, sample_rate: int):
-        resolved = folder.resolve()
-        digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
-        self.root = Path(cache_dir) / f"{resolved.name}-{digest}"
-        self.index_path = self.root / f"index_{sample_rate}Hz.csv"
-        self.resampled_root = self.root / f"{sample_rate}Hz"
-
-    def resampled_path(self, rel_path: str) -> Path:
-        return (self.resampled_root / rel_path).with_suffix(".wav")
-
-    def read_index(self) -> dict[str, dict[str, int]]:
-        if not self.index_path.exists():
-            return {}
-        with open(self.index_path, newline="") as file:
-            return {
-                row["rel_path"]: {key: int(row[key]) for key in self.COLUMNS[1:]}
-                for row in csv.DictReader(file)
-            }
-
-    def write_index(self, rows: dict[str, dict[str, int]]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        temporary = _temporary_path(self.index_path)
-        with open(temporary, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(self.COLUMNS)
-            for rel_path, row in rows.items():
-                writer.writerow([rel_path, *(row[key] for key in self.COLUMNS[1:])])
-        os.replace(temporary, self.index_path)
-
-
-@dataclass
-class AudioIndex:
-    """The audio files of one folder at one sample rate: where to read them and how long they are.
-
-    Files at another sample rate are read from resampled copies in the cache. Empty files are left out.
-    """
-
-    folder: str
-    rel_paths: list[str]  # relative to `folder`, as found there
-    paths: list[str]  # what to read: the file itself, or its resampled copy
-    num_frames: np.ndarray  # [num_files] int64, at the index's sample rate
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @classmethod
-    def from_folder(
-        cls, folder: str | Path, sample_rate: int, cache_dir: str | Path | None = None
-    ) -> AudioIndex:
-        """Index every .wav/.flac file under `folder` (see `build`)."""
-        folder = Path(folder)
-        return cls.build(folder, _scan_audio_files(folder), sample_rate, cache_dir)
-
-    @classmethod
-    def build(
-        cls,
-        folder: Path,
-        scanned: Sequence[_ScannedFile],
-        sample_rate: int,
-        cache_dir: str | Path | None,
-    ) -> AudioIndex:
-        """Read the frame counts of the scanned files, resampling those at another rate into the cache.
-
-        With a `cache_dir`, the frame counts are kept in a CSV there and only files that are new or
-        changed (size, modification time) since the last run are opened again.
-        """
-        cache = _FolderCache(cache_dir, folder, sample_rate) if cache_dir is not None else None
-        cached_rows = cache.read_index() if cache is not None else {}
-        rows = {file.rel_path: cached_rows.get(file.rel_path) for file in scanned}
-        stale = [file for file in scanned if not _is_current(rows[file.rel_path], file, sample_rate, cache)]
-        if stale:
-            logger.info(f"Indexing {len(stale)} new or changed audio files of {folder}")
-            for file in stale:
-                rows[file.rel_path] = _index_row(folder, file, sample_rate, cache)
-            num_resampled = sum(rows[file.rel_path]["source_rate"] != sample_rate for file in stale)
-            if num_resampled:
-                logger.info(
-                    f"Resampled {num_resampled} files of {folder} to {sample_rate} Hz into "
-                    f"{cache.resampled_root}; later runs read them from there"
-                )
-        if cache is not None and rows != cached_rows:
-            cache.write_index(rows)
-
-        empty = [rel_path for rel_path, row in rows.items() if row["num_frames"] == 0]
-        if empty:
-            logger.warning(f"Leaving out {len(empty)} empty audio files of {folder}, e.g. {empty[0]}")
-        rel_paths = [rel_path for rel_path, row in rows.items() if row["num_frames"] > 0]
-        if not rel_paths:
-            raise PoolError(f"Every audio file under {folder} is empty")
-        paths = [
-            str(folder / rel_path)
-            if rows[rel_path]["source_rate"] == sample_rate
-            else str(cache.resampled_path(rel_path))
-            for rel_path in rel_paths
-        ]
-        num_frames = np.array([rows[rel_path]["num_frames"] for rel_path in rel_paths], dtype=np.int64)
-        return cls(str(folder), rel_paths, paths, num_frames)
-
-
-def _index_row(
-    folder: Path, file: _ScannedFile, sample_rate: int, cache: _FolderCache | None
-) -> dict[str, int]:
-    """What the index keeps of one file; a file at another rate is resampled into the cache first."""
-    path = folder / file.rel_path
-    info = sf.info(str(path))
-    row = {"size": file.size, "mtime_ns": file.mtime_ns, "source_rate": info.samplerate}
-    row["num_frames"] = info.frames
-    if info.samplerate != sample_rate:
-        if cache is None:
-            raise PoolError(
-                f"{path} is at {info.samplerate} Hz but sample_rate is {sample_rate} Hz: "
-                f"pass a cache_dir to resample {folder} once into it"
-            )
-        row["num_frames"] = _resample_file(path, cache.resampled_path(file.rel_path), sample_rate)
-    return row
-
-
-def _is_current(
-    row: dict[str, int] | None, file: _ScannedFile, sample_rate: int, cache: _FolderCache | None
-) -> bool:
-    """Whether a cached row still describes `file`: same size and time, resampled copy (if any) present."""
-    if row is None or (row["size"], row["mtime_ns"]) != (file.size, file.mtime_ns):
-        return False
-    return row["source_rate"] == sample_rate or cache.resampled_path(file.rel_path).exists()
-
-
-# --------------------------------------------------------------------------------------------------
-# Pool of single-speaker utterances
-# --------------------------------------------------------------------------------------------------
-def _detect_speakers(folder: Path, rel_paths: Sequence[str]) -> tuple[str, list[str]]:
-    """Tell the folder's layout from its file paths; returns the layout name and each file's speaker."""
-    parts = [PurePosixPath(rel_path).parts for rel_path in rel_paths]
-    if all(
-        len(p) == 3 and re.fullmatch(rf"{re.escape(p[0])}-{re.escape(p[1])}-\d+", p[2].rsplit(".", 1)[0])
-        for p in parts
-    ):
-        return "LibriSpeech", [p[0] for p in parts]
-    if all(len(p) == 2 for p in parts):
-        if all(len(p[0]) == 3 and p[1].startswith(p[0]) for p in parts):
-            return "WSJ0", [p[1][:3] for p in parts]
-        return "speaker folders", [p[0] for p in parts]
-    example = next((rel_path for rel_path, p in zip(rel_paths, parts) if len(p) != 2), rel_paths[0])
-    raise PoolError(f"Cannot tell the speaker of {folder / example}: expected {EXPECTED_LAYOUTS}")
-
-
-class SourcePool:
-    """Single-speaker utterances grouped by speaker: what dynamic mixing draws its sources from."""
-
-    def __init__(self, files: AudioIndex, speaker_ids: Sequence[str], layout: str = "speaker folders"):
-        if len(speaker_ids) != len(files):
-            raise ValueError(f"Got {len(speaker_ids)} speaker ids for {len(files)} files of {files.folder}")
-        self.files = files
-        self.layout = layout
-        self.speakers = sorted(set(speaker_ids))
-        utterances = {speaker: [] for speaker in self.speakers}
-        for file_index, speaker in enumerate(speaker_ids):
-            utterances[speaker].append(file_index)
-        # Per speaker (in the order of `speakers`): indices into `files`
-        self.utterances_of_speaker = [np.array(utterances[s], dtype=np.int64) for s in self.speakers]
-
-    @property
-    def folder(self) -> str:
-        return self.files.folder
-
-    def __repr__(self) -> str:
-        return (
-            f"SourcePool({self.folder!r}: {self.layout} layout, {len(self.speakers)} speakers, "
-            f"{len(self.files)} utterances)"
-        )
-
-    @classmethod
-    def from_folder(
-        cls, folder: str | Path, sample_rate: int, cache_dir: str | Path | None = None
-    ) -> SourcePool:
-        """Index a folder of utterances, telling the speakers apart from its layout.
-
-        Layouts: a LibriSpeech split (`<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`), WSJ0
-        `si_tr_s` (`<spk>/<spk>xxxxx.wav`, speaker = first 3 characters of the name) or any folder of
-        speaker folders of audio files (speaker = folder name). Audio at another rate than `sample_rate`
-        is resampled once into `cache_dir`, which also keeps the frame counts for the next run.
-        """
-        folder = Path(folder)
-        scanned = _scan_audio_files(folder)
-        layout, speaker_ids = _detect_speakers(folder, [file.rel_path for file in scanned])
-        speaker_of = dict(zip((file.rel_path for file in scanned), speaker_ids))
-        files = AudioIndex.build(folder, scanned, sample_rate, cache_dir)
-        pool = cls(files, [speaker_of[rel_path] for rel_path in files.rel_paths], layout)
-        logger.info(f"Dynamic-mixing pool: {pool}")
-        return pool
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,7 +251,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         needed = math.ceil(self.segment_len * speed / 100)
         num_frames = int(self.pool.files.num_frames[file_index])
         start = rng.integers(0, max(num_frames - needed, 0) + 1)
-        utterance = _read_mono(self.pool.files.paths[file_index], start, min(needed, num_frames))
+        utterance = read_mono(self.pool.files.paths[file_index], start, min(needed, num_frames))
         if speed != 100:
             utterance = self.speed_resamplers[speed](torch.from_numpy(utterance)).numpy()
         return utterance[: self.segment_len]
@@ -528,7 +261,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         file_index = rng.integers(len(self.noise_files))
         num_frames = int(self.noise_files.num_frames[file_index])
         start = rng.integers(0, max(num_frames - self.segment_len, 0) + 1)
-        noise = _read_mono(self.noise_files.paths[file_index], start, min(self.segment_len, num_frames))
+        noise = read_mono(self.noise_files.paths[file_index], start, min(self.segment_len, num_frames))
         return np.resize(noise, self.segment_len)
 
 
