@@ -31,6 +31,7 @@ from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_fo
 from speechsep.inference.separation import mixture_consistency, separate_shifted
 from speechsep.models.filterbank import encoder_hop
 from speechsep.models.speedups import speed_up
+from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
     DATA_KEYS,
     ConfigError,
@@ -92,9 +93,11 @@ class Separation(sb.Brain):
         clip = self.hparams.clip_grad_norm
         self.max_grad_norm = clip if clip > 0 else float("inf")  # what SpeechBrain's optimizers_step clips to
         self.epoch_stats = EpochStatistics()
+        self.budget = TrainingBudget(minutes=self.hparams.train_budget_minutes)
         self.pending_backwards = 0
         if self.checkpointer is not None:  # optional: checkpoints of earlier versions have none
             self.checkpointer.add_recoverable("epoch_stats", self.epoch_stats, optional_load=True)
+            self.checkpointer.add_recoverable("budget", self.budget, optional_load=True)
 
     # ---------------------------------------------------------------- the Brain's hooks
     def compute_forward(self, batch, stage):
@@ -184,6 +187,8 @@ class Separation(sb.Brain):
         elif stage == sb.Stage.TRAIN:
             logger.info(f"Resuming epoch {epoch} after batch {self.step}")
         self.pending_backwards = 0
+        if stage == sb.Stage.TRAIN:
+            self.budget.start_epoch()
         if stage == sb.Stage.TRAIN and hasattr(self.train_dataset, "set_epoch"):
             self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
 
@@ -210,7 +215,16 @@ class Separation(sb.Brain):
         stats = {"si-snr": -mean_loss, "examples": len(rows)}
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
-            step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss)
+            self.budget.end_epoch()
+            progress = self.budget.next_epoch_ends_at() if self.budget.minutes else None
+            step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss, progress)
+            if not self.budget.allows_another_epoch():  # the run is over: the checkpoint below says so
+                counter = self.hparams.epoch_counter
+                logger.info(
+                    f"Training budget of {self.budget.minutes} min: stopping after epoch {epoch} of {counter.limit} "
+                    f"({self.budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
+                )
+                counter.current = counter.limit
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats
             )

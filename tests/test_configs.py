@@ -75,6 +75,7 @@ OWN_KEYS = {
         "base_folder_dm",
         "dm_epoch_len",
         "lr_scheduler",
+        "train_budget_minutes",
     },
 }
 SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size", "fast_attention"}

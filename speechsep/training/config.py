@@ -134,6 +134,7 @@ VALUE_CHECKS = {
     "threshold": (_is_number, "a finite number of dB"),
     "loss_upper_lim": (_is_number, "a finite number"),
     "clip_grad_norm": (_is_number, "a finite number (0 or negative: no clipping)"),
+    "train_budget_minutes": (lambda v: v is None or (_is_number(v) and v > 0), "null or a positive number"),
     "mixture_mode": (lambda v: v in ("min", "max"), "min or max"),
     "dm_level_scheme": (lambda v: v in ("wsj0", "librimix"), "wsj0 or librimix"),
     "sdr_permutation": (lambda v: v in ("sdr", "sir"), "sdr or sir"),

@@ -13,7 +13,9 @@ class HoldThenLinearDecay:
     Meant for runs with a fixed budget (the CPU demo), which stop while the model is still learning:
     a plateau-driven halving would rarely trigger there, and the last epochs at a low rate average out
     the noise of the high-rate phase. Like SpeechBrain's epoch schedulers, `scheduler(epoch)` returns the
-    (old, new) rate once `epoch` is over. It depends on the epoch only: its checkpoint hooks exist because
+    (old, new) rate once `epoch` is over. Under a wall-clock budget (`speechsep.training.budget`),
+    `scheduler(epoch, progress)` places the next epoch at `progress`, the share of the run it will end at,
+    whichever of the epoch count and the budget comes first. It depends on the epoch only: its checkpoint hooks exist because
     the recipe lists `lr_scheduler` among the checkpointer's recoverables, and store nothing.
 
     Example
@@ -29,13 +31,15 @@ class HoldThenLinearDecay:
         self.lr, self.final_lr = lr, final_lr
         self.hold_epochs, self.num_epochs = hold_epochs, num_epochs
 
-    def rate(self, epoch: int) -> float:
-        """The learning rate of (1-based) `epoch`."""
-        progress = (epoch - self.hold_epochs) / (self.num_epochs - self.hold_epochs)
-        return self.lr + (self.final_lr - self.lr) * min(max(progress, 0.0), 1.0)
+    def rate(self, epoch: int, progress: float | None = None) -> float:
+        """The learning rate of (1-based) `epoch`, or of the epoch that ends at `progress` of the run."""
+        share = epoch / self.num_epochs if progress is None else max(epoch / self.num_epochs, progress)
+        hold = self.hold_epochs / self.num_epochs
+        decayed = (share - hold) / (1.0 - hold)
+        return self.lr + (self.final_lr - self.lr) * min(max(decayed, 0.0), 1.0)
 
-    def __call__(self, epoch: int) -> tuple[float, float]:
-        return self.rate(epoch), self.rate(epoch + 1)
+    def __call__(self, epoch: int, progress: float | None = None) -> tuple[float, float]:
+        return self.rate(epoch), self.rate(epoch + 1, progress)
 
     @mark_as_saver
     def _save(self, path) -> None:
@@ -51,8 +55,11 @@ class HoldThenLinearDecay:
 EPOCH_SCHEDULERS = (HoldThenLinearDecay, LinearScheduler, StepScheduler)
 
 
-def step_scheduler(scheduler, optimizer: torch.optim.Optimizer, epoch: int, valid_loss: float) -> None:
-    """Advance `scheduler` by one epoch given the validation loss (lower is better).
+def step_scheduler(
+    scheduler, optimizer: torch.optim.Optimizer, epoch: int, valid_loss: float, progress: float | None = None
+) -> None:
+    """Advance `scheduler` by one epoch given the validation loss (lower is better) and, under a wall-clock
+    budget, the share of the run that the next epoch will end at (`HoldThenLinearDecay` follows it).
 
     Accepts SpeechBrain's ReduceLROnPlateau (called with the optimizers, epoch and loss), the epoch-driven
     `EPOCH_SCHEDULERS` (called with the epoch) and SpeechBrain's metric-driven schedulers such as
@@ -63,6 +70,8 @@ def step_scheduler(scheduler, optimizer: torch.optim.Optimizer, epoch: int, vali
         return
     if isinstance(scheduler, ReduceLROnPlateau):
         _, new_lr = scheduler([optimizer], epoch, valid_loss)
+    elif isinstance(scheduler, HoldThenLinearDecay):
+        _, new_lr = scheduler(epoch, progress)
     elif isinstance(scheduler, EPOCH_SCHEDULERS):
         _, new_lr = scheduler(epoch)
     elif callable(scheduler):
