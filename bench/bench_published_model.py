@@ -22,7 +22,15 @@ if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_publi
 from bench.bench_inference import RSS_LIMIT_MIB, SAMPLE_RATE, measure, write_recording  # noqa: E402
 
 # SpeechBrain's published speechbrain/sepformer-wsj02mix hyperparams.yaml, as that folder declares its model.
-PUBLISHED_SEPFORMER = """\
+TRANSFORMER_BLOCK = """!new:speechbrain.lobes.models.dual_path.SBTransformerBlock
+    num_layers: 8
+    d_model: 256
+    nhead: 8
+    d_ffn: 1024
+    dropout: 0
+    use_positional_encoding: true
+    norm_before: true"""
+PUBLISHED_SEPFORMER = f"""\
 sample_rate: 8000
 num_spks: 2
 
@@ -30,23 +38,9 @@ Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
     kernel_size: 16
     out_channels: 256
 
-SBtfintra: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 8
-    d_model: 256
-    nhead: 8
-    d_ffn: 1024
-    dropout: 0
-    use_positional_encoding: true
-    norm_before: true
+SBtfintra: {TRANSFORMER_BLOCK}
 
-SBtfinter: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 8
-    d_model: 256
-    nhead: 8
-    d_ffn: 1024
-    dropout: 0
-    use_positional_encoding: true
-    norm_before: true
+SBtfinter: {TRANSFORMER_BLOCK}
 
 MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
     num_spks: !ref <num_spks>
