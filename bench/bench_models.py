@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import resource
 import statistics
-import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ from speechbrain.lobes.models.dual_path import (
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 from torch import nn
 
+from bench.timing import time_steps
 from speechsep.models.conv_tasnet import MaskNet
 from speechsep.models.transformer import FastSBTransformerBlock
 
@@ -229,15 +229,7 @@ def measure(case: Case, warmup: int, repeats: int) -> Measurement:
         torch.cuda.reset_peak_memory_stats(device)
     baseline_mib = _current_memory_mib(device)
 
-    for _ in range(warmup):
-        step()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize()
-        times.append(time.perf_counter() - start)
+    times = time_steps(step, warmup, repeats, synchronize)
     return Measurement(
         median_ms=1e3 * statistics.median(times),
         peak_mib=_peak_memory_mib(device) - baseline_mib,

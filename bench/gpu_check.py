@@ -59,6 +59,8 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/gpu_check.py`
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.timing import time_steps  # noqa: E402
+
 DEFAULT_OUTPUT = BENCH_DIR / "RESULTS-gpu.md"
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
@@ -295,16 +297,7 @@ def measure_step(case: StepCase, settings: Settings, workdir: Path) -> dict:
         if not _reset_peak_rss():
             raise OSError("cannot reset the peak RSS (/proc/self/clear_refs)")
         baseline = _rss_mib()
-    warmup, repeats = settings.warmup_repeats
-    for _ in range(warmup):
-        step()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize()
-        times.append(time.perf_counter() - start)
+    times = time_steps(step, *settings.warmup_repeats, synchronize)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib()
     return {"median_ms": 1e3 * statistics.median(times), "peak_mib": peak - baseline, "skipped": skipped()}
 

@@ -40,10 +40,7 @@ def plot_learning_curve(train_log: Path, png: Path) -> Path:
     ax.set(xlabel="epoch", ylabel="SI-SNR (dB)", title="Learning curve")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def plot_improvement_histogram(test_results: Path, png: Path, column: str = "si-snr_i") -> Path:
@@ -55,6 +52,10 @@ def plot_improvement_histogram(test_results: Path, png: Path, column: str = "si-
     label = LABELS.get(column, column)
     ax.set(xlabel=f"{label} (dB)", ylabel="test mixtures", title=f"Per-utterance {label} on the test set")
     ax.legend()
+    return _save(fig, png)
+
+
+def _save(fig, png: Path) -> Path:
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
