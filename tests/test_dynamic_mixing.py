@@ -372,3 +372,12 @@ def test_resampling_without_cache_dir_raises_an_error_asking_for_one(tmp_path):
     folder = write_pool(tmp_path / "sources", sample_rate=16000)
     with pytest.raises(ValueError, match="16000 Hz but sample_rate is 8000 Hz: pass a cache_dir"):
         SourcePool.from_folder(folder, SAMPLE_RATE)
+
+
+def test_a_corrupt_file_in_the_pool_is_one_line_naming_it(tmp_path):
+    folder = write_pool(tmp_path / "sources")
+    corrupt = next(folder.rglob("*.wav")).with_name("corrupt.wav")
+    corrupt.write_bytes(b"RIFF not really audio" * 10)
+    with pytest.raises(PoolError, match=rf"unreadable audio file {corrupt} in the pool") as error:
+        SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(error.value)

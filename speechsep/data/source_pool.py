@@ -203,7 +203,11 @@ def _index_row(
 ) -> dict[str, int]:
     """What the index keeps of one file; a file at another rate is resampled into the cache first."""
     path = folder / file.rel_path
-    info = sf.info(str(path))
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        reason = getattr(err, "error_string", None) or str(err)
+        raise PoolError(f"unreadable audio file {path} in the pool ({reason}): remove or replace it") from None
     row = {"size": file.size, "mtime_ns": file.mtime_ns, "source_rate": info.samplerate}
     row["num_frames"] = info.frames
     if info.samplerate != sample_rate:
