@@ -12,7 +12,8 @@ from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
 from tests.conftest import REPO
 
-CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml"]
+MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
+CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml", *MODEL_CONFIGS]
 
 
 def load(config, **overrides):
@@ -51,6 +52,11 @@ OWN_KEYS = {
     "sepformer-libri2mix.yaml": {"experiment_name", "dm_level_scheme"},
     "convtasnet.yaml": {"experiment_name", "MaskNet", "B", "H", "P", "X", "R"},
     "convtasnet-libri2mix.yaml": {"experiment_name", "dm_level_scheme", "MaskNet", "B", "H", "P", "X", "R"},
+    "dprnn.yaml": {"experiment_name", "MaskNet", "hidden_channels"},
+    "dptnet.yaml": {"experiment_name", "MaskNet", "kernel_size", "training_signal_len"},
+    "skim.yaml": {"experiment_name", "MaskNet", "N_encoder_out", "hidden_size"},
+    "resepformer.yaml": {"experiment_name", "MaskNet", "N_encoder_out", "out_channels", "chunk_size"},
+    "sepformer-conformerintra.yaml": {"experiment_name", "MaskNet"},
     "demo.yaml": {
         "experiment_name",
         "output_folder",
