@@ -7,12 +7,14 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
 
 from speechsep.models.conv_tasnet import MaskNet
+from speechsep.models.filterbank import encoder_hop
 from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
 from tests.conftest import REPO
 
-CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml"]
+MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
+CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml", *MODEL_CONFIGS]
 
 
 def load(config, **overrides):
@@ -51,6 +53,11 @@ OWN_KEYS = {
     "sepformer-libri2mix.yaml": {"experiment_name", "dm_level_scheme"},
     "convtasnet.yaml": {"experiment_name", "MaskNet", "B", "H", "P", "X", "R"},
     "convtasnet-libri2mix.yaml": {"experiment_name", "dm_level_scheme", "MaskNet", "B", "H", "P", "X", "R"},
+    "dprnn.yaml": {"experiment_name", "MaskNet", "hidden_channels"},
+    "dptnet.yaml": {"experiment_name", "MaskNet", "kernel_size", "training_signal_len"},
+    "skim.yaml": {"experiment_name", "MaskNet", "N_encoder_out", "hidden_size"},
+    "resepformer.yaml": {"experiment_name", "MaskNet", "N_encoder_out", "out_channels", "chunk_size"},
+    "sepformer-conformerintra.yaml": {"experiment_name", "MaskNet"},
     "demo.yaml": {
         "experiment_name",
         "output_folder",
@@ -133,6 +140,27 @@ def test_convtasnet_has_the_paper_sizes():
     assert blocks[0].layers.conv.conv.out_channels == 512  # H
     assert blocks[0].layers.DSconv.conv_0.conv.kernel_size == (3,)  # P
     assert type(blocks[0].layers.norm).__name__ == "GlobalLayerNorm"
+
+
+# Mask network class, its parameter count at the config's sizes (a fingerprint of every size key), the encoder hop.
+PUBLISHED_SIZES = {
+    "dprnn.yaml": ("Dual_Path_Model", "SBRNNBlock", 14_608_897, 8),
+    "dptnet.yaml": ("Dual_Path_Model", "DPTNetBlock", 2_835_457, 1),  # 2-sample window: hop 1
+    "skim.yaml": ("ResourceEfficientSeparator", "SegLSTM", 14_502_657, 8),
+    "resepformer.yaml": ("ResourceEfficientSeparator", "SBTransformerBlock_wnormandskip", 7_951_105, 8),
+    "sepformer-conformerintra.yaml": ("Dual_Path_Model", "SBConformerEncoderBlock", 38_446_593, 8),
+}
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS)
+def test_new_mask_networks_have_the_published_sizes_and_a_decoder_on_the_encoders_hop(config):
+    hp = load(config)
+    masknet = hp["MaskNet"]
+    inner = masknet.dual_mdl[0].intra_mdl if hasattr(masknet, "dual_mdl") else masknet.model.seg_model[0]
+    num_parameters = sum(parameter.numel() for parameter in masknet.parameters())
+    hop = encoder_hop(hp["Encoder"])
+    assert (type(masknet).__name__, type(inner).__name__, num_parameters, hop) == PUBLISHED_SIZES[config]
+    assert hp["Decoder"].stride == (hop,) and hp["Decoder"].kernel_size == hp["Encoder"].conv1d.kernel_size
 
 
 def test_model_sizes_and_speaker_count_are_overridable():
