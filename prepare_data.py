@@ -1,6 +1,9 @@
-"""Data preparation: turn a WSJ0Mix, LibriMix or custom directory tree into train/valid/test CSV manifests.
+"""Data preparation: turn a WSJ0Mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix or custom tree into CSV manifests.
 
-The dataset type is detected from the tree itself. Every mixture is validated while walking (all sources
+The dataset type is detected from the tree itself. The task picks the mixtures and targets: separation of
+clean (`mix_clean`) or noisy (`mix_both`, `use_wham_noise`) mixtures into their speakers, or enhancement of
+one speaker in noise (`mix_single`, `num_spks` 1). WHAMR!'s inputs are its reverberant mixtures and its targets
+the anechoic sources, as its published results are scored (denoising, dereverberation and separation). Every mixture is validated while walking (all sources
 present, mono, same length as the mixture, the configured sample rate, finite samples, no all-zero source)
 and problems stop the preparation with one line naming the path, unless `skip_bad_files` is set, in which
 case the bad items are listed in `skipped_files.csv` and counted. Manifests use upstream SpeechBrain's column
@@ -8,6 +11,7 @@ names (`mix_wav`, `s1_wav`, ...) with paths written as `$data_root/...`, so they
 They are reused on a rerun only when the options and the audio files (names, sizes, mtimes) are unchanged.
 
     python prepare_data.py DATA_FOLDER SAVE_FOLDER [--num_spks 2] [--sample_rate 8000] [--mode min]
+        [--use_wham_noise] [--task enhancement --num_spks 1]
 """
 
 import argparse
@@ -32,20 +36,38 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 OPTIONS_FILE = "prepare_options.json"
 SKIPPED_FILE = "skipped_files.csv"
-WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}
+WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}  # WHAM! and WHAMR! too
 LIBRIMIX_SPLITS = {"valid": "dev", "test": "test"}
+AISHELL1MIX_SPLITS = {"train": "train", "valid": "dev", "test": "test"}
 LIBRIMIX_TRAIN_SUBSETS = {"100": ["train-100"], "360": ["train-360"], "both": ["train-100", "train-360"]}
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only encodings that can hold NaN or inf
 BLOCK_FRAMES = 1 << 16  # samples read at a time when checking a file's samples
 FIRST_PCM_BLOCK_FRAMES = 4096  # a PCM reference is rarely all 0 for that long: most are done after one small read
-MIN_NUM_SPKS = 2  # 1 would be speech enhancement: lower this where that task (loss, metrics, config) lands
+MIN_NUM_SPKS = 2  # for separation; enhancement (task=enhancement) has exactly one speaker
+TASKS = ("separation", "enhancement")
+# The mixture folder of LibriMix-style trees (LibriMix, Aishell1Mix, WHAM!) per (task, noisy); WHAMR! adds _reverb.
+MIXTURE_FOLDERS = {
+    ("separation", False): "mix_clean",
+    ("separation", True): "mix_both",
+    ("enhancement", True): "mix_single",
+}
+REVERBERANT_LAYOUTS = ("whamr",)  # mixtures that are not the sum of the targets (plus noise)
 LAYOUTS = (
     "WSJ0Mix   <data_folder>/wav{8k,16k}/{min,max}/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav",
+    "WHAM!     <data_folder>/wav{8k,16k}/{min,max}/{tr,cv,tt}/{mix_clean,mix_both,mix_single,s1,s2,noise}/*.wav",
+    (
+        "WHAMR!    <data_folder>/wav{8k,16k}/{min,max}/{tr,cv,tt}/"
+        "{mix_{clean,both,single}_{anechoic,reverb},s{1,2}_{anechoic,reverb},noise}/*.wav"
+    ),
     (
         "LibriMix  <data_folder>/wav{8k,16k}/{min,max}/{train-100,train-360,dev,test}/"
-        "{mix_clean,mix_both,s1,s2[,s3],noise}/*.wav"
+        "{mix_clean,mix_both,mix_single,s1,s2[,s3],noise}/*.wav"
     ),
-    "custom    <data_folder>/{train,valid,test}/{mixture,source1,source2[,source3][,noise]}/*.wav",
+    (
+        "Aishell1Mix  <data_folder>/wav{8k,16k}/{min,max}/{train,dev,test}/"
+        "{mix_clean,mix_both,mix_single,s1,s2[,s3],noise}/*.wav"
+    ),
+    "custom    <data_folder>/{train,valid,test}/{mixture,source1[,source2,source3][,noise]}/*.wav",
 )
 
 
@@ -62,17 +84,25 @@ class SplitFolders:
     noise: Path | None = None
 
 
-def check_num_spks(num_spks: int) -> None:
-    """Fail on a speaker count the recipe cannot train for, before anything is read."""
-    if num_spks < MIN_NUM_SPKS:
+def check_num_spks(num_spks: int, task: str = "separation") -> None:
+    """Fail on a task or a speaker count the recipe cannot train for, before anything is read."""
+    if task not in TASKS:
+        raise DataPreparationError(f"task must be one of {list(TASKS)}, got '{task}'")
+    if task == "enhancement" and num_spks != 1:
+        raise DataPreparationError(
+            f"num_spks is {num_spks}, the enhancement task has one speaker per mixture: set num_spks=1"
+        )
+    if task == "separation" and num_spks < MIN_NUM_SPKS:
         raise DataPreparationError(
             f"num_spks is {num_spks}, separation needs at least {MIN_NUM_SPKS}; "
-            "the enhancement task (one speaker) is not supported yet"
+            "for speech enhancement (one speaker in noise) set task=enhancement and num_spks=1"
         )
 
 
 def detect_layout(data_folder: Path) -> str:
-    """Tell 'wsj0mix', 'librimix' or 'custom' from the tree, or fail naming the folder and the layouts."""
+    """Tell 'wsj0mix', 'wham', 'whamr', 'librimix', 'aishell1mix' or 'custom' from the tree, or fail naming the
+    folder and the layouts. The test split's folders tell them apart: WSJ0Mix has `tt/mix`, WHAM! `tt/mix_clean`,
+    WHAMR! `tt/s1_anechoic`, and of the `test`/`dev` trees Aishell1Mix trains on `train`, LibriMix on `train-*`."""
     if not data_folder.is_dir():
         raise DataPreparationError(f"data_folder does not exist or is not a folder: {data_folder}")
     if all((data_folder / split / "mixture").is_dir() for split in SPLITS):
@@ -80,8 +110,12 @@ def detect_layout(data_folder: Path) -> str:
     for rate_folder in data_folder.glob("wav*k/*"):
         if (rate_folder / "tt" / "mix").is_dir():
             return "wsj0mix"
+        if (rate_folder / "tt" / "mix_clean").is_dir():
+            return "wham"
+        if (rate_folder / "tt" / "s1_anechoic").is_dir():
+            return "whamr"
         if (rate_folder / "test" / "s1").is_dir() and (rate_folder / "dev").is_dir():
-            return "librimix"
+            return "aishell1mix" if (rate_folder / "train").is_dir() else "librimix"
     raise DataPreparationError(f"unknown data layout in {data_folder}; expected one of: " + " | ".join(LAYOUTS))
 
 
@@ -93,8 +127,14 @@ def split_folders(
     mode: str,
     librimix_train_subset: str = "360",
     use_wham_noise: bool = False,
+    task: str = "separation",
 ) -> dict[str, list[SplitFolders]]:
     """Map each of train/valid/test to the folders that hold its signals, per the layout's conventions."""
+    if task == "enhancement" and layout == "wsj0mix":
+        raise DataPreparationError(
+            f"{data_folder} is WSJ0Mix, which has no single-speaker noisy mixtures for task=enhancement "
+            "(WHAM!, WHAMR!, LibriMix and Aishell1Mix have them in mix_single)"
+        )
     if layout == "custom":
         return {
             split: [
@@ -124,17 +164,28 @@ def split_folders(
             for split, sub in WSJ0MIX_SPLITS.items()
         }
 
-    if librimix_train_subset not in LIBRIMIX_TRAIN_SUBSETS:
-        raise DataPreparationError(
-            f"librimix_train_subset must be one of {list(LIBRIMIX_TRAIN_SUBSETS)}, got '{librimix_train_subset}'"
-        )
-    mixture_folder = "mix_both" if use_wham_noise else "mix_clean"
-    subsets = {"train": LIBRIMIX_TRAIN_SUBSETS[librimix_train_subset], **{k: [v] for k, v in LIBRIMIX_SPLITS.items()}}
+    if (task, use_wham_noise) not in MIXTURE_FOLDERS:  # the single-speaker mixtures are the noisy ones
+        raise DataPreparationError("task=enhancement removes noise: it needs use_wham_noise=True (mix_single)")
+    mixture_folder = MIXTURE_FOLDERS[task, use_wham_noise]
+    source_suffix = ""
+    if layout in ("wham", "whamr"):
+        subsets = {split: [sub] for split, sub in WSJ0MIX_SPLITS.items()}
+        if layout == "whamr":  # reverberant input, anechoic targets
+            mixture_folder, source_suffix = f"{mixture_folder}_reverb", "_anechoic"
+    elif layout == "aishell1mix":
+        subsets = {split: [sub] for split, sub in AISHELL1MIX_SPLITS.items()}
+    else:
+        if librimix_train_subset not in LIBRIMIX_TRAIN_SUBSETS:
+            raise DataPreparationError(
+                f"librimix_train_subset must be one of {list(LIBRIMIX_TRAIN_SUBSETS)}, got '{librimix_train_subset}'"
+            )
+        subsets = {"train": LIBRIMIX_TRAIN_SUBSETS[librimix_train_subset]}
+        subsets.update({split: [sub] for split, sub in LIBRIMIX_SPLITS.items()})
     return {
         split: [
             SplitFolders(
                 root / sub / mixture_folder,
-                _source_folders(root / sub, "s", num_spks),
+                _source_folders(root / sub, "s", num_spks, source_suffix, task == "enhancement"),
                 _existing(root / sub / "noise"),
             )
             for sub in subs
@@ -147,16 +198,19 @@ def _existing(path: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _source_folders(split_folder: Path, prefix: str, num_spks: int) -> list[Path]:
-    """`<prefix>1 .. <prefix>num_spks` in `split_folder`; one more on disk means the mixtures hold more speakers
-    than num_spks, and training on some of their sources would go wrong silently."""
-    extra = split_folder / f"{prefix}{num_spks + 1}"
-    if extra.is_dir():
+def _source_folders(
+    split_folder: Path, prefix: str, num_spks: int, suffix: str = "", single_speaker_mixtures: bool = False
+) -> list[Path]:
+    """`<prefix>1<suffix> .. <prefix>num_spks<suffix>` in `split_folder`; one more on disk means the mixtures hold
+    more speakers than num_spks, and training on some of their sources would go wrong silently (unless the
+    mixtures are a corpus's single-speaker ones, `mix_single`, which sit beside the other speakers' folders)."""
+    extra = split_folder / f"{prefix}{num_spks + 1}{suffix}"
+    if extra.is_dir() and not single_speaker_mixtures:
         raise DataPreparationError(
             f"found source folder {extra} but num_spks is {num_spks}; "
             "set num_spks to the number of speakers per mixture"
         )
-    return [split_folder / f"{prefix}{k}" for k in range(1, num_spks + 1)]
+    return [split_folder / f"{prefix}{k}{suffix}" for k in range(1, num_spks + 1)]
 
 
 def audio_files(folder: Path) -> list[Path]:
@@ -328,6 +382,7 @@ class PrepareOptions:
     librimix_train_subset: str
     use_wham_noise: bool
     skip_bad_files: bool
+    task: str = "separation"
 
 
 def _manifests_are_current(options_path: Path, options: PrepareOptions, fingerprint: dict) -> bool:
@@ -362,9 +417,10 @@ def prepare_data(
     librimix_train_subset: str = "360",
     use_wham_noise: bool = False,
     skip_bad_files: bool = False,
+    task: str = "separation",
 ) -> dict[str, Path]:
     """Write `<save_folder>/{train,valid,test}.csv` for the tree in `data_folder`; return their paths."""
-    check_num_spks(num_spks)
+    check_num_spks(num_spks, task)
     data_folder = Path(data_folder).resolve()
     save_folder = Path(save_folder)
     layout = detect_layout(data_folder)
@@ -377,9 +433,10 @@ def prepare_data(
         str(librimix_train_subset),
         use_wham_noise,
         skip_bad_files,
+        task,
     )
     folders = split_folders(
-        data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise
+        data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise, task
     )
     fingerprint = tree_fingerprint(data_folder, folders)
     csv_paths = {split: save_folder / f"{split}.csv" for split in SPLITS}
@@ -423,7 +480,8 @@ def main() -> None:
     parser.add_argument("--sample_rate", type=int, default=8000)
     parser.add_argument("--mode", default="min", choices=["min", "max"])
     parser.add_argument("--librimix_train_subset", default="360", choices=list(LIBRIMIX_TRAIN_SUBSETS))
-    parser.add_argument("--use_wham_noise", action="store_true", help="LibriMix: use mix_both (noisy) mixtures")
+    parser.add_argument("--use_wham_noise", action="store_true", help="noisy mixtures (mix_both, or mix_single)")
+    parser.add_argument("--task", default="separation", choices=list(TASKS), help="enhancement: with --num_spks 1")
     parser.add_argument("--skip_bad_files", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

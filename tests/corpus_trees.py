@@ -1,4 +1,4 @@
-"""Small WSJ0Mix / LibriMix / custom directory trees of synthetic signals, for the tests.
+"""Small WSJ0Mix / WHAM! / WHAMR! / LibriMix / Aishell1Mix / custom trees of synthetic signals, for the tests.
 
 Sources are harmonic tones with a moving pitch and a syllable-like envelope, different per speaker, so a
 model can start to separate them within a few steps and metrics are not computed on white noise.
@@ -65,6 +65,60 @@ def make_librimix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_spli
             name = f"{1000 + i}-{split}-{i:04d}_{2000 + i}-{i:04d}"
             _write_example(folders, name, rng, num_spks, sample_rate, seconds * rng.uniform(0.8, 1.2), True)
     return data_folder
+
+
+def reverberate(signal: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """The signal through a short exponentially decaying random impulse response, cut to its length."""
+    taps = int(0.05 * sample_rate)
+    response = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (0.01 * sample_rate))
+    response[0] = 1.0
+    return np.convolve(signal, 0.5 * response)[: len(signal)].astype(np.float32)
+
+
+def corpus_signals(rng, num_spks: int, num_samples: int, sample_rate: int, reverb: bool) -> dict[str, np.ndarray]:
+    """Every signal of one example of a WHAM!-style corpus, by folder name: sources, noise and the mixtures
+    (clean, both, single); with `reverb`, WHAMR!'s `_anechoic` and `_reverb` versions of each."""
+    anechoic = [speechlike(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
+    noise = (0.01 * rng.standard_normal(num_samples)).astype(np.float32)
+    versions = {"": anechoic}
+    if reverb:
+        versions = {"_anechoic": anechoic, "_reverb": [reverberate(s, sample_rate, rng) for s in anechoic]}
+    signals = {"noise": noise}
+    for suffix, sources in versions.items():
+        signals.update({f"s{k + 1}{suffix}": source for k, source in enumerate(sources)})
+        signals[f"mix_clean{suffix}"] = np.sum(sources, axis=0)
+        signals[f"mix_both{suffix}"] = np.sum(sources, axis=0) + noise
+        signals[f"mix_single{suffix}"] = sources[0] + noise
+    return signals
+
+
+def _make_corpus(data_folder: Path, splits, num_spks, sample_rate, mode, per_split, seconds, seed, reverb) -> Path:
+    rng = np.random.default_rng(seed)
+    base = data_folder / f"wav{sample_rate // 1000}k" / mode
+    for split in splits:
+        for i in range(per_split):
+            num_samples = int(seconds * rng.uniform(0.8, 1.2) * sample_rate)
+            for folder, signal in corpus_signals(rng, num_spks, num_samples, sample_rate, reverb).items():
+                (base / split / folder).mkdir(parents=True, exist_ok=True)
+                sf.write(base / split / folder / f"{split}_{i:03d}_mix.wav", signal, sample_rate, subtype="FLOAT")
+    return data_folder
+
+
+def make_wham(root: Path, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0) -> Path:
+    """`<root>/wham/wav8k/min/{tr,cv,tt}/{mix_clean,mix_both,mix_single,s1,s2,noise}/*.wav`."""
+    return _make_corpus(Path(root) / "wham", ("tr", "cv", "tt"), 2, sample_rate, mode, per_split, seconds, seed, False)
+
+
+def make_whamr(root: Path, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0) -> Path:
+    """`<root>/whamr/wav8k/min/{tr,cv,tt}/{mix_{clean,both,single}_{anechoic,reverb},s{1,2}_{anechoic,reverb},noise}`."""
+    return _make_corpus(Path(root) / "whamr", ("tr", "cv", "tt"), 2, sample_rate, mode, per_split, seconds, seed, True)
+
+
+def make_aishell1mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0) -> Path:
+    """`<root>/Aishell1Mix/wav8k/min/{train,dev,test}/{mix_clean,mix_both,mix_single,s1,s2[,s3],noise}/*.wav`."""
+    splits = ("train", "dev", "test")
+    data_folder = Path(root) / "Aishell1Mix"
+    return _make_corpus(data_folder, splits, num_spks, sample_rate, mode, per_split, seconds, seed, False)
 
 
 def make_custom(root: Path, num_spks=2, sample_rate=8000, per_split=4, seconds=1.0, seed=0) -> Path:

@@ -14,7 +14,15 @@ from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
 from tests.conftest import REPO
 
 MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
-CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml", *MODEL_CONFIGS]
+CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml"]
+CONFIGS = [
+    "sepformer.yaml",
+    "convtasnet.yaml",
+    "sepformer-libri2mix.yaml",
+    "convtasnet-libri2mix.yaml",
+    *MODEL_CONFIGS,
+    *CORPUS_CONFIGS,
+]
 
 
 def load(config, **overrides):
@@ -58,6 +66,8 @@ OWN_KEYS = {
     "skim.yaml": {"experiment_name", "MaskNet", "N_encoder_out", "hidden_size"},
     "resepformer.yaml": {"experiment_name", "MaskNet", "N_encoder_out", "out_channels", "chunk_size"},
     "sepformer-conformerintra.yaml": {"experiment_name", "MaskNet"},
+    "sepformer-wham.yaml": {"experiment_name", "use_wham_noise"},
+    "convtasnet-wham.yaml": {"experiment_name", "use_wham_noise", "MaskNet", "B", "H", "P", "X", "R"},
     "demo.yaml": {
         "experiment_name",
         "output_folder",

@@ -1,4 +1,4 @@
-"""prepare_data.py on small generated WSJ0Mix, LibriMix and custom trees."""
+"""prepare_data.py on small generated WSJ0Mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix and custom trees."""
 
 import csv
 
@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from prepare_data import DataPreparationError, detect_layout, prepare_data
-from tests.corpus_trees import make_custom, make_librimix, make_wsj0mix
+from tests.corpus_trees import make_aishell1mix, make_custom, make_librimix, make_wham, make_whamr, make_wsj0mix
 
 
 def read_csv(path):
@@ -202,9 +202,9 @@ def test_tree_with_more_source_folders_than_num_spks_names_the_folder_and_num_sp
 
 
 @pytest.mark.parametrize("num_spks", [1, 0])
-def test_num_spks_below_two_says_the_enhancement_task_is_not_supported_yet(tmp_path, num_spks):
+def test_num_spks_below_two_for_separation_points_to_the_enhancement_task(tmp_path, num_spks):
     data = make_wsj0mix(tmp_path, per_split=2)
-    with pytest.raises(DataPreparationError, match=f"num_spks is {num_spks}.*enhancement .*not supported yet"):
+    with pytest.raises(DataPreparationError, match=f"num_spks is {num_spks}, separation .*set task=enhancement"):
         prepare_data(data, tmp_path / "save", num_spks=num_spks)
 
 
@@ -222,3 +222,75 @@ def test_nonfinite_and_silent_items_are_left_out_and_listed_with_skip_bad_files(
     reasons = [r["reason"] for r in read_csv(tmp_path / "save" / "skipped_files.csv")]
     assert reasons[0].startswith(f"non-finite sample (NaN or inf) in {nan_mixture}")
     assert reasons[1].startswith(f"silent reference {silent_source}")
+
+
+def test_each_layout_is_told_from_the_others_by_its_test_split_folders(tmp_path):
+    assert detect_layout(make_wsj0mix(tmp_path / "a", per_split=1)) == "wsj0mix"
+    assert detect_layout(make_wham(tmp_path / "b", per_split=1)) == "wham"
+    assert detect_layout(make_whamr(tmp_path / "c", per_split=1)) == "whamr"
+    assert detect_layout(make_librimix(tmp_path / "d", per_split=1)) == "librimix"
+    assert detect_layout(make_aishell1mix(tmp_path / "e", per_split=1)) == "aishell1mix"
+
+
+def test_wham_noisy_separation_reads_mix_both_with_the_anechoic_sources_and_the_noise(tmp_path):
+    data = make_wham(tmp_path, per_split=2)
+    rows = read_csv(prepare_data(data, tmp_path / "save", use_wham_noise=True)["train"])
+    assert [r["ID"] for r in rows] == ["tr_000_mix", "tr_001_mix"]
+    assert rows[0]["mix_wav"] == "$data_root/wav8k/min/tr/mix_both/tr_000_mix.wav"
+    assert [rows[0]["s1_wav"], rows[0]["s2_wav"], rows[0]["noise_wav"]] == [
+        f"$data_root/wav8k/min/tr/{folder}/tr_000_mix.wav" for folder in ("s1", "s2", "noise")
+    ]
+    assert read_csv(tmp_path / "save" / "test.csv")[1]["mix_wav"].endswith("/tt/mix_both/tt_001_mix.wav")
+
+
+def test_wham_clean_separation_reads_mix_clean(tmp_path):
+    data = make_wham(tmp_path, per_split=2)
+    rows = read_csv(prepare_data(data, tmp_path / "save")["valid"])
+    assert rows[0]["mix_wav"] == "$data_root/wav8k/min/cv/mix_clean/cv_000_mix.wav"
+
+
+def test_wham_tree_without_the_noisy_mixtures_names_the_missing_folder(tmp_path):
+    data = make_wham(tmp_path, per_split=1)
+    for path in (data / "wav8k/min/cv/mix_both").iterdir():
+        path.unlink()
+    (data / "wav8k/min/cv/mix_both").rmdir()
+    with pytest.raises(DataPreparationError, match=f"missing folder {data}/wav8k/min/cv/mix_both .*valid split"):
+        prepare_data(data, tmp_path / "save", use_wham_noise=True)
+
+
+# (tree maker, prepare_data options, the test split's folder of the first target source, of the mixture)
+CORPORA = {
+    "wham": (make_wham, {"use_wham_noise": True}, "tt/s1", "tt/mix_both"),
+    "whamr": (make_whamr, {"use_wham_noise": True}, "tt/s1_anechoic", "tt/mix_both_reverb"),
+    "aishell1mix": (make_aishell1mix, {"use_wham_noise": True}, "test/s1", "test/mix_both"),
+    "wham-enhancement": (
+        make_wham,
+        {"use_wham_noise": True, "num_spks": 1, "task": "enhancement"},
+        "tt/s1",
+        "tt/mix_single",
+    ),
+}
+
+
+@pytest.mark.parametrize("corpus", sorted(CORPORA))
+def test_missing_source_file_of_a_corpus_is_one_line_naming_it(tmp_path, corpus):
+    make_tree, options, source_folder, _ = CORPORA[corpus]
+    data = make_tree(tmp_path, per_split=2)
+    missing = (
+        data / "wav8k/min" / source_folder / sorted(p.name for p in (data / "wav8k/min" / source_folder).iterdir())[1]
+    )
+    missing.unlink()
+    with pytest.raises(DataPreparationError, match=f"^missing file {missing} ") as error:
+        prepare_data(data, tmp_path / "save", **options)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("corpus", sorted(CORPORA))
+def test_mixture_at_another_sample_rate_in_a_corpus_is_one_line_naming_it(tmp_path, corpus):
+    make_tree, options, _, mixture_folder = CORPORA[corpus]
+    data = make_tree(tmp_path, per_split=2)
+    bad = sorted((data / "wav8k/min" / mixture_folder).iterdir())[0]
+    signal, _ = sf.read(bad)
+    sf.write(bad, signal, 16000)
+    with pytest.raises(DataPreparationError, match=f"^{bad} is sampled at 16000 Hz, the config says 8000 Hz$"):
+        prepare_data(data, tmp_path / "save", **options)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
-from tests.corpus_trees import make_librimix, make_speaker_pool, make_wsj0mix
+from tests.corpus_trees import make_librimix, make_speaker_pool, make_wham, make_wsj0mix
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
@@ -131,3 +131,30 @@ def test_test_only_without_a_checkpoint_is_an_error(tmp_path):
     result = run_train("convtasnet.yaml", data_folder, tmp_path / "out", TINY_CONVTASNET, "--test_only")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: --test_only needs a trained model")
+
+
+# (config, tree maker, overrides, the test manifest's mixture folder, its first target's folder): one per
+# (corpus, task) pair beyond WSJ0Mix and LibriMix separation.
+CORPUS_TASKS = {
+    "wham-sep_noisy": ("sepformer-wham.yaml", make_wham, {}, "tt/mix_both", "tt/s1"),
+    "wham-sep_clean": ("convtasnet-wham.yaml", make_wham, {"use_wham_noise": False}, "tt/mix_clean", "tt/s1"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corpus_task", list(CORPUS_TASKS))
+def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp_path, corpus_task):
+    config, make_tree, overrides, mixture_folder, source_folder = CORPUS_TASKS[corpus_task]
+    data_folder = make_tree(tmp_path / "data", per_split=2)
+    output = tmp_path / "out"
+    sizes = TINY_SEPFORMER if config.startswith("sepformer") else TINY_CONVTASNET
+    result = run_train(config, data_folder, output, sizes, N_epochs=1, **overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    manifest = pd.read_csv(output / "save" / "test.csv")
+    assert manifest["mix_wav"].str.contains(f"/{mixture_folder}/").all()
+    assert manifest["s1_wav"].str.contains(f"/{source_folder}/").all()
+    assert "valid si-snr" in (output / "train_log.txt").read_text()
+    results = pd.read_csv(output / "test_results.csv")
+    assert sorted(results["snt_id"]) == sorted(manifest["ID"])
+    assert results[["sdr", "sdr_i", "si-snr", "si-snr_i"]].notna().all().all()
