@@ -20,7 +20,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import check_num_spks, prepare_data
+from prepare_data import REVERBERANT_LAYOUTS, check_num_spks, detect_layout, prepare_data
 from speechsep.data.audio import PEAK_LIMIT, write_pcm16
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
@@ -440,12 +440,29 @@ def check_inputs(values: dict, test_only: bool) -> None:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
         raise RecipeError(f"data_folder does not exist or is not a folder: {values['data_folder']}")
+    if not values["skip_prep"]:
+        check_rebuilt_mixtures(values, test_only)
     if values["dynamic_mixing"] and not test_only and not Path(str(values["base_folder_dm"])).is_dir():
         raise RecipeError(f"base_folder_dm does not exist or is not a folder: {values['base_folder_dm']}")
     if values["pretrained_separator"]:
         check_format(find_model(values["pretrained_separator"]), values["num_spks"], values["sample_rate"])
     for key in ("output_folder", "results_folder"):
         check_writable(values[key], key)
+
+
+def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
+    """Refuse the options that take a mixture for the sum of its targets on a tree where it is not: WHAMR!'s
+    mixtures are reverberant and its targets anechoic, so speed perturbation or a random shift (which rebuild
+    the mixture from the targets) would train on anechoic inputs, and test estimates cannot sum to the mixture."""
+    if detect_layout(Path(str(values["data_folder"]))) not in REVERBERANT_LAYOUTS:
+        return
+    options = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values[key]]
+    options += ["test_mixture_consistency"] if values["test_mixture_consistency"] else []
+    if options:
+        raise ConfigError(
+            f"{' and '.join(options)} take(s) the mixture for the sum of its targets, but WHAMR!'s mixtures are "
+            f"reverberant and its targets anechoic: set {', '.join(f'{key}=False' for key in options)}"
+        )
 
 
 def check_same_experiment(values: dict, record: str, test_only: bool) -> None:

@@ -14,7 +14,7 @@ from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
 from tests.conftest import REPO
 
 MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
-CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml"]
+CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml", "sepformer-whamr.yaml", "convtasnet-whamr.yaml"]
 CONFIGS = [
     "sepformer.yaml",
     "convtasnet.yaml",
@@ -68,6 +68,18 @@ OWN_KEYS = {
     "sepformer-conformerintra.yaml": {"experiment_name", "MaskNet"},
     "sepformer-wham.yaml": {"experiment_name", "use_wham_noise"},
     "convtasnet-wham.yaml": {"experiment_name", "use_wham_noise", "MaskNet", "B", "H", "P", "X", "R"},
+    "sepformer-whamr.yaml": {"experiment_name", "use_wham_noise", "use_speedperturb"},
+    "convtasnet-whamr.yaml": {
+        "experiment_name",
+        "use_wham_noise",
+        "use_speedperturb",
+        "MaskNet",
+        "B",
+        "H",
+        "P",
+        "X",
+        "R",
+    },
     "demo.yaml": {
         "experiment_name",
         "output_folder",

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from prepare_data import DataPreparationError, detect_layout, prepare_data
+from speechsep.data.manifests import separation_dataset
 from tests.corpus_trees import make_aishell1mix, make_custom, make_librimix, make_wham, make_whamr, make_wsj0mix
 
 
@@ -294,3 +295,34 @@ def test_mixture_at_another_sample_rate_in_a_corpus_is_one_line_naming_it(tmp_pa
     sf.write(bad, signal, 16000)
     with pytest.raises(DataPreparationError, match=f"^{bad} is sampled at 16000 Hz, the config says 8000 Hz$"):
         prepare_data(data, tmp_path / "save", **options)
+
+
+def test_whamr_trains_on_the_noisy_reverberant_mixture_towards_the_anechoic_sources(tmp_path):
+    data = make_whamr(tmp_path, per_split=2)
+    paths = prepare_data(data, tmp_path / "save", use_wham_noise=True)
+    row = read_csv(paths["train"])[0]
+    folders = {column: row[column].split("/")[-2] for column in ("mix_wav", "s1_wav", "s2_wav", "noise_wav")}
+    assert folders == {
+        "mix_wav": "mix_both_reverb",
+        "s1_wav": "s1_anechoic",
+        "s2_wav": "s2_anechoic",
+        "noise_wav": "noise",
+    }
+
+    item = separation_dataset(paths["train"], str(data), num_spks=2, with_noise=True)[0]
+    split = data / "wav8k/min/tr"
+    on_disk = {
+        folder: sf.read(split / folder / "tr_000_mix.wav", dtype="float32")[0]
+        for folder in ("mix_both_reverb", "mix_both_anechoic", "s1_anechoic", "s1_reverb", "s2_anechoic")
+    }
+    np.testing.assert_array_equal(item["mix_sig"].numpy(), on_disk["mix_both_reverb"])
+    np.testing.assert_array_equal(item["s1_sig"].numpy(), on_disk["s1_anechoic"])
+    np.testing.assert_array_equal(item["s2_sig"].numpy(), on_disk["s2_anechoic"])
+    assert not np.allclose(on_disk["mix_both_reverb"], on_disk["mix_both_anechoic"], atol=1e-3)  # distinguishable
+    assert not np.allclose(on_disk["s1_anechoic"], on_disk["s1_reverb"], atol=1e-3)
+
+
+def test_whamr_clean_separation_reads_the_clean_reverberant_mixtures(tmp_path):
+    data = make_whamr(tmp_path, per_split=1)
+    row = read_csv(prepare_data(data, tmp_path / "save")["test"])[0]
+    assert row["mix_wav"].endswith("/tt/mix_clean_reverb/tt_000_mix.wav") and "/tt/s2_anechoic/" in row["s2_wav"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
-from tests.corpus_trees import make_librimix, make_speaker_pool, make_wham, make_wsj0mix
+from tests.corpus_trees import make_librimix, make_speaker_pool, make_wham, make_whamr, make_wsj0mix
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
@@ -138,6 +138,7 @@ def test_test_only_without_a_checkpoint_is_an_error(tmp_path):
 CORPUS_TASKS = {
     "wham-sep_noisy": ("sepformer-wham.yaml", make_wham, {}, "tt/mix_both", "tt/s1"),
     "wham-sep_clean": ("convtasnet-wham.yaml", make_wham, {"use_wham_noise": False}, "tt/mix_clean", "tt/s1"),
+    "whamr-sep_noisy_reverb": ("sepformer-whamr.yaml", make_whamr, {}, "tt/mix_both_reverb", "tt/s1_anechoic"),
 }
 
 
@@ -158,3 +159,17 @@ def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp
     results = pd.read_csv(output / "test_results.csv")
     assert sorted(results["snt_id"]) == sorted(manifest["ID"])
     assert results[["sdr", "sdr_i", "si-snr", "si-snr_i"]].notna().all().all()
+
+
+@pytest.mark.parametrize("option", ["use_speedperturb", "use_rand_shift", "test_mixture_consistency"])
+def test_options_that_rebuild_the_mixture_from_its_targets_are_refused_on_whamr(tmp_path, option):
+    data_folder = make_whamr(tmp_path / "data", per_split=1)
+    clean = {"use_wham_noise": False}  # the clean reverberant mixtures: noise is refused with consistency anyway
+    result = run_train(
+        "convtasnet-whamr.yaml", data_folder, tmp_path / "out", TINY_CONVTASNET, **clean, **{option: True}
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {option} take(s) the mixture for the sum of its targets, but WHAMR!'s mixtures are reverberant "
+        f"and its targets anechoic: set {option}=False"
+    )
