@@ -15,6 +15,7 @@ from tests.conftest import REPO
 
 MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
 CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml", "sepformer-whamr.yaml", "convtasnet-whamr.yaml"]
+CORPUS_CONFIGS += ["sepformer-aishell1mix.yaml"]
 CONFIGS = [
     "sepformer.yaml",
     "convtasnet.yaml",
@@ -69,6 +70,7 @@ OWN_KEYS = {
     "sepformer-wham.yaml": {"experiment_name", "use_wham_noise"},
     "convtasnet-wham.yaml": {"experiment_name", "use_wham_noise", "MaskNet", "B", "H", "P", "X", "R"},
     "sepformer-whamr.yaml": {"experiment_name", "use_wham_noise", "use_speedperturb"},
+    "sepformer-aishell1mix.yaml": {"experiment_name", "dm_level_scheme"},
     "convtasnet-whamr.yaml": {
         "experiment_name",
         "use_wham_noise",

@@ -326,3 +326,23 @@ def test_whamr_clean_separation_reads_the_clean_reverberant_mixtures(tmp_path):
     data = make_whamr(tmp_path, per_split=1)
     row = read_csv(prepare_data(data, tmp_path / "save")["test"])[0]
     assert row["mix_wav"].endswith("/tt/mix_clean_reverb/tt_000_mix.wav") and "/tt/s2_anechoic/" in row["s2_wav"]
+
+
+@pytest.mark.parametrize("num_spks", [2, 3])
+@pytest.mark.parametrize("use_wham_noise, mixture_folder", [(False, "mix_clean"), (True, "mix_both")])
+def test_aishell1mix_trains_on_its_train_split_with_clean_or_noisy_mixtures(
+    tmp_path, num_spks, use_wham_noise, mixture_folder
+):
+    data = make_aishell1mix(tmp_path, num_spks=num_spks, per_split=2)
+    paths = prepare_data(data, tmp_path / "save", num_spks=num_spks, use_wham_noise=use_wham_noise)
+    rows = {split: read_csv(paths[split]) for split in ("train", "valid", "test")}
+    assert rows["train"][0]["mix_wav"] == f"$data_root/wav8k/min/train/{mixture_folder}/train_000_mix.wav"
+    assert rows["valid"][1]["mix_wav"] == f"$data_root/wav8k/min/dev/{mixture_folder}/dev_001_mix.wav"
+    assert rows["test"][0][f"s{num_spks}_wav"] == f"$data_root/wav8k/min/test/s{num_spks}/test_000_mix.wav"
+    assert rows["test"][0]["noise_wav"].endswith("/test/noise/test_000_mix.wav")
+
+
+def test_aishell1mix_with_a_third_speaker_and_num_spks_2_names_the_extra_folder(tmp_path):
+    data = make_aishell1mix(tmp_path, num_spks=3, per_split=1)
+    with pytest.raises(DataPreparationError, match=f"found source folder {data}/wav8k/min/train/s3 but num_spks is 2"):
+        prepare_data(data, tmp_path / "save")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
-from tests.corpus_trees import make_librimix, make_speaker_pool, make_wham, make_whamr, make_wsj0mix
+from tests.corpus_trees import make_aishell1mix, make_librimix, make_speaker_pool, make_wham, make_whamr, make_wsj0mix
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
@@ -139,6 +139,20 @@ CORPUS_TASKS = {
     "wham-sep_noisy": ("sepformer-wham.yaml", make_wham, {}, "tt/mix_both", "tt/s1"),
     "wham-sep_clean": ("convtasnet-wham.yaml", make_wham, {"use_wham_noise": False}, "tt/mix_clean", "tt/s1"),
     "whamr-sep_noisy_reverb": ("sepformer-whamr.yaml", make_whamr, {}, "tt/mix_both_reverb", "tt/s1_anechoic"),
+    "aishell1mix-sep_noisy": (
+        "sepformer-aishell1mix.yaml",
+        make_aishell1mix,
+        {"use_wham_noise": True},
+        "test/mix_both",
+        "test/s1",
+    ),
+    "aishell3mix-sep_clean": (
+        "sepformer-aishell1mix.yaml",
+        make_aishell1mix,
+        {"num_spks": 3},
+        "test/mix_clean",
+        "test/s3",
+    ),
 }
 
 
@@ -146,7 +160,8 @@ CORPUS_TASKS = {
 @pytest.mark.parametrize("corpus_task", list(CORPUS_TASKS))
 def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp_path, corpus_task):
     config, make_tree, overrides, mixture_folder, source_folder = CORPUS_TASKS[corpus_task]
-    data_folder = make_tree(tmp_path / "data", per_split=2)
+    tree_options = {"num_spks": overrides["num_spks"]} if "num_spks" in overrides else {}
+    data_folder = make_tree(tmp_path / "data", per_split=2, **tree_options)
     output = tmp_path / "out"
     sizes = TINY_SEPFORMER if config.startswith("sepformer") else TINY_CONVTASNET
     result = run_train(config, data_folder, output, sizes, N_epochs=1, **overrides)
@@ -154,7 +169,7 @@ def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp
 
     manifest = pd.read_csv(output / "save" / "test.csv")
     assert manifest["mix_wav"].str.contains(f"/{mixture_folder}/").all()
-    assert manifest["s1_wav"].str.contains(f"/{source_folder}/").all()
+    assert manifest[f"s{source_folder[-1]}_wav"].str.contains(f"/{source_folder}/").all()
     assert "valid si-snr" in (output / "train_log.txt").read_text()
     results = pd.read_csv(output / "test_results.csv")
     assert sorted(results["snt_id"]) == sorted(manifest["ID"])
