@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Recipe for training a single-channel speech separation model (SepFormer, ConvTasNet) with SpeechBrain.
 
-One script for every corpus: WSJ0-2mix/3mix, Libri2Mix/Libri3Mix (clean or noisy) and custom trees; the
-differences live in the YAML files under hparams/.
+One script for every corpus: WSJ0-2mix/3mix, WHAM!, WHAMR!, Libri2Mix/Libri3Mix, Aishell1Mix (clean or noisy)
+and custom trees, for separation or one-speaker enhancement; the differences live in the YAML files under hparams/.
 
     python train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
     python train.py hparams/convtasnet-libri2mix.yaml --data_folder=/path/to/Libri2Mix --batch_size=2
@@ -435,7 +435,7 @@ def check_writable(folder: str, key: str = "output_folder") -> None:
 def check_inputs(values: dict, test_only: bool) -> None:
     """The folders and model the config names exist, and the output folder can be written, before anything
     is built (a full-size model takes a minute) and not after hours of training."""
-    check_num_spks(values["num_spks"])
+    check_num_spks(values["num_spks"], values["task"])
     if not test_only and values["N_epochs"] < 1:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
@@ -529,6 +529,7 @@ def prepare_experiment(argv):
                 librimix_train_subset=str(hparams["librimix_train_subset"]),
                 use_wham_noise=hparams["use_wham_noise"],
                 skip_bad_files=hparams["skip_bad_files"],
+                task=hparams["task"],
             ),
         )
     if hparams["dynamic_mixing"] and not test_only:

@@ -29,6 +29,7 @@ def _write_example(folders: dict[str, Path], name: str, rng, num_spks, sample_ra
     if noise:
         signals["noise"] = (0.01 * rng.standard_normal(num_samples)).astype(np.float32)
         signals["mix_both"] = mixture + signals["noise"]
+        signals["mix_single"] = sources[0] + signals["noise"]
     signals["mix"] = mixture
     for key, folder in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def make_wsj0mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split
 
 
 def make_librimix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0) -> Path:
-    """`<root>/Libri{2,3}Mix/wav8k/min/{train-360,dev,test}/{mix_clean,mix_both,s1,s2,noise}/*.wav`."""
+    """`<root>/Libri{2,3}Mix/wav8k/min/{train-360,dev,test}/{mix_clean,mix_both,mix_single,s1,s2,noise}/*.wav`."""
     rng = np.random.default_rng(seed)
     data_folder = Path(root) / f"Libri{num_spks}Mix"
     base = data_folder / f"wav{sample_rate // 1000}k" / mode
@@ -58,6 +59,7 @@ def make_librimix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_spli
         folders = {
             "mix": base / split / "mix_clean",
             "mix_both": base / split / "mix_both",
+            "mix_single": base / split / "mix_single",
             "noise": base / split / "noise",
             **{f"s{k}": base / split / f"s{k}" for k in range(1, num_spks + 1)},
         }

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
 CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml", "sepformer-whamr.yaml", "convtasnet-whamr.yaml"]
-CORPUS_CONFIGS += ["sepformer-aishell1mix.yaml"]
+CORPUS_CONFIGS += ["sepformer-aishell1mix.yaml", "sepformer-wham-enhancement.yaml"]
 CONFIGS = [
     "sepformer.yaml",
     "convtasnet.yaml",
@@ -71,6 +71,7 @@ OWN_KEYS = {
     "convtasnet-wham.yaml": {"experiment_name", "use_wham_noise", "MaskNet", "B", "H", "P", "X", "R"},
     "sepformer-whamr.yaml": {"experiment_name", "use_wham_noise", "use_speedperturb"},
     "sepformer-aishell1mix.yaml": {"experiment_name", "dm_level_scheme"},
+    "sepformer-wham-enhancement.yaml": {"experiment_name", "num_spks", "use_wham_noise", "task"},
     "convtasnet-whamr.yaml": {
         "experiment_name",
         "use_wham_noise",

@@ -346,3 +346,32 @@ def test_aishell1mix_with_a_third_speaker_and_num_spks_2_names_the_extra_folder(
     data = make_aishell1mix(tmp_path, num_spks=3, per_split=1)
     with pytest.raises(DataPreparationError, match=f"found source folder {data}/wav8k/min/train/s3 but num_spks is 2"):
         prepare_data(data, tmp_path / "save")
+
+
+@pytest.mark.parametrize(
+    "make_tree, mixture, source",
+    [
+        (make_wham, "tt/mix_single", "tt/s1"),
+        (make_whamr, "tt/mix_single_reverb", "tt/s1_anechoic"),
+        (make_librimix, "test/mix_single", "test/s1"),
+        (make_aishell1mix, "test/mix_single", "test/s1"),
+    ],
+)
+def test_enhancement_reads_the_single_speaker_noisy_mixtures_and_their_speaker(tmp_path, make_tree, mixture, source):
+    data = make_tree(tmp_path, per_split=2)
+    paths = prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement")
+    row = read_csv(paths["test"])[0]
+    assert list(row) == ["ID", "duration", "mix_wav", "s1_wav", "noise_wav"]
+    assert f"/{mixture}/" in row["mix_wav"] and f"/{source}/" in row["s1_wav"]
+
+
+def test_enhancement_without_the_noisy_mixtures_is_one_line(tmp_path):
+    data = make_wham(tmp_path, per_split=1)
+    with pytest.raises(DataPreparationError, match="^task=enhancement removes noise: it needs use_wham_noise=True"):
+        prepare_data(data, tmp_path / "save", num_spks=1, task="enhancement")
+
+
+def test_enhancement_on_wsj0mix_says_it_has_no_single_speaker_mixtures(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=1)
+    with pytest.raises(DataPreparationError, match=f"^{data} is WSJ0Mix, which has no single-speaker noisy mixtures"):
+        prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement")

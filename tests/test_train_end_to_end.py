@@ -146,6 +146,20 @@ CORPUS_TASKS = {
         "test/mix_both",
         "test/s1",
     ),
+    "wham-enh_single": (
+        "sepformer-wham-enhancement.yaml",
+        make_wham,
+        {"test_shifts": 2, "compute_stoi": True},
+        "tt/mix_single",
+        "tt/s1",
+    ),
+    "librimix-enh_single": (
+        "convtasnet-libri2mix.yaml",
+        make_librimix,
+        {"task": "enhancement", "num_spks": 1, "use_wham_noise": True},
+        "test/mix_single",
+        "test/s1",
+    ),
     "aishell3mix-sep_clean": (
         "sepformer-aishell1mix.yaml",
         make_aishell1mix,
@@ -169,11 +183,19 @@ def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp
 
     manifest = pd.read_csv(output / "save" / "test.csv")
     assert manifest["mix_wav"].str.contains(f"/{mixture_folder}/").all()
-    assert manifest[f"s{source_folder[-1]}_wav"].str.contains(f"/{source_folder}/").all()
+    assert manifest[f"s{source_folder.split('/')[-1][1]}_wav"].str.contains(f"/{source_folder}/").all()
     assert "valid si-snr" in (output / "train_log.txt").read_text()
     results = pd.read_csv(output / "test_results.csv")
     assert sorted(results["snt_id"]) == sorted(manifest["ID"])
     assert results[["sdr", "sdr_i", "si-snr", "si-snr_i"]].notna().all().all()
+    if overrides.get("compute_stoi"):
+        assert results[["stoi", "stoi_i"]].notna().all().all()
+    if overrides.get("test_shifts", 1) > 1:
+        assert results["with_test_options_si-snr"].notna().all()
+    num_spks = overrides.get("num_spks", 2 if "enhancement" not in config else 1)
+    assert [column for column in results.columns if column.startswith("si-snr_s")] == [
+        f"si-snr_s{k}" for k in range(1, num_spks + 1)
+    ]
 
 
 @pytest.mark.parametrize("option", ["use_speedperturb", "use_rand_shift", "test_mixture_consistency"])

@@ -138,9 +138,10 @@ VALUE_CHECKS = {
     "mixture_mode": (lambda v: v in ("min", "max"), "min or max"),
     "dm_level_scheme": (lambda v: v in ("wsj0", "librimix"), "wsj0 or librimix"),
     "sdr_permutation": (lambda v: v in ("sdr", "sir"), "sdr or sir"),
+    "task": (lambda v: v in ("separation", "enhancement"), "separation or enhancement"),
 }
 # Keys that say which data a model is trained on: a run resumed with other values would mix two experiments.
-DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise")
+DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task")
 
 
 def check_values(values: dict) -> None:
@@ -148,6 +149,11 @@ def check_values(values: dict) -> None:
     for key, (is_valid, expected) in VALUE_CHECKS.items():
         if key in values and not is_valid(values[key]):
             raise ConfigError(f"{key} is {values[key]!r}; expected {expected}")
+    if values.get("test_mixture_consistency") and values.get("task") == "enhancement":
+        raise ConfigError(
+            "test_mixture_consistency makes one source's estimate the mixture itself; "
+            "it cannot be used with task=enhancement"
+        )
     if values.get("test_mixture_consistency") and values.get("use_wham_noise"):  # the noise would be shared out
         raise ConfigError(
             "test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise"

@@ -1,0 +1,68 @@
+"""Speech enhancement as a one-source task: the loss, the metrics, the test-time options and the config checks."""
+
+import pytest
+import torch
+
+from prepare_data import DataPreparationError, check_num_spks
+from speechsep.evaluation.metrics import separation_metrics
+from speechsep.inference.separation import separate_shifted
+from speechsep.training.config import ConfigError, check_values
+from speechsep.training.losses import pairwise_si_snr, pit_si_snr_loss
+from tests.conftest import make_batch
+
+
+def one_speaker_in_noise(seconds=0.5, seed=0):
+    """speech [1, time, 1] and the noisy mixture [1, time] of it with white noise."""
+    speech = make_batch(batch_size=1, num_spks=1, seconds=seconds, seed=seed).s1_sig.data.unsqueeze(-1)
+    noise = 0.05 * torch.randn(speech.shape[:2], generator=torch.Generator().manual_seed(seed))
+    return speech, speech[..., 0] + noise
+
+
+def test_one_source_loss_is_minus_the_si_snr_of_the_estimate():
+    speech, mixture = one_speaker_in_noise()
+    loss = pit_si_snr_loss(mixture.unsqueeze(-1), speech)
+    assert loss.shape == (1,)
+    assert loss.item() == pytest.approx(-pairwise_si_snr(mixture.unsqueeze(-1), speech).item())
+
+
+def test_one_source_metrics_score_the_estimate_and_its_improvement_over_the_noisy_mixture():
+    speech, mixture = one_speaker_in_noise()
+    estimate = speech + 0.01 * torch.randn(speech.shape, generator=torch.Generator().manual_seed(1))
+    (row,) = separation_metrics(mixture, speech, estimate, snt_ids=["a"], compute_stoi=True, sample_rate=8000)
+    assert row["perm"] == (0,) and row["si-snr"] == row["si-snr_s1"] and row["stoi"] == row["stoi_s1"]
+    assert row["si-snr_i"] > 5 and row["sdr_i"] > 5 and 0 < row["stoi_i"] < row["stoi"] <= 1
+    (baseline,) = separation_metrics(mixture, speech, mixture.unsqueeze(-1))
+    assert baseline["si-snr_i"] == pytest.approx(0, abs=1e-9) and baseline["sdr_i"] == pytest.approx(0, abs=1e-9)
+
+
+def test_test_shifts_average_one_source_estimates():
+    speech, mixture = one_speaker_in_noise()
+    estimate = separate_shifted(lambda m: 0.5 * m.unsqueeze(-1), mixture, shifts=4, hop=8)
+    assert estimate.shape == (1, mixture.shape[1], 1)
+    torch.testing.assert_close(estimate[..., 0], mixture, atol=1e-4, rtol=1e-4)  # brought to the mixture's level
+
+
+def test_mixture_consistency_is_refused_for_enhancement_with_one_line():
+    values = {"task": "enhancement", "num_spks": 1, "use_wham_noise": True, "test_mixture_consistency": True}
+    with pytest.raises(ConfigError, match="^test_mixture_consistency makes one source's estimate the mixture itself"):
+        check_values(values)
+
+
+@pytest.mark.parametrize(
+    "num_spks, task, message",
+    [
+        (2, "enhancement", "num_spks is 2, the enhancement task has one speaker per mixture: set num_spks=1"),
+        (1, "separation", "num_spks is 1, separation needs at least 2; for speech enhancement .*set task=enhancement"),
+        (1, "denoise", "task must be one of \\['separation', 'enhancement'\\], got 'denoise'"),
+    ],
+)
+def test_speaker_count_must_fit_the_task(num_spks, task, message):
+    with pytest.raises(DataPreparationError, match=f"^{message}"):
+        check_num_spks(num_spks, task)
+    check_num_spks(1, "enhancement")
+    check_num_spks(3, "separation")
+
+
+def test_unknown_task_is_a_config_error():
+    with pytest.raises(ConfigError, match="^task is 'enh_single'; expected separation or enhancement$"):
+        check_values({"task": "enh_single"})
