@@ -20,7 +20,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import REVERBERANT_LAYOUTS, check_num_spks, detect_layout, prepare_data
+from prepare_data import REVERBERANT_LAYOUTS, DataPreparationError, check_num_spks, detect_layout, prepare_data
 from speechsep.data.audio import PEAK_LIMIT, write_pcm16
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
@@ -435,7 +435,7 @@ def check_writable(folder: str, key: str = "output_folder") -> None:
 def check_inputs(values: dict, test_only: bool) -> None:
     """The folders and model the config names exist, and the output folder can be written, before anything
     is built (a full-size model takes a minute) and not after hours of training."""
-    check_num_spks(values["num_spks"], values["task"])
+    check_num_spks(values["num_spks"], values.get("task", "separation"))  # a run's record from before `task`: none
     if not test_only and values["N_epochs"] < 1:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
@@ -454,10 +454,14 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
     """Refuse the options that take a mixture for the sum of its targets on a tree where it is not: WHAMR!'s
     mixtures are reverberant and its targets anechoic, so speed perturbation or a random shift (which rebuild
     the mixture from the targets) would train on anechoic inputs, and test estimates cannot sum to the mixture."""
-    if detect_layout(Path(str(values["data_folder"]))) not in REVERBERANT_LAYOUTS:
+    try:
+        layout = detect_layout(Path(str(values["data_folder"])))
+    except DataPreparationError:  # reported by prepare_data, in its turn
         return
-    options = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values[key]]
-    options += ["test_mixture_consistency"] if values["test_mixture_consistency"] else []
+    if layout not in REVERBERANT_LAYOUTS:
+        return
+    options = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values.get(key)]
+    options += ["test_mixture_consistency"] if values.get("test_mixture_consistency") else []
     if options:
         raise ConfigError(
             f"{' and '.join(options)} take(s) the mixture for the sum of its targets, but WHAMR!'s mixtures are "
@@ -529,7 +533,7 @@ def prepare_experiment(argv):
                 librimix_train_subset=str(hparams["librimix_train_subset"]),
                 use_wham_noise=hparams["use_wham_noise"],
                 skip_bad_files=hparams["skip_bad_files"],
-                task=hparams["task"],
+                task=hparams.get("task", "separation"),
             ),
         )
     if hparams["dynamic_mixing"] and not test_only:

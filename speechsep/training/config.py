@@ -141,7 +141,8 @@ VALUE_CHECKS = {
     "task": (lambda v: v in ("separation", "enhancement"), "separation or enhancement"),
 }
 # Keys that say which data a model is trained on: a run resumed with other values would mix two experiments.
-DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task")
+# (`task` needs no entry: another task means another num_spks, a model key, and records made before it lack it.)
+DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise")
 
 
 def check_values(values: dict) -> None:
