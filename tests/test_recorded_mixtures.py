@@ -88,3 +88,11 @@ def test_demo_reports_the_single_pass_first_then_test_time_options_then_recorded
     line = summary_line(summary, Path("results/demo"))
     assert line.index("7.10 dB single pass") < line.index("7.60 dB with the test-time options")
     assert line.index("7.60 dB with the test-time options") < line.index("3.20 dB on 100 mixtures of recorded voices")
+
+
+def test_demo_training_gets_what_the_corpus_left_of_the_demos_time():
+    from speechsep.corpus.demo import DEMO_MINUTES, MIN_TRAIN_MINUTES, STARTUP_AND_TEST_MINUTES, training_budget
+
+    assert training_budget(60.0, []) == [f"--train_budget_minutes={DEMO_MINUTES - 1 - STARTUP_AND_TEST_MINUTES:.2f}"]
+    assert training_budget(60.0 * DEMO_MINUTES, []) == [f"--train_budget_minutes={MIN_TRAIN_MINUTES:.2f}"]
+    assert training_budget(60.0, ["--train_budget_minutes=3"]) == []  # the user's own budget stands
