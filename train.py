@@ -491,6 +491,19 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
         )
 
 
+def apply_speed_ups(hparams: dict) -> None:
+    """The exact speed-ups of `speechsep.models.speedups`, with the checkpointer and the config pointing at a
+    mask network that was replaced (its checkpoints keep SpeechBrain's layout)."""
+    old = hparams["modules"]["masknet"]
+    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
+    new = hparams["modules"]["masknet"]
+    if new is not old:
+        recoverables = hparams["checkpointer"].recoverables
+        for name in [name for name, module in recoverables.items() if module is old]:
+            recoverables[name] = new
+        hparams["MaskNet"] = new
+
+
 def prepare_experiment(argv):
     """Everything before training that depends on the user's input: config, output folder, data.
 
@@ -510,7 +523,7 @@ def prepare_experiment(argv):
         check_same_experiment(values, record, test_only)
 
     hparams = load_hparams(hparams_file, overrides)
-    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
+    apply_speed_ups(hparams)
     hop = encoder_hop(hparams["modules"]["encoder"])
     if hparams["test_shifts"] > hop:
         raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")

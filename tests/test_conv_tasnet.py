@@ -121,3 +121,45 @@ def test_unknown_speechbrain_parameters_are_refused():
     state_dict["temporal_conv_net.temporalblock_0_0.layers.extra.weight"] = torch.zeros(1)
     with pytest.raises(KeyError, match="extra"):
         from_speechbrain(state_dict, X=SIZES["X"])
+
+
+# ---------------------------------------------------------------- the recipe's Conv-TasNet, sped up at build time
+@pytest.mark.parametrize("sizes", [{}, dict(X=4, R=1, C=3)])
+def test_speechbrain_layout_masknet_is_speechbrains_network_with_speechbrains_checkpoints(sizes):
+    from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
+
+    reference = speechbrain_masknet(**sizes)
+    ours = SpeechBrainLayoutMaskNet.from_module(reference)
+    mixture_w = torch.rand(2, SIZES["N"], 60)
+    with torch.no_grad():
+        assert (ours(mixture_w) - reference(mixture_w)).abs().max() < 1e-5
+    saved = ours.state_dict()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    loaded = speechbrain_masknet(seed=1, **sizes)  # other weights, then ours' checkpoint
+    loaded.load_state_dict(saved)
+    with torch.no_grad():
+        assert torch.equal(loaded(mixture_w), reference(mixture_w))
+    assert list(nn.ModuleDict({"masknet": ours}).state_dict())[0] == "masknet.layer_norm.gamma"
+
+
+@pytest.mark.parametrize("variant", [dict(norm_type="cLN", causal=False), dict(norm_type="gLN", causal=True)])
+def test_variants_it_does_not_cover_are_left_to_speechbrain(variant):
+    from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
+
+    assert SpeechBrainLayoutMaskNet.from_module(SpeechBrainMaskNet(**SIZES, **variant)) is None
+
+
+def test_train_py_trains_the_channels_first_network_and_checkpoints_speechbrains_layout(tmp_path):
+    from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
+    from tests.conftest import tiny_hparams
+    from train import apply_speed_ups
+
+    hparams = tiny_hparams(tmp_path, "convtasnet.yaml")
+    speechbrains = hparams["modules"]["masknet"]
+    apply_speed_ups(hparams)
+    masknet = hparams["modules"]["masknet"]
+    assert type(masknet) is SpeechBrainLayoutMaskNet and masknet is hparams["MaskNet"]
+    assert hparams["checkpointer"].recoverables["masknet"] is masknet
+    hparams["checkpointer"].save_checkpoint(name="layout")
+    saved = torch.load(next((tmp_path / "out" / "save").glob("CKPT+layout/masknet.ckpt")), weights_only=True)
+    assert saved.keys() == speechbrains.state_dict().keys()

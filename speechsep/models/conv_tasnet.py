@@ -208,3 +208,72 @@ def from_speechbrain(state_dict: dict, X: int) -> dict:
         # SpeechBrain's layer norms keep their scale and shift as [1, 1, C]; ours as [C].
         converted[new_name] = value.reshape(-1) if "norm" in new_name else value
     return converted
+
+
+def to_speechbrain(state_dict: dict, X: int) -> dict:
+    """The inverse of `from_speechbrain`: a `MaskNet` state_dict with SpeechBrain's names and shapes."""
+    names = {ours: theirs for theirs, ours in _SPEECHBRAIN_NAMES.items()}
+    parts = {ours: theirs for theirs, ours in _SPEECHBRAIN_BLOCK_PARTS.items()}
+    converted = {}
+    for name, value in state_dict.items():
+        block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+        if block and block[2] in parts:
+            index = int(block[1])
+            new_name = f"temporal_conv_net.temporalblock_{index // X}_{index % X}.layers.{parts[block[2]]}"
+        elif name in names:
+            new_name = names[name]
+        else:
+            raise KeyError(f"{name!r} has no counterpart in SpeechBrain's MaskNet")
+        converted[new_name] = value.reshape(1, 1, -1) if "norm" in name else value
+    return converted
+
+
+class SpeechBrainLayoutMaskNet(MaskNet):
+    """SpeechBrain's Conv-TasNet `MaskNet` (PReLU, reflection padding) computed channels-first, whose state_dict
+    keeps SpeechBrain's names and shapes: checkpoints stay SpeechBrain's, so exports need SpeechBrain alone."""
+
+    def __init__(self, N: int, B: int, H: int, P: int, X: int, R: int, C: int, mask_nonlinear: str = "relu"):
+        super().__init__(N, B, H, P, X, R, C, activation="prelu", padding="reflect", mask_nonlinear=mask_nonlinear)
+        self.X = X
+        self.register_state_dict_post_hook(_save_as_speechbrain)
+        self.register_load_state_dict_pre_hook(_load_from_speechbrain)
+
+    @classmethod
+    def from_module(cls, masknet: nn.Module) -> "SpeechBrainLayoutMaskNet | None":
+        """The same network as SpeechBrain's non-causal gLN `MaskNet` `masknet` (same weights), or None for other
+        variants (cLN, causal), which it does not cover."""
+        from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
+
+        if type(masknet) is not SpeechBrainMaskNet:
+            return None
+        first = next(iter(masknet.temporal_conv_net.children())).layers
+        if type(first.norm).__name__ != "GlobalLayerNorm" or first.DSconv.conv_0.padding != "same":
+            return None  # cLN or causal
+        indices = [tuple(map(int, name.split("_")[1:])) for name, _ in masknet.temporal_conv_net.named_children()]
+        sizes = dict(
+            N=masknet.layer_norm.gamma.shape[-1],
+            B=masknet.bottleneck_conv1x1.conv.out_channels,
+            H=first.conv.conv.out_channels,
+            P=first.DSconv.conv_0.conv.kernel_size[0],
+            X=1 + max(x for _, x in indices),
+            R=1 + max(r for r, _ in indices),
+            C=masknet.C,
+        )
+        ours = cls(**sizes, mask_nonlinear=masknet.mask_nonlinear).to(masknet.layer_norm.gamma.device)
+        ours.load_state_dict(masknet.state_dict())
+        return ours
+
+
+def _save_as_speechbrain(module, state_dict, prefix, local_metadata) -> None:
+    ours = {key[len(prefix) :]: state_dict.pop(key) for key in [k for k in state_dict if k.startswith(prefix)]}
+    state_dict.update({prefix + key: value for key, value in to_speechbrain(ours, module.X).items()})
+
+
+def _load_from_speechbrain(module, state_dict, prefix, *args) -> None:
+    theirs = [
+        key
+        for key in state_dict
+        if key.startswith(prefix + "temporal_conv_net.") or key[len(prefix) :] in _SPEECHBRAIN_NAMES
+    ]
+    converted = from_speechbrain({key[len(prefix) :]: state_dict.pop(key) for key in theirs}, module.X)
+    state_dict.update({prefix + key: value for key, value in converted.items()})
