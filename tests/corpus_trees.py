@@ -1,7 +1,7 @@
 """Small WSJ0Mix / LibriMix / custom directory trees of synthetic signals, for the tests.
 
-Sources are harmonic tones with a moving pitch and a syllable-like envelope, different per speaker, so a
-model can start to separate them within a few steps and metrics are not computed on white noise.
+Sources are speech-like signals (tests/speech.py) with a different base pitch per speaker, so a model can
+start to separate them within a few steps and metrics are not computed on white noise.
 """
 
 from pathlib import Path
@@ -9,21 +9,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from tests.speech import speech_like
 
-def speechlike(rng: np.random.Generator, num_samples: int, sample_rate: int, f0: float) -> np.ndarray:
-    """A harmonic signal with a wandering pitch around `f0` and a 4 Hz syllable envelope, peak ~0.3."""
-    t = np.arange(num_samples) / sample_rate
-    pitch = f0 * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
-    signal = sum(np.sin(h * phase) / h for h in range(1, 6))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)))
-    signal = signal * envelope
-    return (0.3 * signal / (np.abs(signal).max() + 1e-9)).astype(np.float32)
+
+def voice(rng: np.random.Generator, num_samples: int, sample_rate: int, f0: float) -> np.ndarray:
+    """A speech-like signal (tests/speech.py) with base pitch `f0`, at a peak of 0.3 as float32."""
+    signal = speech_like(num_samples, sample_rate, rng, f0=f0)
+    return (0.3 * signal / np.abs(signal).max()).astype(np.float32)
 
 
 def _write_example(folders: dict[str, Path], name: str, rng, num_spks, sample_rate, seconds, noise: bool):
     num_samples = int(seconds * sample_rate)
-    sources = [speechlike(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
+    sources = [voice(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
     mixture = np.sum(sources, axis=0)
     signals = {f"s{k + 1}": s for k, s in enumerate(sources)}
     if noise:
@@ -88,6 +85,6 @@ def make_speaker_pool(root: Path, num_speakers=4, utts_per_speaker=3, sample_rat
         (pool / speaker).mkdir(parents=True, exist_ok=True)
         f0 = 90 + 50 * s
         for u in range(utts_per_speaker):
-            signal = speechlike(rng, int(seconds * sample_rate), sample_rate, f0)
+            signal = voice(rng, int(seconds * sample_rate), sample_rate, f0)
             sf.write(pool / speaker / f"{speaker}_{u:04d}.wav", signal, sample_rate, subtype="FLOAT")
     return pool

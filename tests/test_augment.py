@@ -3,7 +3,7 @@
 import torch
 
 from speechsep.data.augment import perturb_sources
-from tests.conftest import make_batch, make_brain
+from tests.helpers import make_batch, make_brain
 
 
 def signals(brain, batch):

@@ -12,8 +12,8 @@ from prepare_data import DataPreparationError, prepare_data
 from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.training.losses import pit_si_snr_loss
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
 
 
 @pytest.fixture

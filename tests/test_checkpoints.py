@@ -13,7 +13,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from speechsep.training.checkpoints import CheckpointWriteError, RobustCheckpointer
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 class Run:

@@ -10,7 +10,7 @@ from speechsep.models.conv_tasnet import MaskNet
 from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CONFIGS = ["sepformer.yaml", "convtasnet.yaml", "sepformer-libri2mix.yaml", "convtasnet-libri2mix.yaml"]
 

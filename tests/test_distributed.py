@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from speechsep.training.losses import pit_si_snr_loss
-from tests.conftest import REPO, TINY_CONVTASNET, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, tiny_hparams
 
 TINY = {**TINY_CONVTASNET, "use_speedperturb": False}
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from bench.run_all import gpu_results_line
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 STEP_COLUMNS = [
     "model",

@@ -39,8 +39,8 @@ from speechsep.inference.separation import (
     with_mixture_consistency,
 )
 from speechsep.training.config import load_hparams, resolved_yaml
-from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
-from tests.corpus_trees import make_wsj0mix, speechlike
+from tests.corpus_trees import make_wsj0mix, voice
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 
 SAMPLE_RATE = 8000
 
@@ -177,7 +177,7 @@ def two_speaker_recording(seconds: float, seed: int = 0) -> tuple[torch.Tensor, 
         start = int(rng.integers(0, SAMPLE_RATE // 2))
         while start < num_samples:
             length = min(int(1.5 * SAMPLE_RATE), num_samples - start)
-            sources[start : start + length, k] = speechlike(rng, length, SAMPLE_RATE, f0) * rng.uniform(0.5, 1.5)
+            sources[start : start + length, k] = voice(rng, length, SAMPLE_RATE, f0) * rng.uniform(0.5, 1.5)
             start += length + int(rng.integers(0, SAMPLE_RATE // 4))
     sources = torch.from_numpy(sources)
     return sources.sum(dim=1), sources

@@ -9,8 +9,8 @@ import sys
 
 import yaml
 
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
 
 NUM_TRAIN = 60
 

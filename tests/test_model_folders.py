@@ -18,8 +18,8 @@ from speechsep.inference.files import FileSeparator
 from speechsep.inference.model_folder import ModelFolderError, build_model, find_model, load_separator
 from speechsep.inference.separation import match_mixture_level
 from speechsep.models import filterbank, transformer
-from tests.conftest import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.published_models import KINDS, write_published_folder
 
 SAMPLE_RATE = 8000

@@ -12,8 +12,8 @@ import pytest
 import train
 from speechsep.training.config import load_hparams, resolved_values
 from speechsep.training.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
 
 pytestmark = pytest.mark.slow
 

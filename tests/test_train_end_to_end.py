@@ -6,8 +6,8 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 from tests.corpus_trees import make_librimix, make_speaker_pool, make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
