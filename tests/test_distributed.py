@@ -12,6 +12,8 @@ from speechsep.training.losses import pit_si_snr_loss
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, tiny_hparams
 
+pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
+
 TINY = {**TINY_CONVTASNET, "use_speedperturb": False}
 
 

@@ -207,6 +207,7 @@ def test_test_only_evaluates_a_published_folder_without_training(tmp_path, tiny_
     assert (run / "test_hyperparams.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_test_only_with_a_folder_of_another_speaker_count_fails_with_one_line(tmp_path, tiny_tree):
     folder = write_published_folder(tmp_path / "model")
     result = run_train(

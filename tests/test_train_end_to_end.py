@@ -9,6 +9,8 @@ import pytest
 from tests.corpus_trees import make_librimix, make_speaker_pool, make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 
+pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
+
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
     options = {"N_epochs": 2, "batch_size": 2, **sizes, **overrides}
