@@ -32,8 +32,13 @@ def _write_example(folders: dict[str, Path], name: str, rng, num_spks, sample_ra
         sf.write(folder / f"{name}.wav", signals[key], sample_rate, subtype="FLOAT")
 
 
-def make_wsj0mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0) -> Path:
-    """`<root>/{2,3}speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav`; returns the speakers folder."""
+def make_wsj0mix(
+    root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0, length_spread=0.2
+) -> Path:
+    """`<root>/{2,3}speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav`; returns the speakers folder.
+
+    Examples last `seconds` give or take `length_spread` (relative); 0 makes batches without padding.
+    """
     rng = np.random.default_rng(seed)
     data_folder = Path(root) / f"{num_spks}speakers"
     base = data_folder / f"wav{sample_rate // 1000}k" / mode
@@ -41,7 +46,13 @@ def make_wsj0mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split
         folders = {"mix": base / split / "mix", **{f"s{k}": base / split / f"s{k}" for k in range(1, num_spks + 1)}}
         for i in range(per_split):
             _write_example(
-                folders, f"{split}_{i:03d}_mix", rng, num_spks, sample_rate, seconds * rng.uniform(0.8, 1.2), False
+                folders,
+                f"{split}_{i:03d}_mix",
+                rng,
+                num_spks,
+                sample_rate,
+                seconds * rng.uniform(1 - length_spread, 1 + length_spread),
+                False,
             )
     return data_folder
 
