@@ -36,7 +36,7 @@ def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
     ],
 )
 def test_train_valid_test_writes_log_checkpoint_and_results(tmp_path, config, make_tree, sizes):
-    data_folder = make_tree(tmp_path / "data", per_split=3)
+    data_folder = make_tree(tmp_path / "data", per_split=3, seed=1)  # a tree where epoch 2 is the best
     output = tmp_path / "out"
     result = run_train(config, data_folder, output, sizes, use_speedperturb=True)
     assert result.returncode == 0, result.stderr[-3000:]
