@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_metrics import upstream_scores  # noqa: E402
 from speechsep.evaluation.metrics import separation_metrics  # noqa: E402
-from speechsep.synthetic_speech import speech_like_mixture  # noqa: E402
 from speechsep.training.config import load_hparams  # noqa: E402
 from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
+from tests.speech import speech_like_mixture  # noqa: E402
 from train import Separation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -63,7 +63,7 @@ def write_model(folder: Path, overrides: dict, seed: int = 0, config: str = "con
 
 def write_recording(path: Path, seconds: float, piece_seconds: float = 30.0, seed: int = 0) -> Path:
     """A long two-speaker recording: synthetic speech-like mixtures written one after another, in blocks."""
-    from speechsep.synthetic_speech import speech_like_mixture
+    from tests.speech import speech_like_mixture
 
     rng = np.random.default_rng(seed)
     pieces = [speech_like_mixture(int(piece_seconds * SAMPLE_RATE), NUM_SPKS, SAMPLE_RATE, rng)[0] for _ in range(3)]

@@ -1,7 +1,7 @@
 """Scoring time per utterance: speechsep.evaluation.metrics vs the mir_eval scoring of upstream SpeechBrain.
 
 Metrics only, no model: 4 s, 8 kHz utterances separated by a perturbed ratio mask
-(`speechsep.synthetic_speech`), 2 and 3 speakers. Upstream's WSJ0Mix recipe scores each
+(`tests.speech`), 2 and 3 speakers. Upstream's WSJ0Mix recipe scores each
 utterance with two `mir_eval.separation.bss_eval_sources` calls (estimates, then the mixture for
 SDRi) plus PIT SI-SNR twice; `separation_metrics` gives the same numbers in one batched call.
 `upstream_scores` and `time_upstream_scoring` are reusable for whole-test-set comparisons.
@@ -22,7 +22,7 @@ import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from speechsep.evaluation.metrics import SDR_PERMUTATIONS, pit_sdr, separation_metrics
-from speechsep.synthetic_speech import mask_separation_example
+from tests.speech import mask_separation_example
 
 SAMPLE_RATE = 8000
 NUM_SAMPLES = 4 * SAMPLE_RATE

@@ -173,7 +173,7 @@ def speech_batch(batch: int, seconds: float, seed: int = 0):
     import torch
     from speechbrain.dataio.batch import PaddedBatch
 
-    from speechsep.synthetic_speech import speech_like_mixture
+    from tests.speech import speech_like_mixture
 
     rng = np.random.default_rng(seed)
     examples = []
@@ -332,7 +332,7 @@ def scoring_worker(spec: dict) -> None:
     import torch
 
     from speechsep.evaluation.metrics import separation_metrics
-    from speechsep.synthetic_speech import mask_separation_example
+    from tests.speech import mask_separation_example
 
     count = spec["utterances"]
     examples = [mask_separation_example(NUM_SPKS, 4 * SAMPLE_RATE, SAMPLE_RATE, seed) for seed in range(count)]
@@ -487,7 +487,7 @@ def write_tree(root: Path, train_files: int, seconds: float, seed: int = 0) -> P
     """A custom-layout corpus `<root>/{train,valid,test}/{mixture,source1,source2}/*.wav` of speech-like signals."""
     import soundfile as sf
 
-    from speechsep.synthetic_speech import speech_like_mixture
+    from tests.speech import speech_like_mixture
 
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_files), ("valid", 2), ("test", 2)):

@@ -1,7 +1,7 @@
 """Small WSJ0Mix / WHAM! / WHAMR! / LibriMix / Aishell1Mix / custom trees of synthetic signals, for the tests.
 
-Sources are harmonic tones with a moving pitch and a syllable-like envelope, different per speaker, so a
-model can start to separate them within a few steps and metrics are not computed on white noise.
+Sources are speech-like signals (tests/speech.py) without formants or pauses and with a different base
+pitch per speaker, so a tiny model can start to separate them within a few steps and metrics are not computed on white noise.
 """
 
 from pathlib import Path
@@ -9,21 +9,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from tests.speech import speech_like
 
-def speechlike(rng: np.random.Generator, num_samples: int, sample_rate: int, f0: float) -> np.ndarray:
-    """A harmonic signal with a wandering pitch around `f0` and a 4 Hz syllable envelope, peak ~0.3."""
-    t = np.arange(num_samples) / sample_rate
-    pitch = f0 * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
-    signal = sum(np.sin(h * phase) / h for h in range(1, 6))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)))
-    signal = signal * envelope
-    return (0.3 * signal / (np.abs(signal).max() + 1e-9)).astype(np.float32)
+
+def voice(rng: np.random.Generator, num_samples: int, sample_rate: int, f0: float) -> np.ndarray:
+    """A speech-like signal (tests/speech.py) with base pitch `f0`, without formants or pauses (so that the tiny
+    models of the tests learn to separate it in a few epochs), at a peak of 0.3 as float32."""
+    signal = speech_like(num_samples, sample_rate, rng, f0=f0, pauses=False, formants=False)
+    return (0.3 * signal / max(np.abs(signal).max(), 1e-9)).astype(np.float32)
 
 
 def _write_example(folders: dict[str, Path], name: str, rng, num_spks, sample_rate, seconds, noise: bool):
     num_samples = int(seconds * sample_rate)
-    sources = [speechlike(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
+    sources = [voice(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
     mixture = np.sum(sources, axis=0)
     signals = {f"s{k + 1}": s for k, s in enumerate(sources)}
     if noise:
@@ -36,8 +34,13 @@ def _write_example(folders: dict[str, Path], name: str, rng, num_spks, sample_ra
         sf.write(folder / f"{name}.wav", signals[key], sample_rate, subtype="FLOAT")
 
 
-def make_wsj0mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0) -> Path:
-    """`<root>/{2,3}speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav`; returns the speakers folder."""
+def make_wsj0mix(
+    root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0, length_spread=0.2
+) -> Path:
+    """`<root>/{2,3}speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav`; returns the speakers folder.
+
+    Examples last `seconds` give or take `length_spread` (relative); 0 makes batches without padding.
+    """
     rng = np.random.default_rng(seed)
     data_folder = Path(root) / f"{num_spks}speakers"
     base = data_folder / f"wav{sample_rate // 1000}k" / mode
@@ -45,7 +48,13 @@ def make_wsj0mix(root: Path, num_spks=2, sample_rate=8000, mode="min", per_split
         folders = {"mix": base / split / "mix", **{f"s{k}": base / split / f"s{k}" for k in range(1, num_spks + 1)}}
         for i in range(per_split):
             _write_example(
-                folders, f"{split}_{i:03d}_mix", rng, num_spks, sample_rate, seconds * rng.uniform(0.8, 1.2), False
+                folders,
+                f"{split}_{i:03d}_mix",
+                rng,
+                num_spks,
+                sample_rate,
+                seconds * rng.uniform(1 - length_spread, 1 + length_spread),
+                False,
             )
     return data_folder
 
@@ -80,7 +89,7 @@ def reverberate(signal: np.ndarray, sample_rate: int, rng: np.random.Generator) 
 def corpus_signals(rng, num_spks: int, num_samples: int, sample_rate: int, reverb: bool) -> dict[str, np.ndarray]:
     """Every signal of one example of a WHAM!-style corpus, by folder name: sources, noise and the mixtures
     (clean, both, single); with `reverb`, WHAMR!'s `_anechoic` and `_reverb` versions of each."""
-    anechoic = [speechlike(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
+    anechoic = [voice(rng, num_samples, sample_rate, f0) for f0 in rng.uniform(90, 300, num_spks)]
     noise = (0.01 * rng.standard_normal(num_samples)).astype(np.float32)
     versions = {"": anechoic}
     if reverb:
@@ -144,6 +153,6 @@ def make_speaker_pool(root: Path, num_speakers=4, utts_per_speaker=3, sample_rat
         (pool / speaker).mkdir(parents=True, exist_ok=True)
         f0 = 90 + 50 * s
         for u in range(utts_per_speaker):
-            signal = speechlike(rng, int(seconds * sample_rate), sample_rate, f0)
+            signal = voice(rng, int(seconds * sample_rate), sample_rate, f0)
             sf.write(pool / speaker / f"{speaker}_{u:04d}.wav", signal, sample_rate, subtype="FLOAT")
     return pool

@@ -35,7 +35,7 @@ MaskNet: !new:{DUAL_PATH}.Dual_Path_Model
     skip_around_intra: true
 """
 
-# The sizes of tests.conftest.TINY_SEPFORMER, so that hparams/sepformer.yaml with those overrides fine-tunes it.
+# The sizes of tests.helpers.TINY_SEPFORMER, so that hparams/sepformer.yaml with those overrides fine-tunes it.
 SEPFORMER_BLOCK = (
     f"!new:{DUAL_PATH}.SBTransformerBlock {{num_layers: 1, d_model: 16, nhead: 2, d_ffn: 32, dropout: 0, "
     "use_positional_encoding: true, norm_before: true}"

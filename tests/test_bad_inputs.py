@@ -12,8 +12,8 @@ from prepare_data import DataPreparationError, prepare_data
 from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.training.losses import pit_si_snr_loss
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
 
 
 @pytest.fixture
@@ -153,6 +153,7 @@ def last_line(result):
     return result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_is_reported_before_training(corpus, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -161,6 +162,7 @@ def test_unwritable_output_folder_is_reported_before_training(corpus, tmp_path):
     assert not (tmp_path / "save").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_results_folder_is_reported_before_training(corpus, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -169,6 +171,7 @@ def test_unwritable_results_folder_is_reported_before_training(corpus, tmp_path)
     assert not (tmp_path / "run" / "save").exists()
 
 
+@pytest.mark.slow
 def test_bad_manifest_given_with_skip_prep_is_one_line(corpus, tmp_path):
     manifest = tmp_path / "upstream.csv"
     manifest.write_text("ID,duration,mix_wav\n")
@@ -178,17 +181,20 @@ def test_bad_manifest_given_with_skip_prep_is_one_line(corpus, tmp_path):
     assert last_line(result).startswith(f"error: {manifest} lacks column(s) ['s1_wav', 's2_wav']")
 
 
+@pytest.mark.slow
 def test_wrong_sample_rate_in_the_config_is_one_line(corpus, tmp_path):
     result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--sample_rate=16000")
     assert last_line(result).startswith(f"error: {corpus}/wav16k/min not found (sample_rate=16000, mode=min)")
 
 
+@pytest.mark.slow
 def test_unknown_sdr_permutation_is_reported_before_training(corpus, tmp_path):
     result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run", "--sdr_permutation=snr")
     assert last_line(result) == "error: sdr_permutation is 'snr'; expected sdr or sir"
     assert not (tmp_path / "run" / "save" / "train.csv").exists()  # stopped before data preparation
 
 
+@pytest.mark.slow
 def test_mixture_consistency_on_noisy_mixtures_is_refused_before_training(corpus, tmp_path):
     result = run_train(
         f"--data_folder={corpus}",
@@ -202,12 +208,14 @@ def test_mixture_consistency_on_noisy_mixtures_is_refused_before_training(corpus
     assert not (tmp_path / "run" / "save" / "train.csv").exists()
 
 
+@pytest.mark.slow
 def test_tree_of_three_speakers_with_the_default_num_spks_is_one_line(tmp_path):
     corpus = make_wsj0mix(tmp_path / "data", num_spks=3, per_split=2)
     result = run_train(f"--data_folder={corpus}", f"--output_folder={tmp_path}/run")
     assert last_line(result).startswith(f"error: found source folder {corpus}/wav8k/min/tr/s3 but num_spks is 2")
 
 
+@pytest.mark.slow
 def test_custom_test_manifest_naming_a_missing_file_is_one_line(corpus, tmp_path):
     prepare_data(corpus, tmp_path / "run" / "save")
     manifest = write_manifest(tmp_path / "my_test.csv", [manifest_row("a", name="gone")])

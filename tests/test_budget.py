@@ -8,8 +8,8 @@ import pytest
 
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.schedulers import HoldThenLinearDecay
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
 
 
 def test_another_epoch_is_allowed_while_the_slowest_recent_one_would_still_fit(tmp_path):

@@ -13,7 +13,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from speechsep.training.checkpoints import CheckpointWriteError, RobustCheckpointer
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 class Run:
@@ -337,6 +337,7 @@ def test_save_and_keep_only_keeps_the_old_checkpoint_when_the_new_save_fails(tmp
 
 
 # --------------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_ddp_ranks_keep_complete_checkpoints_and_fall_back_alike(tmp_path):
     command = [
         sys.executable,

@@ -11,7 +11,7 @@ from speechsep.models.filterbank import encoder_hop
 from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
 CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml", "sepformer-whamr.yaml", "convtasnet-whamr.yaml"]

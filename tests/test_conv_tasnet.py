@@ -151,7 +151,7 @@ def test_variants_it_does_not_cover_are_left_to_speechbrain(variant):
 
 def test_train_py_trains_the_channels_first_network_and_checkpoints_speechbrains_layout(tmp_path):
     from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
-    from tests.conftest import tiny_hparams
+    from tests.helpers import tiny_hparams
     from train import apply_speed_ups
 
     hparams = tiny_hparams(tmp_path, "convtasnet.yaml")

@@ -7,24 +7,32 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from speechsep.training.losses import pit_si_snr_loss
-from tests.conftest import REPO, TINY_CONVTASNET, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, tiny_hparams
+
+pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
 TINY = {**TINY_CONVTASNET, "use_speedperturb": False}
+TOLERANCE_DB = 1e-3  # float32 sums in another order, batched on the ranks, one by one here
 
 
 def options(data_folder, output, **overrides):
-    values = {"data_folder": data_folder, "output_folder": output, "N_epochs": 1, "batch_size": 1, **TINY, **overrides}
+    values = {"data_folder": data_folder, "output_folder": output, "N_epochs": 1, "batch_size": 2, **TINY, **overrides}
     return [f"--{key}={value}" for key, value in values.items()] + ["--noprogressbar"]
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """A 2-process torchrun training of one epoch on 5 train / 5 valid / 5 test mixtures."""
+    """A 2-process torchrun training of one epoch on 5 train / 5 valid / 5 test mixtures, in batches of 2.
+
+    Each rank gets 3 of the 5 examples (batches of 2 and 1): the sampler pads the second shard by repeating
+    an example, which must not be counted twice.
+    """
     root = tmp_path_factory.mktemp("ddp")
-    data_folder = make_wsj0mix(root / "data", per_split=5)
+    data_folder = make_wsj0mix(root / "data", per_split=5, length_spread=0)  # no padding: the same losses here
     output = root / "out"
     command = [
         sys.executable,
@@ -64,7 +72,8 @@ def test_ddp_writes_checkpoint_and_results_once(ddp_run):
 
 
 def test_ddp_valid_loss_is_the_mean_over_all_valid_examples(ddp_run, tmp_path):
-    """Recompute the valid SI-SNR of the final model on the whole valid set in this process."""
+    """Recompute the valid SI-SNR of the final model example by example in this process: the mean over the
+    5 examples, each once, although the ranks saw 6 in batches of 2 and 1."""
     from train import Separation, dataio_prep
 
     root, data_folder, output = ddp_run
@@ -83,5 +92,13 @@ def test_ddp_valid_loss_is_the_mean_over_all_valid_examples(ddp_run, tmp_path):
             mixture = example["mix_sig"].unsqueeze(0)
             sources = torch.stack([example["s1_sig"], example["s2_sig"]], dim=-1).unsqueeze(0)
             losses.append(float(pit_si_snr_loss(brain.separate(mixture), sources)))
+    expected = -sum(losses) / len(losses)
     logged = float(re.search(r"valid si-snr: (\S+),", (output / "train_log.txt").read_text()).group(1))
-    assert logged == pytest.approx(-sum(losses) / len(losses), abs=0.051)  # the log keeps 3 digits
+    assert logged == pytest.approx(expected, abs=0.051)  # the log keeps 3 digits
+    (checkpoint,) = (output / "save").glob("CKPT+*")
+    recorded = yaml.safe_load((checkpoint / "CKPT.yaml").read_text())["si-snr"]  # full precision
+    assert recorded == pytest.approx(expected, abs=TOLERANCE_DB)
+    # The check has teeth: counting any one example twice, or leaving it out, moves the mean by more.
+    total, count = sum(losses), len(losses)
+    assert all(abs(-(total + loss) / (count + 1) - expected) > 5 * TOLERANCE_DB for loss in losses)
+    assert all(abs(-(total - loss) / (count - 1) - expected) > 5 * TOLERANCE_DB for loss in losses)

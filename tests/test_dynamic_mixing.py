@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from speechsep.data import source_pool
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
+from tests.speech import speech_like
 
 SAMPLE_RATE = 8000
 SEGMENT_LEN = 4000  # 0.5 s
@@ -22,13 +23,10 @@ SPEAKER_F0S = [150.0, 200.0, 250.0, 300.0, 350.0, 400.0]  # every speaker is rec
 
 
 # ------------------------------------------------------------------ tiny pools
-def speech_like(f0: float, seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A harmonic tone at `f0` with a syllable-rate envelope: enough "speech" to mix."""
-    rng = np.random.default_rng(seed)
-    time = np.arange(int(seconds * sample_rate)) / sample_rate
-    tone = sum(np.sin(2 * np.pi * k * f0 * time + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3))
-    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * time + rng.uniform(0, 2 * np.pi))
-    return (0.1 * tone * envelope).astype(np.float32)
+def voice(f0: float, seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speech-like audio (tests/speech.py) at a steady pitch `f0`, voiced throughout, at an RMS of 0.1."""
+    signal = speech_like(int(seconds * sample_rate), sample_rate, np.random.default_rng(seed), f0, 0.0, pauses=False)
+    return (0.1 * signal).astype(np.float32)
 
 
 def librispeech_name(speaker: int, utterance: int) -> str:
@@ -57,7 +55,7 @@ def write_pool(
             path = root / name(speaker, utterance)
             path.parent.mkdir(parents=True, exist_ok=True)
             seed = 100 * speaker + utterance
-            audio = speech_like(SPEAKER_F0S[speaker], seconds, seed, sample_rate)
+            audio = voice(SPEAKER_F0S[speaker], seconds, seed, sample_rate)
             sf.write(path, np.zeros_like(audio) if silent else audio, sample_rate)
     return root
 
@@ -85,9 +83,19 @@ def source_signals(example: dict) -> list[torch.Tensor]:
     return [example[f"s{number}_sig"] for number in range(1, 4) if f"s{number}_sig" in example]
 
 
-def dominant_frequency(signal: torch.Tensor) -> float:
-    spectrum = np.abs(np.fft.rfft(signal.numpy()))
-    return float(np.fft.rfftfreq(len(signal), 1 / SAMPLE_RATE)[spectrum.argmax()])
+def pitch_of(signal: torch.Tensor) -> float:
+    """The fundamental frequency of a steady voice: the shortest lag within 120-450 Hz where the
+    autocorrelation peaks at 90 % of its highest (multiples of the period peak as high)."""
+    samples = signal.double().numpy()
+    autocorrelation = np.correlate(samples, samples, mode="full")[len(samples) - 1 :]
+    shortest, longest = int(SAMPLE_RATE / 450), int(SAMPLE_RATE / 120)
+    window = autocorrelation[shortest - 1 : longest + 2]
+    peaks = [
+        lag
+        for lag in range(1, len(window) - 1)
+        if window[lag - 1] <= window[lag] >= window[lag + 1] and window[lag] >= 0.9 * window[1:-1].max()
+    ]
+    return SAMPLE_RATE / (shortest - 1 + peaks[0])
 
 
 def loudness(signal: torch.Tensor) -> float:
@@ -112,7 +120,7 @@ def test_mixture_is_exactly_the_sum_of_sources_and_noise(tmp_path, noise):
 def test_speakers_in_a_mixture_are_distinct(tmp_path):
     dataset = make_dataset(tmp_path, num_spks=3, epoch_len=20)
     for example in dataset:
-        pitches = [dominant_frequency(source) for source in source_signals(example)]
+        pitches = [pitch_of(source) for source in source_signals(example)]
         assert all(min(abs(pitch - f0) for f0 in SPEAKER_F0S) < 5 for pitch in pitches)
         assert len({round(pitch, -1) for pitch in pitches}) == 3
 
@@ -314,7 +322,7 @@ def test_layout_and_speakers_are_detected_from_the_folder(tmp_path, name, layout
 def test_unknown_layout_raises_an_error_naming_the_folder(tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
-    sf.write(flat / "utterance.wav", speech_like(200, 0.5, seed=0), SAMPLE_RATE)
+    sf.write(flat / "utterance.wav", voice(200, 0.5, seed=0), SAMPLE_RATE)
     with pytest.raises(ValueError, match=f"{flat}.*expected a LibriSpeech split"):
         SourcePool.from_folder(flat, SAMPLE_RATE)
 

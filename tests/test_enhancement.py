@@ -8,10 +8,10 @@ from speechsep.evaluation.metrics import separation_metrics
 from speechsep.inference.separation import separate_shifted
 from speechsep.training.config import ConfigError, check_values
 from speechsep.training.losses import pairwise_si_snr, pit_si_snr_loss
-from tests.conftest import make_batch
+from tests.helpers import make_batch
 
 
-def one_speaker_in_noise(seconds=0.5, seed=0):
+def one_speaker_in_noise(seconds=2.0, seed=0):
     """speech [1, time, 1] and the noisy mixture [1, time] of it with white noise."""
     speech = make_batch(batch_size=1, num_spks=1, seconds=seconds, seed=seed).s1_sig.data.unsqueeze(-1)
     noise = 0.05 * torch.randn(speech.shape[:2], generator=torch.Generator().manual_seed(seed))

@@ -7,7 +7,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from tests.conftest import make_batch, make_brain
+from tests.helpers import make_batch, make_brain
 
 
 def start(brain, stage):

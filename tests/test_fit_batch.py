@@ -7,7 +7,7 @@ import speechbrain as sb
 import torch
 
 from speechsep.training.losses import pit_si_snr_loss
-from tests.conftest import make_batch, make_brain, parameters_of
+from tests.helpers import make_batch, make_brain, parameters_of
 
 SGD = "!name:torch.optim.SGD {lr: 0.1}"
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from bench.run_all import gpu_results_line
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 STEP_COLUMNS = [
     "model",
@@ -52,6 +52,7 @@ def quick_report(tmp_path_factory):
     return output.read_text(), time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_measures_every_training_step_row_and_marks_fp16_not_available(quick_report):
     text, _ = quick_report
     assert text.startswith("# GPU check") and "- Device: CPU" in text and "- Goal:" in text
@@ -74,6 +75,7 @@ def test_quick_cpu_run_measures_every_training_step_row_and_marks_fp16_not_avail
             assert row["speed-up vs speechbrain block"].endswith("x") and row["speed-up vs upstream"].endswith("x")
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_trains_with_train_py_in_bf16_without_nan(quick_report):
     text, _ = quick_report
     (row,) = table(text, "train.py under mixed precision")
@@ -82,6 +84,7 @@ def test_quick_cpu_run_trains_with_train_py_in_bf16_without_nan(quick_report):
     assert all(is_number(row[key]) for key in ("train si-snr", "valid si-snr", "test si-snr"))
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_scores_and_separates(quick_report):
     text, _ = quick_report
     scoring = table(text, "Test-set scoring throughput")
@@ -91,12 +94,14 @@ def test_quick_cpu_run_scores_and_separates(quick_report):
     assert separate["model"] == "sepformer" and is_number(separate["RTF"])
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_fits_the_test_suite(quick_report):
     text, seconds = quick_report
     assert NOT_MEASURED not in text
     assert seconds < 120
 
 
+@pytest.mark.slow
 def test_zero_budget_writes_every_measurement_as_not_measured(tmp_path):
     output = tmp_path / "gpu.md"
     result = run_gpu_check(output, "--budget-s", "0", timeout=60)
@@ -119,6 +124,7 @@ def test_bench_report_links_the_gpu_results_only_once_they_exist(tmp_path):
     assert "(bench/RESULTS-gpu.md)" in gpu_results_line(tmp_path / "RESULTS.md", gpu_results)
 
 
+@pytest.mark.slow
 def test_short_budget_stops_measuring_in_time_and_still_writes_the_report(tmp_path):
     output = tmp_path / "gpu.md"
     start = time.perf_counter()

@@ -7,10 +7,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
+
+pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
 NUM_TRAIN = 60
 

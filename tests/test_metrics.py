@@ -20,7 +20,7 @@ from speechsep.evaluation.metrics import (
     summarize,
     write_test_results,
 )
-from speechsep.synthetic_speech import mask_separation_example
+from tests.speech import mask_separation_example
 
 SAMPLE_RATE = 8000
 NUM_SAMPLES = 8000  # 1 s: mir_eval's cost hardly depends on length, 3 speakers take ~1 s per call

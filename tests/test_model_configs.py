@@ -17,8 +17,8 @@ from speechsep.inference.model_folder import load_separator
 from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import load_hparams
-from tests.conftest import REPO
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO
 
 COMMON = {"N_encoder_out": 16, "kernel_size": 16, "use_speedperturb": False, "num_workers": 0}
 # The smallest sizes that still run every part of each class: two blocks where a memory block sits between them.

@@ -18,8 +18,8 @@ from speechsep.inference.files import FileSeparator
 from speechsep.inference.model_folder import ModelFolderError, build_model, find_model, load_separator
 from speechsep.inference.separation import match_mixture_level
 from speechsep.models import filterbank, transformer
-from tests.conftest import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.published_models import KINDS, write_published_folder
 
 SAMPLE_RATE = 8000
@@ -207,6 +207,7 @@ def test_test_only_evaluates_a_published_folder_without_training(tmp_path, tiny_
     assert (run / "test_hyperparams.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_test_only_with_a_folder_of_another_speaker_count_fails_with_one_line(tmp_path, tiny_tree):
     folder = write_published_folder(tmp_path / "model")
     result = run_train(

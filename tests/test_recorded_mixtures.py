@@ -9,7 +9,7 @@ import soundfile as sf
 from speechsep.corpus.recorded_mixtures import RecordingsError, make_mixtures, recordings_by_speaker
 from speechsep.data.audio import PEAK_LIMIT
 from speechsep.data.manifests import read_manifest
-from tests.corpus_trees import speechlike
+from tests.speech import speech_like
 
 SAMPLE_RATE = 8000
 SPEAKERS = {"anna": 220.0, "bob": 110.0, "carl": 140.0}
@@ -24,8 +24,8 @@ def recordings(tmp_path) -> Path:
     for speaker, f0 in SPEAKERS.items():
         for index in range(4):
             rate = 16000 if index == 0 else SAMPLE_RATE
-            word = speechlike(rng, int(rng.uniform(0.3, 0.6) * rate), rate, f0)
-            sf.write(folder / f"{index}_{speaker}_{index}.wav", word, rate)
+            word = 0.1 * speech_like(int(rng.uniform(0.3, 0.6) * rate), rate, rng, f0=f0, pauses=False)
+            sf.write(folder / f"{index}_{speaker}_{index}.wav", word.astype(np.float32), rate)
     return folder
 
 

@@ -12,8 +12,8 @@ import pytest
 import train
 from speechsep.training.config import load_hparams, resolved_values
 from speechsep.training.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
-from tests.conftest import REPO, TINY_CONVTASNET
 from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET
 
 pytestmark = pytest.mark.slow
 
@@ -131,10 +131,14 @@ def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path, data_folder):
     assert result.returncode == 0, result.stdout[-2000:]
 
 
+# Long enough (~10 s) that the first run still holds the folder when the second has started and checks it.
+FIRST_RUN_EPOCHS = 30
+
+
 def test_two_trainings_into_one_folder_one_runs_the_other_refuses(tmp_path, data_folder):
     run = tmp_path / "run"
     first = subprocess.Popen(
-        train_command(run, data_folder, N_epochs=4),
+        train_command(run, data_folder, N_epochs=FIRST_RUN_EPOCHS),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -153,8 +157,8 @@ def test_two_trainings_into_one_folder_one_runs_the_other_refuses(tmp_path, data
     assert f"is in use by process {first.pid}" in last_line(second)
     assert first.returncode == 0, output[-2000:]
     record = resolved_values((run / "hyperparams.yaml").read_text())
-    assert record["N_epochs"] == 4 and record["lr"] != 0.005  # the survivor's own config
-    assert "epoch loaded: 4" in (run / "train_log.txt").read_text().splitlines()[-1]
+    assert record["N_epochs"] == FIRST_RUN_EPOCHS and record["lr"] != 0.005  # the survivor's own config
+    assert f"epoch loaded: {FIRST_RUN_EPOCHS}" in (run / "train_log.txt").read_text().splitlines()[-1]
 
 
 # ---------------------------------------------------------------- the run's record and results

@@ -4,6 +4,7 @@ import pytest
 import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
 from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.epoch_loop import EpochCounter
 
 from speechsep.training.schedulers import HoldThenLinearDecay, step_scheduler
 
@@ -27,12 +28,32 @@ def test_hold_then_linear_decay_rejects_a_hold_as_long_as_the_run():
         HoldThenLinearDecay(lr=1.0, final_lr=0.0, hold_epochs=5, num_epochs=5)
 
 
+def train_epochs(checkpoint_dir, last_epoch: int) -> dict[int, float]:
+    """Epochs up to `last_epoch` as train.py runs them, resuming from `checkpoint_dir` if it holds a checkpoint;
+    the rate each epoch trained with."""
+    optimizer = optimizer_with_lr(3e-3)
+    scheduler = HoldThenLinearDecay(lr=3e-3, final_lr=1e-4, hold_epochs=2, num_epochs=5)
+    counter = EpochCounter(limit=last_epoch)
+    recoverables = {"optimizer": optimizer, "lr_scheduler": scheduler, "counter": counter}
+    checkpointer = Checkpointer(checkpoint_dir, recoverables=recoverables)
+    checkpointer.recover_if_possible()
+    rates = {}
+    for epoch in counter:
+        rates[epoch] = optimizer.param_groups[0]["lr"]
+        step_scheduler(scheduler, optimizer, epoch, valid_loss=0.0)
+        checkpointer.save_and_keep_only()
+    return rates
+
+
 def test_hold_then_linear_decay_goes_through_a_checkpoint(tmp_path):
-    scheduler = HoldThenLinearDecay(lr=1.0, final_lr=0.0, hold_epochs=1, num_epochs=3)
-    Checkpointer(tmp_path, recoverables={"lr_scheduler": scheduler}).save_checkpoint()
-    restored = HoldThenLinearDecay(lr=1.0, final_lr=0.0, hold_epochs=1, num_epochs=3)
-    assert Checkpointer(tmp_path, recoverables={"lr_scheduler": restored}).recover_if_possible() is not None
-    assert restored(2) == scheduler(2) == (0.5, 0.0)
+    """A run stopped after epoch 2 (the last at the held rate) and resumed from its checkpoint trains the
+    decaying epochs 3-5 at the rates of an uninterrupted run."""
+    uninterrupted = train_epochs(tmp_path / "uninterrupted", last_epoch=5)
+    first_part = train_epochs(tmp_path / "resumed", last_epoch=2)
+    resumed_part = train_epochs(tmp_path / "resumed", last_epoch=5)  # a fresh optimizer, scheduler and counter
+    assert list(resumed_part) == [3, 4, 5]
+    assert uninterrupted[3] < uninterrupted[2]  # the resumed epochs are the decaying ones
+    assert {**first_part, **resumed_part} == uninterrupted
 
 
 def test_plateau_scheduler_still_halves_on_a_plateau():

@@ -1,21 +1,134 @@
-"""SLURM job scripts: valid bash, and a dry run that prints the resolved torchrun command."""
+"""SLURM job scripts: valid bash, a dry run that prints the resolved torchrun command, and a stop signal that\ncheckpoints and requeues the job (srun and scontrol faked, no SLURM needed)."""
 
 import os
+import signal
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPTS = sorted((REPO / "slurm").iterdir())
 
 
+SBATCH_SCRIPTS = ["train_single_node.sbatch", "train_multi_node.sbatch"]
+
+
+def environment_outside_slurm(**variables) -> dict[str, str]:
+    """This process's environment without SLURM's and torchrun's variables, plus `variables`."""
+    kept = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("SLURM_") and key not in ("MASTER_ADDR", "MASTER_PORT")
+    }
+    return {**kept, **variables}
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_is_valid_bash(script):
+    """It parses, and its dry run executes every line it reaches without an error (unbound variable,
+    missing command) down to the torchrun command."""
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    result = subprocess.run(
+        ["bash", str(script), "--dry-run", "hparams/sepformer.yaml", "--data_folder=/data/wsj"],
+        cwd=REPO,
+        env=environment_outside_slurm(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    torchrun = result.stdout.strip().splitlines()[-1].split()
+    assert torchrun[:3] == ["python", "-m", "torch.distributed.run"]
+    assert torchrun[-3:] == ["train.py", "hparams/sepformer.yaml", "--data_folder=/data/wsj"]
 
 
-@pytest.mark.parametrize("script", ["train_single_node.sbatch", "train_multi_node.sbatch"])
+def test_dry_run_outside_slurm_is_one_node_of_one_process_on_this_host():
+    result = subprocess.run(
+        ["bash", "slurm/launch.sh", "--dry-run", "hparams/convtasnet.yaml"],
+        cwd=REPO,
+        env=environment_outside_slurm(PATH="/usr/bin:/bin"),  # no nvidia-smi, no scontrol
+        capture_output=True,
+        text=True,
+    )
+    arguments = result.stdout.split()
+    assert {"--nnodes=1", "--node_rank=0", "--nproc_per_node=1", "--rdzv_id=local"} <= set(arguments)
+    assert f"--rdzv_endpoint={socket.gethostname()}:29500" in arguments
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS)
+def test_sbatch_scripts_ask_for_a_stop_signal_before_the_time_limit_and_may_be_requeued(script):
+    directives = [
+        line.split()[1] for line in (REPO / "slurm" / script).read_text().splitlines() if line.startswith("#SBATCH")
+    ]
+    assert "--requeue" in directives
+    # B: sends the signal to the batch shell, which is run_job.sh (the script execs it) and traps TERM.
+    assert any(directive.startswith("--signal=B:TERM@") for directive in directives)
+    assert (REPO / "slurm" / script).read_text().strip().splitlines()[-1] == 'exec bash slurm/run_job.sh "$@"'
+
+
+# Stand-ins for SLURM's commands: they log their arguments. The fake srun trains until it gets SIGTERM, then
+# exits 0 as train.py does after its interruption checkpoint; with FAKE_SRUN_STATUS set it ends at once with it.
+FAKE_SRUN = """#!/usr/bin/env bash
+echo "srun $*" >> "$FAKE_SLURM_LOG"
+[[ -n "${FAKE_SRUN_STATUS:-}" ]] && exit "$FAKE_SRUN_STATUS"
+trap 'echo "srun got TERM" >> "$FAKE_SLURM_LOG"; kill "$sleeper"; exit 0' TERM
+sleep 60 & sleeper=$!
+wait "$sleeper"
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "scontrol $*" >> "$FAKE_SLURM_LOG"
+"""
+
+
+def start_job(tmp_path, script="train_single_node.sbatch", **variables) -> tuple[subprocess.Popen, Path]:
+    """`script` started as SLURM would start it (with srun and scontrol faked); returns it and the command log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "slurm.log"
+    env = environment_outside_slurm(
+        PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242", FAKE_SLURM_LOG=str(log), **variables
+    )
+    command = ["bash", f"slurm/{script}", "hparams/sepformer.yaml", "--data_folder=/data/wsj"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, log
+
+
+def logged_commands(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+SRUN_LINE = (
+    "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash slurm/launch.sh hparams/sepformer.yaml --data_folder=/data/wsj"
+)
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS)
+def test_stop_signal_is_passed_to_training_and_the_job_is_requeued(tmp_path, script):
+    process, log = start_job(tmp_path, script)
+    deadline = time.monotonic() + 20
+    while not logged_commands(log) and time.monotonic() < deadline:  # training has started
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # SLURM's --signal=B:TERM@300, or a preemption
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert logged_commands(log) == [SRUN_LINE, "srun got TERM", "scontrol requeue 4242"]
+    assert "requeueing job 4242" in stdout
+
+
+def test_training_that_ends_by_itself_is_not_requeued_and_its_status_is_the_jobs(tmp_path):
+    process, log = start_job(tmp_path, FAKE_SRUN_STATUS="3")
+    process.communicate(timeout=20)
+    assert process.returncode == 3
+    assert logged_commands(log) == [SRUN_LINE]
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS)
 def test_dry_run_prints_the_torchrun_command_from_the_slurm_environment(script):
     env = {
         **os.environ,

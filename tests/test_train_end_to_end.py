@@ -5,9 +5,12 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 
-from tests.conftest import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 from tests.corpus_trees import make_aishell1mix, make_librimix, make_speaker_pool, make_wham, make_whamr, make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
+
+pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
@@ -33,7 +36,7 @@ def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
     ],
 )
 def test_train_valid_test_writes_log_checkpoint_and_results(tmp_path, config, make_tree, sizes):
-    data_folder = make_tree(tmp_path / "data", per_split=3)
+    data_folder = make_tree(tmp_path / "data", per_split=3, seed=1)  # a tree where epoch 2 is the best
     output = tmp_path / "out"
     result = run_train(config, data_folder, output, sizes, use_speedperturb=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -78,8 +81,10 @@ def test_missing_data_folder_fails_with_one_line(tmp_path):
 
 
 def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
+    """The epoch trains on dm_epoch_len=6 mixtures drawn from the 12-utterance pool, not on the 2 mixtures of
+    the static training split that the tree also holds."""
     data_folder = make_wsj0mix(tmp_path / "data", per_split=2)
-    pool = make_speaker_pool(tmp_path)
+    pool = make_speaker_pool(tmp_path, num_speakers=4, utts_per_speaker=3)
     output = tmp_path / "out"
     result = run_train(
         "convtasnet.yaml",
@@ -95,6 +100,13 @@ def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output / "test_results.csv").is_file()
     assert "train si-snr" in (output / "train_log.txt").read_text()
+
+    (checkpoint,) = (output / "save").glob("CKPT+*")
+    epoch_stats = yaml.safe_load((checkpoint / "epoch_stats.ckpt").read_text())
+    assert epoch_stats["examples_seen"] == 6  # the static split would give 2
+    assert yaml.safe_load((checkpoint / "brain.ckpt").read_text())["optimizer_step"] == 3  # batches of 2
+    (index,) = (output / "save" / "dynamic_mixing_cache").glob("pool-*/index_8000Hz.csv")
+    assert len(pd.read_csv(index)) == 12  # every pool utterance indexed
 
 
 def test_test_only_scores_the_best_checkpoint_again_and_a_custom_test_manifest(tmp_path):

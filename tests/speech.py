@@ -1,4 +1,4 @@
-"""Speech-like test signals and oracle-mask estimates, for testing and benchmarking metrics.
+"""The one speech-like signal generator of the tests and benches, and oracle-mask estimates.
 
 Random noise is a poor stand-in for a separator's output: real estimates are mostly the right
 speaker plus some leakage and artefacts, which is where metric implementations disagree. These
@@ -11,40 +11,59 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import istft, lfilter, resample_poly, stft
 
 
-def speech_like(num_samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+def speech_like(
+    num_samples: int,
+    sample_rate: int,
+    rng: np.random.Generator,
+    f0: float | None = None,
+    intonation: float | None = None,
+    pauses: bool = True,
+    formants: bool = True,
+) -> np.ndarray:
     """One speech-like signal [time] with unit RMS.
 
     Voiced harmonics (gliding f0, two formant peaks) under a syllable-rate envelope with pauses,
-    plus short high-passed noise bursts standing in for fricatives.
+    plus short high-passed noise bursts standing in for fricatives. `f0` fixes the speaker's base
+    pitch (else drawn in 90-240 Hz); `intonation=0` keeps the pitch steady at `f0` (else each of three
+    slow pitch movements has a depth drawn in 3-12 %); `pauses=False` leaves out the leading silence and
+    the pauses between words, so that every stretch of a few hundred ms is voiced; `formants=False` gives
+    the harmonics a plain 1/k roll-off, so that most of a voice's energy sits at its own pitch (what a model
+    of a few thousand parameters can learn to separate in a few epochs).
     """
     time = np.arange(num_samples) / sample_rate
     # Pitch: a speaker-specific base f0 with slow intonation movements.
-    base_f0 = rng.uniform(90.0, 240.0)
-    intonation = sum(
-        rng.uniform(0.03, 0.12) * np.sin(2 * np.pi * rng.uniform(0.2, 3.0) * time + rng.uniform(0, 2 * np.pi))
+    base_f0 = rng.uniform(90.0, 240.0) if f0 is None else f0
+    pitch_movement = sum(
+        (rng.uniform(0.03, 0.12) if intonation is None else intonation)
+        * np.sin(2 * np.pi * rng.uniform(0.2, 3.0) * time + rng.uniform(0, 2 * np.pi))
         for _ in range(3)
     )
-    f0 = base_f0 * (1.0 + intonation)  # [time]
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    pitch = base_f0 * (1.0 + pitch_movement)  # [time]
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
 
     # Harmonics weighted by a spectral tilt and two formant bumps; zeroed above Nyquist.
-    formants = rng.uniform([300.0, 900.0], [900.0, 2500.0])
+    formant_freqs = rng.uniform([300.0, 900.0], [900.0, 2500.0])
     voiced = np.zeros(num_samples)
-    for harmonic in range(1, int(sample_rate / 2 / f0.min()) + 1):
-        freq = harmonic * f0
-        weight = sum(np.exp(-0.5 * ((freq - formant) / 150.0) ** 2) for formant in formants)
-        weight = (weight + 0.05) / harmonic**0.5 * (freq < sample_rate / 2)
+    for harmonic in range(1, int(sample_rate / 2 / np.min(pitch)) + 1):
+        freq = harmonic * pitch
+        if formants:
+            weight = sum(np.exp(-0.5 * ((freq - formant) / 150.0) ** 2) for formant in formant_freqs)
+            weight = (weight + 0.05) / harmonic**0.5 * (freq < sample_rate / 2)
+        else:
+            weight = (freq < sample_rate / 2) / harmonic
         voiced += weight * np.sin(harmonic * phase + rng.uniform(0, 2 * np.pi))
 
     # Envelopes are drawn at a 1 kHz control rate, smoothed, then interpolated to the sample rate.
     control_time = np.arange(0.0, num_samples / sample_rate, 1e-3)
     # Syllables (~4 per second) separated by short gaps, and longer pauses between words.
     envelope = np.zeros(len(control_time))
-    start = rng.uniform(0.0, 0.3)
+    lead = rng.uniform(0.0, 0.3)
+    start = lead if pauses else 0.0
     while start < control_time[-1]:
         duration = rng.uniform(0.1, 0.3)
         envelope[(control_time >= start) & (control_time < start + duration)] = rng.uniform(0.3, 1.0)
-        start += duration + rng.choice([rng.uniform(0.02, 0.08), rng.uniform(0.2, 0.5)])
+        syllable_gap, word_gap = rng.uniform(0.02, 0.08), rng.uniform(0.2, 0.5)
+        start += duration + (rng.choice([syllable_gap, word_gap]) if pauses else syllable_gap)
     envelope = np.interp(time, control_time, gaussian_filter1d(envelope, sigma=15.0))
 
     # Fricative-like bursts: high-passed noise, about three 30 ms bursts per second.
@@ -52,7 +71,8 @@ def speech_like(num_samples: int, sample_rate: int, rng: np.random.Generator) ->
     bursts = np.interp(time, control_time, bursts / max(bursts.max(), 1e-12))
     noise = lfilter([1.0, -0.95], [1.0], rng.standard_normal(num_samples))
     signal = envelope * voiced + 0.3 * bursts * noise
-    return signal / np.sqrt(np.mean(signal**2))
+    # A signal too short to reach its first syllable or burst stays silent rather than becoming NaN.
+    return signal / max(np.sqrt(np.mean(signal**2)), 1e-12)
 
 
 def speech_like_mixture(

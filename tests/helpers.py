@@ -1,0 +1,91 @@
+"""Plain helpers for the tests: tiny model sizes, a tiny Separation brain and batches of speech-like mixtures."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import speechbrain
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+
+from speechsep.training.config import load_hparams
+from tests.speech import speech_like
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A ConvTasNet small enough for a CPU test step in milliseconds.
+TINY_CONVTASNET = {
+    "N_encoder_out": 16,
+    "kernel_size": 16,
+    "B": 8,
+    "H": 16,
+    "P": 3,
+    "X": 2,
+    "R": 1,
+    "use_speedperturb": False,
+    "num_workers": 0,
+}
+TINY_SEPFORMER = {
+    "N_encoder_out": 16,
+    "kernel_size": 16,
+    "out_channels": 16,
+    "num_layers": 1,
+    "nhead": 2,
+    "d_ffn": 32,
+    "num_blocks": 1,
+    "chunk_size": 20,
+    "use_speedperturb": False,
+    "num_workers": 0,
+}
+
+
+def tiny_hparams(tmp_path, config="convtasnet.yaml", **overrides):
+    """Load a recipe config shrunk to a tiny model, writing under tmp_path."""
+    sizes = TINY_SEPFORMER if config.startswith("sepformer") else TINY_CONVTASNET
+    values = {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "out"), **sizes, **overrides}
+    # YAML text, so that a string value may carry a tag, e.g. optimizer="!name:torch.optim.SGD {lr: 1.0}"
+    text = "\n".join(
+        f"{key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+    )
+    return load_hparams(REPO / "hparams" / config, text)
+
+
+def make_brain(tmp_path, precision="fp32", config="convtasnet.yaml", checkpointer=False, **overrides):
+    """A Separation brain on CPU with its optimizer initialised, ready for fit_batch / evaluate_batch."""
+    from train import Separation
+
+    hparams = tiny_hparams(tmp_path, config, **overrides)
+    brain = Separation(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts={"device": "cpu", "precision": precision, "eval_precision": precision},
+        checkpointer=hparams["checkpointer"] if checkpointer else None,
+    )
+    brain.init_optimizers()
+    brain.nonfinite_count = 0
+    brain.on_stage_start(speechbrain.Stage.TRAIN, 1)
+    brain.step = 1
+    return brain
+
+
+def make_batch(batch_size=4, num_spks=2, seconds=0.5, sample_rate=8000, lengths=None, seed=0) -> PaddedBatch:
+    """A PaddedBatch of speech-like mixtures; `lengths` (in samples) makes a padded batch."""
+    rng = np.random.default_rng(seed)
+    num_samples = int(seconds * sample_rate)
+    lengths = lengths or [num_samples] * batch_size
+    examples = []
+    for b, length in enumerate(lengths):
+        sources = [
+            torch.from_numpy(0.1 * speech_like(length, sample_rate, rng, f0=f0)).float()
+            for f0 in rng.uniform(90, 300, num_spks)
+        ]
+        example = {"id": f"utt{b}", "mix_sig": torch.stack(sources).sum(0)}
+        example.update({f"s{k + 1}_sig": source for k, source in enumerate(sources)})
+        examples.append(example)
+    return PaddedBatch(examples)
+
+
+def parameters_of(brain) -> list[torch.Tensor]:
+    """A copy of every parameter, to compare before/after a step."""
+    return [p.detach().clone() for p in brain.modules.parameters()]
