@@ -7,6 +7,7 @@ says who holds it, for the message the second run prints. Under DDP only the mai
 ranks of the same job follow it, and those of another job stop when their main process does.
 """
 
+import atexit
 import fcntl
 import json
 import os
@@ -56,6 +57,7 @@ def claim_output_folder(folder: str | Path) -> None:
     handle.write(json.dumps(owner))
     handle.flush()
     _held[folder] = handle
+    atexit.register(release_output_folder, folder)
 
 
 def release_output_folder(folder: str | Path) -> None:
