@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             mixture_consistency=args.mixture_consistency,
         )
         separator = FileSeparator(load_separator(args.model, device=args.device), options)
-    except (RecipeError, ValueError) as err:
+    except RecipeError as err:
         logger.error(f"error: {err}")
         return 2
 

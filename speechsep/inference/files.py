@@ -25,6 +25,10 @@ from speechsep.models.filterbank import encoder_hop
 logger = logging.getLogger(__name__)
 
 
+class SeparationOptionsError(RecipeError):
+    """Separation options that cannot be used (window, hop, shifts, batch size, output rate or level)."""
+
+
 class AudioInputError(RecipeError):
     """An input file that cannot be separated (unreadable, empty, or an output name already taken)."""
 
@@ -48,19 +52,19 @@ class SeparationOptions:
 
     def __post_init__(self):
         if self.shifts < 1:
-            raise ValueError(f"shifts must be at least 1, got {self.shifts}")
+            raise SeparationOptionsError(f"shifts must be at least 1, got {self.shifts}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise SeparationOptionsError(f"batch size must be at least 1, got {self.batch_size}")
         if self.window < MIN_WINDOW_S or self.hop < MIN_HOP_S:
-            raise ValueError(
+            raise SeparationOptionsError(
                 f"window ({self.window} s) and hop ({self.hop} s) must be at least {MIN_WINDOW_S} s and {MIN_HOP_S} s"
             )
         if self.output_rate not in ("model", "input"):
-            raise ValueError(f"output_rate must be 'model' or 'input', got {self.output_rate!r}")
+            raise SeparationOptionsError(f"output_rate must be 'model' or 'input', got {self.output_rate!r}")
         if self.normalize not in ("mixture", "peak"):
-            raise ValueError(f"normalize must be 'mixture' or 'peak', got {self.normalize!r}")
+            raise SeparationOptionsError(f"normalize must be 'mixture' or 'peak', got {self.normalize!r}")
         if not 0 < self.hop < self.window:
-            raise ValueError(f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)")
+            raise SeparationOptionsError(f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +112,7 @@ class FileSeparator:
         if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
             hop = encoder_hop(separator.mods.encoder)
             if self.options.shifts > hop:
-                raise ValueError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({hop} samples)")
+                raise SeparationOptionsError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({hop} samples)")
             self.separate_batch = functools.partial(
                 separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=hop
             )
