@@ -64,7 +64,9 @@ class SeparationOptions:
         if self.normalize not in ("mixture", "peak"):
             raise SeparationOptionsError(f"normalize must be 'mixture' or 'peak', got {self.normalize!r}")
         if not 0 < self.hop < self.window:
-            raise SeparationOptionsError(f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)")
+            raise SeparationOptionsError(
+                f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
