@@ -16,5 +16,5 @@ import train  # noqa: E402
 if __name__ == "__main__":
     separator = train.main(sys.argv[1:])
     rank = int(os.environ.get("RANK", 0))
-    state = {name: p.detach().cpu() for name, p in separator.modules.named_parameters()}
+    state = {name: p.detach().cpu() for name, p in separator.modules.state_dict().items()}  # checkpoint layout
     torch.save(state, Path(separator.hparams.output_folder) / f"params_rank{rank}.pt")
