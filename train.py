@@ -114,10 +114,9 @@ class Separation(sb.Brain):
         if stage != sb.Stage.TEST:
             return Predictions(self.separate(mixture), sources, mixture, lengths)
         hp = self.hparams
-        est_sources = self.separate_each(mixture, lengths)
-        with_options = None
-        if hp.test_shifts > 1 or hp.test_mixture_consistency:
-            with_options = self.separate_each(mixture, lengths, hp.test_shifts, hp.test_mixture_consistency)
+        est_sources, with_options = self.separate_each(
+            mixture, lengths, with_test_options=hp.test_shifts > 1 or hp.test_mixture_consistency
+        )
         return Predictions(est_sources, sources, mixture, lengths, with_options)
 
     def compute_objectives(self, predictions, batch, stage):
@@ -290,24 +289,26 @@ class Separation(sb.Brain):
         )
         return fit_length(est_sources, mixture.shape[1])
 
-    def separate_each(self, mixture, lengths, shifts=1, consistency=False):
+    def separate_each(self, mixture, lengths, with_test_options=False):
         """`separate` one utterance at a time on its true length, re-padded with zeros.
 
         For testing: the global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would
-        otherwise take the padding into account, and the scores would depend on the batch size. With
-        `shifts` > 1, each utterance's estimates are averaged over that many sub-hop delays
-        (`speechsep.inference.separation.separate_shifted`), as `separate.py --shifts` does, and with
-        `consistency` they are made to sum to the mixture, as `separate.py --mixture-consistency`.
+        otherwise take the padding into account, and the scores would depend on the batch size. Returns the
+        plain estimates and, `with_test_options`, those averaged over `test_shifts` sub-hop delays
+        (`speechsep.inference.separation.separate_shifted`, as `separate.py --shifts`) and, with
+        `test_mixture_consistency`, made to sum to the mixture (as `separate.py --mixture-consistency`), else
+        None. The plain pass is the undelayed view of the shifted ones: each utterance is separated once less.
         """
-        est_sources = []
+        hp = self.hparams
+        plain, with_options = [], []
         for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
             utterance = mixture[b : b + 1, :num_samples]
-            est = separate_shifted(self.separate, utterance, shifts, encoder_hop(self.modules.encoder))
-            est_sources.append(mixture_consistency(est, utterance) if consistency else est)
-        padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
-        for b, est in enumerate(est_sources):
-            padded[b, : est.shape[1]] = est[0]
-        return padded
+            plain.append(self.separate(utterance))
+            if with_test_options:
+                hop = encoder_hop(self.modules.encoder)
+                est = separate_shifted(self.separate, utterance, hp.test_shifts, hop, first_view=plain[-1])
+                with_options.append(mixture_consistency(est, utterance) if hp.test_mixture_consistency else est)
+        return _padded(plain, mixture), (_padded(with_options, mixture) if with_test_options else None)
 
     # ---------------------------------------------------------------- training helpers
     def filter_loss(self, loss_per_example):
@@ -381,6 +382,14 @@ class Separation(sb.Brain):
                     waveform = waveform / peak * PEAK_LIMIT
                 write_pcm16(audio_dir / f"{snt_id}_{name}.wav", waveform, self.hparams.sample_rate)
             self.audio_saved += 1
+
+
+def _padded(est_sources: list, mixture: torch.Tensor) -> torch.Tensor:
+    """Per-utterance estimates [1, length, num_spks] zero-padded into one [batch, time, num_spks] tensor."""
+    padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
+    for b, est in enumerate(est_sources):
+        padded[b, : est.shape[1]] = est[0]
+    return padded
 
 
 def training_dataset(hparams):

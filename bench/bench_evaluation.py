@@ -62,7 +62,7 @@ def single_pass(brain: Separation, pairs, batch_size: int) -> float:
     for first in range(0, len(pairs), batch_size):
         mixture = torch.cat([m for m, _ in pairs[first : first + batch_size]])
         sources = torch.cat([s for _, s in pairs[first : first + batch_size]])
-        est_sources = brain.separate_each(mixture, torch.ones(len(mixture)))  # as the TEST stage does
+        est_sources = brain.separate_each(mixture, torch.ones(len(mixture)))[0]  # as the TEST stage does
         pit_si_snr_loss(est_sources, sources)
         separation_metrics(mixture, sources, est_sources)
     return time.perf_counter() - start

@@ -94,8 +94,8 @@ def test_test_scores_do_not_depend_on_the_batch_size(tmp_path, config):
 
 
 def test_test_shifts_are_scored_beside_the_plain_pass_never_instead(tmp_path):
-    """test_shifts=2: each utterance is separated as it is (the headline scores), then as it is and delayed by
-    half an encoder hop, on its own length (the `with_test_options_` columns)."""
+    """test_shifts=2: each utterance is separated as it is (the headline scores) and delayed by half an encoder
+    hop, on its own length; the average of both views fills the `with_test_options_` columns."""
     brain = make_brain(tmp_path, save_audio=False, test_shifts=2)
     separated_lengths = []
     separate = brain.separate
@@ -103,7 +103,7 @@ def test_test_shifts_are_scored_beside_the_plain_pass_never_instead(tmp_path):
     hop = brain.hparams.kernel_size // 2
     start(brain, sb.Stage.TEST)
     brain.evaluate_batch(make_batch(batch_size=2, lengths=[4000, 3000]), sb.Stage.TEST)
-    assert separated_lengths == [4000, 3000, 4000, 4000 + hop // 2, 3000, 3000 + hop // 2]
+    assert separated_lengths == [4000, 4000 + hop // 2, 3000, 3000 + hop // 2]  # the plain pass is view 0
     plain = [row["si-snr"] for row in brain.test_rows]
     shifted = [row["with_test_options_si-snr"] for row in brain.test_rows]
 

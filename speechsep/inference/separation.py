@@ -52,27 +52,37 @@ def align_to_previous(previous: torch.Tensor, current: torch.Tensor) -> torch.Te
     return best_permutation(correlation.unsqueeze(0))[1][0]
 
 
-def separate_shifted(separate_batch: SeparateBatch, mixture: torch.Tensor, shifts: int, hop: int) -> torch.Tensor:
+def separate_shifted(
+    separate_batch: SeparateBatch,
+    mixture: torch.Tensor,
+    shifts: int,
+    hop: int,
+    first_view: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The mean of the estimates of `shifts` copies of the mixture, delayed by offsets spread over one `hop`.
 
     A learned encoder reads the mixture in frames `hop` samples apart, so a delay of a fraction of a hop gives
     the model another view of the same signal and slightly different errors; averaging the views is a cheap
     ensemble (test-time augmentation, like Demucs' --shifts). Each view's estimates are brought to the
     mixture's level (`match_mixture_level`) and into the speaker order of the first view before averaging.
-    With shifts=1 this is `separate_batch(mixture)` itself.
+    With shifts=1 this is `separate_batch(mixture)` itself. `first_view`, if given, is `separate_batch(mixture)`
+    already computed (the undelayed view), so that a caller that also wants it plain separates once less.
 
     mixture: [batch, time] -> est_sources [batch, time, num_spks].
     """
     if shifts < 1 or shifts > hop:
         raise ValueError(f"shifts must lie in [1, hop={hop}], got {shifts}")
     if shifts == 1:
-        return separate_batch(mixture)
+        return separate_batch(mixture) if first_view is None else first_view
     num_samples = mixture.shape[1]
     total = first = None
     for k in range(shifts):
         offset = k * hop // shifts
-        delayed = torch.nn.functional.pad(mixture, (offset, 0))
-        estimates = match_mixture_level(separate_batch(delayed)[:, offset : offset + num_samples], mixture)
+        if k == 0 and first_view is not None:
+            view = first_view
+        else:
+            view = separate_batch(torch.nn.functional.pad(mixture, (offset, 0)))[:, offset : offset + num_samples]
+        estimates = match_mixture_level(view, mixture)
         if first is None:
             first, total = estimates, estimates.clone()
         else:
