@@ -141,11 +141,12 @@ def classes_outside_speechbrain(node) -> list[str]:
 
 
 def inference_config(run_hparams: str) -> str:
-    """The inference config of a run: its encoder, masknet and decoder, `num_spks` and `sample_rate`.
+    """The inference config of a run or a model folder: its encoder, masknet and decoder, `num_spks`, `sample_rate`.
 
-    `run_hparams` is the text of a run's self-contained `hyperparams.yaml` (references resolved here). Data paths, optimiser, scheduler,
-    augmentation and logger are left out; the SepFormer block is written as SpeechBrain's `SBTransformerBlock`.
-    Raises ModelFolderError naming what is missing.
+    `run_hparams` is the text of a self-contained `hyperparams.yaml` (a run's record, an export, a published
+    folder's), whose references are resolved here; the modules are those of its `modules:` map. Data paths,
+    optimiser, scheduler, augmentation and logger are left out; our SepFormer block and filterbank are written as
+    SpeechBrain's classes. Raises ModelFolderError naming what is missing.
     """
     try:
         document = ruamel.yaml.YAML().load(resolve_references(run_hparams).getvalue())
@@ -371,10 +372,8 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
     A non-empty `export_dir` is refused unless `overwrite`, and a training run's folder always is.
     """
     source = find_model(model_dir)
-    if source.weights_dir.resolve() == Path(model_dir).resolve():  # a model folder: rewrite it in our layout
-        config = _model_folder_config(ruamel.yaml.YAML().load(source.config), build_model(source, fast=False))
-    else:  # a run: its inference config already is in that layout
-        config = source.config
+    from_run = source.weights_dir.resolve() != Path(model_dir).resolve()
+    config = source.config if from_run else inference_config(source.config)  # a run's already is in our layout
     outside = classes_outside_speechbrain(ruamel.yaml.YAML().load(config))
     if outside:
         classes = ", ".join(sorted(set(outside)))
@@ -384,7 +383,7 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
     _check_export_target(export_dir, Path(model_dir), overwrite)
     export_dir.mkdir(parents=True, exist_ok=True)
     origin = Path(model_dir).resolve().name  # names only: an export holds no path of the machine it came from
-    if source.weights_dir.resolve() != Path(model_dir).resolve():
+    if from_run:
         origin += f", training checkpoint {source.weights_dir.name}"
     header = (
         f"# Exported by export.py from {origin}.\n"
@@ -408,27 +407,3 @@ def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> 
         raise ModelFolderError(f"{export_dir} is a training run or the folder being exported: export to a new folder")
     if export_dir.is_dir() and any(export_dir.iterdir()) and not overwrite:
         raise ModelFolderError(f"{export_dir} is not empty: choose a new folder, or pass --overwrite to replace it")
-
-
-def _model_folder_config(document: dict, model: Model) -> str:
-    """A model folder's config in the export layout: its modules under `encoder`, `masknet`, `decoder`.
-
-    The published layout declares the modules under names of its own and refers to them with `!ref`; the
-    modules are copied with every reference resolved, so the other keys can be left out.
-    """
-    resolved = ruamel.yaml.YAML().load(_resolved_text(document))
-    declared = resolved.get("modules") if isinstance(resolved.get("modules"), dict) else resolved
-    run_like = CommentedMap(
-        [("modules", CommentedMap((name, declared[name]) for name in MODULE_NAMES))]
-        + [("num_spks", model.num_spks), ("sample_rate", model.sample_rate)]
-    )
-    stream = ruamel.yaml.compat.StringIO()
-    _yaml().dump(run_like, stream)
-    return inference_config(stream.getvalue())
-
-
-def _resolved_text(document: dict) -> str:
-    """A config document with its `!ref`s resolved, as YAML text (HyperPyYAML's own resolution)."""
-    stream = ruamel.yaml.compat.StringIO()
-    _yaml().dump(document, stream)
-    return resolve_references(stream.getvalue()).getvalue()
