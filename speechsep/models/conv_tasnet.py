@@ -270,10 +270,11 @@ def _save_as_speechbrain(module, state_dict, prefix, local_metadata) -> None:
 
 
 def _load_from_speechbrain(module, state_dict, prefix, *args) -> None:
+    own = [key for key in state_dict if key.startswith(prefix)]
     theirs = [
         key
-        for key in state_dict
-        if key.startswith(prefix + "temporal_conv_net.") or key[len(prefix) :] in _SPEECHBRAIN_NAMES
+        for key in own
+        if key[len(prefix) :].startswith("temporal_conv_net.") or key[len(prefix) :] in _SPEECHBRAIN_NAMES
     ]
     converted = from_speechbrain({key[len(prefix) :]: state_dict.pop(key) for key in theirs}, module.X)
     state_dict.update({prefix + key: value for key, value in converted.items()})
