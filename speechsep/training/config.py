@@ -78,11 +78,6 @@ def load_hparams(hparams_file: str | Path, overrides: str | dict | None = None) 
     return load_hyperpyyaml(stream, overrides, overrides_must_match=True)
 
 
-def peek(hparams_file: str | Path, key: str, overrides: str | dict | None = None):
-    """The value of one plain key, references resolved, without building any object (which may touch disk)."""
-    return ruamel.yaml.YAML().load(resolved_yaml(hparams_file, overrides))[key]
-
-
 def resolved_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -> str:
     """The effective config as one self-contained YAML text, every reference resolved."""
     stream, overrides = _effective_config(hparams_file, overrides)
@@ -167,7 +162,7 @@ def model_keys(record: str) -> set[str]:
     seen, pending = {"num_spks", "sample_rate"}, ["modules"]
     while pending:
         key = pending.pop()
-        if key in seen and key != "modules" or key not in document:
+        if key in seen or key not in document:
             continue
         seen.add(key)
         stream = io.StringIO()
