@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_publi
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.bench_inference import RSS_LIMIT_MIB, SAMPLE_RATE, measure, write_recording  # noqa: E402
+from tests.published_models import PRETRAINER  # noqa: E402  (the modules map and pretrainer of that layout)
 
 # SpeechBrain's published speechbrain/sepformer-wsj02mix hyperparams.yaml, as that folder declares its model.
 TRANSFORMER_BLOCK = """!new:speechbrain.lobes.models.dual_path.SBTransformerBlock
@@ -60,18 +61,7 @@ Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
     kernel_size: 16
     stride: 8
     bias: false
-
-modules:
-    encoder: !ref <Encoder>
-    decoder: !ref <Decoder>
-    masknet: !ref <MaskNet>
-
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        encoder: !ref <Encoder>
-        masknet: !ref <MaskNet>
-        decoder: !ref <Decoder>
-"""
+{PRETRAINER}"""
 MODEL = "SepFormer, published layout, full size (N=256, 2 x 8 + 8 layers, d_ffn 1024)"
 CASES = (30.0, 300.0)  # input seconds
 QUICK_CASES = (10.0, 20.0)

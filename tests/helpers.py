@@ -1,6 +1,7 @@
 """Plain helpers for the tests: tiny model sizes, a tiny Separation brain and batches of speech-like mixtures."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,17 @@ def make_batch(batch_size=4, num_spks=2, seconds=0.5, sample_rate=8000, lengths=
 def parameters_of(brain) -> list[torch.Tensor]:
     """A copy of every parameter, to compare before/after a step."""
     return [p.detach().clone() for p in brain.modules.parameters()]
+
+
+def train_command(config: str, data_folder, output_folder, *extra: str, **options) -> list[str]:
+    """`python train.py hparams/<config> --data_folder=... --output_folder=... --<key>=<value> ... <extra>`."""
+    return [
+        sys.executable,
+        "train.py",
+        f"hparams/{config}",
+        f"--data_folder={data_folder}",
+        f"--output_folder={output_folder}",
+        "--noprogressbar",
+        *[f"--{key}={value}" for key, value in options.items()],
+        *extra,
+    ]

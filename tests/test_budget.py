@@ -2,14 +2,13 @@
 that continues the same budget."""
 
 import subprocess
-import sys
 
 import pytest
 
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.schedulers import HoldThenLinearDecay
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET
+from tests.helpers import REPO, TINY_CONVTASNET, train_command
 
 
 def test_another_epoch_is_allowed_while_the_slowest_recent_one_would_still_fit(tmp_path):
@@ -48,10 +47,7 @@ def test_schedule_decays_with_the_budget_before_the_epoch_count():
 def test_a_run_stops_at_the_budget_tests_and_a_rerun_trains_no_more(tmp_path):
     data_folder = make_wsj0mix(tmp_path / "data", per_split=3)
     options = {**TINY_CONVTASNET, "N_epochs": 6, "batch_size": 2, "save_audio": False, "train_budget_minutes": 0.001}
-    command = [
-        sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={data_folder}",
-        f"--output_folder={tmp_path / 'run'}", "--noprogressbar", *[f"--{k}={v}" for k, v in options.items()],
-    ]  # fmt: skip
+    command = train_command("convtasnet.yaml", data_folder, tmp_path / "run", **options)
 
     first = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:]

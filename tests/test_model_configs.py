@@ -3,7 +3,6 @@ Conformer-intra SepFormer, each trained, tested, separated with and exported for
 
 import copy
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -18,7 +17,7 @@ from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import load_hparams
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO
+from tests.helpers import REPO, TINY_SEPFORMER, train_command
 
 COMMON = {"N_encoder_out": 16, "kernel_size": 16, "use_speedperturb": False, "num_workers": 0}
 # The smallest sizes that still run every part of each class: two blocks where a memory block sits between them.
@@ -27,14 +26,7 @@ TINY_SIZES = {
     "dptnet.yaml": {"out_channels": 16, "nhead": 2, "num_blocks": 1, "chunk_size": 20},
     "skim.yaml": {"hidden_size": 16, "num_blocks": 2, "chunk_size": 10},
     "resepformer.yaml": {"num_layers": 1, "nhead": 2, "d_ffn": 32, "num_blocks": 2, "chunk_size": 10},
-    "sepformer-conformerintra.yaml": {
-        "out_channels": 16,
-        "num_layers": 1,
-        "nhead": 2,
-        "d_ffn": 32,
-        "num_blocks": 1,
-        "chunk_size": 20,
-    },
+    "sepformer-conformerintra.yaml": TINY_SEPFORMER,  # SepFormer's own sizes, Conformer intra blocks
 }
 # Models with SpeechBrain's regular transformer attention, which train.py replaces by the fused one.
 FUSED_ATTENTION_LAYERS = {"resepformer.yaml": 3, "sepformer-conformerintra.yaml": 1}  # at the tiny sizes
@@ -77,15 +69,7 @@ def test_speed_ups_leave_the_outputs_of_speechbrains_modules_unchanged(config):
 
 def run_train(config: str, data_folder, output_folder) -> subprocess.CompletedProcess:
     options = {"N_epochs": 1, "batch_size": 2, "save_audio": False, **tiny_options(config)}
-    command = [
-        sys.executable,
-        "train.py",
-        f"hparams/{config}",
-        f"--data_folder={data_folder}",
-        f"--output_folder={output_folder}",
-        "--noprogressbar",
-        *[f"--{key}={value}" for key, value in options.items()],
-    ]
+    command = train_command(config, data_folder, output_folder, **options)
     return subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
 
 

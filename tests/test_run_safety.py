@@ -13,27 +13,18 @@ import train
 from speechsep.training.config import load_hparams, resolved_values
 from speechsep.training.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET
+from tests.helpers import REPO, TINY_CONVTASNET, train_command
 
 pytestmark = pytest.mark.slow
 
 
-def train_command(output_folder: Path, data_folder: Path, *extra: str, config="hparams/convtasnet.yaml", **values):
+def convtasnet_command(output_folder: Path, data_folder: Path, *extra: str, **values):
     options = {"N_epochs": 2, "batch_size": 2, "save_audio": False, **TINY_CONVTASNET, **values}
-    return [
-        sys.executable,
-        "train.py",
-        config,
-        f"--data_folder={data_folder}",
-        f"--output_folder={output_folder}",
-        "--noprogressbar",
-        *[f"--{key}={value}" for key, value in options.items()],
-        *extra,
-    ]
+    return train_command("convtasnet.yaml", data_folder, output_folder, *extra, **options)
 
 
 def run_train(output_folder, data_folder, *extra, **values) -> subprocess.CompletedProcess:
-    command = train_command(output_folder, data_folder, *extra, **values)
+    command = convtasnet_command(output_folder, data_folder, *extra, **values)
     return subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
 
 
@@ -138,7 +129,7 @@ FIRST_RUN_EPOCHS = 30
 def test_two_trainings_into_one_folder_one_runs_the_other_refuses(tmp_path, data_folder):
     run = tmp_path / "run"
     first = subprocess.Popen(
-        train_command(run, data_folder, N_epochs=FIRST_RUN_EPOCHS),
+        convtasnet_command(run, data_folder, N_epochs=FIRST_RUN_EPOCHS),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,30 +1,21 @@
 """`python train.py ...` from the command line: train -> valid -> test on small generated corpora."""
 
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 
 from tests.corpus_trees import make_aishell1mix, make_librimix, make_speaker_pool, make_wham, make_whamr, make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER, train_command
 
 pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
 
 def run_train(config, data_folder, output_folder, sizes, *extra, **overrides):
-    options = {"N_epochs": 2, "batch_size": 2, **sizes, **overrides}
-    command = [
-        sys.executable,
-        "train.py",
-        f"hparams/{config}",
-        f"--data_folder={data_folder}",
-        f"--output_folder={output_folder}",
-        "--noprogressbar",
-        *[f"--{k}={v}" for k, v in options.items()],
-        *extra,
-    ]
+    command = train_command(
+        config, data_folder, output_folder, *extra, **{"N_epochs": 2, "batch_size": 2, **sizes, **overrides}
+    )
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
