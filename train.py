@@ -406,6 +406,7 @@ def training_dataset(hparams):
             level_scheme=hparams["dm_level_scheme"],
             speed_perturb=hparams["dm_speed_perturb"],
             seed=hparams["seed"],
+            rooms=hparams.get("dm_rooms"),  # runs recorded before dm_rooms have none
         )
     return separation_dataset(
         hparams["train_data"],
@@ -449,8 +450,7 @@ def check_inputs(values: dict, test_only: bool) -> None:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
         raise RecipeError(f"data_folder does not exist or is not a folder: {values['data_folder']}")
-    if not values["skip_prep"]:
-        check_rebuilt_mixtures(values, test_only)
+    check_rebuilt_mixtures(values, test_only)
     if values["dynamic_mixing"] and not test_only and not Path(str(values["base_folder_dm"])).is_dir():
         raise RecipeError(f"base_folder_dm does not exist or is not a folder: {values['base_folder_dm']}")
     if values["pretrained_separator"]:
@@ -460,22 +460,29 @@ def check_inputs(values: dict, test_only: bool) -> None:
 
 
 def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
-    """Refuse the options that take a mixture for the sum of its targets on a tree where it is not: WHAMR!'s
-    mixtures are reverberant and its targets anechoic, so speed perturbation or a random shift (which rebuild
-    the mixture from the targets) would train on anechoic inputs, and test estimates cannot sum to the mixture."""
+    """Refuse the options that take a mixture for the sum of its targets where it is not: WHAMR!'s mixtures, and
+    those dynamic mixing makes with `dm_rooms`, are reverberant and their targets anechoic, so speed perturbation
+    or a random shift (which rebuild the mixture from the targets) would train on anechoic inputs, and test
+    estimates cannot sum to a WHAMR! mixture."""
+    rebuilding = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values.get(key)]
+    if rebuilding and values["dynamic_mixing"] and values.get("dm_rooms"):
+        _refuse_rebuilding(rebuilding, f"dm_rooms={values['dm_rooms']} makes reverberant mixtures of anechoic targets")
+    if values["skip_prep"]:
+        return
     try:
         layout = detect_layout(Path(str(values["data_folder"])))
     except DataPreparationError:  # reported by prepare_data, in its turn
         return
-    if layout not in REVERBERANT_LAYOUTS:
-        return
-    options = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values.get(key)]
-    options += ["test_mixture_consistency"] if values.get("test_mixture_consistency") else []
-    if options:
-        raise ConfigError(
-            f"{' and '.join(options)} take(s) the mixture for the sum of its targets, but WHAMR!'s mixtures are "
-            f"reverberant and its targets anechoic: set {', '.join(f'{key}=False' for key in options)}"
-        )
+    options = rebuilding + (["test_mixture_consistency"] if values.get("test_mixture_consistency") else [])
+    if layout in REVERBERANT_LAYOUTS and options:
+        _refuse_rebuilding(options, "WHAMR!'s mixtures are reverberant and its targets anechoic")
+
+
+def _refuse_rebuilding(options: list[str], reason: str) -> None:
+    raise ConfigError(
+        f"{' and '.join(options)} take(s) the mixture for the sum of its targets, but {reason}: "
+        f"set {', '.join(f'{key}=False' for key in options)}"
+    )
 
 
 def check_same_experiment(values: dict, record: str, test_only: bool) -> None:

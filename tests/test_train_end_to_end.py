@@ -100,6 +100,32 @@ def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
     assert len(pd.read_csv(index)) == 12  # every pool utterance indexed
 
 
+def test_whamr_dynamic_mixing_trains_on_mixtures_reverberated_in_simulated_rooms(tmp_path):
+    data_folder = make_whamr(tmp_path / "data", per_split=2)
+    pool = make_speaker_pool(tmp_path, num_speakers=3, utts_per_speaker=2)
+    output = tmp_path / "out"
+    result = run_train(
+        "convtasnet-whamr.yaml",
+        data_folder,
+        output,
+        TINY_CONVTASNET,
+        N_epochs=1,
+        dynamic_mixing=True,
+        base_folder_dm=pool,
+        noise_folder_dm=data_folder / "wav8k" / "min" / "tr" / "noise",
+        dm_epoch_len=4,
+        training_signal_len=4000,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\ndm_rooms: whamr " in (output / "hyperparams.yaml").read_text()
+    (checkpoint,) = (output / "save").glob("CKPT+*")
+    assert yaml.safe_load((checkpoint / "epoch_stats.ckpt").read_text())["examples_seen"] == 4
+    assert "valid si-snr" in (output / "train_log.txt").read_text()
+    results = pd.read_csv(output / "test_results.csv")
+    assert sorted(results["snt_id"]) == sorted(pd.read_csv(output / "save" / "test.csv")["ID"])
+    assert results[["sdr", "si-snr", "si-snr_i"]].notna().all().all()
+
+
 def test_test_only_scores_the_best_checkpoint_again_and_a_custom_test_manifest(tmp_path):
     data_folder = make_wsj0mix(tmp_path / "data", per_split=3)
     output = tmp_path / "out"

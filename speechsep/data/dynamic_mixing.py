@@ -23,6 +23,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torchaudio
 
 from speechsep.data.audio import PEAK_LIMIT
 from speechsep.data.loudness import GATING_BLOCK_SECONDS, integrated_loudness
+from speechsep.data.rooms import ROOM_DISTRIBUTIONS, Room, room_images
 
 from speechsep.data.source_pool import SILENCE_RMS, AudioIndex, PoolError, SourcePool, read_mono
 
@@ -128,6 +130,16 @@ class LibriMixLevels:
 # --------------------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------------------
+class Mixture(NamedTuple):
+    """One dynamic mixture and its parts; `mixture` is exactly `images` summed (+ `noise`), in that order."""
+
+    mixture: np.ndarray  # [time]
+    sources: np.ndarray  # [num_spks, time]: the targets (with a room, the direct paths)
+    noise: np.ndarray | None  # [time]
+    images: np.ndarray  # [num_spks, time]: the sources as the mixture holds them (with a room, reverberant)
+    room: Room | None
+
+
 def _sum_signals(sources: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
     """sources[0] + sources[1] + ... (+ noise), in that order, so that callers can check it exactly."""
     mixture = sources[0].copy()
@@ -151,6 +163,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     mixture, sources and noise are scaled down together. The mixture is computed last, from the
     returned float32 sources: mix_sig == s1_sig + s2_sig (+ s3_sig) (+ noise_sig) exactly.
 
+    With `rooms` ("whamr", see `speechsep.data.rooms.WhamrRooms`), each mixture also gets a simulated room:
+    the mixture is then the sum of the sources' reverberant images (+ the noise, dry as in WHAMR!) and the
+    returned sources are their direct paths, WHAMR!'s anechoic targets.
+
     Call `set_epoch` before each epoch's loader iterator is created (Brain.on_stage_start), so that
     new workers see it; workers kept alive across epochs (`persistent_workers=True`) would not.
     Batch with `collate_fn=speechbrain.dataio.batch.PaddedBatch`.
@@ -169,6 +185,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         noise_files: AudioIndex | None = None,
         speed_perturb: Sequence[int] | None = None,
         seed: int = 0,
+        rooms: str | None = None,
     ):
         if len(pool.speakers) < num_spks:
             raise PoolError(
@@ -186,6 +203,9 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             self.levels = LibriMixLevels(sample_rate)
         else:
             raise ValueError(f"level_scheme must be one of {self.LEVEL_SCHEMES}, got {level_scheme!r}")
+        if rooms is not None and rooms not in ROOM_DISTRIBUTIONS:
+            raise ValueError(f"rooms must be None or one of {tuple(ROOM_DISTRIBUTIONS)}, got {rooms!r}")
+        self.rooms = ROOM_DISTRIBUTIONS[rooms]() if rooms is not None else None
         self.speeds = [int(speed) for speed in speed_perturb] if speed_perturb else [100]
         if min(self.speeds) <= 0:
             raise ValueError(f"speed_perturb must hold positive percentages, got {speed_perturb}")
@@ -212,6 +232,16 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         return self.epoch_len
 
     def __getitem__(self, index: int) -> dict[str, str | torch.Tensor]:
+        mixture = self.draw(index)
+        example = {"id": f"dm_e{self.epoch}_{index}", "mix_sig": torch.from_numpy(mixture.mixture)}
+        for number, source in enumerate(mixture.sources, start=1):
+            example[f"s{number}_sig"] = torch.from_numpy(source)
+        if mixture.noise is not None:
+            example["noise_sig"] = torch.from_numpy(mixture.noise)
+        return example
+
+    def draw(self, index: int) -> Mixture:
+        """Mixture `index` of the current epoch with its parts (what `__getitem__` returns, as numpy arrays)."""
         if not 0 <= index < self.epoch_len:
             raise IndexError(f"Mixture index {index} is outside [0, {self.epoch_len})")
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -226,22 +256,20 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             source[offset : offset + len(utterance)] = utterance * np.float32(gain)
         if noise is not None:
             noise *= np.float32(noise_gain)
+        room, images = None, sources  # images: the sources as the mixture holds them, [num_spks, time]
+        if self.rooms is not None:  # drawn last, so that the dry mixtures are those of a run without rooms
+            room = self.rooms.draw(rng, self.num_spks)
+            sources, images = room_images(room, sources, self.sample_rate)
 
-        mixture = _sum_signals(sources, noise)
-        peak = max(np.abs(mixture).max(), np.abs(sources).max(), 0 if noise is None else np.abs(noise).max())
+        mixture = _sum_signals(images, noise)
+        peak = max(np.abs(signal).max() for signal in (mixture, sources, images, noise) if signal is not None)
         if peak > PEAK_LIMIT:
             scale = np.float32(PEAK_LIMIT / peak)
-            sources *= scale
-            if noise is not None:
-                noise *= scale
-            mixture = _sum_signals(sources, noise)
-
-        example = {"id": f"dm_e{self.epoch}_{index}", "mix_sig": torch.from_numpy(mixture)}
-        for number, source in enumerate(sources, start=1):
-            example[f"s{number}_sig"] = torch.from_numpy(source)
-        if noise is not None:
-            example["noise_sig"] = torch.from_numpy(noise)
-        return example
+            sources = sources * scale
+            images = images * scale if room is not None else sources
+            noise = noise * scale if noise is not None else None
+            mixture = _sum_signals(images, noise)
+        return Mixture(mixture, sources, noise, images, room)
 
     def _read_utterance(self, rng: np.random.Generator, speaker: int) -> np.ndarray:
         """A random crop of a random utterance of `speaker`, speed-perturbed: [<= segment_len]."""

@@ -132,6 +132,7 @@ VALUE_CHECKS = {
     "train_budget_minutes": (lambda v: v is None or (_is_number(v) and v > 0), "null or a positive number"),
     "mixture_mode": (lambda v: v in ("min", "max"), "min or max"),
     "dm_level_scheme": (lambda v: v in ("wsj0", "librimix"), "wsj0 or librimix"),
+    "dm_rooms": (lambda v: v in (None, "whamr"), "null (no room) or whamr"),
     "sdr_permutation": (lambda v: v in ("sdr", "sir"), "sdr or sir"),
     "task": (lambda v: v in ("separation", "enhancement"), "separation or enhancement"),
 }
