@@ -1,8 +1,9 @@
 """Data preparation: turn a WSJ0Mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix or custom tree into CSV manifests.
 
 The dataset type is detected from the tree itself. The task picks the mixtures and targets: separation of
-clean (`mix_clean`) or noisy (`mix_both`, `use_wham_noise`) mixtures into their speakers, or enhancement of
-one speaker in noise (`mix_single`, `num_spks` 1). WHAMR!'s inputs are its reverberant mixtures and its targets
+clean (`mix_clean`) or noisy (`mix_both`, `use_wham_noise`) mixtures into their speakers, or enhancement (`num_spks`
+1) of one speaker in noise (`mix_single` -> `s1`) or of the clean mixture in noise (`enhancement_both`: `mix_both` ->
+`mix_clean`). WHAMR!'s inputs are its reverberant mixtures and its targets
 the anechoic sources, as its published results are scored (denoising, dereverberation and separation). Every mixture is validated while walking (all sources
 present, mono, same length as the mixture, the configured sample rate, finite samples, no all-zero source)
 and problems stop the preparation with one line naming the path, unless `skip_bad_files` is set, in which
@@ -43,13 +44,14 @@ LIBRIMIX_TRAIN_SUBSETS = {"100": ["train-100"], "360": ["train-360"], "both": ["
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only encodings that can hold NaN or inf
 BLOCK_FRAMES = 1 << 16  # samples read at a time when checking a file's samples
 FIRST_PCM_BLOCK_FRAMES = 4096  # a PCM reference is rarely all 0 for that long: most are done after one small read
-MIN_NUM_SPKS = 2  # for separation; enhancement (task=enhancement) has exactly one speaker
-TASKS = ("separation", "enhancement")
+MIN_NUM_SPKS = 2  # for separation; the enhancement tasks have exactly one target
+TASKS = ("separation", "enhancement", "enhancement_both")
 # The mixture folder of LibriMix-style trees (LibriMix, Aishell1Mix, WHAM!) per (task, noisy); WHAMR! adds _reverb.
 MIXTURE_FOLDERS = {
     ("separation", False): "mix_clean",
     ("separation", True): "mix_both",
     ("enhancement", True): "mix_single",
+    ("enhancement_both", True): "mix_both",
 }
 REVERBERANT_LAYOUTS = ("whamr",)  # mixtures that are not the sum of the targets (plus noise)
 LAYOUTS = (
@@ -88,10 +90,8 @@ def check_num_spks(num_spks: int, task: str = "separation") -> None:
     """Fail on a task or a speaker count the recipe cannot train for, before anything is read."""
     if task not in TASKS:
         raise DataPreparationError(f"task must be one of {list(TASKS)}, got '{task}'")
-    if task == "enhancement" and num_spks != 1:
-        raise DataPreparationError(
-            f"num_spks is {num_spks}, the enhancement task has one speaker per mixture: set num_spks=1"
-        )
+    if task != "separation" and num_spks != 1:
+        raise DataPreparationError(f"num_spks is {num_spks}, task={task} has one target per mixture: set num_spks=1")
     if task == "separation" and num_spks < MIN_NUM_SPKS:
         raise DataPreparationError(
             f"num_spks is {num_spks}, separation needs at least {MIN_NUM_SPKS}; "
@@ -130,10 +130,15 @@ def split_folders(
     task: str = "separation",
 ) -> dict[str, list[SplitFolders]]:
     """Map each of train/valid/test to the folders that hold its signals, per the layout's conventions."""
-    if task == "enhancement" and layout == "wsj0mix":
+    if task != "separation" and layout == "wsj0mix":
         raise DataPreparationError(
-            f"{data_folder} is WSJ0Mix, which has no single-speaker noisy mixtures for task=enhancement "
-            "(WHAM!, WHAMR!, LibriMix and Aishell1Mix have them in mix_single)"
+            f"{data_folder} is WSJ0Mix, which has no {'single-speaker ' if task == 'enhancement' else ''}noisy "
+            f"mixtures for task={task} (WHAM!, WHAMR!, LibriMix and Aishell1Mix have them in {MIXTURE_FOLDERS[task, True]})"
+        )
+    if task == "enhancement_both" and layout == "custom":
+        raise DataPreparationError(
+            f"{data_folder} is a custom tree, which has no clean mixtures for task=enhancement_both: "
+            "put each mixture's target in source1 and set task=enhancement"
         )
     if layout == "custom":
         return {
@@ -164,8 +169,10 @@ def split_folders(
             for split, sub in WSJ0MIX_SPLITS.items()
         }
 
-    if (task, use_wham_noise) not in MIXTURE_FOLDERS:  # the single-speaker mixtures are the noisy ones
-        raise DataPreparationError("task=enhancement removes noise: it needs use_wham_noise=True (mix_single)")
+    if (task, use_wham_noise) not in MIXTURE_FOLDERS:  # the enhancement tasks' mixtures are the noisy ones
+        raise DataPreparationError(
+            f"task={task} removes noise: it needs use_wham_noise=True ({MIXTURE_FOLDERS[task, True]})"
+        )
     mixture_folder = MIXTURE_FOLDERS[task, use_wham_noise]
     source_suffix = ""
     if layout in ("wham", "whamr"):
@@ -181,13 +188,15 @@ def split_folders(
             )
         subsets = {"train": LIBRIMIX_TRAIN_SUBSETS[librimix_train_subset]}
         subsets.update({split: [sub] for split, sub in LIBRIMIX_SPLITS.items()})
+
+    def targets(split_folder: Path) -> list[Path]:
+        if task == "enhancement_both":  # one target: the clean mixture of every speaker
+            return [split_folder / f"mix_clean{source_suffix}"]
+        return _source_folders(split_folder, "s", num_spks, source_suffix, task == "enhancement")
+
     return {
         split: [
-            SplitFolders(
-                root / sub / mixture_folder,
-                _source_folders(root / sub, "s", num_spks, source_suffix, task == "enhancement"),
-                _existing(root / sub / "noise"),
-            )
+            SplitFolders(root / sub / mixture_folder, targets(root / sub), _existing(root / sub / "noise"))
             for sub in subs
         ]
         for split, subs in subsets.items()
@@ -481,7 +490,7 @@ def main() -> None:
     parser.add_argument("--mode", default="min", choices=["min", "max"])
     parser.add_argument("--librimix_train_subset", default="360", choices=list(LIBRIMIX_TRAIN_SUBSETS))
     parser.add_argument("--use_wham_noise", action="store_true", help="noisy mixtures (mix_both, or mix_single)")
-    parser.add_argument("--task", default="separation", choices=list(TASKS), help="enhancement: with --num_spks 1")
+    parser.add_argument("--task", default="separation", choices=list(TASKS), help="enhancement*: with --num_spks 1")
     parser.add_argument("--skip_bad_files", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -2,7 +2,7 @@
 """Recipe for training a single-channel speech separation model (SepFormer, ConvTasNet) with SpeechBrain.
 
 One script for every corpus: WSJ0-2mix/3mix, WHAM!, WHAMR!, Libri2Mix/Libri3Mix, Aishell1Mix (clean or noisy)
-and custom trees, for separation or one-speaker enhancement; the differences live in the YAML files under hparams/.
+and custom trees, for separation or enhancement; the differences live in the YAML files under hparams/.
 
     python train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
     python train.py hparams/convtasnet-libri2mix.yaml --data_folder=/path/to/Libri2Mix --batch_size=2
@@ -497,9 +497,9 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     keys = model_keys(record) - SAME_WEIGHTS_KEYS
     if not test_only:
         keys |= set(DATA_KEYS)
-    recorded = resolved_values(previous.read_text())
+    recorded = {"task": "separation", **resolved_values(previous.read_text())}  # records from before `task`: none
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
-    differing = differing_keys(recorded, values, scalar)
+    differing = differing_keys(recorded, {"task": "separation", **values}, scalar)
     if differing:
         raise ConfigError(
             f"output_folder {values['output_folder']} holds a run with another model or data "

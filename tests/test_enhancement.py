@@ -6,9 +6,9 @@ import torch
 from prepare_data import DataPreparationError, check_num_spks
 from speechsep.evaluation.metrics import separation_metrics
 from speechsep.inference.separation import separate_shifted
-from speechsep.training.config import ConfigError, check_values
+from speechsep.training.config import ConfigError, check_values, record_yaml, resolved_values
 from speechsep.training.losses import pairwise_si_snr, pit_si_snr_loss
-from tests.helpers import make_batch
+from tests.helpers import REPO, make_batch
 
 
 def one_speaker_in_noise(seconds=2.0, seed=0):
@@ -51,18 +51,43 @@ def test_mixture_consistency_is_refused_for_enhancement_with_one_line():
 @pytest.mark.parametrize(
     "num_spks, task, message",
     [
-        (2, "enhancement", "num_spks is 2, the enhancement task has one speaker per mixture: set num_spks=1"),
+        (2, "enhancement", "num_spks is 2, task=enhancement has one target per mixture: set num_spks=1"),
+        (3, "enhancement_both", "num_spks is 3, task=enhancement_both has one target per mixture: set num_spks=1"),
         (1, "separation", "num_spks is 1, separation needs at least 2; for speech enhancement .*set task=enhancement"),
-        (1, "denoise", "task must be one of \\['separation', 'enhancement'\\], got 'denoise'"),
+        (1, "denoise", "task must be one of \\['separation', 'enhancement', 'enhancement_both'\\], got 'denoise'"),
     ],
 )
 def test_speaker_count_must_fit_the_task(num_spks, task, message):
     with pytest.raises(DataPreparationError, match=f"^{message}"):
         check_num_spks(num_spks, task)
     check_num_spks(1, "enhancement")
+    check_num_spks(1, "enhancement_both")
     check_num_spks(3, "separation")
 
 
 def test_unknown_task_is_a_config_error():
-    with pytest.raises(ConfigError, match="^task is 'enh_single'; expected separation or enhancement$"):
+    with pytest.raises(
+        ConfigError, match="^task is 'enh_single'; expected separation, enhancement or enhancement_both$"
+    ):
         check_values({"task": "enh_single"})
+
+
+def test_dynamic_mixing_is_refused_for_the_clean_mixture_target_with_one_line():
+    with pytest.raises(ConfigError, match="^dynamic_mixing makes one target per speaker, not task=enhancement_both's"):
+        check_values({"task": "enhancement_both", "num_spks": 1, "dynamic_mixing": True})
+    check_values({"task": "enhancement", "num_spks": 1, "dynamic_mixing": True})
+
+
+def test_resuming_a_run_with_another_task_is_refused(tmp_path):
+    from train import check_same_experiment
+
+    config = REPO / "hparams" / "sepformer-wham-enhancement.yaml"
+    options = {"data_folder": "/data/wham", "output_folder": str(tmp_path)}
+    (tmp_path / "hyperparams.yaml").write_text(record_yaml(config, options))
+    (tmp_path / "save" / "CKPT+1").mkdir(parents=True)
+    record = record_yaml(config, {**options, "task": "enhancement_both"})
+    with pytest.raises(
+        ConfigError, match="holds a run with another model or data \\(task: enhancement -> enhancement_both\\)"
+    ):
+        check_same_experiment(resolved_values(record), record, test_only=False)
+    check_same_experiment(resolved_values(record_yaml(config, options)), record, test_only=False)

@@ -375,3 +375,41 @@ def test_enhancement_on_wsj0mix_says_it_has_no_single_speaker_mixtures(tmp_path)
     data = make_wsj0mix(tmp_path, per_split=1)
     with pytest.raises(DataPreparationError, match=f"^{data} is WSJ0Mix, which has no single-speaker noisy mixtures"):
         prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement")
+
+
+@pytest.mark.parametrize(
+    "make_tree, mixture, target",
+    [
+        (make_wham, "tt/mix_both", "tt/mix_clean"),
+        (make_whamr, "tt/mix_both_reverb", "tt/mix_clean_anechoic"),
+        (make_librimix, "test/mix_both", "test/mix_clean"),
+        (make_aishell1mix, "test/mix_both", "test/mix_clean"),
+    ],
+)
+def test_enhancement_both_reads_the_noisy_mixtures_and_their_clean_mixture(tmp_path, make_tree, mixture, target):
+    data = make_tree(tmp_path, per_split=2)
+    paths = prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement_both")
+    row = read_csv(paths["test"])[0]
+    assert list(row) == ["ID", "duration", "mix_wav", "s1_wav", "noise_wav"]
+    assert f"/{mixture}/" in row["mix_wav"] and f"/{target}/" in row["s1_wav"]
+
+
+def test_enhancement_both_without_the_noisy_mixtures_is_one_line(tmp_path):
+    data = make_librimix(tmp_path, per_split=1)
+    with pytest.raises(
+        DataPreparationError, match="^task=enhancement_both removes noise: .*use_wham_noise=True \\(mix_both\\)$"
+    ):
+        prepare_data(data, tmp_path / "save", num_spks=1, task="enhancement_both")
+
+
+@pytest.mark.parametrize(
+    "make_tree, message",
+    [
+        (make_wsj0mix, "is WSJ0Mix, which has no noisy mixtures for task=enhancement_both .*in mix_both\\)$"),
+        (make_custom, "is a custom tree, which has no clean mixtures for task=enhancement_both: .*task=enhancement$"),
+    ],
+)
+def test_enhancement_both_on_a_tree_without_clean_mixtures_is_one_line(tmp_path, make_tree, message):
+    data = make_tree(tmp_path, per_split=1)
+    with pytest.raises(DataPreparationError, match=f"^{data} {message}"):
+        prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement_both")

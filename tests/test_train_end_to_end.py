@@ -162,39 +162,58 @@ def test_test_only_without_a_checkpoint_is_an_error(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --test_only needs a trained model")
 
 
-# (config, tree maker, overrides, the test manifest's mixture folder, its first target's folder): one per
-# (corpus, task) pair beyond WSJ0Mix and LibriMix separation.
+# (config, tree maker, overrides, the test manifest's mixture folder, one of its target columns and that column's
+# folder): one per (corpus, task) pair beyond WSJ0Mix and LibriMix separation.
 CORPUS_TASKS = {
-    "wham-sep_noisy": ("sepformer-wham.yaml", make_wham, {}, "tt/mix_both", "tt/s1"),
-    "wham-sep_clean": ("convtasnet-wham.yaml", make_wham, {"use_wham_noise": False}, "tt/mix_clean", "tt/s1"),
-    "whamr-sep_noisy_reverb": ("sepformer-whamr.yaml", make_whamr, {}, "tt/mix_both_reverb", "tt/s1_anechoic"),
+    "wham-sep_noisy": ("sepformer-wham.yaml", make_wham, {}, "tt/mix_both", ("s1_wav", "tt/s1")),
+    "wham-sep_clean": (
+        "convtasnet-wham.yaml",
+        make_wham,
+        {"use_wham_noise": False},
+        "tt/mix_clean",
+        ("s1_wav", "tt/s1"),
+    ),
+    "whamr-sep_noisy_reverb": (
+        "sepformer-whamr.yaml",
+        make_whamr,
+        {},
+        "tt/mix_both_reverb",
+        ("s1_wav", "tt/s1_anechoic"),
+    ),
     "aishell1mix-sep_noisy": (
         "sepformer-aishell1mix.yaml",
         make_aishell1mix,
         {"use_wham_noise": True},
         "test/mix_both",
-        "test/s1",
+        ("s1_wav", "test/s1"),
     ),
     "wham-enh_single": (
         "sepformer-wham-enhancement.yaml",
         make_wham,
         {"test_shifts": 2, "compute_stoi": True},
         "tt/mix_single",
-        "tt/s1",
+        ("s1_wav", "tt/s1"),
     ),
     "librimix-enh_single": (
         "convtasnet-libri2mix.yaml",
         make_librimix,
         {"task": "enhancement", "num_spks": 1, "use_wham_noise": True},
         "test/mix_single",
-        "test/s1",
+        ("s1_wav", "test/s1"),
+    ),
+    "librimix-enh_both": (
+        "convtasnet-libri2mix.yaml",
+        make_librimix,
+        {"task": "enhancement_both", "num_spks": 1, "use_wham_noise": True},
+        "test/mix_both",
+        ("s1_wav", "test/mix_clean"),
     ),
     "aishell3mix-sep_clean": (
         "sepformer-aishell1mix.yaml",
         make_aishell1mix,
         {"num_spks": 3},
         "test/mix_clean",
-        "test/s3",
+        ("s3_wav", "test/s3"),
     ),
 }
 
@@ -202,7 +221,7 @@ CORPUS_TASKS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("corpus_task", list(CORPUS_TASKS))
 def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp_path, corpus_task):
-    config, make_tree, overrides, mixture_folder, source_folder = CORPUS_TASKS[corpus_task]
+    config, make_tree, overrides, mixture_folder, (target_column, target_folder) = CORPUS_TASKS[corpus_task]
     tree_options = {"num_spks": overrides["num_spks"]} if "num_spks" in overrides else {}
     data_folder = make_tree(tmp_path / "data", per_split=2, **tree_options)
     output = tmp_path / "out"
@@ -212,7 +231,7 @@ def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp
 
     manifest = pd.read_csv(output / "save" / "test.csv")
     assert manifest["mix_wav"].str.contains(f"/{mixture_folder}/").all()
-    assert manifest[f"s{source_folder.split('/')[-1][1]}_wav"].str.contains(f"/{source_folder}/").all()
+    assert manifest[target_column].str.contains(f"/{target_folder}/").all()
     assert "valid si-snr" in (output / "train_log.txt").read_text()
     results = pd.read_csv(output / "test_results.csv")
     assert sorted(results["snt_id"]) == sorted(manifest["ID"])

@@ -134,11 +134,13 @@ VALUE_CHECKS = {
     "dm_level_scheme": (lambda v: v in ("wsj0", "librimix"), "wsj0 or librimix"),
     "dm_rooms": (lambda v: v in (None, "whamr"), "null (no room) or whamr"),
     "sdr_permutation": (lambda v: v in ("sdr", "sir"), "sdr or sir"),
-    "task": (lambda v: v in ("separation", "enhancement"), "separation or enhancement"),
+    "task": (
+        lambda v: v in ("separation", "enhancement", "enhancement_both"),
+        "separation, enhancement or enhancement_both",
+    ),
 }
 # Keys that say which data a model is trained on: a run resumed with other values would mix two experiments.
-# (`task` needs no entry: another task means another num_spks, a model key, and records made before it lack it.)
-DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise")
+DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task")
 
 
 def check_values(values: dict) -> None:
@@ -146,10 +148,15 @@ def check_values(values: dict) -> None:
     for key, (is_valid, expected) in VALUE_CHECKS.items():
         if key in values and not is_valid(values[key]):
             raise ConfigError(f"{key} is {values[key]!r}; expected {expected}")
-    if values.get("test_mixture_consistency") and values.get("task") == "enhancement":
+    task = values.get("task", "separation")
+    if values.get("test_mixture_consistency") and task != "separation":
         raise ConfigError(
-            "test_mixture_consistency makes one source's estimate the mixture itself; "
-            "it cannot be used with task=enhancement"
+            f"test_mixture_consistency makes one source's estimate the mixture itself; it cannot be used with task={task}"
+        )
+    if values.get("dynamic_mixing") and task == "enhancement_both":
+        raise ConfigError(
+            "dynamic_mixing makes one target per speaker, not task=enhancement_both's clean mixture of them all: "
+            "set dynamic_mixing=False"
         )
     if values.get("test_mixture_consistency") and values.get("use_wham_noise"):  # the noise would be shared out
         raise ConfigError(
