@@ -355,6 +355,7 @@ class Separation(sb.Brain):
             compute_stoi=self.hparams.compute_stoi,
             sample_rate=self.hparams.sample_rate,
             sdr_permutation=self.hparams.sdr_permutation,
+            compute_pesq=getattr(self.hparams, "compute_pesq", False),  # runs recorded before it have none
         )
 
     def save_audio(self, ids, predictions, perms):

@@ -1,7 +1,10 @@
 """Speech enhancement as a one-source task: the loss, the metrics, the test-time options and the config checks."""
 
+import math
+
 import pytest
 import torch
+from pesq import pesq
 
 from prepare_data import DataPreparationError, check_num_spks
 from speechsep.evaluation.metrics import separation_metrics
@@ -91,3 +94,27 @@ def test_resuming_a_run_with_another_task_is_refused(tmp_path):
     ):
         check_same_experiment(resolved_values(record), record, test_only=False)
     check_same_experiment(resolved_values(record_yaml(config, options)), record, test_only=False)
+
+
+def test_pesq_of_clean_speech_is_high_and_of_the_noisy_mixture_lower():
+    speech, mixture = one_speaker_in_noise()
+    (row,) = separation_metrics(mixture, speech, speech.clone(), compute_pesq=True, sample_rate=8000)
+    assert row["pesq"] == row["pesq_s1"] > 4.0  # clean against itself: the top of the narrowband scale
+    assert 1.0 <= row["pesq"] - row["pesq_i"] < row["pesq"] - 1.0  # the mixture's, over a point lower
+    assert "pesq" not in separation_metrics(mixture, speech, speech.clone())[0]
+
+
+def test_pesq_is_wideband_at_16_khz_and_nan_where_it_cannot_score():
+    speech, mixture = one_speaker_in_noise(seconds=1.0)  # made at 8 kHz, scored as 16 kHz audio
+    (row,) = separation_metrics(mixture, speech, mixture.unsqueeze(-1), compute_pesq=True, sample_rate=16000)
+    assert row["pesq"] == pytest.approx(
+        pesq(16000, speech[0, :, 0].double().numpy(), mixture[0].double().numpy(), "wb")
+    )
+    short = separation_metrics(mixture[:, :800], speech[:, :800], speech[:, :800], compute_pesq=True, sample_rate=8000)
+    assert math.isnan(short[0]["pesq"])  # 0.1 s: too short for PESQ
+
+
+def test_pesq_at_another_sample_rate_is_refused_with_one_line():
+    with pytest.raises(ConfigError, match="^compute_pesq needs sample_rate 8000 or 16000 .*, not 44100$"):
+        check_values({"compute_pesq": True, "sample_rate": 44100})
+    check_values({"compute_pesq": True, "sample_rate": 16000})

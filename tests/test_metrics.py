@@ -238,6 +238,7 @@ def test_stoi_is_added_on_request():
         (dict(lengths=torch.tensor([0.0])), "relative lengths"),
         (dict(lengths=torch.tensor([1.5])), "relative lengths"),
         (dict(compute_stoi=True), "sample_rate"),
+        (dict(compute_pesq=True, sample_rate=44100), "PESQ scores audio at 8000 or 16000 Hz, not 44100 Hz"),
         (dict(snt_ids=["a", "b"]), "snt_ids"),
     ],
 )

@@ -190,7 +190,7 @@ CORPUS_TASKS = {
     "wham-enh_single": (
         "sepformer-wham-enhancement.yaml",
         make_wham,
-        {"test_shifts": 2, "compute_stoi": True},
+        {"test_shifts": 2, "compute_stoi": True, "compute_pesq": True},
         "tt/mix_single",
         ("s1_wav", "tt/s1"),
     ),
@@ -238,6 +238,8 @@ def test_each_corpus_and_task_trains_validates_and_scores_every_test_mixture(tmp
     assert results[["sdr", "sdr_i", "si-snr", "si-snr_i"]].notna().all().all()
     if overrides.get("compute_stoi"):
         assert results[["stoi", "stoi_i"]].notna().all().all()
+    if overrides.get("compute_pesq"):
+        assert results[["pesq", "pesq_i"]].notna().all().all()
     if overrides.get("test_shifts", 1) > 1:
         assert results["with_test_options_si-snr"].notna().all()
     num_spks = overrides.get("num_spks", 2 if "enhancement" not in config else 1)

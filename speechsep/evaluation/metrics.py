@@ -1,4 +1,4 @@
-"""Separation metrics for the TEST stage: SDR, SI-SNR, their improvements, optional STOI.
+"""Separation metrics for the TEST stage: SDR, SI-SNR, their improvements, optional STOI and PESQ.
 
 Everything is computed in one pass over a padded batch. Each utterance is scored on its true
 length only (padding is zeroed, and zeros do not change correlations), so results do not depend
@@ -14,16 +14,19 @@ on the batch size. Shapes follow SpeechBrain: `mixture` [batch, time], `sources`
   permutation is the best mean SDR by default (one 512 x 512 system per reference); mir_eval's
   rule, best mean SIR, is available (`sdr_permutation="sir"`) at a few times the cost.
 - Improvements (`*_i`) are over the mixture used as the estimate of every source.
+- STOI (`pystoi`) and PESQ (`pesq`, ITU-T P.862: narrowband at 8 kHz, wideband at 16 kHz), as the enhancement
+  literature reports them, are optional: they run on the CPU, one utterance at a time.
 
 All dB metrics are positive-is-better and finite: silent or degenerate signals give the clamp
 values (-80 dB SI-SNR from SpeechBrain's EPS, -/+ `SDR_CLAMP_DB` SDR) instead of NaN.
 """
 
 import csv
+import functools
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +251,7 @@ def separation_metrics(
     compute_stoi: bool = False,
     sample_rate: int | None = None,
     sdr_permutation: str = "sdr",
+    compute_pesq: bool = False,
 ) -> list[dict]:
     """One dict per utterance: `snt_id` (if given), `sdr`, `sdr_i`, `si-snr`, `si-snr_i`, then
     per-reference `sdr_s1`, ..., `sdr_i_s1`, ..., `si-snr_s1`, ..., `si-snr_i_s1`, ...
@@ -255,8 +259,9 @@ def separation_metrics(
     Aggregates are means over speakers. `perm` (a tuple) is the SI-SNR permutation: reference k
     is estimate perm[k], so `est_sources[b, :, perm]` reorders estimates for saving. SDR picks
     its own permutation (`sdr_permutation`, see `pit_sdr`); the two almost always agree.
-    With `compute_stoi`, also `stoi`, `stoi_i` and `stoi_s1`, ... (STOI of the SI-SNR-matched
-    estimates, pystoi, needs `sample_rate`).
+    With `compute_stoi` (`compute_pesq`), also `stoi`, `stoi_i` and `stoi_s1`, ... (`pesq`, ...): STOI
+    (PESQ) of the SI-SNR-matched estimates, which needs `sample_rate`. PESQ is NaN where it cannot score
+    an utterance (shorter than a quarter of a second, or without speech).
     """
     if est_sources.shape != sources.shape:
         raise ValueError(
@@ -268,8 +273,10 @@ def separation_metrics(
         )
     if snt_ids is not None and len(snt_ids) != sources.shape[0]:
         raise ValueError(f"got {len(snt_ids)} snt_ids for a batch of {sources.shape[0]}")
-    if compute_stoi and sample_rate is None:
-        raise ValueError("compute_stoi=True needs sample_rate")
+    if (compute_stoi or compute_pesq) and sample_rate is None:
+        raise ValueError("compute_stoi=True and compute_pesq=True need sample_rate")
+    if compute_pesq and sample_rate not in PESQ_MODES:
+        raise ValueError(f"PESQ scores audio at {' or '.join(map(str, PESQ_MODES))} Hz, not {sample_rate} Hz")
     num_spks = sources.shape[-1]
 
     # The mixture joins as one more estimate: its scores against each reference are the baselines.
@@ -281,8 +288,10 @@ def separation_metrics(
     _, sdr_perm = best_permutation(selection_pairs[:, :num_spks])
     per_source = {"sdr": _take(sdr_pairs, sdr_perm), "si-snr": _take(si_snr_pairs, perm)}
     baselines = {"sdr": sdr_pairs[:, num_spks], "si-snr": si_snr_pairs[:, num_spks]}
-    if compute_stoi:
-        per_source["stoi"], baselines["stoi"] = _stoi(mixture, sources, est_sources, perm, lengths, sample_rate)
+    for name, scorer, wanted in (("stoi", _stoi_scorer, compute_stoi), ("pesq", _pesq_scorer, compute_pesq)):
+        if wanted:
+            score = scorer(sample_rate)
+            per_source[name], baselines[name] = _score_each(score, mixture, sources, est_sources, perm, lengths)
 
     rows = []
     for b in range(sources.shape[0]):
@@ -299,17 +308,16 @@ def separation_metrics(
     return rows
 
 
-def _stoi(
+def _score_each(
+    score: Callable[[np.ndarray, np.ndarray], float],
     mixture: torch.Tensor,
     sources: torch.Tensor,
     est_sources: torch.Tensor,
     perm: torch.Tensor,
     lengths: torch.Tensor | None,
-    sample_rate: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """STOI [batch, num_spks] of the matched estimates and of the mixture, on true lengths (CPU)."""
-    from pystoi import stoi  # optional dependency, only needed here
-
+    """`score(reference, estimate)` [batch, num_spks] of the matched estimates and of the mixture, on true
+    lengths (CPU)."""
     batch, time, num_spks = sources.shape
     true_lengths = length_mask(lengths, batch, time, torch.device("cpu"), torch.float64).sum(dim=1).long().tolist()
     sources, est_sources = sources.double().cpu().numpy(), est_sources.double().cpu().numpy()
@@ -319,9 +327,28 @@ def _stoi(
     for b, length in enumerate(true_lengths):
         for k in range(num_spks):
             reference = sources[b, :length, k]
-            scores[b, k] = stoi(reference, est_sources[b, :length, perm[b, k]], sample_rate)
-            baselines[b, k] = stoi(reference, mixture[b, :length], sample_rate)
+            scores[b, k] = score(reference, est_sources[b, :length, perm[b, k]])
+            baselines[b, k] = score(reference, mixture[b, :length])
     return torch.from_numpy(scores), torch.from_numpy(baselines)
+
+
+def _stoi_scorer(sample_rate: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    from pystoi import stoi  # optional dependency, only needed here
+
+    return functools.partial(stoi, fs_sig=sample_rate)
+
+
+PESQ_MODES = {8000: "nb", 16000: "wb"}  # the rates ITU-T P.862 is defined at: narrowband, wideband
+
+
+def _pesq_scorer(sample_rate: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    from pesq import PesqError, pesq  # optional dependency, only needed here
+
+    def score(reference: np.ndarray, estimate: np.ndarray) -> float:
+        value = pesq(sample_rate, reference, estimate, PESQ_MODES[sample_rate], on_error=PesqError.RETURN_VALUES)
+        return value if value >= 0 else math.nan  # negative: an error code (e.g. too short to score)
+
+    return score
 
 
 def summarize(rows: Sequence[dict], keys: Sequence[str] | None = None) -> dict[str, dict[str, float | None]]:

@@ -153,6 +153,10 @@ def check_values(values: dict) -> None:
         raise ConfigError(
             f"test_mixture_consistency makes one source's estimate the mixture itself; it cannot be used with task={task}"
         )
+    if values.get("compute_pesq") and values.get("sample_rate") not in (8000, 16000):
+        raise ConfigError(
+            f"compute_pesq needs sample_rate 8000 or 16000 (PESQ's narrowband and wideband), not {values.get('sample_rate')}"
+        )
     if values.get("dynamic_mixing") and task == "enhancement_both":
         raise ConfigError(
             "dynamic_mixing makes one target per speaker, not task=enhancement_both's clean mixture of them all: "
