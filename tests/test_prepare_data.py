@@ -349,20 +349,25 @@ def test_aishell1mix_with_a_third_speaker_and_num_spks_2_names_the_extra_folder(
 
 
 @pytest.mark.parametrize(
-    "make_tree, mixture, source",
+    "make_tree, task, mixture, target",
     [
-        (make_wham, "tt/mix_single", "tt/s1"),
-        (make_whamr, "tt/mix_single_reverb", "tt/s1_anechoic"),
-        (make_librimix, "test/mix_single", "test/s1"),
-        (make_aishell1mix, "test/mix_single", "test/s1"),
+        (make_wham, "enhancement", "tt/mix_single", "tt/s1"),
+        (make_whamr, "enhancement", "tt/mix_single_reverb", "tt/s1_anechoic"),
+        (make_librimix, "enhancement", "test/mix_single", "test/s1"),
+        (make_aishell1mix, "enhancement", "test/mix_single", "test/s1"),
+        (make_wham, "enhancement_both", "tt/mix_both", "tt/mix_clean"),
+        (make_whamr, "enhancement_both", "tt/mix_both_reverb", "tt/mix_clean_anechoic"),
+        (make_librimix, "enhancement_both", "test/mix_both", "test/mix_clean"),
+        (make_aishell1mix, "enhancement_both", "test/mix_both", "test/mix_clean"),
     ],
 )
-def test_enhancement_reads_the_single_speaker_noisy_mixtures_and_their_speaker(tmp_path, make_tree, mixture, source):
+def test_enhancement_reads_the_noisy_mixtures_and_their_one_target(tmp_path, make_tree, task, mixture, target):
+    """enhancement: one speaker in noise -> that speaker; enhancement_both: every speaker in noise -> the clean mixture."""
     data = make_tree(tmp_path, per_split=2)
-    paths = prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement")
+    paths = prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task=task)
     row = read_csv(paths["test"])[0]
     assert list(row) == ["ID", "duration", "mix_wav", "s1_wav", "noise_wav"]
-    assert f"/{mixture}/" in row["mix_wav"] and f"/{source}/" in row["s1_wav"]
+    assert f"/{mixture}/" in row["mix_wav"] and f"/{target}/" in row["s1_wav"]
 
 
 def test_enhancement_without_the_noisy_mixtures_is_one_line(tmp_path):
@@ -375,23 +380,6 @@ def test_enhancement_on_wsj0mix_says_it_has_no_single_speaker_mixtures(tmp_path)
     data = make_wsj0mix(tmp_path, per_split=1)
     with pytest.raises(DataPreparationError, match=f"^{data} is WSJ0Mix, which has no single-speaker noisy mixtures"):
         prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement")
-
-
-@pytest.mark.parametrize(
-    "make_tree, mixture, target",
-    [
-        (make_wham, "tt/mix_both", "tt/mix_clean"),
-        (make_whamr, "tt/mix_both_reverb", "tt/mix_clean_anechoic"),
-        (make_librimix, "test/mix_both", "test/mix_clean"),
-        (make_aishell1mix, "test/mix_both", "test/mix_clean"),
-    ],
-)
-def test_enhancement_both_reads_the_noisy_mixtures_and_their_clean_mixture(tmp_path, make_tree, mixture, target):
-    data = make_tree(tmp_path, per_split=2)
-    paths = prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement_both")
-    row = read_csv(paths["test"])[0]
-    assert list(row) == ["ID", "duration", "mix_wav", "s1_wav", "noise_wav"]
-    assert f"/{mixture}/" in row["mix_wav"] and f"/{target}/" in row["s1_wav"]
 
 
 def test_enhancement_both_without_the_noisy_mixtures_is_one_line(tmp_path):
