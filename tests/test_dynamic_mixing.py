@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from speechsep.data import source_pool
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
-from speechsep.data.rooms import WhamrRooms
+from speechsep.data.rooms import ShoeboxRooms
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
 from speechsep.training.config import ConfigError, check_values
 from tests.speech import speech_like
@@ -302,7 +302,7 @@ def test_loader_workers_give_the_same_mixtures_as_the_main_process(tmp_path, con
 
 
 # ------------------------------------------------------------------ simulated rooms (WHAMR!)
-QUICK_ROOMS = WhamrRooms(rt60_s=((0.1, 0.3),))  # WHAMR!'s low reverberation only: short simulations
+QUICK_ROOMS = ShoeboxRooms(rt60_s=((0.1, 0.3),))  # WHAMR!'s low reverberation only: short simulations
 
 
 def reverberant_dataset(tmp_path: Path, **options) -> DynamicMixingDataset:
@@ -324,7 +324,7 @@ def test_same_seed_epoch_and_index_give_the_same_reverberant_mixture_and_another
 
 def test_drawn_rooms_lie_in_whamrs_ranges():
     rng = np.random.default_rng(0)
-    rooms = [WhamrRooms().draw(rng, num_sources=3) for _ in range(3000)]
+    rooms = [ShoeboxRooms().draw(rng, num_sources=3) for _ in range(3000)]
     size = np.array([room.size for room in rooms])  # [rooms, 3]
     microphone = np.array([room.microphone for room in rooms])  # [rooms, 3]
     sources = np.array([room.sources for room in rooms])  # [rooms, 3 sources, 3]

@@ -163,7 +163,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     mixture, sources and noise are scaled down together. The mixture is computed last, from the
     returned float32 sources: mix_sig == s1_sig + s2_sig (+ s3_sig) (+ noise_sig) exactly.
 
-    With `rooms` ("whamr", see `speechsep.data.rooms.WhamrRooms`), each mixture also gets a simulated room:
+    With `rooms` ("whamr", see `speechsep.data.rooms.ShoeboxRooms`), each mixture also gets a simulated room:
     the mixture is then the sum of the sources' reverberant images (+ the noise, dry as in WHAMR!) and the
     returned sources are their direct paths, WHAMR!'s anechoic targets.
 

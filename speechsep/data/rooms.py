@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyroomacoustics as pra
 from scipy.signal import fftconvolve
 
 Point = tuple[float, float, float]  # metres
@@ -28,8 +27,8 @@ class Room:
 
 
 @dataclass(frozen=True)
-class WhamrRooms:
-    """The rooms of WHAMR! (Maciejewski et al., "WHAMR!: Noisy and Reverberant Single-Channel Speech Separation",
+class ShoeboxRooms:
+    """Shoebox rooms drawn within ranges; the defaults are the rooms of WHAMR! (Maciejewski et al., "WHAMR!: Noisy and Reverberant Single-Channel Speech Separation",
     ICASSP 2020; the ranges of its scripts' `sample_reverb.py`), every value drawn uniformly:
 
     - length and width in [5, 10] m, height in [3, 4] m;
@@ -85,21 +84,25 @@ def _point(values) -> Point:
     return tuple(float(value) for value in values)
 
 
-ROOM_DISTRIBUTIONS = {"whamr": WhamrRooms}
+ROOM_DISTRIBUTIONS = {"whamr": ShoeboxRooms}
 
 
 def _sabine(room: Room) -> tuple[float, int] | None:
     """The walls' energy absorption and the image-source order that reach RT60 (pyroomacoustics' inverse
     Sabine), or None where no absorption can."""
+    import pyroomacoustics as pra  # here, not at the top: its import costs seconds at every start of train.py
+
     try:
         return pra.inverse_sabine(room.rt60, room.size)
     except ValueError:
         return None
 
 
-def _impulse_responses(room: Room, sample_rate: int, reflections: bool) -> np.ndarray:
+def impulse_responses(room: Room, sample_rate: int, reflections: bool) -> np.ndarray:
     """Impulse responses [num_sources, taps] from each source to the microphone: all reflections up to RT60
     (cut there, as WHAMR!'s scripts do), or the direct path alone."""
+    import pyroomacoustics as pra
+
     if reflections:
         absorption, max_order = _sabine(room)
         shoebox = pra.ShoeBox(room.size, fs=sample_rate, materials=pra.Material(absorption), max_order=max_order)
@@ -126,8 +129,8 @@ def room_images(room: Room, sources: np.ndarray, sample_rate: int) -> tuple[np.n
     path keeps the source's energy; both cut to the sources' length.
     """
     num_samples = sources.shape[1]
-    direct = fftconvolve(sources, _impulse_responses(room, sample_rate, reflections=False), axes=1)
-    reverberant = fftconvolve(sources, _impulse_responses(room, sample_rate, reflections=True), axes=1)
+    direct = fftconvolve(sources, impulse_responses(room, sample_rate, reflections=False), axes=1)
+    reverberant = fftconvolve(sources, impulse_responses(room, sample_rate, reflections=True), axes=1)
     source_energy = np.sum(np.square(sources, dtype=np.float64), axis=1)
     direct_energy = np.sum(np.square(direct), axis=1)
     safe_energy = np.where(direct_energy > 0, direct_energy, 1.0)
