@@ -23,12 +23,12 @@ POOL_LOUDNESS = -25.0
 UTTERANCE_DURATION_RANGE = (2.0, 6.0)  # seconds
 MANIFEST_NAME = "synth_corpus.json"
 # Bump when the generated audio changes for the same options, so old corpora are redone.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 # Independent random streams: seeds are [seed, stream, ...] so that no choice depends on
 # how many draws another part made.
-STREAM_SPEAKERS, STREAM_SPEECH, STREAM_PLAN, STREAM_MIX = range(4)
+STREAM_SPEAKERS, STREAM_SPEECH, STREAM_PLAN, STREAM_MIX, STREAM_VARIATION = range(5)
 # Speakers synthesised per worker process; see synthesize_speakers.
 SPEAKERS_PER_PROCESS = 4
 TRIM_THRESHOLD_DB = -40.0  # relative to the loudest 10 ms frame

@@ -77,6 +77,7 @@ _WORKER_IMPORTS = (
     "speechsep.data.loudness",
     "speechsep.corpus.sentences",
     "speechsep.corpus.synth_noise",
+    "speechsep.corpus.voice_variation",
 )
 
 
@@ -171,20 +172,7 @@ def _synthesize_pool(context, num_workers: int, options: CorpusOptions, root: Pa
     with context.Pool(num_workers, maxtasksperchild=1) as pool:
         work = partial(synthesize_speakers, options=options, root=root)
         utterance_rows = [row for rows in pool.imap(work, groups) for row in rows]
-    speaker_rows = [
-        dict(
-            speaker_id=s.speaker_id,
-            split=s.split,
-            voice=s.voice,
-            language=s.language,
-            variant=s.variant,
-            gender=s.gender,
-            pitch=s.pitch,
-            pitch_range=s.pitch_range,
-            rate=s.rate,
-        )
-        for s in speakers
-    ]
+    speaker_rows = [dict(dataclasses.asdict(speaker), voice=speaker.voice) for speaker in speakers]
     write_csv(root / "sources" / "speakers.csv", speaker_rows)
     write_csv(root / "sources" / "utterances.csv", utterance_rows)
     return utterance_rows

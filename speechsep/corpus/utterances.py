@@ -18,12 +18,14 @@ from speechsep.corpus.options import (
     MAX_SYNTHESIS_ATTEMPTS,
     POOL_LOUDNESS,
     STREAM_SPEECH,
+    STREAM_VARIATION,
     TRIM_MARGIN_SECONDS,
     TRIM_THRESHOLD_DB,
     UTTERANCE_DURATION_RANGE,
     CorpusOptions,
 )
 from speechsep.corpus.sentences import make_sentence
+from speechsep.corpus.voice_variation import add_breath, colour_recording, warp_time
 from speechsep.corpus.voices import SyntheticSpeaker
 from speechsep.data.loudness import normalize_loudness
 
@@ -112,6 +114,26 @@ def utterance_path(root: Path, speaker: SyntheticSpeaker, index: int) -> Path:
     return root / "sources" / speaker.split / speaker.speaker_id / f"{utterance_id}.wav"
 
 
+def vary_utterance(
+    waveform: np.ndarray,
+    synth_rate: int,
+    sample_rate: int,
+    speaker: SyntheticSpeaker,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """eSpeak NG's output at ``synth_rate`` made this speaker's and recorded, at ``sample_rate``.
+
+    The speaker's vocal-tract scale, voice wobble and breath, then resampling, then this recording's colouring
+    (speechsep.corpus.voice_variation).
+    """
+    waveform = warp_time(waveform.astype(np.float64), synth_rate, speaker.formant_scale, speaker.wobble, rng)
+    if speaker.breath_db is not None:
+        waveform = add_breath(waveform, synth_rate, speaker.breath_db, rng)
+    divisor = math.gcd(sample_rate, synth_rate)
+    waveform = resample_poly(waveform, sample_rate // divisor, synth_rate // divisor)
+    return colour_recording(waveform, sample_rate, rng)
+
+
 def synthesize_speakers(
     speakers: Sequence[tuple[int, SyntheticSpeaker]], options: CorpusOptions, root: Path
 ) -> list[dict]:
@@ -125,14 +147,10 @@ def synthesize_speakers(
     rows = []
     for speaker_index, speaker in speakers:
         rng = np.random.default_rng([options.seed, STREAM_SPEECH, speaker_index])
+        variation_rng = np.random.default_rng([options.seed, STREAM_VARIATION, speaker_index])
         for index in range(options.utts_per_speaker):
             waveform, text = _speak_utterance(synth, speaker, rng)
-            divisor = math.gcd(options.sample_rate, synth.sample_rate)
-            waveform = resample_poly(
-                waveform.astype(np.float64),
-                options.sample_rate // divisor,
-                synth.sample_rate // divisor,
-            )
+            waveform = vary_utterance(waveform, synth.sample_rate, options.sample_rate, speaker, variation_rng)
             waveform, _ = normalize_loudness(waveform, options.sample_rate, POOL_LOUDNESS)
             waveform *= min(1.0, MAX_AMPLITUDE / max(np.abs(waveform).max(), 1e-9))
             path = utterance_path(root, speaker, index)

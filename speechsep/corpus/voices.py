@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from speechsep.corpus.options import SPLITS, STREAM_SPEAKERS, CorpusOptions
+from speechsep.corpus.voice_variation import BREATH_DB_RANGE, FORMANT_SCALE_RANGE, WOBBLE_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,10 @@ class SyntheticSpeaker:
     pitch: int
     pitch_range: int
     rate: int
+    # what eSpeak NG cannot vary (speechsep.corpus.voice_variation)
+    formant_scale: float = 1.0
+    wobble: float = 0.0
+    breath_db: float | None = None  # None: no aspiration noise
 
     @property
     def voice(self) -> str:
@@ -192,7 +197,8 @@ def design_speakers(options: CorpusOptions) -> list[SyntheticSpeaker]:
     """Speaker identities for all splits, as distinct from one another as the voices allow.
 
     Half the speakers use female voice variants; variants, accents and languages are used
-    round-robin, and pitch, intonation range and rate are stratified over their ranges. The
+    round-robin, and pitch, intonation range, rate, formant scale, wobble and breath level are
+    stratified over their ranges. The
     speakers are then dealt to train/dev/test at random, so that every split spans the space.
     Ids ``spk000``, ``spk001``... are numbered train first, then dev, then test.
     """
@@ -219,6 +225,16 @@ def design_speakers(options: CorpusOptions) -> list[SyntheticSpeaker]:
         for index in range(total)
     ]
     order = rng.permutation(total)
+    # Drawn last, so that the eSpeak settings above stay those of corpora made before these traits.
+    formant_scales = _stratified(rng, total, *FORMANT_SCALE_RANGE)
+    wobbles = _stratified(rng, total, *WOBBLE_RANGE)
+    breath_levels = _stratified(rng, total, *BREATH_DB_RANGE)
+    for index, voice in enumerate(voices):
+        voice.update(
+            formant_scale=round(float(formant_scales[index]), 4),
+            wobble=round(float(wobbles[index]), 4),
+            breath_db=round(float(breath_levels[index]), 2),
+        )
     splits = [split for split in SPLITS for _ in range(options.num_speakers(split))]
     width = max(3, len(str(total - 1)))
     return [
