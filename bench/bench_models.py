@@ -18,6 +18,7 @@ import os
 import resource
 import statistics
 import traceback
+from collections import namedtuple
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -48,35 +49,23 @@ MASKNETS = {
 }
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml).
+# The encoder's channels (N) and kernel size (L), then the mask network's sizes, by SpeechBrain's names.
+SepFormerSize = namedtuple(
+    "SepFormerSize", "encoder_channels kernel_size num_blocks num_layers d_model nhead d_ffn chunk_size"
+)
+ConvTasNetSize = namedtuple("ConvTasNetSize", "encoder_channels kernel_size B H P X R")
+
+# The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml), and tiny ones for --quick.
 FULL_SIZES = {
-    "sepformer": dict(
-        encoder_channels=256,
-        kernel_size=16,
-        num_blocks=2,
-        num_layers=8,
-        d_model=256,
-        nhead=8,
-        d_ffn=1024,
-        chunk_size=250,
-    ),
-    "convtasnet": dict(encoder_channels=256, kernel_size=16, B=256, H=512, P=3, X=6, R=4),
+    "sepformer": SepFormerSize(256, 16, num_blocks=2, num_layers=8, d_model=256, nhead=8, d_ffn=1024, chunk_size=250),
+    "convtasnet": ConvTasNetSize(256, 16, B=256, H=512, P=3, X=6, R=4),
 }
 TINY_SIZES = {
-    "sepformer": dict(
-        encoder_channels=32,
-        kernel_size=16,
-        num_blocks=1,
-        num_layers=1,
-        d_model=32,
-        nhead=4,
-        d_ffn=64,
-        chunk_size=50,
-    ),
-    "convtasnet": dict(encoder_channels=32, kernel_size=16, B=32, H=64, P=3, X=2, R=1),
+    "sepformer": SepFormerSize(32, 16, num_blocks=1, num_layers=1, d_model=32, nhead=4, d_ffn=64, chunk_size=50),
+    "convtasnet": ConvTasNetSize(32, 16, B=32, H=64, P=3, X=2, R=1),
 }
 # hparams/demo.yaml's Conv-TasNet, trained on batches of 8 one-second crops.
-DEMO_SIZES = dict(encoder_channels=256, kernel_size=64, B=64, H=128, P=3, X=7, R=2)
+DEMO_SIZES = ConvTasNetSize(256, 64, B=64, H=128, P=3, X=7, R=2)
 DEMO_BATCH, DEMO_SECONDS = 8, 1.0
 
 
@@ -128,33 +117,31 @@ def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> 
     """SepFormer (with the given transformer block) or ConvTasNet (with the given mask network), at upstream,
     tiny or (ConvTasNet) demo sizes."""
     sizes = DEMO_SIZES if demo else (TINY_SIZES if quick else FULL_SIZES)[model]
-    encoder_channels, kernel_size = sizes["encoder_channels"], sizes["kernel_size"]
+    encoder_channels, kernel_size = sizes.encoder_channels, sizes.kernel_size
     if model == "sepformer":
         block_kwargs = dict(
-            num_layers=sizes["num_layers"],
-            d_model=sizes["d_model"],
-            nhead=sizes["nhead"],
-            d_ffn=sizes["d_ffn"],
+            num_layers=sizes.num_layers,
+            d_model=sizes.d_model,
+            nhead=sizes.nhead,
+            d_ffn=sizes.d_ffn,
             dropout=0.0,
             use_positional_encoding=True,
             norm_before=True,
         )
         masknet = Dual_Path_Model(
             in_channels=encoder_channels,
-            out_channels=sizes["d_model"],
+            out_channels=sizes.d_model,
             intra_model=BLOCKS[block](**block_kwargs),
             inter_model=BLOCKS[block](**block_kwargs),
-            num_layers=sizes["num_blocks"],
+            num_layers=sizes.num_blocks,
             norm="ln",
-            K=sizes["chunk_size"],
+            K=sizes.chunk_size,
             num_spks=NUM_SPKS,
             skip_around_intra=True,
             linear_layer_after_inter_intra=False,
         )
     elif model == "convtasnet":
-        masknet = MASKNETS[block](
-            N=encoder_channels, B=sizes["B"], H=sizes["H"], P=sizes["P"], X=sizes["X"], R=sizes["R"], C=NUM_SPKS
-        )
+        masknet = MASKNETS[block](N=encoder_channels, B=sizes.B, H=sizes.H, P=sizes.P, X=sizes.X, R=sizes.R, C=NUM_SPKS)
     else:
         raise ValueError(f"unknown model {model!r}, expected 'sepformer' or 'convtasnet'")
     return MaskingSeparator(

@@ -120,24 +120,16 @@ class Settings:
         return ("sepformer",) if self.quick else MODELS
 
 
+# bench_models' size names that the recipes' YAML calls otherwise; the others are the same.
+RECIPE_KEYS = {"encoder_channels": "N_encoder_out", "d_model": "out_channels"}
+
+
 def model_sizes(model: str, quick: bool) -> dict:
     """Recipe overrides giving bench_models' upstream (published) or tiny sizes, so the anchor is the same size."""
     from bench.bench_models import FULL_SIZES, TINY_SIZES
 
     sizes = (TINY_SIZES if quick else FULL_SIZES)[model]
-    overrides = {"N_encoder_out": sizes["encoder_channels"], "kernel_size": sizes["kernel_size"]}
-    if model == "sepformer":
-        overrides.update(
-            out_channels=sizes["d_model"],
-            num_layers=sizes["num_layers"],
-            nhead=sizes["nhead"],
-            d_ffn=sizes["d_ffn"],
-            num_blocks=sizes["num_blocks"],
-            chunk_size=sizes["chunk_size"],
-        )
-    else:
-        overrides.update({key: sizes[key] for key in ("B", "H", "P", "X", "R")})
-    return overrides
+    return {RECIPE_KEYS.get(name, name): value for name, value in sizes._asdict().items()}
 
 
 def yaml_overrides(values: dict) -> str:
