@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
 from speechbrain.utils.epoch_loop import EpochCounter  # noqa: E402
 
+from bench.markdown import section  # noqa: E402
 from speechsep.training.checkpoints import RobustCheckpointer  # noqa: E402
 
 
@@ -51,20 +52,15 @@ def run(quick: bool = False) -> str:
             (checkpoint,) = checkpointer.list_checkpoints()
             megabytes = sum(path.stat().st_size for path in checkpoint.path.iterdir()) / 1e6
             rows.append(f"| {checkpointer_class.__name__} | {megabytes:.0f} | {save:.3f} | {recover:.3f} |")
-    return "\n".join(
-        [
-            "## Checkpoint save and recover time",
-            "",
-            f"Median of {repeats} `save_and_keep_only(num_to_keep=1)` and `recover_if_possible()` calls for a "
-            f"{num_params / 1e6:.0f} M-parameter model with its Adam state, in the system temp folder. "
-            "RobustCheckpointer adds an fsync of every file and a rename; on a network filesystem the fsync "
-            f"costs more than on a local disk{caveat}.",
-            "",
-            "| checkpointer | MB per checkpoint | save (s) | recover (s) |",
-            "|---|---:|---:|---:|",
-            *rows,
-            "",
-        ]
+    return section(
+        "## Checkpoint save and recover time",
+        f"Median of {repeats} `save_and_keep_only(num_to_keep=1)` and `recover_if_possible()` calls for a "
+        f"{num_params / 1e6:.0f} M-parameter model with its Adam state, in the system temp folder. "
+        "RobustCheckpointer adds an fsync of every file and a rename; on a network filesystem the fsync "
+        f"costs more than on a local disk{caveat}.",
+        "checkpointer | MB per checkpoint | save (s) | recover (s)",
+        rows,
+        right_aligned=3,
     )
 
 

@@ -8,9 +8,15 @@ A run made with `--recorded-speech RECORDINGS` also has its score on mixtures of
 """
 
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # also when run as `python bench/bench_demo.py`
+    sys.path.insert(0, str(REPO))
+
+from bench.markdown import section  # noqa: E402
+
 RUNS = {
     "dynamic mixing (default)": REPO / "results" / "demo",
     "static mixing (the corpus's 3000 training mixtures)": REPO / "results" / "demo-static",
@@ -39,23 +45,17 @@ def _row(name: str, folder: Path) -> str:
 
 
 def run(quick: bool = False) -> str:
-    return "\n".join(
-        [
-            "## Embedded demo: test-set quality",
-            "",
-            "`hparams/demo.yaml` (Conv-TasNet, 0.32 M parameters) trained within its wall-clock budget on the "
-            "synthetic MiniLibri2Mix corpus and scored on its speaker-disjoint test split; figures from "
-            "`results/*/demo_summary.json`, written by `speechsep.corpus.demo`. SI-SNRi is one plain pass per "
-            "mixture; beside it, with the config's test-time options (8 sub-hop shifts, mixture consistency), and on "
-            "two-speaker mixtures of real recorded voices when the run was given `--recorded-speech` (how many "
-            "mixtures in brackets).",
-            "",
-            "| training mixtures | SI-SNRi dB (95% CI) | with test-time options | recorded voices | SDRi dB "
-            "| SI-SNRi dB, different / same-gender talkers | test mixtures | training + test (min) | corpus (min) |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *[_row(name, folder) for name, folder in RUNS.items()],
-            "",
-        ]
+    return section(
+        "## Embedded demo: test-set quality",
+        "`hparams/demo.yaml` (Conv-TasNet, 0.32 M parameters) trained within its wall-clock budget on the "
+        "synthetic MiniLibri2Mix corpus and scored on its speaker-disjoint test split; figures from "
+        "`results/*/demo_summary.json`, written by `speechsep.corpus.demo`. SI-SNRi is one plain pass per "
+        "mixture; beside it, with the config's test-time options (8 sub-hop shifts, mixture consistency), and on "
+        "two-speaker mixtures of real recorded voices when the run was given `--recorded-speech` (how many "
+        "mixtures in brackets).",
+        "training mixtures | SI-SNRi dB (95% CI) | with test-time options | recorded voices | SDRi dB "
+        "| SI-SNRi dB, different / same-gender talkers | test mixtures | training + test (min) | corpus (min)",
+        [_row(name, folder) for name, folder in RUNS.items()],
     )
 
 

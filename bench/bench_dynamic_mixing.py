@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.markdown import section  # noqa: E402
 from speechsep.data.dynamic_mixing import DynamicMixingDataset  # noqa: E402
 from speechsep.data.source_pool import AudioIndex, SourcePool  # noqa: E402
 
@@ -130,17 +131,16 @@ def run(quick: bool = False) -> str:
         step_seconds, wait_share, workers = data_wait_share(Path(tmp) / "sources", steps=5 if quick else 60)
     return "\n".join(
         [
-            "## Dynamic mixing throughput",
-            "",
-            f"Mixtures per second built by `DynamicMixingDataset` in one process with one torch thread "
-            f"(one loader worker): {NUM_SPKS} speakers, {SEGMENT_LEN // SAMPLE_RATE} s at {SAMPLE_RATE} Hz, "
-            f"mean of {num_mixtures} mixtures; 6 s source files in the page cache, so this is decoding, "
-            f"levels and mixing, not disk{caveat}.",
-            "",
-            "| level scheme | noise | speed perturbation (%) | mixtures/s | ms/mixture |",
-            "|---|---|---|---:|---:|",
-            *rows,
-            "",
+            section(
+                "## Dynamic mixing throughput",
+                f"Mixtures per second built by `DynamicMixingDataset` in one process with one torch thread "
+                f"(one loader worker): {NUM_SPKS} speakers, {SEGMENT_LEN // SAMPLE_RATE} s at {SAMPLE_RATE} Hz, "
+                f"mean of {num_mixtures} mixtures; 6 s source files in the page cache, so this is decoding, "
+                f"levels and mixing, not disk{caveat}.",
+                "level scheme | noise | speed perturbation (%) | mixtures/s | ms/mixture",
+                rows,
+                right_aligned=2,
+            ),
             "### Waiting for data in the demo config",
             "",
             f"`hparams/demo.yaml` trained with dynamic mixing (its batch size, crop length and `num_workers`="

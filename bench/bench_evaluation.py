@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_metrics import upstream_scores  # noqa: E402
+from bench.markdown import section  # noqa: E402
 from speechsep.evaluation.metrics import separation_metrics  # noqa: E402
 from speechsep.training.config import load_hparams  # noqa: E402
 from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
@@ -80,16 +81,7 @@ def upstream_two_passes(brain: Separation, pairs) -> float:
 
 def run(quick: bool = False) -> str:
     count = 4 if quick else 20
-    lines = [
-        "## Evaluation: whole test set, one pass vs upstream's two passes",
-        "",
-        f"{count} mixtures of {SECONDS} s at {SAMPLE_RATE // 1000} kHz, demo model, CPU, "
-        f"{torch.get_num_threads()} torch thread(s). Ours: one forward per utterance + one `separation_metrics` call per batch; "
-        "upstream: forward + loss for every mixture, then forward + 2 mir_eval calls + 2 PIT SI-SNR.",
-        "",
-        "| speakers | ours, batch 1 (s) | ours, batch 4 (s) | upstream two passes (s) | speed-up (batch 1) | speed-up (batch 4) |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for num_spks in (2, 3):
         brain = demo_separator(num_spks)
         pairs = test_set(num_spks, count)
@@ -97,10 +89,17 @@ def run(quick: bool = False) -> str:
         ours_1 = single_pass(brain, pairs, 1)
         ours_4 = single_pass(brain, pairs, 4)
         upstream = upstream_two_passes(brain, pairs)
-        lines.append(
+        rows.append(
             f"| {num_spks} | {ours_1:.1f} | {ours_4:.1f} | {upstream:.1f} | {upstream / ours_1:.1f}x | {upstream / ours_4:.1f}x |"
         )
-    return "\n".join(lines) + "\n"
+    return section(
+        "## Evaluation: whole test set, one pass vs upstream's two passes",
+        f"{count} mixtures of {SECONDS} s at {SAMPLE_RATE // 1000} kHz, demo model, CPU, "
+        f"{torch.get_num_threads()} torch thread(s). Ours: one forward per utterance + one `separation_metrics` call per batch; "
+        "upstream: forward + loss for every mixture, then forward + 2 mir_eval calls + 2 PIT SI-SNR.",
+        "speakers | ours, batch 1 (s) | ours, batch 4 (s) | upstream two passes (s) | speed-up (batch 1) | speed-up (batch 4)",
+        rows,
+    )
 
 
 if __name__ == "__main__":

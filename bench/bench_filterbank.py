@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from speechbrain.lobes.models import dual_path
 
+from bench.markdown import section
 from speechsep.models import filterbank
 from speechsep.training.config import load_hparams
 from speechsep.training.losses import pit_si_snr_loss
@@ -88,18 +89,7 @@ def demo_training_step(implementation: str, quick: bool) -> Callable:
 
 def run(quick: bool = False) -> str:
     warmup, repeats = (1, 1) if quick else (5, 30)
-    lines = [
-        "## Encoder / decoder: SpeechBrain's vs speechsep.models.filterbank",
-        "",
-        f"CPU, {torch.get_num_threads()} threads, fp32, median of {repeats} repeats after {warmup} warm-up. "
-        "*Decoder alone* = one decoder call and its backward; "
-        "*filterbank* = encoder, one decoder call per speaker (2) and their backward, with random masks; "
-        "*demo step* = the whole training step of `hparams/demo.yaml` (forward, PIT SI-SNR, backward, Adam).",
-        "",
-        "| what | SpeechBrain (ms) | speechsep.models.filterbank (ms) | speed-up |",
-        "|---|---:|---:|---:|",
-    ]
-    rows = [
+    steps = [
         (
             f"{part}, {name}, batch {batch} x {seconds:g} s",
             {
@@ -117,11 +107,21 @@ def run(quick: bool = False) -> str:
         for name, channels, kernel, batch, seconds in SIZES
         for part in ("decoder alone (1 call)", "filterbank")
     ]
-    rows.append(("demo step (batch 8 x 1 s)", {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
-    for label, steps in rows:
-        reference, ours = (median_ms(steps[impl], warmup, repeats) for impl in IMPLEMENTATIONS)
-        lines.append(f"| {label} | {reference:.1f} | {ours:.1f} | {reference / ours:.2f}x |")
-    return "\n".join(lines)
+    steps.append(("demo step (batch 8 x 1 s)", {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
+    rows = []
+    for label, step in steps:
+        reference, ours = (median_ms(step[impl], warmup, repeats) for impl in IMPLEMENTATIONS)
+        rows.append(f"| {label} | {reference:.1f} | {ours:.1f} | {reference / ours:.2f}x |")
+    return section(
+        "## Encoder / decoder: SpeechBrain's vs speechsep.models.filterbank",
+        f"CPU, {torch.get_num_threads()} threads, fp32, median of {repeats} repeats after {warmup} warm-up. "
+        "*Decoder alone* = one decoder call and its backward; "
+        "*filterbank* = encoder, one decoder call per speaker (2) and their backward, with random masks; "
+        "*demo step* = the whole training step of `hparams/demo.yaml` (forward, PIT SI-SNR, backward, Adam).",
+        "what | SpeechBrain (ms) | speechsep.models.filterbank (ms) | speed-up",
+        rows,
+        right_aligned=3,
+    )
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_inference.py`
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.markdown import section  # noqa: E402
+
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
 RSS_LIMIT_MIB = 2048  # what a 60 min input must stay under
@@ -146,22 +148,16 @@ def run(quick: bool = False, batch_size: int = 1, device: str | None = None) -> 
             )
     where = f"CPU ({len(os.sched_getaffinity(0))} threads)" if device == "cpu" else f"`{device}`"
     caveat = " (--quick: short inputs, a smoke test)" if quick else ""
-    return "\n".join(
-        [
-            "## Separating long recordings (separate.py)",
-            "",
-            f"One {SAMPLE_RATE} Hz two-speaker recording per row (synthetic speech-like mixtures), separated on {where} "
-            f"with the default 8 s windows and 4 s hop, {batch_size} window(s) per forward pass, "
-            "random weights. RTF = separation time / audio duration (reading, resampling and writing included, "
-            "model loading not). Peak RSS of the fresh process that loaded the model and separated the file; "
-            "*before* = RSS once the model is loaded. Chunking keeps peak minus before at the input and output "
-            f"buffers (about 12 bytes per input sample with two speakers) plus one window's activations{caveat}.",
-            "",
-            f"| model | input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    return section(
+        "## Separating long recordings (separate.py)",
+        f"One {SAMPLE_RATE} Hz two-speaker recording per row (synthetic speech-like mixtures), separated on {where} "
+        f"with the default 8 s windows and 4 s hop, {batch_size} window(s) per forward pass, "
+        "random weights. RTF = separation time / audio duration (reading, resampling and writing included, "
+        "model loading not). Peak RSS of the fresh process that loaded the model and separated the file; "
+        "*before* = RSS once the model is loaded. Chunking keeps peak minus before at the input and output "
+        f"buffers (about 12 bytes per input sample with two speakers) plus one window's activations{caveat}.",
+        f"model | input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB",
+        rows,
     )
 
 

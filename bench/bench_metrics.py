@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
+from bench.markdown import section
 from speechsep.evaluation.metrics import SDR_PERMUTATIONS, pit_sdr, separation_metrics
 from tests.speech import mask_separation_example
 
@@ -157,29 +158,32 @@ def trained_model_agreement(run_dir: Path = DEMO_RUN, limit: int | None = None) 
             sdr, perm = pit_sdr(est_sources, sources, permutation=rule)
             differences[rule].append(float(np.abs(sdr[0].numpy() - expected).max()))
             other_order[rule] += perm[0].tolist() != list(expected_perm)
-    lines = [
+    rows = [
+        f"| {rule} | {max(differences[rule]):.1e} | {statistics.median(differences[rule]):.1e} "
+        f"| {other_order[rule]} of {len(manifest)} |"
+        for rule in SDR_PERMUTATIONS
+    ]
+    return section(
         title,
-        "",
         f"The trained demo model (`{run_dir.name}`) separates the {len(manifest)} test mixtures of its corpus; "
         f"per-source SDR of `speechsep.evaluation.metrics.pit_sdr` vs `mir_eval.separation.bss_eval_sources` (mean mir_eval "
         f"SDR {np.mean(mir_eval_sdrs):.2f} dB).",
-        "",
-        "| SDR permutation | max abs difference (dB) | median abs difference (dB) | mixtures where the speaker order differs |",
-        "|---|---|---|---|",
-    ]
-    for rule in SDR_PERMUTATIONS:
-        lines.append(
-            f"| {rule} | {max(differences[rule]):.1e} | {statistics.median(differences[rule]):.1e} "
-            f"| {other_order[rule]} of {len(manifest)} |"
-        )
-    return "\n".join(lines) + "\n"
+        "SDR permutation | max abs difference (dB) | median abs difference (dB) | mixtures where the speaker order differs",
+        rows,
+    )
 
 
 def run(quick: bool = False) -> str:
     count, batch_size = (2, 2) if quick else (8, 4)
-    lines = [
+    rows = [
+        f"| {num_spks} | {rule} | {result['ours']:.1f} | {result['ours_batched']:.1f} "
+        f"| {result['mir_eval']:.0f} | {result['upstream']:.0f} | {result['mir_eval'] / result['ours']:.1f}x "
+        f"| {result['upstream'] / result['ours']:.1f}x | {result['max_difference']:.1e} |"
+        for num_spks in (2, 3)
+        for rule, result in _measure(num_spks, count, batch_size).items()
+    ]
+    scoring = section(
         "## Metrics: scoring time per utterance",
-        "",
         f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi in one call) vs one "
         f"`mir_eval.separation.bss_eval_sources` call (SDR of the estimates only) and vs upstream SpeechBrain's "
         f"per-utterance scoring (2 mir_eval calls + 2 PIT SI-SNR: the same four numbers), on {count} "
@@ -187,21 +191,12 @@ def run(quick: bool = False) -> str:
         f"warm-up, CPU, {torch.get_num_threads()} torch thread(s), numpy BLAS threads as configured by the "
         f"environment. *SDR permutation*: `sdr` (default, best mean SDR) or `sir` (mir_eval's rule, one more "
         f"linear system of 512 x speakers). Last column: largest |ours - upstream| over sdr, sdr_i, si-snr, si-snr_i.",
-        "",
-        f"| speakers | SDR permutation | ours, batch 1 (ms) | ours, batch {batch_size} (ms/utt) "
+        f"speakers | SDR permutation | ours, batch 1 (ms) | ours, batch {batch_size} (ms/utt) "
         "| mir_eval, 1 call (ms) | upstream scoring (ms) | speed-up vs 1 mir_eval call | speed-up vs upstream "
-        "| max diff (dB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for num_spks in (2, 3):
-        for rule, result in _measure(num_spks, count, batch_size).items():
-            lines.append(
-                f"| {num_spks} | {rule} | {result['ours']:.1f} | {result['ours_batched']:.1f} "
-                f"| {result['mir_eval']:.0f} | {result['upstream']:.0f} | {result['mir_eval'] / result['ours']:.1f}x "
-                f"| {result['upstream'] / result['ours']:.1f}x | {result['max_difference']:.1e} |"
-            )
-    lines += ["", trained_model_agreement(limit=10 if quick else None)]
-    return "\n".join(lines) + "\n"
+        "| max diff (dB)",
+        rows,
+    )
+    return "\n".join([scoring, trained_model_agreement(limit=10 if quick else None)])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import os
 import resource
 import statistics
 import traceback
+from collections import namedtuple
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -33,6 +34,7 @@ from speechbrain.lobes.models.dual_path import (
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 from torch import nn
 
+from bench.markdown import section
 from bench.timing import time_steps
 from speechsep.models.conv_tasnet import MaskNet
 from speechsep.models.transformer import FastSBTransformerBlock
@@ -48,35 +50,23 @@ MASKNETS = {
 }
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml).
+# The encoder's channels (N) and kernel size (L), then the mask network's sizes, by SpeechBrain's names.
+SepFormerSize = namedtuple(
+    "SepFormerSize", "encoder_channels kernel_size num_blocks num_layers d_model nhead d_ffn chunk_size"
+)
+ConvTasNetSize = namedtuple("ConvTasNetSize", "encoder_channels kernel_size B H P X R")
+
+# The upstream WSJ0-2mix recipes' sizes (SpeechBrain's sepformer.yaml / convtasnet.yaml), and tiny ones for --quick.
 FULL_SIZES = {
-    "sepformer": dict(
-        encoder_channels=256,
-        kernel_size=16,
-        num_blocks=2,
-        num_layers=8,
-        d_model=256,
-        nhead=8,
-        d_ffn=1024,
-        chunk_size=250,
-    ),
-    "convtasnet": dict(encoder_channels=256, kernel_size=16, B=256, H=512, P=3, X=6, R=4),
+    "sepformer": SepFormerSize(256, 16, num_blocks=2, num_layers=8, d_model=256, nhead=8, d_ffn=1024, chunk_size=250),
+    "convtasnet": ConvTasNetSize(256, 16, B=256, H=512, P=3, X=6, R=4),
 }
 TINY_SIZES = {
-    "sepformer": dict(
-        encoder_channels=32,
-        kernel_size=16,
-        num_blocks=1,
-        num_layers=1,
-        d_model=32,
-        nhead=4,
-        d_ffn=64,
-        chunk_size=50,
-    ),
-    "convtasnet": dict(encoder_channels=32, kernel_size=16, B=32, H=64, P=3, X=2, R=1),
+    "sepformer": SepFormerSize(32, 16, num_blocks=1, num_layers=1, d_model=32, nhead=4, d_ffn=64, chunk_size=50),
+    "convtasnet": ConvTasNetSize(32, 16, B=32, H=64, P=3, X=2, R=1),
 }
 # hparams/demo.yaml's Conv-TasNet, trained on batches of 8 one-second crops.
-DEMO_SIZES = dict(encoder_channels=256, kernel_size=64, B=64, H=128, P=3, X=7, R=2)
+DEMO_SIZES = ConvTasNetSize(256, 64, B=64, H=128, P=3, X=7, R=2)
 DEMO_BATCH, DEMO_SECONDS = 8, 1.0
 
 
@@ -128,33 +118,31 @@ def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> 
     """SepFormer (with the given transformer block) or ConvTasNet (with the given mask network), at upstream,
     tiny or (ConvTasNet) demo sizes."""
     sizes = DEMO_SIZES if demo else (TINY_SIZES if quick else FULL_SIZES)[model]
-    encoder_channels, kernel_size = sizes["encoder_channels"], sizes["kernel_size"]
+    encoder_channels, kernel_size = sizes.encoder_channels, sizes.kernel_size
     if model == "sepformer":
         block_kwargs = dict(
-            num_layers=sizes["num_layers"],
-            d_model=sizes["d_model"],
-            nhead=sizes["nhead"],
-            d_ffn=sizes["d_ffn"],
+            num_layers=sizes.num_layers,
+            d_model=sizes.d_model,
+            nhead=sizes.nhead,
+            d_ffn=sizes.d_ffn,
             dropout=0.0,
             use_positional_encoding=True,
             norm_before=True,
         )
         masknet = Dual_Path_Model(
             in_channels=encoder_channels,
-            out_channels=sizes["d_model"],
+            out_channels=sizes.d_model,
             intra_model=BLOCKS[block](**block_kwargs),
             inter_model=BLOCKS[block](**block_kwargs),
-            num_layers=sizes["num_blocks"],
+            num_layers=sizes.num_blocks,
             norm="ln",
-            K=sizes["chunk_size"],
+            K=sizes.chunk_size,
             num_spks=NUM_SPKS,
             skip_around_intra=True,
             linear_layer_after_inter_intra=False,
         )
     elif model == "convtasnet":
-        masknet = MASKNETS[block](
-            N=encoder_channels, B=sizes["B"], H=sizes["H"], P=sizes["P"], X=sizes["X"], R=sizes["R"], C=NUM_SPKS
-        )
+        masknet = MASKNETS[block](N=encoder_channels, B=sizes.B, H=sizes.H, P=sizes.P, X=sizes.X, R=sizes.R, C=NUM_SPKS)
     else:
         raise ValueError(f"unknown model {model!r}, expected 'sepformer' or 'convtasnet'")
     return MaskingSeparator(
@@ -304,31 +292,29 @@ def _breakdown_or_report(case: Case) -> dict[str, float] | None:
 def breakdown_section(quick: bool) -> str:
     """Where a SepFormer training step spends its CPU time, with each block (fresh process each)."""
     seconds = 0.5 if quick else 4.0
-    lines = [
-        "### Where a SepFormer training step spends its time (CPU, fp32)",
-        "",
-        f"One profiled training step (`torch.profiler`, self CPU time of aten ops), {seconds:g} s mixture, same "
-        "sizes as above. *linear* = `mm`/`addmm` (projections and feed-forward layers, identical in both "
-        "blocks); *attention* = `bmm`, softmax and the fused `scaled_dot_product_attention` kernels; *other* = "
-        "norms, convolutions, element-wise ops, optimizer. The last column is the speed-up a block would get "
-        "if its attention cost nothing: 1 / (1 - attention share).",
-        "",
-        "| block | linear | attention | other | bound on any attention speed-up |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     context = multiprocessing.get_context("spawn")
     for block in BLOCKS:
         case = Case("sepformer", block, "train", "fp32", seconds, "cpu", quick)
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             shares = pool.submit(_breakdown_or_report, case).result()
         if shares is None:
-            lines.append(f"| {block} | failed | — | — | — |")
+            rows.append(f"| {block} | failed | — | — | — |")
             continue
-        lines.append(
+        rows.append(
             f"| {block} | {shares['linear']:.0%} | {shares['attention']:.0%} | {shares['other']:.0%} "
             f"| {1 / (1 - shares['attention']):.2f}x |"
         )
-    return "\n".join(lines)
+    return section(
+        "### Where a SepFormer training step spends its time (CPU, fp32)",
+        f"One profiled training step (`torch.profiler`, self CPU time of aten ops), {seconds:g} s mixture, same "
+        "sizes as above. *linear* = `mm`/`addmm` (projections and feed-forward layers, identical in both "
+        "blocks); *attention* = `bmm`, softmax and the fused `scaled_dot_product_attention` kernels; *other* = "
+        "norms, convolutions, element-wise ops, optimizer. The last column is the speed-up a block would get "
+        "if its attention cost nothing: 1 / (1 - attention share).",
+        "block | linear | attention | other | bound on any attention speed-up",
+        rows,
+    )
 
 
 def _format(value: float | None, digits: int = 0) -> str:
@@ -341,13 +327,15 @@ def _ratio(reference: float | None, value: float | None) -> str:
     return f"{reference / value:.2f}x"
 
 
-def _table(results: dict[Case, Measurement]) -> str:
-    """Markdown table; rows with our block or mask network carry SpeechBrain's time and memory over ours."""
-    lines = [
-        "| model | block / mask network | precision | mode | batch x mixture (s) | median time (ms) "
-        "| peak memory (MiB) | speed-up (SpeechBrain time / ours) | memory (SpeechBrain / ours) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+TABLE_HEADER = (
+    "model | block / mask network | precision | mode | batch x mixture (s) | median time (ms) "
+    "| peak memory (MiB) | speed-up (SpeechBrain time / ours) | memory (SpeechBrain / ours)"
+)
+
+
+def _rows(results: dict[Case, Measurement]) -> list[str]:
+    """Rows under TABLE_HEADER; a row of our block or mask network has SpeechBrain's time and memory over ours."""
+    rows = []
     for case, result in results.items():
         speed_up = memory_ratio = "—"
         if case.block != "speechbrain":
@@ -357,11 +345,11 @@ def _table(results: dict[Case, Measurement]) -> str:
                 memory_ratio = _ratio(reference.peak_mib, result.peak_mib)
         timing = _format(result.median_ms, 1) if result.error is None else f"failed: {result.error}"
         model = f"{case.model} (demo size)" if case.demo else case.model
-        lines.append(
+        rows.append(
             f"| {model} | {case.block} | {case.precision} | {case.mode} | {case.batch} x {case.seconds:g} "
             f"| {timing} | {_format(result.peak_mib, 1)} | {speed_up} | {memory_ratio} |"
         )
-    return "\n".join(lines)
+    return rows
 
 
 MODELS = ("sepformer", "convtasnet")
@@ -425,20 +413,17 @@ def run(quick: bool = False, device: str | None = None, models: tuple[str, ...] 
     sections = []
     for model in models:
         results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick, model)}
-        sections += [
-            TITLES[model],
-            "",
+        intro = (
             f"Batch of 1 mixture at {SAMPLE_RATE} Hz, {NUM_SPKS} speakers, models at {sizes}, on `{device}`"
             f"{threads}. *train* = forward + PIT SI-SNR loss + backward + Adam step (fp16 with a GradScaler); "
             "*inference* = forward under `torch.no_grad()`; bf16/fp16 are `torch.autocast`. "
             f"Median of {repeats} repeat(s) after {warmup} warm-up step(s). Peak memory: peak {memory} minus "
             "the memory in use once the model and inputs are built (so it includes activations, gradients "
-            f"and Adam states); each configuration runs in a fresh process.{NOTES[model]}",
-            "",
-            _table(results),
-            "",
-            *([breakdown_section(quick), ""] if model == "sepformer" and device == "cpu" else []),
-        ]
+            f"and Adam states); each configuration runs in a fresh process.{NOTES[model]}"
+        )
+        sections.append(section(TITLES[model], intro, TABLE_HEADER, _rows(results)))
+        if model == "sepformer" and device == "cpu":
+            sections.append(breakdown_section(quick))
     return "\n".join(sections)
 
 

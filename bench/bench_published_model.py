@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_publi
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.bench_inference import RSS_LIMIT_MIB, SAMPLE_RATE, measure, write_recording  # noqa: E402
+from bench.markdown import section  # noqa: E402
 from tests.published_models import PRETRAINER  # noqa: E402  (the modules map and pretrainer of that layout)
 
 # SpeechBrain's published speechbrain/sepformer-wsj02mix hyperparams.yaml, as that folder declares its model.
@@ -102,21 +103,15 @@ def run(quick: bool = False, device: str | None = None) -> str:
                 f"| {report['rss_before_mib']:.0f} | {peak:.0f} | {'yes' if peak < RSS_LIMIT_MIB else '**no**'} |"
             )
     where = f"CPU ({len(os.sched_getaffinity(0))} threads)" if device == "cpu" else f"`{device}`"
-    return "\n".join(
-        [
-            "## A published SpeechBrain SepFormer folder through separate.py",
-            "",
-            f"{MODEL}: a folder in the layout SpeechBrain publishes (random weights), given to `separate.py --model` "
-            f"as it is. One {SAMPLE_RATE} Hz two-speaker recording per row on {where}, default 8 s windows and 4 s "
-            "hop, one window per forward pass, fused attention and matrix-product filterbank swapped in at load time. "
-            'RTF = separation time / audio duration; RSS as in "Separating long recordings (separate.py)"'
-            + (" (--quick: short inputs, a smoke test)." if quick else "."),
-            "",
-            f"| input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB |",
-            "|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    return section(
+        "## A published SpeechBrain SepFormer folder through separate.py",
+        f"{MODEL}: a folder in the layout SpeechBrain publishes (random weights), given to `separate.py --model` "
+        f"as it is. One {SAMPLE_RATE} Hz two-speaker recording per row on {where}, default 8 s windows and 4 s "
+        "hop, one window per forward pass, fused attention and matrix-product filterbank swapped in at load time. "
+        'RTF = separation time / audio duration; RSS as in "Separating long recordings (separate.py)"'
+        + (" (--quick: short inputs, a smoke test)." if quick else "."),
+        f"input (min) | RTF | time (s) | RSS before (MiB) | peak RSS (MiB) | < {RSS_LIMIT_MIB} MiB",
+        rows,
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.markdown import section  # noqa: E402
 from speechsep.corpus import synth_corpus  # noqa: E402
 from speechsep.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus  # noqa: E402
 
@@ -63,24 +64,20 @@ def run(quick: bool = False) -> str:
     mixtures = "/".join(str(summary["mixtures"][split]) for split in SPLITS)
     speakers = "/".join(str(summary["speakers"][split]) for split in SPLITS)
     hours = sum(summary["mixture_hours"].values())
-    return "\n".join(
+    return section(
+        "## Synthetic corpus generation",
+        f"`synthesize_corpus` with the `{size}` size{caveat}, {NUM_WORKERS} worker processes, 8 kHz, "
+        "2 speakers, min mode. Wall time depends on what else runs on the machine; the CPU costs "
+        "are timed serially in one process, and the estimate divides the total CPU work by the "
+        "workers (what a quiet machine takes, process start-up aside).",
+        "speakers train/dev/test | pool utterances | pool hours | mixtures train/dev/test "
+        "| mixture hours | MB on disk | wall s | CPU ms / utterance | CPU ms / mixture "
+        "| quiet estimate s",
         [
-            "## Synthetic corpus generation",
-            "",
-            f"`synthesize_corpus` with the `{size}` size{caveat}, {NUM_WORKERS} worker processes, 8 kHz, "
-            "2 speakers, min mode. Wall time depends on what else runs on the machine; the CPU costs "
-            "are timed serially in one process, and the estimate divides the total CPU work by the "
-            "workers (what a quiet machine takes, process start-up aside).",
-            "",
-            "| speakers train/dev/test | pool utterances | pool hours | mixtures train/dev/test "
-            "| mixture hours | MB on disk | wall s | CPU ms / utterance | CPU ms / mixture "
-            "| quiet estimate s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
             f"| {speakers} | {num_utterances} | {summary['source_hours']:.2f} | {mixtures} | {hours:.2f} "
             f"| {summary['megabytes']:.0f} | {wall:.1f} | {1000 * per_utterance:.1f} "
-            f"| {1000 * per_mixture:.1f} | {quiet_estimate:.0f} |",
-            "",
-        ]
+            f"| {1000 * per_mixture:.1f} | {quiet_estimate:.0f} |"
+        ],
     )
 
 

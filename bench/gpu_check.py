@@ -59,6 +59,7 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/gpu_check.py`
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.markdown import section  # noqa: E402
 from bench.timing import time_steps  # noqa: E402
 
 DEFAULT_OUTPUT = BENCH_DIR / "RESULTS-gpu.md"
@@ -120,24 +121,16 @@ class Settings:
         return ("sepformer",) if self.quick else MODELS
 
 
+# bench_models' size names that the recipes' YAML calls otherwise; the others are the same.
+RECIPE_KEYS = {"encoder_channels": "N_encoder_out", "d_model": "out_channels"}
+
+
 def model_sizes(model: str, quick: bool) -> dict:
     """Recipe overrides giving bench_models' upstream (published) or tiny sizes, so the anchor is the same size."""
     from bench.bench_models import FULL_SIZES, TINY_SIZES
 
     sizes = (TINY_SIZES if quick else FULL_SIZES)[model]
-    overrides = {"N_encoder_out": sizes["encoder_channels"], "kernel_size": sizes["kernel_size"]}
-    if model == "sepformer":
-        overrides.update(
-            out_channels=sizes["d_model"],
-            num_layers=sizes["num_layers"],
-            nhead=sizes["nhead"],
-            d_ffn=sizes["d_ffn"],
-            num_blocks=sizes["num_blocks"],
-            chunk_size=sizes["chunk_size"],
-        )
-    else:
-        overrides.update({key: sizes[key] for key in ("B", "H", "P", "X", "R")})
-    return overrides
+    return {RECIPE_KEYS.get(name, name): value for name, value in sizes._asdict().items()}
 
 
 def yaml_overrides(values: dict) -> str:
@@ -424,9 +417,20 @@ def steps_section(results: dict[StepCase, dict], settings: Settings) -> str:
     cuda = settings.device.startswith("cuda")
     memory = "`torch.cuda.max_memory_allocated`" if cuda else "peak RSS (VmHWM, reset before each case)"
     warmup, repeats = settings.warmup_repeats
-    lines = [
+    rows = []
+    for case, result in results.items():
+        reference = None if case.block != "ours" else results.get(dataclasses.replace(case, block="speechbrain"))
+        anchor = None if case.block == UPSTREAM else results.get(StepCase(case.model, UPSTREAM, "fp32", case.batch))
+        timing = _format(result.get("median_ms")) if "median_ms" in result else result["status"]
+        if result.get("skipped"):
+            timing += f" ({result['skipped']} skipped)"
+        rows.append(
+            f"| {case.model} | {case.block} | {case.precision} | {case.batch} | {timing} "
+            f"| {_format(result.get('peak_mib'))} | {_ratio_text(_ratio(reference, result))} "
+            f"| {_ratio_text(_ratio(anchor, result))} |"
+        )
+    return section(
         "## Training step: SpeechBrain's block vs ours, and upstream's recipe as the anchor",
-        "",
         f"One training step on {settings.step_seconds:g} s two-speaker mixtures at {SAMPLE_RATE} Hz, models at "
         f"{'tiny smoke-test sizes (--quick)' if settings.quick else 'the published WSJ0-2mix sizes'}. *speechbrain* "
         "and *ours* run train.py's `Separation.fit_batch` (autocast, PIT SI-SNR loss, threshold-by-loss, "
@@ -437,23 +441,10 @@ def steps_section(results: dict[StepCase, dict], settings: Settings) -> str:
         f"Speed perturbation off. Median of {repeats} steps after {warmup} warm-up step(s); peak memory: {memory} "
         "minus the memory held once the model and batch are built (activations, gradients, Adam states). "
         "Speed-ups are time ratios (>1: this row is faster).",
-        "",
-        "| model | block | precision | batch | median step (ms) | peak memory (MiB) "
-        "| speed-up vs speechbrain block | speed-up vs upstream |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for case, result in results.items():
-        reference = None if case.block != "ours" else results.get(dataclasses.replace(case, block="speechbrain"))
-        anchor = None if case.block == UPSTREAM else results.get(StepCase(case.model, UPSTREAM, "fp32", case.batch))
-        timing = _format(result.get("median_ms")) if "median_ms" in result else result["status"]
-        if result.get("skipped"):
-            timing += f" ({result['skipped']} skipped)"
-        lines.append(
-            f"| {case.model} | {case.block} | {case.precision} | {case.batch} | {timing} "
-            f"| {_format(result.get('peak_mib'))} | {_ratio_text(_ratio(reference, result))} "
-            f"| {_ratio_text(_ratio(anchor, result))} |"
-        )
-    return "\n".join(lines) + "\n"
+        "model | block | precision | batch | median step (ms) | peak memory (MiB) "
+        "| speed-up vs speechbrain block | speed-up vs upstream",
+        rows,
+    )
 
 
 def goal_summary(results: dict) -> str:
@@ -591,24 +582,18 @@ def train_runs_section(settings: Settings, deadline: float) -> str:
                 f"| {run['valid_si_snr']} | {run['test_si_snr']} |"
             )
     skipped_cpu = " fp16 is not run on CPU (train.py would swap it for bf16)." if settings.device == "cpu" else ""
-    return "\n".join(
-        [
-            "## train.py under mixed precision",
-            "",
-            f"`python train.py hparams/sepformer.yaml --precision=<p> --device={settings.device}` on a generated custom "
-            f"tree ({settings.train_steps} training mixtures, batch 1: {settings.train_steps} steps, then validation and "
-            f"test on 2 mixtures each), SepFormer at {'tiny' if settings.quick else 'published'} size, random init. "
-            "*Skipped batches*: train.py's count of batches it did not back-propagate (non-finite or out-of-range "
-            "loss), with the number of `Skipping batch` log lines. *GradScaler overflows*: steps the scaler skipped "
-            "for inf/NaN gradients, log2(65536 / final scale). *NaN*: whether `nan` appears in train_log.txt. "
-            f"SI-SNR in dB.{skipped_cpu}",
-            "",
-            "| precision | steps | run (wall time) | skipped batches | GradScaler overflows | NaN | train si-snr "
-            "| valid si-snr | test si-snr |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    return section(
+        "## train.py under mixed precision",
+        f"`python train.py hparams/sepformer.yaml --precision=<p> --device={settings.device}` on a generated custom "
+        f"tree ({settings.train_steps} training mixtures, batch 1: {settings.train_steps} steps, then validation and "
+        f"test on 2 mixtures each), SepFormer at {'tiny' if settings.quick else 'published'} size, random init. "
+        "*Skipped batches*: train.py's count of batches it did not back-propagate (non-finite or out-of-range "
+        "loss), with the number of `Skipping batch` log lines. *GradScaler overflows*: steps the scaler skipped "
+        "for inf/NaN gradients, log2(65536 / final scale). *NaN*: whether `nan` appears in train_log.txt. "
+        f"SI-SNR in dB.{skipped_cpu}",
+        "precision | steps | run (wall time) | skipped batches | GradScaler overflows | NaN | train si-snr "
+        "| valid si-snr | test si-snr",
+        rows,
     )
 
 
@@ -631,19 +616,13 @@ def scoring_section(settings: Settings, deadline: float) -> str:
             continue
         speed_up = _ratio_text(cpu_ms / ms if cpu_ms else None)
         rows.append(f"| {device} | {batch} | {ms:.1f} | {1e3 / ms:.0f} | {speed_up} |")
-    return "\n".join(
-        [
-            "## Test-set scoring throughput",
-            "",
-            f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi) on {count} mask-separated 4 s "
-            f"{SAMPLE_RATE} Hz two-speaker utterances, one call per batch, after a warm-up call; the test stage scores "
-            "batch 1.",
-            "",
-            "| device | batch | ms per utterance | utterances/s | speed-up vs CPU batch 1 |",
-            "|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    return section(
+        "## Test-set scoring throughput",
+        f"`speechsep.evaluation.metrics.separation_metrics` (SDR, SDRi, SI-SNR, SI-SNRi) on {count} mask-separated 4 s "
+        f"{SAMPLE_RATE} Hz two-speaker utterances, one call per batch, after a warm-up call; the test stage scores "
+        "batch 1.",
+        "device | batch | ms per utterance | utterances/s | speed-up vs CPU batch 1",
+        rows,
     )
 
 
@@ -683,20 +662,14 @@ def separate_section(settings: Settings, deadline: float) -> str:
                     f"| {model} | {seconds / 60:.3g} | {report['elapsed'] / report['audio_seconds']:.4f} "
                     f"| {report['elapsed']:.1f} | {report['peak_rss_mib']:.0f} |"
                 )
-    return "\n".join(
-        [
-            "## separate.py real-time factor",
-            "",
-            f"One {seconds / 60:.3g}-minute {SAMPLE_RATE} Hz two-speaker recording separated on `{settings.device}` the "
-            "way separate.py does (8 s windows, 4 s hop, one window per forward pass, read and written as files), "
-            f"{'tiny' if settings.quick else 'published-size'} models with random weights, in a fresh process "
-            "(`bench/bench_inference.py`'s worker). RTF = separation time / audio duration, model loading excluded.",
-            "",
-            "| model | input (min) | RTF | time (s) | peak RSS (MiB) |",
-            "|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    return section(
+        "## separate.py real-time factor",
+        f"One {seconds / 60:.3g}-minute {SAMPLE_RATE} Hz two-speaker recording separated on `{settings.device}` the "
+        "way separate.py does (8 s windows, 4 s hop, one window per forward pass, read and written as files), "
+        f"{'tiny' if settings.quick else 'published-size'} models with random weights, in a fresh process "
+        "(`bench/bench_inference.py`'s worker). RTF = separation time / audio duration, model loading excluded.",
+        "model | input (min) | RTF | time (s) | peak RSS (MiB)",
+        rows,
     )
 
 

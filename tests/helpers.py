@@ -92,6 +92,12 @@ def parameters_of(brain) -> list[torch.Tensor]:
     return [p.detach().clone() for p in brain.modules.parameters()]
 
 
+def torchrun_command(script: str, *args) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=2 <script> <args>`: two local processes."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return [*torchrun, script, *map(str, args)]
+
+
 def train_command(config: str, data_folder, output_folder, *extra: str, **options) -> list[str]:
     """`python train.py hparams/<config> --data_folder=... --output_folder=... --<key>=<value> ... <extra>`."""
     return [

@@ -13,7 +13,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from speechsep.training.checkpoints import CheckpointWriteError, RobustCheckpointer
-from tests.helpers import REPO
+from tests.helpers import REPO, torchrun_command
 
 
 class Run:
@@ -339,16 +339,7 @@ def test_save_and_keep_only_keeps_the_old_checkpoint_when_the_new_save_fails(tmp
 # --------------------------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
 def test_ddp_ranks_keep_complete_checkpoints_and_fall_back_alike(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "tests/ddp_checkpoint_worker.py",
-        str(tmp_path / "save"),
-        str(tmp_path),
-    ]
+    command = torchrun_command("tests/ddp_checkpoint_worker.py", tmp_path / "save", tmp_path)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
 

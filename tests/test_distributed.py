@@ -2,7 +2,6 @@
 
 import re
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -11,7 +10,7 @@ import yaml
 
 from speechsep.training.losses import pit_si_snr_loss
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET, tiny_hparams
+from tests.helpers import REPO, TINY_CONVTASNET, tiny_hparams, torchrun_command
 
 pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
@@ -34,18 +33,13 @@ def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data_folder = make_wsj0mix(root / "data", per_split=5, length_spread=0)  # no padding: the same losses here
     output = root / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+    command = torchrun_command(
         "tests/ddp_train_and_dump.py",
         "hparams/convtasnet.yaml",
         *options(data_folder, output),
         "--distributed_backend=gloo",
         "--device=cpu",
-    ]
+    )
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, data_folder, output

@@ -38,27 +38,13 @@ BABBLE_TALKERS = (3, 6)
 BABBLE_UTTERANCES_PER_TALKER = 2
 
 
+# The order of a preset's sizes: mixtures per split, disjoint speakers per split, utterances per speaker.
+SIZE_KEYS = (*[f"num_{split}" for split in SPLITS], *[f"num_{split}_speakers" for split in SPLITS], "utts_per_speaker")
 SIZE_PRESETS: dict[str, dict[str, int]] = {
     # Chosen for a ~10 minute CPU training demo: many speakers, a few thousand short mixtures.
-    "default": dict(
-        num_train=3000,
-        num_dev=150,
-        num_test=150,
-        num_train_speakers=240,
-        num_dev_speakers=30,
-        num_test_speakers=30,
-        utts_per_speaker=15,
-    ),
+    "default": dict(zip(SIZE_KEYS, (3000, 150, 150, 240, 30, 30, 15), strict=True)),
     # For unit tests: seconds to generate.
-    "tiny": dict(
-        num_train=6,
-        num_dev=3,
-        num_test=3,
-        num_train_speakers=4,
-        num_dev_speakers=3,
-        num_test_speakers=3,
-        utts_per_speaker=3,
-    ),
+    "tiny": dict(zip(SIZE_KEYS, (6, 3, 3, 4, 3, 3, 3), strict=True)),
 }
 
 

@@ -163,6 +163,13 @@ def _default_num_workers() -> int:
     return min(8, usable or 1)
 
 
+# sources/speakers.csv: a SyntheticSpeaker's fields, with its eSpeak voice name after the split.
+SPEAKER_COLUMNS = (
+    *("speaker_id", "split", "voice", "language", "variant", "gender", "pitch", "pitch_range", "rate"),
+    *("formant_scale", "wobble", "breath_db"),
+)
+
+
 def _synthesize_pool(context, num_workers: int, options: CorpusOptions, root: Path) -> list[dict]:
     """Write ``sources/``: every utterance of every speaker, plus speakers.csv and utterances.csv."""
     speakers = design_speakers(options)
@@ -172,7 +179,7 @@ def _synthesize_pool(context, num_workers: int, options: CorpusOptions, root: Pa
     with context.Pool(num_workers, maxtasksperchild=1) as pool:
         work = partial(synthesize_speakers, options=options, root=root)
         utterance_rows = [row for rows in pool.imap(work, groups) for row in rows]
-    speaker_rows = [dict(dataclasses.asdict(speaker), voice=speaker.voice) for speaker in speakers]
+    speaker_rows = [{column: getattr(speaker, column) for column in SPEAKER_COLUMNS} for speaker in speakers]
     write_csv(root / "sources" / "speakers.csv", speaker_rows)
     write_csv(root / "sources" / "utterances.csv", utterance_rows)
     return utterance_rows
@@ -319,23 +326,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=None, help="default: usable CPUs, at most 8")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus made with other options")
-    args = parser.parse_args(argv)
+    # Every option but OUTPUT_DIR and --size is a keyword of synthesize_corpus.
+    keywords = vars(parser.parse_args(argv))
+    output_dir, preset = keywords.pop("output_dir"), SIZE_PRESETS[keywords.pop("size")]
+    keywords.update({key: value for key, value in preset.items() if keywords[key] is None})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    sizes = dict(SIZE_PRESETS[args.size])
-    sizes.update({key: getattr(args, key) for key in sizes if getattr(args, key) is not None})
     start = time.perf_counter()
     try:
-        root = synthesize_corpus(
-            args.output_dir,
-            num_spks=args.num_spks,
-            sample_rate=args.sample_rate,
-            mode=args.mode,
-            seed=args.seed,
-            num_workers=args.num_workers,
-            overwrite=args.overwrite,
-            **sizes,
-        )
+        root = synthesize_corpus(output_dir, **keywords)
     except (ValueError, FileExistsError) as error:  # bad options or an occupied folder
         parser.exit(2, f"error: {error}\n")
     options = CorpusOptions(**(_read_manifest(root) or {})["options"])
