@@ -41,8 +41,8 @@ BABBLE_UTTERANCES_PER_TALKER = 2
 # The order of a preset's sizes: mixtures per split, disjoint speakers per split, utterances per speaker.
 SIZE_KEYS = (*[f"num_{split}" for split in SPLITS], *[f"num_{split}_speakers" for split in SPLITS], "utts_per_speaker")
 SIZE_PRESETS: dict[str, dict[str, int]] = {
-    # Chosen for a ~10 minute CPU training demo: many speakers, a few thousand short mixtures.
-    "default": dict(zip(SIZE_KEYS, (3000, 150, 150, 240, 30, 30, 15), strict=True)),
+    # For a ~10 minute CPU training demo: many speakers with few utterances each (docs/experiments.md).
+    "default": dict(zip(SIZE_KEYS, (3000, 150, 150, 480, 30, 30, 8), strict=True)),
     # For unit tests: seconds to generate.
     "tiny": dict(zip(SIZE_KEYS, (6, 3, 3, 4, 3, 3, 3), strict=True)),
 }
