@@ -71,23 +71,28 @@ def test_missing_data_folder_fails_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: data_folder does not exist")
 
 
+def run_dynamic_mixing(config, data_folder, pool, output_folder, **overrides):
+    """One epoch of a tiny Conv-TasNet on mixtures drawn from `pool`, half-second crops."""
+    return run_train(
+        config,
+        data_folder,
+        output_folder,
+        TINY_CONVTASNET,
+        N_epochs=1,
+        dynamic_mixing=True,
+        base_folder_dm=pool,
+        training_signal_len=4000,
+        **overrides,
+    )
+
+
 def test_dynamic_mixing_trains_on_mixtures_made_from_a_speaker_pool(tmp_path):
     """The epoch trains on dm_epoch_len=6 mixtures drawn from the 12-utterance pool, not on the 2 mixtures of
     the static training split that the tree also holds."""
     data_folder = make_wsj0mix(tmp_path / "data", per_split=2)
     pool = make_speaker_pool(tmp_path, num_speakers=4, utts_per_speaker=3)
     output = tmp_path / "out"
-    result = run_train(
-        "convtasnet.yaml",
-        data_folder,
-        output,
-        TINY_CONVTASNET,
-        N_epochs=1,
-        dynamic_mixing=True,
-        base_folder_dm=pool,
-        dm_epoch_len=6,
-        training_signal_len=4000,
-    )
+    result = run_dynamic_mixing("convtasnet.yaml", data_folder, pool, output, dm_epoch_len=6)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output / "test_results.csv").is_file()
     assert "train si-snr" in (output / "train_log.txt").read_text()
@@ -104,17 +109,9 @@ def test_whamr_dynamic_mixing_trains_on_mixtures_reverberated_in_simulated_rooms
     data_folder = make_whamr(tmp_path / "data", per_split=2)
     pool = make_speaker_pool(tmp_path, num_speakers=3, utts_per_speaker=2)
     output = tmp_path / "out"
-    result = run_train(
-        "convtasnet-whamr.yaml",
-        data_folder,
-        output,
-        TINY_CONVTASNET,
-        N_epochs=1,
-        dynamic_mixing=True,
-        base_folder_dm=pool,
-        noise_folder_dm=data_folder / "wav8k" / "min" / "tr" / "noise",
-        dm_epoch_len=4,
-        training_signal_len=4000,
+    noise = data_folder / "wav8k" / "min" / "tr" / "noise"
+    result = run_dynamic_mixing(
+        "convtasnet-whamr.yaml", data_folder, pool, output, dm_epoch_len=4, noise_folder_dm=noise
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\ndm_rooms: whamr " in (output / "hyperparams.yaml").read_text()
