@@ -464,7 +464,8 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
     """Refuse the options that take a mixture for the sum of its targets where it is not: WHAMR!'s mixtures, and
     those dynamic mixing makes with `dm_rooms`, are reverberant and their targets anechoic, so speed perturbation
     or a random shift (which rebuild the mixture from the targets) would train on anechoic inputs, and test
-    estimates cannot sum to a WHAMR! mixture."""
+    estimates cannot sum to a WHAMR! mixture. An enhancement task on a custom tree without noise/ would train
+    on its clean target as the input."""
     rebuilding = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values.get(key)]
     if rebuilding and values["dynamic_mixing"] and values.get("dm_rooms"):
         _refuse_rebuilding(rebuilding, f"dm_rooms={values['dm_rooms']} makes reverberant mixtures of anechoic targets")
@@ -477,6 +478,9 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
     options = rebuilding + (["test_mixture_consistency"] if values.get("test_mixture_consistency") else [])
     if layout in REVERBERANT_LAYOUTS and options:
         _refuse_rebuilding(options, "WHAMR!'s mixtures are reverberant and its targets anechoic")
+    no_noise = not Path(str(values["data_folder"]), "train", "noise").is_dir()
+    if rebuilding and layout == "custom" and values.get("task", "separation") != "separation" and no_noise:
+        _refuse_rebuilding(rebuilding, "this custom tree has no train/noise/ to add back to its one target")
 
 
 def _refuse_rebuilding(options: list[str], reason: str) -> None:

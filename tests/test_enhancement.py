@@ -11,6 +11,7 @@ from speechsep.evaluation.metrics import separation_metrics
 from speechsep.inference.separation import separate_shifted
 from speechsep.training.config import ConfigError, check_values, record_yaml, resolved_values
 from speechsep.training.losses import pairwise_si_snr, pit_si_snr_loss
+from tests.corpus_trees import make_custom
 from tests.helpers import REPO, make_batch
 
 
@@ -118,3 +119,18 @@ def test_pesq_at_another_sample_rate_is_refused_with_one_line():
     with pytest.raises(ConfigError, match="^compute_pesq needs sample_rate 8000 or 16000 .*, not 44100$"):
         check_values({"compute_pesq": True, "sample_rate": 44100})
     check_values({"compute_pesq": True, "sample_rate": 16000})
+
+
+def test_speed_perturbation_is_refused_for_enhancement_on_a_custom_tree_without_noise(tmp_path):
+    """Rebuilding the mixture from its one target would leave the clean target as the input."""
+    from train import check_rebuilt_mixtures
+
+    data_folder = make_custom(tmp_path, num_spks=1, per_split=1)
+    values = {"data_folder": data_folder, "task": "enhancement", "use_speedperturb": True, "skip_prep": False}
+    values.update(dynamic_mixing=False, dm_rooms=None)
+    with pytest.raises(ConfigError, match="^use_speedperturb take.* custom tree has no train/noise/"):
+        check_rebuilt_mixtures(values, test_only=False)
+    check_rebuilt_mixtures({**values, "task": "separation"}, test_only=False)
+    check_rebuilt_mixtures({**values, "use_speedperturb": False}, test_only=False)
+    (data_folder / "train" / "noise").mkdir()
+    check_rebuilt_mixtures(values, test_only=False)
