@@ -17,10 +17,12 @@ import multiprocessing
 import os
 import resource
 import statistics
+import tempfile
 import traceback
 from collections import namedtuple
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,9 @@ from torch import nn
 from bench.markdown import section
 from bench.timing import time_steps
 from speechsep.models.conv_tasnet import MaskNet
+from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import FastSBTransformerBlock
+from speechsep.training.config import load_hparams
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
@@ -48,6 +52,10 @@ MASKNETS = {
     "ours": lambda **sizes: MaskNet(**sizes, activation="prelu", padding="reflect"),
     "ours, relu + zeros": lambda **sizes: MaskNet(**sizes, activation="relu", padding="zeros"),
 }
+# Every mask network config of hparams/, built as train.py builds it (its sizes, the speed-ups applied).
+RECIPE_CONFIGS = ("sepformer", "convtasnet", "dprnn", "dptnet", "skim", "resepformer", "sepformer-conformerintra")
+CONFIG_BLOCK = "recipe config"
+HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The encoder's channels (N) and kernel size (L), then the mask network's sizes, by SpeechBrain's names.
@@ -114,9 +122,19 @@ class MaskingSeparator(nn.Module):
         return est_sources[:, : mixture.shape[1]]
 
 
+def separator_from_config(config: str) -> MaskingSeparator:
+    """The encoder, mask network and decoder of `hparams/<config>.yaml` at its sizes, sped up as train.py does."""
+    with tempfile.TemporaryDirectory() as folder:
+        hparams = load_hparams(HPARAMS / f"{config}.yaml", {"data_folder": folder, "output_folder": folder})
+    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
+    return MaskingSeparator(hparams["modules"]["encoder"], hparams["modules"]["masknet"], hparams["modules"]["decoder"])
+
+
 def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> MaskingSeparator:
     """SepFormer (with the given transformer block) or ConvTasNet (with the given mask network), at upstream,
-    tiny or (ConvTasNet) demo sizes."""
+    tiny or (ConvTasNet) demo sizes; with block CONFIG_BLOCK, the config `model` of hparams/."""
+    if block == CONFIG_BLOCK:
+        return separator_from_config(model)
     sizes = DEMO_SIZES if demo else (TINY_SIZES if quick else FULL_SIZES)[model]
     encoder_channels, kernel_size = sizes.encoder_channels, sizes.kernel_size
     if model == "sepformer":
@@ -352,11 +370,17 @@ def _rows(results: dict[Case, Measurement]) -> list[str]:
     return rows
 
 
-MODELS = ("sepformer", "convtasnet")
+MODELS = ("sepformer", "convtasnet", "configs")
 
 
 def cases(device: str, quick: bool, model: str) -> list[Case]:
-    """Every configuration of `model` to measure, SpeechBrain's block or mask network right before ours."""
+    """Every configuration of `model` to measure, SpeechBrain's block or mask network right before ours; for
+    "configs", a training step of every mask network config of hparams/."""
+    if model == "configs":
+        return [
+            Case(config, CONFIG_BLOCK, "train", "fp32", 0.5 if quick else 2.0, device, quick)
+            for config in RECIPE_CONFIGS
+        ]
     precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
     seconds = 0.5 if quick else 4.0
     variants = BLOCKS if model == "sepformer" else MASKNETS
@@ -385,9 +409,14 @@ def cases(device: str, quick: bool, model: str) -> list[Case]:
 TITLES = {
     "sepformer": "## SepFormer: SpeechBrain's transformer block vs ours",
     "convtasnet": "## ConvTasNet: SpeechBrain's mask network vs ours",
+    "configs": "## Every model config at its own size: training step",
 }
 NOTES = {
     "sepformer": "",
+    "configs": (
+        " Each row is a config of `hparams/` (sizes from the published SpeechBrain recipes) built with stock "
+        "HyperPyYAML and sped up where exact, as `train.py` trains it; `--quick` keeps these sizes."
+    ),
     "convtasnet": (
         " *ours* is SpeechBrain's network in a channels-first layout (PReLU, reflection padding: same weights, "
         "same outputs); *ours, relu + zeros* is the variant `hparams/demo.yaml` trains. The *demo size* rows "
