@@ -78,6 +78,8 @@ _WORKER_IMPORTS = (
     "speechsep.corpus.sentences",
     "speechsep.corpus.synth_noise",
     "speechsep.corpus.voice_variation",
+    "speechsep.corpus.utterances",  # imports torch (through speechsep.data.audio): seconds per fresh worker
+    "speechsep.corpus.mixtures",
 )
 
 
