@@ -13,6 +13,8 @@ Every function takes its random draws from the generator it is given, so the cor
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import butter, firwin2, oaconvolve, sosfilt, sosfiltfilt
@@ -57,12 +59,17 @@ def warp_time(
     return np.interp(positions, np.arange(len(waveform)), waveform)
 
 
+@lru_cache
+def _breath_highpass(sample_rate: int) -> np.ndarray:
+    """The aspiration noise's high-pass, designed once per rate rather than once per utterance."""
+    return butter(4, BREATH_HIGHPASS_HZ, "highpass", fs=sample_rate, output="sos")
+
+
 def add_breath(waveform: np.ndarray, sample_rate: int, level_db: float, rng: np.random.Generator) -> np.ndarray:
     """Add high-passed noise that follows the voice's envelope, ``level_db`` below it (aspiration)."""
     window = max(1, int(ENVELOPE_SECONDS * sample_rate))
     envelope = np.sqrt(np.maximum(uniform_filter1d(waveform**2, window), 0.0))
-    highpass = butter(4, BREATH_HIGHPASS_HZ, "highpass", fs=sample_rate, output="sos")
-    noise = sosfilt(highpass, rng.standard_normal(len(waveform))) * envelope
+    noise = sosfilt(_breath_highpass(sample_rate), rng.standard_normal(len(waveform))) * envelope
     noise_rms, voice_rms = np.sqrt(np.mean(noise**2)), np.sqrt(np.mean(waveform**2))
     if noise_rms == 0.0 or voice_rms == 0.0:
         return waveform
@@ -82,7 +89,6 @@ def colour_recording(waveform: np.ndarray, sample_rate: int, rng: np.random.Gene
     frequencies = np.concatenate([[0.0], points])
     gains = 10 ** (np.concatenate([gain_db[:1], gain_db]) / 20)
     taps = firwin2(COLOURING_TAPS, frequencies, gains, fs=sample_rate)
-    delay = (len(taps) - 1) // 2
-    smooth = oaconvolve(waveform, taps)[delay : delay + len(waveform)]
+    smooth = oaconvolve(waveform, taps, mode="same")  # odd length: centred, the linear phase's delay removed
     highpass = butter(HIGHPASS_ORDER, rng.uniform(*HIGHPASS_HZ_RANGE), "highpass", fs=sample_rate, output="sos")
     return sosfiltfilt(highpass, smooth)
