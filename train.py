@@ -478,8 +478,9 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
     options = rebuilding + (["test_mixture_consistency"] if values.get("test_mixture_consistency") else [])
     if layout in REVERBERANT_LAYOUTS and options:
         _refuse_rebuilding(options, "WHAMR!'s mixtures are reverberant and its targets anechoic")
-    no_noise = not Path(str(values["data_folder"]), "train", "noise").is_dir()
-    if rebuilding and layout == "custom" and values.get("task", "separation") != "separation" and no_noise:
+    enhancing = values.get("task", "separation") != "separation"
+    noise_folder = Path(str(values["data_folder"]), "train", "noise")
+    if rebuilding and layout == "custom" and enhancing and not noise_folder.is_dir():
         _refuse_rebuilding(rebuilding, "this custom tree has no train/noise/ to add back to its one target")
 
 
