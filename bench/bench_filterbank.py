@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from speechbrain.lobes.models import dual_path
 
+from bench.bench_models import demo_training_batch
 from bench.markdown import section
 from speechsep.models import filterbank
 from speechsep.training.config import load_hparams
@@ -20,9 +21,9 @@ from speechsep.training.losses import pit_si_snr_loss
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
-# (name, encoder channels, kernel, batch, seconds): the recipes' filterbank on one 4 s mixture, the demo's on
-# its training batch.
-SIZES = [("recipes (N=256, 2 ms windows)", 256, 16, 1, 4.0), ("demo (N=256, 8 ms windows)", 256, 64, 8, 1.0)]
+# (name, encoder channels, kernel): the recipes' filterbank on one 4 s mixture, the demo's on its training batch.
+RECIPES_FILTERBANK = ("recipes (N=256, 2 ms windows)", 256, 16)
+DEMO_FILTERBANK = ("demo (N=256, 8 ms windows)", 256, 64)
 IMPLEMENTATIONS = {
     "SpeechBrain": (dual_path.Encoder, dual_path.Decoder),
     "speechsep.models.filterbank": (filterbank.Encoder, filterbank.Decoder),
@@ -64,7 +65,7 @@ def filterbank_step(
 
 
 def demo_training_step(implementation: str, quick: bool) -> Callable:
-    """The demo model's forward, PIT SI-SNR loss, backward and Adam step on one batch of 8 x 1 s."""
+    """The demo model's forward, PIT SI-SNR loss, backward and Adam step on one training batch of its config."""
     hparams = load_hparams("hparams/demo.yaml", {"data_folder": "unused"})
     encoder_class, decoder_class = IMPLEMENTATIONS[implementation]
     modules = hparams["modules"]
@@ -89,6 +90,8 @@ def demo_training_step(implementation: str, quick: bool) -> Callable:
 
 def run(quick: bool = False) -> str:
     warmup, repeats = (1, 1) if quick else (5, 30)
+    demo_batch, demo_seconds = demo_training_batch()
+    sizes = [(*RECIPES_FILTERBANK, 1, 4.0), (*DEMO_FILTERBANK, demo_batch, demo_seconds)]
     steps = [
         (
             f"{part}, {name}, batch {batch} x {seconds:g} s",
@@ -104,10 +107,11 @@ def run(quick: bool = False) -> str:
                 for impl in IMPLEMENTATIONS
             },
         )
-        for name, channels, kernel, batch, seconds in SIZES
+        for name, channels, kernel, batch, seconds in sizes
         for part in ("decoder alone (1 call)", "filterbank")
     ]
-    steps.append(("demo step (batch 8 x 1 s)", {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
+    demo_step = f"demo step (batch {demo_batch} x {demo_seconds:g} s)"
+    steps.append((demo_step, {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
     rows = []
     for label, step in steps:
         reference, ours = (median_ms(step[impl], warmup, repeats) for impl in IMPLEMENTATIONS)

@@ -73,9 +73,8 @@ TINY_SIZES = {
     "sepformer": SepFormerSize(32, 16, num_blocks=1, num_layers=1, d_model=32, nhead=4, d_ffn=64, chunk_size=50),
     "convtasnet": ConvTasNetSize(32, 16, B=32, H=64, P=3, X=2, R=1),
 }
-# hparams/demo.yaml's Conv-TasNet, trained on batches of 8 one-second crops.
+# hparams/demo.yaml's Conv-TasNet; its training batch comes from the config (demo_training_batch).
 DEMO_SIZES = ConvTasNetSize(256, 64, B=64, H=128, P=3, X=7, R=2)
-DEMO_BATCH, DEMO_SECONDS = 8, 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +119,13 @@ class MaskingSeparator(nn.Module):
         if missing > 0:
             return F.pad(est_sources, (0, 0, 0, missing))
         return est_sources[:, : mixture.shape[1]]
+
+
+def demo_training_batch() -> tuple[int, float]:
+    """Mixtures per batch and seconds per crop of `hparams/demo.yaml`'s training step."""
+    with tempfile.TemporaryDirectory() as folder:
+        hparams = load_hparams(HPARAMS / "demo.yaml", {"data_folder": folder, "output_folder": folder})
+    return hparams["batch_size"], hparams["training_signal_len"] / hparams["sample_rate"]
 
 
 def separator_from_config(config: str) -> MaskingSeparator:
@@ -391,8 +397,9 @@ def cases(device: str, quick: bool, model: str) -> list[Case]:
         for variant in variants
     ]
     if model == "convtasnet":  # the demo's training step (hparams/demo.yaml); tiny sizes with --quick
+        batch, seconds = demo_training_batch()
         measured += [
-            Case(model, masknet, "train", precision, DEMO_SECONDS, device, quick, demo=not quick, batch=DEMO_BATCH)
+            Case(model, masknet, "train", precision, seconds, device, quick, demo=not quick, batch=batch)
             for precision in precisions
             for masknet in MASKNETS
         ]
@@ -421,7 +428,7 @@ NOTES = {
         " *ours* is SpeechBrain's network in a channels-first layout (PReLU, reflection padding: same weights, "
         "same outputs); *ours, relu + zeros* is the variant `hparams/demo.yaml` trains. The *demo size* rows "
         "are the demo's training step: its Conv-TasNet (N=256, L=64, B=64, H=128, X=7, R=2) on a batch of "
-        f"{DEMO_BATCH} crops of {DEMO_SECONDS:g} s."
+        "{} crops of {:g} s."
     ),
 }
 
@@ -439,6 +446,7 @@ def run(quick: bool = False, device: str | None = None, models: tuple[str, ...] 
     threads = f", {len(os.sched_getaffinity(0))} CPU threads" if device == "cpu" else ""
     sizes = "tiny smoke-test sizes (--quick)" if quick else "the upstream WSJ0-2mix recipe sizes"
     memory = "`torch.cuda.max_memory_allocated`" if device.startswith("cuda") else "RSS (`getrusage`)"
+    demo_batch = demo_training_batch()
     sections = []
     for model in models:
         results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick, model)}
@@ -448,7 +456,7 @@ def run(quick: bool = False, device: str | None = None, models: tuple[str, ...] 
             "*inference* = forward under `torch.no_grad()`; bf16/fp16 are `torch.autocast`. "
             f"Median of {repeats} repeat(s) after {warmup} warm-up step(s). Peak memory: peak {memory} minus "
             "the memory in use once the model and inputs are built (so it includes activations, gradients "
-            f"and Adam states); each configuration runs in a fresh process.{NOTES[model]}"
+            f"and Adam states); each configuration runs in a fresh process.{NOTES[model].format(*demo_batch)}"
         )
         sections.append(section(TITLES[model], intro, TABLE_HEADER, _rows(results)))
         if model == "sepformer" and device == "cpu":

@@ -1,11 +1,10 @@
 """SpeechBrain's learned encoder and decoder (`dual_path.Encoder` / `Decoder`), computed as matrix products.
 
 Same classes, same parameters, same outputs; only the forward differs. On a CPU, PyTorch runs a
-one-input-channel strided Conv1d and, much worse, a ConvTranspose1d through generic convolution kernels: at
-the demo's size (8 x 1 s, 256 filters of 64 samples) a decoder call took 7 ms forward + backward, one per
-speaker in every step. Framing the waveform and multiplying by the filters (encoder), or multiplying by the
-filters and overlap-adding the frames (decoder), gives the same numbers: the decoder 4-5x faster, the demo's
-training step ~9% (bench/RESULTS.md, "Encoder / decoder").
+one-input-channel strided Conv1d and, much worse, a ConvTranspose1d through generic convolution kernels, and
+the decoder runs once per speaker in every step. Framing the waveform and multiplying by the filters
+(encoder), or multiplying by the filters and overlap-adding the frames (decoder), gives the same numbers,
+faster (bench/RESULTS.md, "Encoder / decoder").
 Checkpoints are interchangeable with SpeechBrain's, and `export.py` writes these modules as SpeechBrain's.
 """
 
