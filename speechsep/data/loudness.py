@@ -6,7 +6,7 @@ pad short signals and leave silent ones untouched instead of producing NaN or in
 
 `integrated_loudness` is pyloudnorm's `Meter.integrated_loudness` for mono signals with its
 per-block Python loops replaced by a cumulative sum: dynamic mixing measures two or three crops
-per training mixture, and on a training crop of a few seconds pyloudnorm's loops cost more than the rest of the mixing.
+per training mixture, and on a 1 s crop pyloudnorm's loops cost more than the rest of the mixing.
 """
 
 from __future__ import annotations
