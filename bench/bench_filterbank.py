@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from speechbrain.lobes.models import dual_path
 
-from bench.bench_models import demo_training_batch
+from bench.bench_models import demo_config
 from bench.markdown import section
 from speechsep.models import filterbank
 from speechsep.training.config import load_hparams
@@ -21,9 +21,9 @@ from speechsep.training.losses import pit_si_snr_loss
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
-# (name, encoder channels, kernel): the recipes' filterbank on one 4 s mixture, the demo's on its training batch.
+# (name, encoder channels, kernel): the recipes' filterbank on one 4 s mixture; the demo's (from its config) on its
+# training batch.
 RECIPES_FILTERBANK = ("recipes (N=256, 2 ms windows)", 256, 16)
-DEMO_FILTERBANK = ("demo (N=256, 8 ms windows)", 256, 64)
 IMPLEMENTATIONS = {
     "SpeechBrain": (dual_path.Encoder, dual_path.Decoder),
     "speechsep.models.filterbank": (filterbank.Encoder, filterbank.Decoder),
@@ -90,8 +90,10 @@ def demo_training_step(implementation: str, quick: bool) -> Callable:
 
 def run(quick: bool = False) -> str:
     warmup, repeats = (1, 1) if quick else (5, 30)
-    demo_batch, demo_seconds = demo_training_batch()
-    sizes = [(*RECIPES_FILTERBANK, 1, 4.0), (*DEMO_FILTERBANK, demo_batch, demo_seconds)]
+    demo = demo_config()
+    channels, kernel = demo.sizes.encoder_channels, demo.sizes.kernel_size
+    demo_filterbank = (f"demo (N={channels}, {kernel * 1000 // SAMPLE_RATE:g} ms windows)", channels, kernel)
+    sizes = [(*RECIPES_FILTERBANK, 1, 4.0), (*demo_filterbank, demo.batch, demo.seconds)]
     steps = [
         (
             f"{part}, {name}, batch {batch} x {seconds:g} s",
@@ -110,7 +112,7 @@ def run(quick: bool = False) -> str:
         for name, channels, kernel, batch, seconds in sizes
         for part in ("decoder alone (1 call)", "filterbank")
     ]
-    demo_step = f"demo step (batch {demo_batch} x {demo_seconds:g} s)"
+    demo_step = f"demo step (batch {demo.batch} x {demo.seconds:g} s)"
     steps.append((demo_step, {impl: demo_training_step(impl, quick) for impl in IMPLEMENTATIONS}))
     rows = []
     for label, step in steps:

@@ -22,6 +22,7 @@ import traceback
 from collections import namedtuple
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -73,8 +74,6 @@ TINY_SIZES = {
     "sepformer": SepFormerSize(32, 16, num_blocks=1, num_layers=1, d_model=32, nhead=4, d_ffn=64, chunk_size=50),
     "convtasnet": ConvTasNetSize(32, 16, B=32, H=64, P=3, X=2, R=1),
 }
-# hparams/demo.yaml's Conv-TasNet; its training batch comes from the config (demo_training_batch).
-DEMO_SIZES = ConvTasNetSize(256, 64, B=64, H=128, P=3, X=7, R=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +120,16 @@ class MaskingSeparator(nn.Module):
         return est_sources[:, : mixture.shape[1]]
 
 
-def demo_training_batch() -> tuple[int, float]:
-    """Mixtures per batch and seconds per crop of `hparams/demo.yaml`'s training step."""
+DemoConfig = namedtuple("DemoConfig", "sizes batch seconds")
+
+
+@lru_cache
+def demo_config() -> DemoConfig:
+    """`hparams/demo.yaml`'s Conv-TasNet sizes and training batch (mixtures, seconds per crop), read from the config."""
     with tempfile.TemporaryDirectory() as folder:
         hparams = load_hparams(HPARAMS / "demo.yaml", {"data_folder": folder, "output_folder": folder})
-    return hparams["batch_size"], hparams["training_signal_len"] / hparams["sample_rate"]
+    sizes = ConvTasNetSize(hparams["N_encoder_out"], hparams["kernel_size"], *(hparams[key] for key in "BHPXR"))
+    return DemoConfig(sizes, hparams["batch_size"], hparams["training_signal_len"] / hparams["sample_rate"])
 
 
 def separator_from_config(config: str) -> MaskingSeparator:
@@ -141,7 +145,7 @@ def build_separator(model: str, block: str, quick: bool, demo: bool = False) -> 
     tiny or (ConvTasNet) demo sizes; with block CONFIG_BLOCK, the config `model` of hparams/."""
     if block == CONFIG_BLOCK:
         return separator_from_config(model)
-    sizes = DEMO_SIZES if demo else (TINY_SIZES if quick else FULL_SIZES)[model]
+    sizes = demo_config().sizes if demo else (TINY_SIZES if quick else FULL_SIZES)[model]
     encoder_channels, kernel_size = sizes.encoder_channels, sizes.kernel_size
     if model == "sepformer":
         block_kwargs = dict(
@@ -397,7 +401,7 @@ def cases(device: str, quick: bool, model: str) -> list[Case]:
         for variant in variants
     ]
     if model == "convtasnet":  # the demo's training step (hparams/demo.yaml); tiny sizes with --quick
-        batch, seconds = demo_training_batch()
+        _, batch, seconds = demo_config()
         measured += [
             Case(model, masknet, "train", precision, seconds, device, quick, demo=not quick, batch=batch)
             for precision in precisions
@@ -427,8 +431,8 @@ NOTES = {
     "convtasnet": (
         " *ours* is SpeechBrain's network in a channels-first layout (PReLU, reflection padding: same weights, "
         "same outputs); *ours, relu + zeros* is the variant `hparams/demo.yaml` trains. The *demo size* rows "
-        "are the demo's training step: its Conv-TasNet (N=256, L=64, B=64, H=128, X=7, R=2) on a batch of "
-        "{} crops of {:g} s."
+        "are the demo's training step: its Conv-TasNet (N={0.encoder_channels}, L={0.kernel_size}, B={0.B}, "
+        "H={0.H}, X={0.X}, R={0.R}) on a batch of {1} crops of {2:g} s."
     ),
 }
 
@@ -446,7 +450,7 @@ def run(quick: bool = False, device: str | None = None, models: tuple[str, ...] 
     threads = f", {len(os.sched_getaffinity(0))} CPU threads" if device == "cpu" else ""
     sizes = "tiny smoke-test sizes (--quick)" if quick else "the upstream WSJ0-2mix recipe sizes"
     memory = "`torch.cuda.max_memory_allocated`" if device.startswith("cuda") else "RSS (`getrusage`)"
-    demo_batch = demo_training_batch()
+    demo = demo_config()
     sections = []
     for model in models:
         results = {case: measure_in_subprocess(case, warmup, repeats) for case in cases(device, quick, model)}
@@ -456,7 +460,7 @@ def run(quick: bool = False, device: str | None = None, models: tuple[str, ...] 
             "*inference* = forward under `torch.no_grad()`; bf16/fp16 are `torch.autocast`. "
             f"Median of {repeats} repeat(s) after {warmup} warm-up step(s). Peak memory: peak {memory} minus "
             "the memory in use once the model and inputs are built (so it includes activations, gradients "
-            f"and Adam states); each configuration runs in a fresh process.{NOTES[model].format(*demo_batch)}"
+            f"and Adam states); each configuration runs in a fresh process.{NOTES[model].format(*demo)}"
         )
         sections.append(section(TITLES[model], intro, TABLE_HEADER, _rows(results)))
         if model == "sepformer" and device == "cpu":
