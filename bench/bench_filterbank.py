@@ -92,7 +92,7 @@ def run(quick: bool = False) -> str:
     warmup, repeats = (1, 1) if quick else (5, 30)
     demo = demo_config()
     channels, kernel = demo.sizes.encoder_channels, demo.sizes.kernel_size
-    demo_filterbank = (f"demo (N={channels}, {kernel * 1000 // SAMPLE_RATE:g} ms windows)", channels, kernel)
+    demo_filterbank = (f"demo (N={channels}, {kernel * 1000 / SAMPLE_RATE:g} ms windows)", channels, kernel)
     sizes = [(*RECIPES_FILTERBANK, 1, 4.0), (*demo_filterbank, demo.batch, demo.seconds)]
     steps = [
         (
