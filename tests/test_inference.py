@@ -31,7 +31,6 @@ from speechsep.evaluation.metrics import pit_si_snr
 from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs
 from speechsep.inference.model_folder import ModelFolderError, find_model, load_separator
 from speechsep.inference.separation import (
-    crossfade,
     match_mixture_level,
     mixture_consistency,
     separate_long,
@@ -265,10 +264,59 @@ def test_input_shorter_than_a_window_is_separated_in_one_pass():
     assert est_sources.shape == (mixture.shape[0], 2)
 
 
-def test_crossfade_sums_to_one():
-    fade_in, fade_out = crossfade(1000)
-    assert torch.allclose(fade_in + fade_out, torch.ones(1000))
-    assert fade_in[0] < 1e-5 and fade_out[-1] < 1e-5
+# (window, hop, length) in samples: hop from just under the window to window / 8 and 1 sample; lengths that
+# hops do not divide (a last, partial window), a length just over one window, and windows of odd length.
+OVERLAP_CASES = [
+    (64, 63, 1000),
+    (64, 48, 1000),
+    (64, 32, 1000),
+    (64, 21, 1000),
+    (64, 16, 1001),
+    (64, 8, 1003),
+    (64, 5, 333),
+    (64, 1, 200),
+    (8, 2, 37),
+    (8, 7, 9),
+    (33, 4, 100),
+]
+
+
+def identity_separator(chunks: torch.Tensor) -> torch.Tensor:
+    """Returns each window as it is, as the one source."""
+    return chunks.unsqueeze(-1)
+
+
+def sign_separator(seed: int = 0):
+    """Splits each window into its positive and its negative samples, in a random order per window.
+
+    The two tracks sum to the window and are the same signal in every window, so the right output is known
+    (up to one order for the whole file); the random order makes the windows' speaker alignment matter.
+    """
+    rng = np.random.default_rng(seed)
+
+    def separate_batch(chunks: torch.Tensor) -> torch.Tensor:
+        tracks = torch.stack([chunks.clamp(min=0), chunks.clamp(max=0)], dim=-1)
+        return torch.stack([window[:, rng.permutation(2)] for window in tracks])
+
+    return separate_batch
+
+
+@pytest.mark.parametrize("window, hop, length", OVERLAP_CASES)
+def test_overlap_add_of_an_identity_separator_gives_back_the_input(window, hop, length):
+    mixture = torch.randn(length, generator=torch.Generator().manual_seed(length))
+    est_sources = separate_long(identity_separator, mixture, window, hop, batch_size=3)
+    assert est_sources.shape == (length, 1)
+    assert torch.allclose(est_sources[:, 0], mixture, atol=1e-5)
+
+
+@pytest.mark.parametrize("window, hop, length", OVERLAP_CASES)
+def test_overlap_add_keeps_each_track_on_one_output_whatever_the_overlap(window, hop, length):
+    mixture = torch.randn(length, generator=torch.Generator().manual_seed(length))
+    est_sources = separate_long(sign_separator(), mixture, window, hop, batch_size=2)
+    expected = torch.stack([mixture.clamp(min=0), mixture.clamp(max=0)], dim=-1)
+    if est_sources[:, 0].sum() < 0:  # the file's one speaker order is free
+        expected = expected.flip(-1)
+    assert torch.allclose(est_sources, expected, atol=1e-5)
 
 
 def test_hop_must_be_shorter_than_the_window():

@@ -3,8 +3,9 @@
 A separator is never run on a whole long file, whose memory would grow with its length: the mixture is cut
 into overlapping windows, a batch of windows goes through the model at a time, each window's estimates are
 rescaled to the mixture's level, their speaker order is aligned to the previous window on the samples both
-share (best permutation by correlation), and they are overlap-added with a Hann cross-fade, as Asteroid's
-`LambdaOverlapAdd` does. Peak memory is then the input and output buffers plus one batch of windows, whatever
+share (best permutation by correlation), and they are overlap-added with Hann tapers divided by the sum of
+the tapers at each sample, so that the weights sum to one for any hop shorter than the window (two or more
+windows overlapping). Peak memory is then the input and output buffers plus one batch of windows, whatever
 the file's length. `train.py` uses the shifts and the mixture consistency for its test stage.
 """
 
@@ -114,10 +115,19 @@ def with_mixture_consistency(separate_batch: SeparateBatch) -> SeparateBatch:
     return separate
 
 
-def crossfade(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hann fade-in and fade-out of `length` samples that sum to exactly one, sample by sample."""
-    fade_in = torch.sin(0.5 * math.pi * (torch.arange(length, dtype=torch.float64) + 0.5) / length) ** 2
-    return fade_in.float(), (1 - fade_in).float()
+def hann_taper(window: int) -> torch.Tensor:
+    """A Hann window of `window` samples taken between sample edges, so that no weight is zero: [window] float64."""
+    return torch.sin(math.pi * (torch.arange(window, dtype=torch.float64) + 0.5) / window) ** 2
+
+
+def taper_by_block(window: int, hop: int) -> torch.Tensor:
+    """The taper cut into `hop`-long blocks: row m holds what a window weighs on its (m+1)-th block of samples.
+
+    -> [ceil(window / hop), hop] float64, zero past the window's end. The windows that cover an output block
+    started 0, 1, ... blocks earlier, so the sum of their tapers there is a sum of rows.
+    """
+    num_rows = math.ceil(window / hop)
+    return torch.nn.functional.pad(hann_taper(window), (0, num_rows * hop - window)).view(num_rows, hop)
 
 
 def separate_long(
@@ -135,7 +145,7 @@ def separate_long(
     (`match_mixture_level`). A mixture of at most `window` samples is separated in one pass. Otherwise windows
     start every `hop` samples (the last one zero-padded), go through `separate_batch` `batch_size` at a time,
     are put in the speaker order of the previous window on their `window - hop` shared samples, and are
-    cross-faded there. `progress`: a tqdm bar (None: only on a terminal).
+    overlap-added with weights that sum to one at every sample (`normalise_overlap_add`). `progress`: a tqdm bar (None: only on a terminal).
     """
     if not 0 < hop < window:
         raise ValueError(f"hop ({hop} samples) must be positive and shorter than the window ({window}) so they overlap")
@@ -147,7 +157,7 @@ def separate_long(
 
     overlap = window - hop
     num_windows = math.ceil((num_samples - overlap) / hop)  # the last one reaches the end, no other one does
-    fade_in, fade_out = crossfade(overlap)
+    taper = hann_taper(window).float()
     est_sources = None  # [time, num_spks], allocated once the number of speakers is known
     previous_tail = None  # the last window's estimates on the samples it shares with the next one
     disable = None if progress is None else not progress  # tqdm: None disables the bar off a terminal
@@ -165,12 +175,28 @@ def separate_long(
                 if previous_tail is not None:
                     estimate = estimate[:, align_to_previous(previous_tail, estimate[:overlap])]
                 previous_tail = estimate[hop:]
-                weight = torch.ones(window)
-                if start > 0:
-                    weight[:overlap] = fade_in
-                if start + window < num_samples:
-                    weight[hop:] = fade_out
                 end = min(start + window, num_samples)
-                est_sources[start:end] += (estimate * weight.unsqueeze(-1))[: end - start]
+                est_sources[start:end] += (estimate * taper.unsqueeze(-1))[: end - start]
             bar.update(len(starts))
+    normalise_overlap_add(est_sources, window, hop, num_windows)
     return est_sources
+
+
+def normalise_overlap_add(est_sources: torch.Tensor, window: int, hop: int, num_windows: int) -> None:
+    """Divide an overlap-add of Hann-tapered windows (starting every `hop` samples) by the sum of the tapers at
+    each sample, in place, so that the windows' weights sum to one however many of them overlap there.
+
+    Done one `hop`-long block at a time: a block is covered by the windows that started up to
+    `ceil(window / hop) - 1` blocks before it; inside the file all of them exist and every block has the same
+    sum, near its start and end fewer do. No full-length weight tensor is made. est_sources: [time, num_spks].
+    """
+    rows = taper_by_block(window, hop)  # [num_rows, hop]
+    num_rows = rows.shape[0]
+    full_cover = 1 / rows.sum(dim=0)
+    for block in range(math.ceil(est_sources.shape[0] / hop)):
+        if num_rows - 1 <= block < num_windows:
+            scale = full_cover
+        else:  # windows 0 ... num_windows - 1 only: the first of those covering this block, and the last
+            scale = 1 / rows[max(0, block - num_windows + 1) : min(block, num_rows - 1) + 1].sum(dim=0)
+        samples = est_sources[block * hop : (block + 1) * hop]
+        samples *= scale[: samples.shape[0]].float().unsqueeze(-1)
