@@ -24,6 +24,7 @@ import torch
 from speechsep.errors import RecipeError
 from speechsep.inference.files import AudioInputError, FileSeparator, SeparationOptions, expand_inputs
 from speechsep.inference.model_folder import load_separator
+from speechsep.training.hardware import check_device
 
 logger = logging.getLogger("separate")
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             shifts=args.shifts,
             mixture_consistency=args.mixture_consistency,
         )
-        separator = FileSeparator(load_separator(args.model, device=args.device), options)
+        device = check_device(args.device)
+        separator = FileSeparator(load_separator(args.model, device=device), options)
     except RecipeError as err:
         logger.error(f"error: {err}")
         return 2

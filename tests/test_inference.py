@@ -28,7 +28,7 @@ from speechbrain.inference.separation import SepformerSeparation
 import export
 import separate
 from speechsep.evaluation.metrics import pit_si_snr
-from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs
+from speechsep.inference.files import FileSeparator, SeparationOptions, SeparationOptionsError, expand_inputs
 from speechsep.inference.model_folder import ModelFolderError, find_model, load_separator
 from speechsep.inference.separation import (
     match_mixture_level,
@@ -527,7 +527,7 @@ def oracle_file_separator(mixture, sources, **options) -> FileSeparator:
     oracle = OracleSeparator(mixture, sources, hop=SAMPLE_RATE)
     hparams = SimpleNamespace(sample_rate=SAMPLE_RATE, num_spks=2)
     stand_in = SimpleNamespace(separate_batch=oracle.separate_batch, hparams=hparams)
-    return FileSeparator(stand_in, SeparationOptions(window=2.0, hop=1.0, progress=False, **options))
+    return FileSeparator(stand_in, SeparationOptions(**{"window": 2.0, "hop": 1.0, "progress": False, **options}))
 
 
 def test_estimates_louder_than_full_scale_are_scaled_down_not_clipped(tmp_path):
@@ -551,6 +551,42 @@ def test_peak_normalisation_brings_every_track_to_0_9(tmp_path):
     result = separator.separate_file(tmp_path / "talk.wav", tmp_path / "out")
     for path in result.outputs:
         assert np.abs(sf.read(path)[0]).max() == pytest.approx(0.9, abs=1e-3)
+
+
+def test_window_and_hop_are_checked_in_samples_at_the_models_rate():
+    silence = torch.zeros(SAMPLE_RATE)
+    with pytest.raises(SeparationOptionsError, match="are 8000 and 8000 samples at the model's 8000 Hz"):
+        oracle_file_separator(silence, silence[:, None].expand(-1, 2), window=1.0, hop=0.99999)
+    separator = oracle_file_separator(silence, silence[:, None].expand(-1, 2), window=1.0, hop=0.99)
+    assert (separator.window, separator.hop) == (8000, 7920)
+
+
+@pytest.mark.parametrize("seconds", [{"window": float("inf")}, {"hop": float("nan")}, {"window": 1e308}])
+def test_window_and_hop_must_be_finite(seconds):
+    with pytest.raises(SeparationOptionsError, match="finite|too long"):
+        SeparationOptions(**seconds).in_samples(SAMPLE_RATE)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--window", "1", "--hop", "0.99999"], "error: window (1.0 s) and hop (0.99999 s) are 8000 and 8000 samples"),
+        (["--window", "inf"], "error: window (inf s) and hop (4.0 s) must be finite numbers"),
+        (["--device", "cuda"], "error: --device cuda: this machine (or this PyTorch build) has no cuda device"),
+        (["--device", "nonsense"], "error: --device 'nonsense' is not a device: use cpu, cuda or cuda:N"),
+        (["--device", "meta"], "error: --device meta holds no data"),
+    ],
+)
+def test_unusable_window_hop_or_device_is_one_line_before_any_work(
+    sepformer_run, recordings, tmp_path, caplog, monkeypatch, option, message
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "cuda" is then a machine without one
+    code = separate.main(
+        ["--model", str(sepformer_run), "--output-dir", str(tmp_path / "out"), *option, str(recordings)]
+    )
+    assert code == 2
+    assert len(error_lines(caplog)) == 1 and error_lines(caplog)[0].startswith(message)
+    assert not (tmp_path / "out").exists()
 
 
 def test_inputs_may_be_files_folders_or_globs(tmp_path):

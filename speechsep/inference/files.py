@@ -51,6 +51,8 @@ class SeparationOptions:
     mixture_consistency: bool = False  # estimates that sum to each window (`mixture_consistency`): clean mixtures only
 
     def __post_init__(self):
+        if not (math.isfinite(self.window) and math.isfinite(self.hop)):
+            raise SeparationOptionsError(f"window ({self.window} s) and hop ({self.hop} s) must be finite numbers")
         if self.shifts < 1:
             raise SeparationOptionsError(f"shifts must be at least 1, got {self.shifts}")
         if self.batch_size < 1:
@@ -67,6 +69,20 @@ class SeparationOptions:
             raise SeparationOptionsError(
                 f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)"
             )
+
+    def in_samples(self, sample_rate: int) -> tuple[int, int]:
+        """The window and hop in samples at `sample_rate`; SeparationOptionsError unless the hop is at least one
+        sample and shorter than the window there (seconds that differ may round to the same count)."""
+        window, hop = self.window * sample_rate, self.hop * sample_rate
+        if not math.isfinite(window):
+            raise SeparationOptionsError(f"window ({self.window} s) is too long")
+        window, hop = round(window), round(hop)
+        if not 1 <= hop < window:
+            raise SeparationOptionsError(
+                f"window ({self.window} s) and hop ({self.hop} s) are {window} and {hop} samples at the model's "
+                f"{sample_rate} Hz: the hop must be at least 1 sample and shorter than the window"
+            )
+        return window, hop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +126,7 @@ class FileSeparator:
         self.options = options or SeparationOptions()
         self.sample_rate = int(separator.hparams.sample_rate)
         self.num_spks = int(separator.hparams.num_spks)
+        self.window, self.hop = self.options.in_samples(self.sample_rate)
         self.separate_batch = separator.separate_batch  # what separates each window
         if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
             hop = encoder_hop(separator.mods.encoder)
@@ -133,8 +150,8 @@ class FileSeparator:
         return separate_long(
             self.separate_batch,
             mixture,
-            window=round(self.options.window * self.sample_rate),
-            hop=round(self.options.hop * self.sample_rate),
+            window=self.window,
+            hop=self.hop,
             batch_size=self.options.batch_size,
             progress=self.options.progress,
             description=description,
