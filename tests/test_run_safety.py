@@ -95,6 +95,16 @@ def test_a_missing_data_folder_is_reported_before_the_model_is_built(tmp_path, m
         train.prepare_experiment(argv)
 
 
+def test_a_kernel_size_whose_encoder_hop_is_zero_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "load_hparams", lambda *args, **kwargs: pytest.fail("the model was built"))
+    argv = ["hparams/convtasnet.yaml", f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
+    with pytest.raises(train.RecipeError) as refused:
+        train.prepare_experiment([*argv, "--kernel_size=1"])
+    assert str(refused.value) == (
+        "kernel_size is 1; expected a whole number of samples, at least 2 (the encoder hops by half of it)"
+    )
+
+
 # ---------------------------------------------------------------- one run per output folder
 def test_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_path, data_folder):
     claim_output_folder(tmp_path / "run")

@@ -123,6 +123,7 @@ VALUE_CHECKS = {
     "training_signal_len": (lambda v: _is_int(v, 1), "a whole number of samples, at least 1"),
     "dm_epoch_len": (lambda v: _is_int(v, 1), "a whole number of mixtures, at least 1"),
     "test_shifts": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
+    "kernel_size": (lambda v: _is_int(v, 2), "a whole number of samples, at least 2 (the encoder hops by half of it)"),
     "n_audio_to_save": (lambda v: v is None or _is_int(v, 0), "null or a whole number, 0 or more"),
     "num_ckpts_to_keep": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
     "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
