@@ -14,6 +14,7 @@ Models used:
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,34 @@ def test_export_writes_a_model_card_with_the_runs_corpus_and_test_scores(convtas
     parameters = sum(p.numel() for p in separator.mods.parameters())
     assert f"| total | | {parameters:,} " in card
     assert "SepformerSeparation.from_hparams" in card and "separate.py --model" in card
+
+
+@pytest.fixture
+def sepformer_run_copy(sepformer_run, tmp_path) -> Path:
+    """A copy of the SepFormer run whose checkpoints a test may damage (the config names no path of the run's
+    that a model needs)."""
+    copy = tmp_path / "run"
+    shutil.copytree(sepformer_run, copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00\xff garbled: [", b"just text"])
+def test_a_checkpoint_with_an_unreadable_meta_file_is_skipped_with_a_warning(sepformer_run_copy, caplog, damage):
+    (sepformer_run_copy / "save" / "CKPT+best" / "CKPT.yaml").write_bytes(damage)
+    assert find_model(sepformer_run_copy).weights_dir.name == "CKPT+latest"
+    assert f"Skipping checkpoint {sepformer_run_copy / 'save' / 'CKPT+best'}: unreadable CKPT.yaml" in caplog.text
+
+
+def test_a_run_whose_every_checkpoint_is_unreadable_is_one_line_for_separate_and_export(
+    sepformer_run_copy, tmp_path, caplog
+):
+    for meta_file in (sepformer_run_copy / "save").glob("CKPT+*/CKPT.yaml"):
+        meta_file.write_text("")
+    message = f"error: {sepformer_run_copy / 'save'} has no checkpoint with a 'si-snr' meta"
+    assert separate.main(["--model", str(sepformer_run_copy), "--output-dir", str(tmp_path / "out"), "x.wav"]) == 2
+    assert export.main([str(sepformer_run_copy), str(tmp_path / "export")]) == 2
+    errors = error_lines(caplog)
+    assert len(errors) == 2 and all(error.startswith(message) for error in errors)
 
 
 def test_missing_model_folder_fails_with_one_line(tmp_path):

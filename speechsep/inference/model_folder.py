@@ -24,11 +24,11 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.tag import Tag
 from speechbrain.inference.separation import SepformerSeparation
-from speechbrain.utils.checkpoints import Checkpointer
 
 from speechsep.errors import RecipeError
 from speechsep.inference import model_card
 from speechsep.models.speedups import speed_up
+from speechsep.training.checkpoints import RobustCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +175,18 @@ def first_line(err: Exception) -> str:
     return f"{err.__class__.__name__}: {message.splitlines()[0]}" if message else err.__class__.__name__
 
 
+def _has_score(checkpoint) -> bool:
+    score = checkpoint.meta.get(CHECKPOINT_KEY)
+    return isinstance(score, (int, float)) and not isinstance(score, bool)
+
+
 def _best_checkpoint(save_dir: Path):
-    """The checkpoint of highest `si-snr` meta under a run's save folder (a SpeechBrain Checkpoint)."""
-    checkpoint = Checkpointer(save_dir).find_checkpoint(max_key=CHECKPOINT_KEY)
+    """The checkpoint of highest `si-snr` meta under a run's save folder (a SpeechBrain Checkpoint).
+
+    Listed as training lists them (`RobustCheckpointer`): a checkpoint whose `CKPT.yaml` cannot be read is
+    skipped with a warning, and one whose score is not a number is left out.
+    """
+    checkpoint = RobustCheckpointer(save_dir).find_checkpoint(max_key=CHECKPOINT_KEY, ckpt_predicate=_has_score)
     if checkpoint is None:
         raise ModelFolderError(
             f"{save_dir} has no checkpoint with a '{CHECKPOINT_KEY}' meta (training saves one after each validation)"
