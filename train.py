@@ -214,7 +214,7 @@ class Separation(sb.Brain):
         stats = {"si-snr": -mean_loss, "examples": len(rows)}
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
-            self.budget.end_epoch()
+            self.budget.end_epoch()  # by rank 0's clock on every rank: the same stop and schedule below
             progress = self.budget.next_epoch_ends_at() if self.budget.minutes else None
             step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss, progress)
             if not self.budget.allows_another_epoch():  # the run is over: the checkpoint below says so
