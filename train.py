@@ -150,14 +150,13 @@ class Separation(sb.Brain):
                 self.optimizer.zero_grad(set_to_none=True)
             self.pending_backwards = 0
 
-        if stop:
+        if skip_reason is None:
+            loss = loss.detach().cpu()
+            self.epoch_stats.loss_sum += float(loss)
+            self.epoch_stats.batches += 1
+        if stop:  # after counting: this batch is trained, and the resumed run starts after it
             self.stop_at_checkpoint()
-        if skip_reason is not None:
-            return torch.tensor(0.0)
-        loss = loss.detach().cpu()
-        self.epoch_stats.loss_sum += float(loss)
-        self.epoch_stats.batches += 1
-        return loss
+        return loss if skip_reason is None else torch.tensor(0.0)
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
