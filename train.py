@@ -47,7 +47,6 @@ from speechsep.training.distributed import (
     gather_rows,
     is_launcher_main_process,
     shard_for_evaluation,
-    sum_over_ranks,
     world_size,
 )
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
@@ -142,6 +141,7 @@ class Separation(sb.Brain):
 
         if skip_reason is not None:
             self.nonfinite_count += 1
+            self.epoch_stats.batches_skipped += 1
             logger.info(f"Skipping batch ({skip_reason}); {self.nonfinite_count} skipped so far this epoch")
         if should_step:
             if self.pending_backwards > 0:
@@ -197,14 +197,11 @@ class Separation(sb.Brain):
         running mean of batch means (which weighs a short last batch like a full one).
         """
         if stage == sb.Stage.TRAIN:
-            stats = self.epoch_stats
-            loss_sum, batches, skipped, filtered, seen = sum_over_ranks(
-                stats.loss_sum, stats.batches, self.nonfinite_count, stats.examples_filtered, stats.examples_seen
-            )
+            totals = self.epoch_stats.over_ranks()
             self.train_stats = {
-                "si-snr": -loss_sum / max(batches, 1),
-                "skipped_batches": int(skipped),
-                "filtered_examples": round(filtered / max(seen, 1), 4),
+                "si-snr": -totals.loss_sum / max(totals.batches, 1),
+                "skipped_batches": int(totals.batches_skipped),
+                "filtered_examples": round(totals.examples_filtered / max(totals.examples_seen, 1), 4),
             }
             return
 
