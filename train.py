@@ -10,6 +10,7 @@ and custom trees, for separation or enhancement; the differences live in the YAM
 """
 
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ from speechsep.training.config import (
 )
 from speechsep.training.distributed import (
     any_rank,
+    evaluation_position,
     gather_rows,
     is_launcher_main_process,
     shard_for_evaluation,
@@ -85,6 +87,7 @@ class Separation(sb.Brain):
     """
 
     train_dataset = None
+    test_set_size = math.inf  # until the test loader is made (batches evaluated directly, as in the tests)
     stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
 
     def __init__(self, *args, **kwargs):
@@ -172,14 +175,14 @@ class Separation(sb.Brain):
                     row.update({f"{TEST_OPTIONS_PREFIX}{key}": scored[key] for key in MAIN_METRICS})
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
-            if self.hparams.save_audio and if_main_process():
+            if self.hparams.save_audio:
                 self.save_audio(batch.id, predictions, perms)
         return loss.mean().detach().cpu()
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
         self.eval_rows, self.test_rows = [], []
-        self.audio_saved = 0
+        self.examples_tested, self.audio_saved = 0, 0  # by this process
         if stage == sb.Stage.TRAIN and self.step == 0:
             self.epoch_stats.reset()
         elif stage == sb.Stage.TRAIN:
@@ -241,9 +244,12 @@ class Separation(sb.Brain):
             )
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
-        """Remember the training dataset: it is told the epoch before each epoch's workers start."""
+        """Remember the training dataset (it is told the epoch before each epoch's workers start) and the size of
+        the test set (the audio examples are chosen among its examples)."""
         if stage == sb.Stage.TRAIN:
             self.train_dataset = dataset
+        elif stage == sb.Stage.TEST:
+            self.test_set_size = len(dataset)
         return super().make_dataloader(dataset, stage, **loader_kwargs)
 
     # ---------------------------------------------------------------- signals and separation
@@ -355,7 +361,12 @@ class Separation(sb.Brain):
         )
 
     def save_audio(self, ids, predictions, perms):
-        """Write mixture, references and permutation-aligned plain-pass estimates until `n_audio_to_save`."""
+        """Write mixture, references and permutation-aligned plain-pass estimates of the first `n_audio_to_save`
+        examples of the test set.
+
+        Under DDP each process writes those of its share: together the same examples as a single process,
+        each written once (the sampler's repeats, past the end of the set, are not).
+        """
         mixture, sources, est_sources, lengths = (
             predictions.mixture,
             predictions.sources,
@@ -363,11 +374,14 @@ class Separation(sb.Brain):
             predictions.lengths,
         )
         limit = self.hparams.n_audio_to_save
+        to_write = min(math.inf if limit is None else limit, self.test_set_size)  # the first examples of the set
         audio_dir = Path(self.hparams.results_folder) / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
         for b, (snt_id, length) in enumerate(zip(ids, true_lengths(lengths, mixture.shape[1]).tolist())):
-            if limit is not None and self.audio_saved >= limit:
-                return
+            position = evaluation_position(self.examples_tested)
+            self.examples_tested += 1
+            if position >= to_write:
+                continue
             signals = {"mix": mixture[b, :length]}
             for k in range(sources.shape[-1]):
                 signals[f"source{k + 1}"] = sources[b, :length, k]

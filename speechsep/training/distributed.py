@@ -81,3 +81,22 @@ def shard_for_evaluation(loader_kwargs: dict, dataset) -> dict:
     if not is_distributed():
         return loader_kwargs
     return {**loader_kwargs, "sampler": DistributedSampler(dataset, shuffle=False)}
+
+
+def evaluation_position(local_index: int) -> int:
+    """Where the `local_index`-th example this process evaluates stands in the set's own order.
+
+    The sampler of `shard_for_evaluation` deals the examples out in turn (rank r gets r, r + W, r + 2W, ... of W
+    processes) and pads the last round with repeats of the first examples: a position at or past the set's length
+    is such a repeat. Without DDP, the position is the index itself.
+    """
+    return local_index * world_size() + rank()
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """Each value summed over all processes (the values themselves without DDP)."""
+    if not is_distributed():
+        return list(values)
+    totals = torch.tensor([float(value) for value in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return totals.tolist()
