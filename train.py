@@ -13,6 +13,7 @@ import logging
 import math
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -443,12 +444,15 @@ def dataio_prep(hparams, test_only=False):
 
 
 def check_writable(folder: str, key: str = "output_folder") -> None:
-    """Create `folder` and fail before any training if it cannot be created or written."""
+    """Create `folder` and fail before any training if it cannot be created or written.
+
+    The probe is a temporary file of this call's own (nameless where the system allows): the ranks of a job, and
+    other jobs, check the same folder at the same time.
+    """
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        probe = Path(folder) / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as err:
         raise RecipeError(f"{key} {folder} cannot be written: {err.strerror or err}") from None
 
