@@ -10,8 +10,10 @@ and custom trees, for separation or enhancement; the differences live in the YAM
 """
 
 import logging
+import math
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,10 +46,10 @@ from speechsep.training.config import (
 )
 from speechsep.training.distributed import (
     any_rank,
+    evaluation_position,
     gather_rows,
     is_launcher_main_process,
     shard_for_evaluation,
-    sum_over_ranks,
     world_size,
 )
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
@@ -86,6 +88,7 @@ class Separation(sb.Brain):
     """
 
     train_dataset = None
+    test_set_size = math.inf  # until the test loader is made (batches evaluated directly, as in the tests)
     stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
 
     def __init__(self, *args, **kwargs):
@@ -142,6 +145,7 @@ class Separation(sb.Brain):
 
         if skip_reason is not None:
             self.nonfinite_count += 1
+            self.epoch_stats.batches_skipped += 1
             logger.info(f"Skipping batch ({skip_reason}); {self.nonfinite_count} skipped so far this epoch")
         if should_step:
             if self.pending_backwards > 0:
@@ -150,14 +154,13 @@ class Separation(sb.Brain):
                 self.optimizer.zero_grad(set_to_none=True)
             self.pending_backwards = 0
 
-        if stop:
+        if skip_reason is None:
+            loss = loss.detach().cpu()
+            self.epoch_stats.loss_sum += float(loss)
+            self.epoch_stats.batches += 1
+        if stop:  # after counting: this batch is trained, and the resumed run starts after it
             self.stop_at_checkpoint()
-        if skip_reason is not None:
-            return torch.tensor(0.0)
-        loss = loss.detach().cpu()
-        self.epoch_stats.loss_sum += float(loss)
-        self.epoch_stats.batches += 1
-        return loss
+        return loss if skip_reason is None else torch.tensor(0.0)
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
@@ -173,14 +176,14 @@ class Separation(sb.Brain):
                     row.update({f"{TEST_OPTIONS_PREFIX}{key}": scored[key] for key in MAIN_METRICS})
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
-            if self.hparams.save_audio and if_main_process():
+            if self.hparams.save_audio:
                 self.save_audio(batch.id, predictions, perms)
         return loss.mean().detach().cpu()
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
         self.eval_rows, self.test_rows = [], []
-        self.audio_saved = 0
+        self.examples_tested, self.audio_saved = 0, 0  # by this process
         if stage == sb.Stage.TRAIN and self.step == 0:
             self.epoch_stats.reset()
         elif stage == sb.Stage.TRAIN:
@@ -198,14 +201,11 @@ class Separation(sb.Brain):
         running mean of batch means (which weighs a short last batch like a full one).
         """
         if stage == sb.Stage.TRAIN:
-            stats = self.epoch_stats
-            loss_sum, batches, skipped, filtered, seen = sum_over_ranks(
-                stats.loss_sum, stats.batches, self.nonfinite_count, stats.examples_filtered, stats.examples_seen
-            )
+            totals = self.epoch_stats.over_ranks()
             self.train_stats = {
-                "si-snr": -loss_sum / max(batches, 1),
-                "skipped_batches": int(skipped),
-                "filtered_examples": round(filtered / max(seen, 1), 4),
+                "si-snr": -totals.loss_sum / max(totals.batches, 1),
+                "skipped_batches": int(totals.batches_skipped),
+                "filtered_examples": round(totals.examples_filtered / max(totals.examples_seen, 1), 4),
             }
             return
 
@@ -214,7 +214,7 @@ class Separation(sb.Brain):
         stats = {"si-snr": -mean_loss, "examples": len(rows)}
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
-            self.budget.end_epoch()
+            self.budget.end_epoch()  # by rank 0's clock on every rank: the same stop and schedule below
             progress = self.budget.next_epoch_ends_at() if self.budget.minutes else None
             step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss, progress)
             if not self.budget.allows_another_epoch():  # the run is over: the checkpoint below says so
@@ -245,9 +245,12 @@ class Separation(sb.Brain):
             )
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
-        """Remember the training dataset: it is told the epoch before each epoch's workers start."""
+        """Remember the training dataset (it is told the epoch before each epoch's workers start) and the size of
+        the test set (the audio examples are chosen among its examples)."""
         if stage == sb.Stage.TRAIN:
             self.train_dataset = dataset
+        elif stage == sb.Stage.TEST:
+            self.test_set_size = len(dataset)
         return super().make_dataloader(dataset, stage, **loader_kwargs)
 
     # ---------------------------------------------------------------- signals and separation
@@ -359,7 +362,12 @@ class Separation(sb.Brain):
         )
 
     def save_audio(self, ids, predictions, perms):
-        """Write mixture, references and permutation-aligned plain-pass estimates until `n_audio_to_save`."""
+        """Write mixture, references and permutation-aligned plain-pass estimates of the first `n_audio_to_save`
+        examples of the test set.
+
+        Under DDP each process writes those of its share: together the same examples as a single process,
+        each written once (the sampler's repeats, past the end of the set, are not).
+        """
         mixture, sources, est_sources, lengths = (
             predictions.mixture,
             predictions.sources,
@@ -367,11 +375,14 @@ class Separation(sb.Brain):
             predictions.lengths,
         )
         limit = self.hparams.n_audio_to_save
+        to_write = min(math.inf if limit is None else limit, self.test_set_size)  # the first examples of the set
         audio_dir = Path(self.hparams.results_folder) / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
         for b, (snt_id, length) in enumerate(zip(ids, true_lengths(lengths, mixture.shape[1]).tolist())):
-            if limit is not None and self.audio_saved >= limit:
-                return
+            position = evaluation_position(self.examples_tested)
+            self.examples_tested += 1
+            if position >= to_write:
+                continue
             signals = {"mix": mixture[b, :length]}
             for k in range(sources.shape[-1]):
                 signals[f"source{k + 1}"] = sources[b, :length, k]
@@ -433,12 +444,15 @@ def dataio_prep(hparams, test_only=False):
 
 
 def check_writable(folder: str, key: str = "output_folder") -> None:
-    """Create `folder` and fail before any training if it cannot be created or written."""
+    """Create `folder` and fail before any training if it cannot be created or written.
+
+    The probe is a temporary file of this call's own (nameless where the system allows): the ranks of a job, and
+    other jobs, check the same folder at the same time.
+    """
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        probe = Path(folder) / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as err:
         raise RecipeError(f"{key} {folder} cannot be written: {err.strerror or err}") from None
 

@@ -4,7 +4,8 @@ A machine whose speed varies (a shared CPU, a busy cluster node) makes a fixed n
 time. With a budget, the run trains for as many whole epochs as fit, each predicted to last as long as the
 slowest of the last few, and the learning-rate schedule follows the share of the budget spent instead of
 the epoch count, so the rate has decayed when the budget ends. Spent time is checkpointed: a resumed run
-continues the same budget.
+continues the same budget. Under DDP every process counts rank 0's time, so that all of them stop at the same
+epoch and step the schedule alike.
 """
 
 import dataclasses
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import yaml
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from speechsep.training.distributed import from_main
 
 RECENT_EPOCHS = 3  # the next epoch is predicted to last as long as the slowest of these
 
@@ -31,9 +34,12 @@ class TrainingBudget:
         self._epoch_started = time.monotonic()
 
     def end_epoch(self) -> None:
-        """Count the epoch that started at `start_epoch` (a resumed epoch counts from the resume)."""
+        """Count the epoch that started at `start_epoch` (a resumed epoch counts from the resume).
+
+        Under DDP, call it on every process: each counts the duration that rank 0 measured.
+        """
         if self._epoch_started is not None:
-            duration = time.monotonic() - self._epoch_started
+            (duration,) = from_main(time.monotonic() - self._epoch_started)
             self.spent_seconds += duration
             self.epoch_seconds = [*self.epoch_seconds, duration][-RECENT_EPOCHS:]
             self._epoch_started = None

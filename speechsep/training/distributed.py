@@ -1,4 +1,10 @@
-"""Small helpers for results that must be combined across DDP processes."""
+"""Small helpers for results and decisions that must be combined or shared across DDP processes.
+
+Every value that changes the control flow or the training (stop now, the next learning rate, the audio examples
+to write) must be the same on every rank: one rank leaving the epoch loop while another starts an epoch hangs the
+job, and different learning rates make the replicas drift apart. Such values are either agreed (`any_rank`,
+`sum_over_ranks`, `gather_rows`) or taken from rank 0 (`from_main`).
+"""
 
 import os
 
@@ -28,6 +34,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def rank() -> int:
+    """This process's rank in the process group (0 without DDP)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
 def gather_rows(rows: list[dict], key: str = "snt_id") -> list[dict]:
     """Every rank's per-example rows, merged and de-duplicated by `key`, on every rank.
 
@@ -53,11 +64,33 @@ def any_rank(*flags: bool) -> list[bool]:
     return [bool(value) for value in values.tolist()]
 
 
+def from_main(*values: float) -> list[float]:
+    """Rank 0's values, on every process (one small broadcast under DDP; the values themselves without DDP).
+
+    For what each process measures differently, its own clock above all, and every process must use alike.
+    """
+    if not is_distributed():
+        return list(values)
+    shared = torch.tensor([float(value) for value in values], dtype=torch.float64, device=_collective_device())
+    dist.broadcast(shared, src=0)
+    return shared.tolist()
+
+
 def shard_for_evaluation(loader_kwargs: dict, dataset) -> dict:
     """Under DDP, give each process its own share of a valid/test set (results are gathered afterwards)."""
     if not is_distributed():
         return loader_kwargs
     return {**loader_kwargs, "sampler": DistributedSampler(dataset, shuffle=False)}
+
+
+def evaluation_position(local_index: int) -> int:
+    """Where the `local_index`-th example this process evaluates stands in the set's own order.
+
+    The sampler of `shard_for_evaluation` deals the examples out in turn (rank r gets r, r + W, r + 2W, ... of W
+    processes) and pads the last round with repeats of the first examples: a position at or past the set's length
+    is such a repeat. Without DDP, the position is the index itself.
+    """
+    return local_index * world_size() + rank()
 
 
 def sum_over_ranks(*values: float) -> list[float]:

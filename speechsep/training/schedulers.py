@@ -64,7 +64,9 @@ def step_scheduler(
     Accepts SpeechBrain's ReduceLROnPlateau (called with the optimizers, epoch and loss), the epoch-driven
     `EPOCH_SCHEDULERS` (called with the epoch) and SpeechBrain's metric-driven schedulers such as
     NewBobScheduler (called with the loss); all return the old and new learning rate. `None` keeps the
-    learning rate constant. (Upstream handles ReduceLROnPlateau only.)
+    learning rate constant. (Upstream handles ReduceLROnPlateau only.) Under DDP every process steps it with
+    the same values (the loss gathered from every rank, the budget's progress by rank 0's clock), so that every
+    replica trains at the same rate.
     """
     if scheduler is None:
         return
