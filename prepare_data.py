@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from speechsep.data.audio import is_audio_name
-from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example
+from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, printable
 from speechsep.errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ def _manifest_rows(
             results = list(pool.map(check, mixtures))
         for mixture, result in zip(mixtures, results):
             if isinstance(result, DataPreparationError):
-                skipped.append({"split": split, "mixture": str(mixture), "reason": str(result)})
+                skipped.append({"split": split, "mixture": printable(mixture), "reason": printable(result)})
                 continue
             duration, paths = result
             columns = ["mix_wav"] + [f"s{k}_wav" for k in range(1, len(folders.sources) + 1)]
@@ -354,7 +354,7 @@ def tree_fingerprint(data_folder: Path, folders: dict[str, list[SplitFolders]]) 
                 for path in audio_files(folder):
                     stat = path.stat() if path.exists() else path.lstat()  # a broken link is reported later
                     entry = f"{path.relative_to(data_folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                    digest.update(entry.encode())
+                    digest.update(os.fsencode(entry))  # names that are not UTF-8 are reported later
                     num_files += 1
     return {"audio_files": num_files, "sha256": digest.hexdigest()}
 

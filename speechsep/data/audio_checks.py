@@ -198,6 +198,8 @@ def check_example(
     frames = None
     references = {str(path) for path in reference_paths}
     for path in paths:
+        if not _is_utf8(str(path)):
+            raise AudioCheckError(f"{path}: its name is not UTF-8, which manifests are written in; rename it")
         header = check_header(path, requirements)
         if frames is not None and header.frames != frames:
             raise AudioCheckError(f"{path} has {header.frames} samples, its mixture {paths[0]} has {frames}")
@@ -207,10 +209,26 @@ def check_example(
     return frames
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name that was not UTF-8 on disk holds surrogate escapes
+        return False
+    return True
+
+
+def printable(text: object) -> str:
+    """`str(text)` with what a name that is not UTF-8 holds (surrogate escapes) written as backslash escapes, for
+    UTF-8 files such as skipped_files.csv."""
+    return str(text).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` (an example ID, a file stem) cannot name files written under an output folder, or None."""
     if not name:
         return "is empty, so it cannot name a file"
+    if not _is_utf8(name):
+        return f"'{name}' is not UTF-8"
     if "/" in name or "\\" in name or "\0" in name:
         return f"'{name}' holds a path separator or NUL: files named after it would land outside their folder"
     return None
