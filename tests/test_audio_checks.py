@@ -23,23 +23,13 @@ from speechsep.data.resample import bounded_ratio, resample
 from speechsep.inference.files import read_mixture
 from speechsep.models.filterbank import shortest_input
 from tests.corpus_trees import make_librimix, make_wsj0mix
-from tests.helpers import tiny_hparams
+from tests.helpers import flac_without_length, tiny_hparams
 
 RATE = 8000
 
 
 def tone(num_samples: int, sample_rate: int = RATE) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 440 * np.arange(num_samples) / sample_rate)).astype(np.float32)
-
-
-def flac_without_length(path, signal, sample_rate=RATE):
-    """A FLAC whose STREAMINFO says 0 total samples (unknown), as streaming encoders write it."""
-    sf.write(path, signal, sample_rate, format="FLAC")
-    data = bytearray(path.read_bytes())
-    fields = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # the low 36 bits are the sample count
-    data[18:26] = fields.to_bytes(8, "big")
-    path.write_bytes(bytes(data))
-    return path
 
 
 # ------------------------------------------------------------------ the module

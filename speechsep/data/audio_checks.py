@@ -31,6 +31,10 @@ class AudioCheckError(RecipeError):
     """A file that is not usable for its purpose; the message is one line naming it and what is wrong."""
 
 
+class SilentAudioError(AudioCheckError):
+    """A reference whose every sample (of its first channel, where that is what is read) is 0."""
+
+
 @dataclass(frozen=True)
 class AudioRequirements:
     """What a purpose asks of a file: a rate (None: any), one channel or any, a shortest length in samples."""
@@ -48,6 +52,7 @@ class AudioHeader:
     channels: int
     frames: int
     subtype: str
+    length_in_header: bool = True  # False: a stream whose header gives no length (readers must not seek to its end)
 
 
 def file_problem(path: str | Path) -> str | None:
@@ -121,7 +126,8 @@ def count_frames(path: str | Path, audio: sf.SoundFile) -> int:
 def read_header(path: str | Path) -> AudioHeader:
     """Rate, channels, length and encoding of `path`, or an AudioCheckError naming it."""
     with open_audio(path) as audio:
-        return AudioHeader(audio.samplerate, audio.channels, count_frames(path, audio), audio.subtype)
+        frames = count_frames(path, audio)
+        return AudioHeader(audio.samplerate, audio.channels, frames, audio.subtype, audio.frames < UNKNOWN_LENGTH)
 
 
 def read_blocks(path: str | Path, block_frames: int = BLOCK_FRAMES, dtype: str = "float32") -> Iterator[np.ndarray]:
@@ -187,7 +193,7 @@ def check_samples(path: str | Path, is_reference: bool, first_channel_only: bool
         start += len(block)
     if is_silent:
         which = "every sample of its first channel is 0" if first_channel_only else "every sample is 0"
-        raise AudioCheckError(f"silent reference {path}: {which}, so no SDR can be computed against it")
+        raise SilentAudioError(f"silent reference {path}: {which}, so no SDR can be computed against it")
 
 
 def check_example(
