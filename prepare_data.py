@@ -459,14 +459,19 @@ def prepare_data(
         hours = sum(row["duration"] for row in rows) / 3600
         logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
-        report = save_folder / SKIPPED_FILE
-        with open(report, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["split", "mixture", "reason"])
-            writer.writeheader()
-            writer.writerows(skipped)
-        logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
+        write_skipped_list(save_folder, skipped)
     options_path.write_text(json.dumps({**asdict(options), "tree": fingerprint}, indent=1))
     return csv_paths
+
+
+def write_skipped_list(save_folder: Path, skipped: list[dict]) -> None:
+    """`<save_folder>/skipped_files.csv`: split, mixture and reason of each item `skip_bad_files` left out."""
+    report = Path(save_folder) / SKIPPED_FILE
+    with open(report, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["split", "mixture", "reason"])
+        writer.writeheader()
+        writer.writerows(skipped)
+    logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
 
 
 def main() -> None:

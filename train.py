@@ -20,12 +20,19 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import REVERBERANT_LAYOUTS, DataPreparationError, check_num_spks, detect_layout, prepare_data
+from prepare_data import (
+    REVERBERANT_LAYOUTS,
+    DataPreparationError,
+    check_num_spks,
+    detect_layout,
+    prepare_data,
+    write_skipped_list,
+)
 from speechsep.data.audio import PEAK_LIMIT, write_pcm16
 from speechsep.data.audio_checks import AudioRequirements
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
-from speechsep.data.manifests import check_manifest_audio, separation_dataset
+from speechsep.data.manifests import check_manifest_audio, separation_dataset, write_manifest_without
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
@@ -593,20 +600,30 @@ def prepare_experiment(argv):
 def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
     """With `skip_prep`, check the audio of the manifests the run reads as prepare_data.py checks a tree's (rate,
     mono, lengths, the model's shortest input, finite, no silent reference, test IDs that are safe file names):
-    one line naming the CSV line before any training."""
+    one line naming the CSV line before any training. With `skip_bad_files`, the bad rows are left out instead
+    (the run reads `<save_folder>/<key>_usable.csv`) and listed in `<save_folder>/skipped_files.csv`."""
     requirements = AudioRequirements(sample_rate=hparams["sample_rate"], mono=True, min_samples=min_samples)
     keys = ["valid_data", "test_data"] if not test_only else ["test_data"]
     if not (test_only or hparams["dynamic_mixing"]):
         keys.insert(0, "train_data")
+    skipped = []
     for key in keys:
-        check_manifest_audio(
+        bad = check_manifest_audio(
             hparams[key],
             hparams["data_folder"],
             hparams["num_spks"],
             hparams["use_wham_noise"],
             requirements,
             ids_name_files=key == "test_data",
+            skip_bad=hparams["skip_bad_files"],
         )
+        if bad:
+            usable = Path(hparams["save_folder"]) / f"{key}_usable.csv"
+            write_manifest_without(hparams[key], set(bad), usable)
+            hparams[key] = str(usable)
+            skipped += [{"split": key, "mixture": example_id, "reason": reason} for example_id, reason in bad.items()]
+    if skipped and if_main_process():
+        write_skipped_list(Path(hparams["save_folder"]), skipped)
 
 
 def starting_model(hparams, test_only):

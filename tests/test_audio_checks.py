@@ -1,6 +1,9 @@
 """One module decides whether audio is usable (speechsep.data.audio_checks), and every way in asks it."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +12,7 @@ import soundfile as sf
 import torch
 
 import separate
+import train
 from prepare_data import DataPreparationError, detect_layout, prepare_data
 from speechsep.data.audio_checks import (
     AudioCheckError,
@@ -23,7 +27,7 @@ from speechsep.data.resample import bounded_ratio, resample
 from speechsep.inference.files import read_mixture
 from speechsep.models.filterbank import shortest_input
 from tests.corpus_trees import make_librimix, make_wsj0mix
-from tests.helpers import flac_without_length, tiny_hparams
+from tests.helpers import REPO, TINY_CONVTASNET, flac_without_length, tiny_hparams
 
 RATE = 8000
 
@@ -296,3 +300,39 @@ def test_tree_file_whose_name_is_not_utf8_is_listed_with_skip_bad_files(tmp_path
     corpus = tree_with_a_name_that_is_not_utf8(tmp_path)
     prepare_data(corpus, tmp_path / "save", skip_bad_files=True)
     assert "caf\\xe9.wav: its name is not UTF-8" in (tmp_path / "save" / "skipped_files.csv").read_text()
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def manifest_hparams(corpus, tmp_path, **overrides):
+    """What train.check_manifests reads of a run's config."""
+    hparams = {"sample_rate": RATE, "dynamic_mixing": False, "data_folder": str(corpus), "num_spks": 2}
+    hparams.update(use_wham_noise=False, skip_bad_files=False, save_folder=str(tmp_path / "save"))
+    hparams.update({f"{split}_data": str(write_manifest(tmp_path / f"{split}.csv", [row("a")])) for split in SPLITS})
+    return {**hparams, **overrides}
+
+
+def test_skip_bad_files_leaves_bad_manifest_rows_out_and_lists_them(corpus, tmp_path):
+    hparams = manifest_hparams(corpus, tmp_path, skip_bad_files=True)
+    write_manifest(tmp_path / "test.csv", [row("a"), row("../x", "tt_001_mix")])
+    train.check_manifests(hparams, test_only=False, min_samples=32)
+    assert hparams["test_data"] == str(tmp_path / "save" / "test_data_usable.csv")
+    assert [line.split(",")[0] for line in Path(hparams["test_data"]).read_text().splitlines()] == ["ID", "a"]
+    assert "test_data,../x," in (tmp_path / "save" / "skipped_files.csv").read_text()
+    assert hparams["train_data"] == str(tmp_path / "train.csv")  # nothing left out there
+
+
+@pytest.mark.slow
+def test_skip_prep_manifests_at_another_rate_than_the_config_stop_before_training(corpus, tmp_path):
+    save = tmp_path / "run" / "save"
+    prepare_data(corpus, save)
+    command = [sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={corpus}", "--noprogressbar"]
+    command += [f"--output_folder={tmp_path / 'run'}", "--skip_prep=True", "--sample_rate=16000"]
+    command += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    mixture = corpus / "wav8k/min/tr/mix/tr_000_mix.wav"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {save / 'train.csv'} line 2 (ID tr_000_mix): {mixture} is sampled at 8000 Hz, the config says 16000 Hz"
+    )
+    assert not list(save.glob("CKPT+*"))
