@@ -107,13 +107,37 @@ def test_dangling_link_in_a_tree_is_reported_and_listed_with_skip_bad_files(tmp_
     assert f"{mixture}," in (tmp_path / "skip" / "skipped_files.csv").read_text()
 
 
-def test_mixture_shorter_than_the_models_shortest_input_is_refused(tmp_path):
+def tree_with_a_10_sample_test_mixture(tmp_path):
     corpus = make_wsj0mix(tmp_path / "data", per_split=2)
     for folder in ("mix", "s1", "s2"):
         path = corpus / "wav8k/min/tt" / folder / "tt_000_mix.wav"
         sf.write(path, sf.read(path, dtype="float32")[0][:10], RATE, subtype="FLOAT")
+    return corpus
+
+
+def test_mixture_shorter_than_the_models_shortest_input_is_refused(tmp_path):
+    corpus = tree_with_a_10_sample_test_mixture(tmp_path)
     with pytest.raises(DataPreparationError, match=r"tt_000_mix.wav is 10 samples long, shorter than .*\(32 samples\)"):
         prepare_data(corpus, tmp_path / "save", min_samples=32)
+
+
+def run_train(tmp_path, corpus, *options):
+    command = [sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={corpus}", "--noprogressbar"]
+    command += [f"--output_folder={tmp_path / 'run'}", *options]
+    command += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_train_refuses_a_test_mixture_shorter_than_its_models_shortest_input_before_training(tmp_path):
+    corpus = tree_with_a_10_sample_test_mixture(tmp_path)
+    mixture = corpus / "wav8k/min/tt/mix/tt_000_mix.wav"
+    assert run_train(tmp_path, corpus) == (
+        f"error: {mixture} is 10 samples long, shorter than the model's shortest input (32 samples)"
+    )
+    assert not list((tmp_path / "run" / "save").glob("CKPT+*"))
 
 
 def test_tree_with_the_folders_of_two_layouts_is_refused_naming_both(tmp_path, caplog):
@@ -327,12 +351,8 @@ def test_skip_bad_files_leaves_bad_manifest_rows_out_and_lists_them(corpus, tmp_
 def test_skip_prep_manifests_at_another_rate_than_the_config_stop_before_training(corpus, tmp_path):
     save = tmp_path / "run" / "save"
     prepare_data(corpus, save)
-    command = [sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={corpus}", "--noprogressbar"]
-    command += [f"--output_folder={tmp_path / 'run'}", "--skip_prep=True", "--sample_rate=16000"]
-    command += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     mixture = corpus / "wav8k/min/tr/mix/tr_000_mix.wav"
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert run_train(tmp_path, corpus, "--skip_prep=True", "--sample_rate=16000") == (
         f"error: {save / 'train.csv'} line 2 (ID tr_000_mix): {mixture} is sampled at 8000 Hz, the config says 16000 Hz"
     )
     assert not list(save.glob("CKPT+*"))
