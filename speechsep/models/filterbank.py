@@ -92,7 +92,7 @@ def shortest_input(encoder: torch.nn.Module, masknet: torch.nn.Module, longest: 
         parameter = next(encoder.parameters())
         try:
             masknet(encoder(torch.zeros(1, num_samples, device=parameter.device, dtype=parameter.dtype)))
-        except RuntimeError:
+        except (RuntimeError, ValueError, IndexError):  # what too few frames raise in torch's layers
             return False
         return True
 
