@@ -26,10 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
 from speechsep.data.audio import is_audio_name
+from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, printable
 from speechsep.errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -41,9 +39,6 @@ WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}  # WHAM! and WHAMR
 LIBRIMIX_SPLITS = {"valid": "dev", "test": "test"}
 AISHELL1MIX_SPLITS = {"train": "train", "valid": "dev", "test": "test"}
 LIBRIMIX_TRAIN_SUBSETS = {"100": ["train-100"], "360": ["train-360"], "both": ["train-100", "train-360"]}
-FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only encodings that can hold NaN or inf
-BLOCK_FRAMES = 1 << 16  # samples read at a time when checking a file's samples
-FIRST_PCM_BLOCK_FRAMES = 4096  # a PCM reference is rarely all 0 for that long: most are done after one small read
 MIN_NUM_SPKS = 2  # for separation; the enhancement tasks have exactly one target
 TASKS = ("separation", "enhancement", "enhancement_both")
 # The mixture folder of LibriMix-style trees (LibriMix, Aishell1Mix, WHAM!) per (task, noisy); WHAMR! adds _reverb.
@@ -102,21 +97,40 @@ def check_num_spks(num_spks: int, task: str = "separation") -> None:
 def detect_layout(data_folder: Path) -> str:
     """Tell 'wsj0mix', 'wham', 'whamr', 'librimix', 'aishell1mix' or 'custom' from the tree, or fail naming the
     folder and the layouts. The test split's folders tell them apart: WSJ0Mix has `tt/mix`, WHAM! `tt/mix_clean`,
-    WHAMR! `tt/s1_anechoic`, and of the `test`/`dev` trees Aishell1Mix trains on `train`, LibriMix on `train-*`."""
+    WHAMR! `tt/s1_anechoic`, and of the `test`/`dev` trees Aishell1Mix trains on `train`, LibriMix on `train-*`.
+    A tree that holds the folders of two layouts is refused naming both: reading one of them by the order in
+    which the folders are listed would train on data the user may not have meant."""
     if not data_folder.is_dir():
         raise DataPreparationError(f"data_folder does not exist or is not a folder: {data_folder}")
+    found = {}  # layout -> a folder that shows it
     if all((data_folder / split / "mixture").is_dir() for split in SPLITS):
-        return "custom"
-    for rate_folder in data_folder.glob("wav*k/*"):
-        if (rate_folder / "tt" / "mix").is_dir():
-            return "wsj0mix"
-        if (rate_folder / "tt" / "mix_clean").is_dir():
-            return "wham"
-        if (rate_folder / "tt" / "s1_anechoic").is_dir():
-            return "whamr"
-        if (rate_folder / "test" / "s1").is_dir() and (rate_folder / "dev").is_dir():
-            return "aishell1mix" if (rate_folder / "train").is_dir() else "librimix"
-    raise DataPreparationError(f"unknown data layout in {data_folder}; expected one of: " + " | ".join(LAYOUTS))
+        found["custom"] = data_folder / "test" / "mixture"
+    for rate_folder in sorted(data_folder.glob("wav*k/*")):
+        layout = _rate_folder_layout(rate_folder)
+        if layout is not None:
+            found.setdefault(layout, rate_folder)
+    if len(found) > 1:
+        raise DataPreparationError(
+            f"{data_folder} holds the folders of {len(found)} layouts: "
+            + " and ".join(f"{layout} ({folder})" for layout, folder in found.items())
+            + "; point data_folder at a tree of one corpus"
+        )
+    if not found:
+        raise DataPreparationError(f"unknown data layout in {data_folder}; expected one of: " + " | ".join(LAYOUTS))
+    return next(iter(found))
+
+
+def _rate_folder_layout(rate_folder: Path) -> str | None:
+    """The layout of a corpus' `wav<rate>k/<mode>` folder, or None."""
+    if (rate_folder / "tt" / "mix").is_dir():
+        return "wsj0mix"
+    if (rate_folder / "tt" / "mix_clean").is_dir():
+        return "wham"
+    if (rate_folder / "tt" / "s1_anechoic").is_dir():
+        return "whamr"
+    if (rate_folder / "test" / "s1").is_dir() and (rate_folder / "dev").is_dir():
+        return "aishell1mix" if (rate_folder / "train").is_dir() else "librimix"
+    return None
 
 
 def split_folders(
@@ -223,9 +237,11 @@ def _source_folders(
 
 
 def audio_files(folder: Path) -> list[Path]:
-    """The audio files directly in `folder`, sorted by name; the extension matches in any case."""
+    """The audio files directly in `folder`, sorted by name; the extension matches in any case. Links count,
+    broken ones too, and so does anything else with an audio name but a folder: the checks report them, where
+    leaving them out would drop a mixture without a word."""
     with os.scandir(folder) as entries:
-        return sorted(Path(entry.path) for entry in entries if is_audio_name(entry.name) and entry.is_file())
+        return sorted(Path(entry.path) for entry in entries if is_audio_name(entry.name) and not entry.is_dir())
 
 
 @dataclass(frozen=True)
@@ -257,62 +273,26 @@ class AudioFolder:
         return candidates[0]
 
 
-def _check_samples(path: Path, is_reference: bool) -> None:
-    """Fail on NaN/inf (they make every SI-SNR nan) and on an all-zero reference (no SDR against silence).
-
-    Reads in blocks, and only what can be wrong: PCM cannot hold NaN, so a PCM reference is read up to its first
-    non-zero block and a PCM mixture or noise not at all; float files are read whole.
-    """
-    try:
-        with sf.SoundFile(str(path)) as audio:
-            is_float = audio.subtype in FLOAT_SUBTYPES
-            if not (is_float or is_reference):
-                return
-            dtype = "float32" if is_float else "int32"  # float32 as training reads it; int32 keeps every PCM step
-            is_silent = is_reference
-            start, block_frames = 0, BLOCK_FRAMES if is_float else FIRST_PCM_BLOCK_FRAMES
-            while len(block := audio.read(block_frames, dtype=dtype)):
-                if is_float and not np.isfinite(block).all():
-                    index = start + int(np.flatnonzero(~np.isfinite(block))[0])
-                    raise DataPreparationError(f"non-finite sample (NaN or inf) in {path} at sample {index}")
-                is_silent = is_silent and not block.any()
-                if not (is_float or is_silent):
-                    break
-                start, block_frames = start + len(block), BLOCK_FRAMES
-    except (RuntimeError, sf.LibsndfileError) as err:
-        raise DataPreparationError(f"unreadable audio file {path}: {err}") from None
-    if is_silent:
-        raise DataPreparationError(f"silent reference {path}: every sample is 0, so no SDR can be computed against it")
-
-
 def _check_item(
-    mixture: Path, sources: list[AudioFolder], noise: AudioFolder | None, sample_rate: int
+    mixture: Path, sources: list[AudioFolder], noise: AudioFolder | None, requirements: AudioRequirements
 ) -> tuple[float, list[Path]]:
-    """Validate one mixture and its sources; return (duration in s, [mixture, sources..., noise])."""
+    """Validate one mixture and its sources (`speechsep.data.audio_checks`); return (duration in s, [mixture,
+    sources..., noise])."""
     source_paths = [folder.file_for(mixture) for folder in sources]
     paths = [mixture, *source_paths] + ([noise.file_for(mixture)] if noise is not None else [])
-    frames = None
-    for path in paths:
-        try:
-            info = sf.info(str(path))
-        except (RuntimeError, sf.LibsndfileError) as err:
-            raise DataPreparationError(f"unreadable audio file {path}: {err}") from None
-        if info.frames == 0:
-            raise DataPreparationError(f"empty audio file {path} (0 samples)")
-        if info.channels != 1:
-            raise DataPreparationError(f"{path} has {info.channels} channels, expected mono")
-        if info.samplerate != sample_rate:
-            raise DataPreparationError(f"{path} is sampled at {info.samplerate} Hz, the config says {sample_rate} Hz")
-        if frames is not None and info.frames != frames:
-            raise DataPreparationError(f"{path} has {info.frames} samples, its mixture {mixture} has {frames}")
-        frames = frames if frames is not None else info.frames
-    for path in paths:  # after the header checks: reading samples is the expensive part
-        _check_samples(path, is_reference=path in source_paths)
-    return frames / sample_rate, paths
+    try:
+        frames = check_example(paths, source_paths, requirements)
+    except AudioCheckError as err:
+        raise DataPreparationError(str(err)) from None
+    return frames / requirements.sample_rate, paths
 
 
 def _manifest_rows(
-    split: str, folders_list: list[SplitFolders], data_folder: Path, sample_rate: int, skipped: list[dict]
+    split: str,
+    folders_list: list[SplitFolders],
+    data_folder: Path,
+    requirements: AudioRequirements,
+    skipped: list[dict] | None,
 ) -> list[dict]:
     """Walk one split and return its CSV rows; bad items go to `skipped` when it is not None."""
     rows = []
@@ -338,7 +318,7 @@ def _manifest_rows(
 
         def check(mixture, sources=sources, noise=noise):
             try:
-                return _check_item(mixture, sources, noise, sample_rate)
+                return _check_item(mixture, sources, noise, requirements)
             except DataPreparationError as err:
                 if skipped is None:
                     raise
@@ -348,7 +328,7 @@ def _manifest_rows(
             results = list(pool.map(check, mixtures))
         for mixture, result in zip(mixtures, results):
             if isinstance(result, DataPreparationError):
-                skipped.append({"split": split, "mixture": str(mixture), "reason": str(result)})
+                skipped.append({"split": split, "mixture": printable(mixture), "reason": printable(result)})
                 continue
             duration, paths = result
             columns = ["mix_wav"] + [f"s{k}_wav" for k in range(1, len(folders.sources) + 1)]
@@ -372,9 +352,9 @@ def tree_fingerprint(data_folder: Path, folders: dict[str, list[SplitFolders]]) 
                 if folder is None or not folder.is_dir():
                     continue  # _manifest_rows names a missing folder
                 for path in audio_files(folder):
-                    stat = path.stat()
+                    stat = path.stat() if path.exists() else path.lstat()  # a broken link is reported later
                     entry = f"{path.relative_to(data_folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                    digest.update(entry.encode())
+                    digest.update(os.fsencode(entry))  # names that are not UTF-8 are reported later
                     num_files += 1
     return {"audio_files": num_files, "sha256": digest.hexdigest()}
 
@@ -392,6 +372,7 @@ class PrepareOptions:
     use_wham_noise: bool
     skip_bad_files: bool
     task: str = "separation"
+    min_samples: int = 1
 
 
 def _manifests_are_current(options_path: Path, options: PrepareOptions, fingerprint: dict) -> bool:
@@ -427,12 +408,18 @@ def prepare_data(
     use_wham_noise: bool = False,
     skip_bad_files: bool = False,
     task: str = "separation",
+    min_samples: int = 1,
 ) -> dict[str, Path]:
-    """Write `<save_folder>/{train,valid,test}.csv` for the tree in `data_folder`; return their paths."""
+    """Write `<save_folder>/{train,valid,test}.csv` for the tree in `data_folder`; return their paths.
+
+    `min_samples`: the model's shortest input (`speechsep.models.filterbank.shortest_input`); shorter mixtures
+    are bad items, found now rather than when the test stage reaches them after training.
+    """
     check_num_spks(num_spks, task)
     data_folder = Path(data_folder).resolve()
     save_folder = Path(save_folder)
     layout = detect_layout(data_folder)
+    logger.info(f"{data_folder} is a {layout} tree")
     options = PrepareOptions(
         str(data_folder),
         layout,
@@ -443,6 +430,7 @@ def prepare_data(
         use_wham_noise,
         skip_bad_files,
         task,
+        min_samples,
     )
     folders = split_folders(
         data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise, task
@@ -455,7 +443,8 @@ def prepare_data(
         return csv_paths
 
     skipped: list[dict] | None = [] if skip_bad_files else None
-    manifests = {split: _manifest_rows(split, folders[split], data_folder, sample_rate, skipped) for split in SPLITS}
+    requirements = AudioRequirements(sample_rate=sample_rate, mono=True, min_samples=min_samples)
+    manifests = {split: _manifest_rows(split, folders[split], data_folder, requirements, skipped) for split in SPLITS}
 
     save_folder.mkdir(parents=True, exist_ok=True)
     options_path.unlink(missing_ok=True)  # written last: a crash below leaves no stale "match"
@@ -470,14 +459,19 @@ def prepare_data(
         hours = sum(row["duration"] for row in rows) / 3600
         logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
-        report = save_folder / SKIPPED_FILE
-        with open(report, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["split", "mixture", "reason"])
-            writer.writeheader()
-            writer.writerows(skipped)
-        logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
+        write_skipped_list(save_folder, skipped)
     options_path.write_text(json.dumps({**asdict(options), "tree": fingerprint}, indent=1))
     return csv_paths
+
+
+def write_skipped_list(save_folder: Path, skipped: list[dict]) -> None:
+    """`<save_folder>/skipped_files.csv`: split, mixture and reason of each item `skip_bad_files` left out."""
+    report = Path(save_folder) / SKIPPED_FILE
+    with open(report, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["split", "mixture", "reason"])
+        writer.writeheader()
+        writer.writerows(skipped)
+    logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
 
 
 def main() -> None:
@@ -492,6 +486,7 @@ def main() -> None:
     parser.add_argument("--use_wham_noise", action="store_true", help="noisy mixtures (mix_both, or mix_single)")
     parser.add_argument("--task", default="separation", choices=list(TASKS), help="enhancement*: with --num_spks 1")
     parser.add_argument("--skip_bad_files", action="store_true")
+    parser.add_argument("--min_samples", type=int, default=1, help="shortest usable mixture, in samples")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from speechsep.errors import RecipeError
-from speechsep.inference.files import AudioInputError, FileSeparator, SeparationOptions, expand_inputs
+from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs, input_failure
 from speechsep.inference.model_folder import load_separator
 from speechsep.training.hardware import check_device
 
@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             result = separator.separate_file(path, args.output_dir)
-        except AudioInputError as err:
-            logger.error(f"error: {path}: {err}")
+        except Exception as err:  # whatever goes wrong with one input is one line for it; the others go on
+            logger.debug(f"{path} failed", exc_info=True)
+            logger.error(f"error: {input_failure(path, err)}")
             failed += 1
             continue
         written_by[path.stem] = path

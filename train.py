@@ -22,16 +22,24 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import REVERBERANT_LAYOUTS, DataPreparationError, check_num_spks, detect_layout, prepare_data
+from prepare_data import (
+    REVERBERANT_LAYOUTS,
+    DataPreparationError,
+    check_num_spks,
+    detect_layout,
+    prepare_data,
+    write_skipped_list,
+)
 from speechsep.data.audio import PEAK_LIMIT, write_pcm16
+from speechsep.data.audio_checks import AudioRequirements
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
-from speechsep.data.manifests import separation_dataset
+from speechsep.data.manifests import check_manifest_audio, separation_dataset, write_manifest_without
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
 from speechsep.inference.separation import mixture_consistency, separate_shifted
-from speechsep.models.filterbank import encoder_hop
+from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.models.speedups import speed_up
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
@@ -568,6 +576,10 @@ def prepare_experiment(argv):
         run_opts.precision = "bf16"
         run_opts.overridden_args.add("precision")
 
+    min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
+    if hparams["skip_prep"]:
+        check_manifests(hparams, test_only, min_samples)
+
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
     if not hparams["skip_prep"]:  # with --test_only too: the test manifest comes from the same tree
@@ -583,6 +595,7 @@ def prepare_experiment(argv):
                 use_wham_noise=hparams["use_wham_noise"],
                 skip_bad_files=hparams["skip_bad_files"],
                 task=hparams.get("task", "separation"),
+                min_samples=min_samples,
             ),
         )
     if hparams["dynamic_mixing"] and not test_only:
@@ -596,6 +609,35 @@ def prepare_experiment(argv):
         Path(folder).mkdir(parents=True, exist_ok=True)
         Path(folder, name).write_text(record)
     return hparams, run_opts, dataio_prep(hparams, test_only)
+
+
+def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
+    """With `skip_prep`, check the audio of the manifests the run reads as prepare_data.py checks a tree's (rate,
+    mono, lengths, the model's shortest input, finite, no silent reference, test IDs that are safe file names):
+    one line naming the CSV line before any training. With `skip_bad_files`, the bad rows are left out instead
+    (the run reads `<save_folder>/<key>_usable.csv`) and listed in `<save_folder>/skipped_files.csv`."""
+    requirements = AudioRequirements(sample_rate=hparams["sample_rate"], mono=True, min_samples=min_samples)
+    keys = ["valid_data", "test_data"] if not test_only else ["test_data"]
+    if not (test_only or hparams["dynamic_mixing"]):
+        keys.insert(0, "train_data")
+    skipped = []
+    for key in keys:
+        bad = check_manifest_audio(
+            hparams[key],
+            hparams["data_folder"],
+            hparams["num_spks"],
+            hparams["use_wham_noise"],
+            requirements,
+            ids_name_files=key == "test_data",
+            skip_bad=hparams["skip_bad_files"],
+        )
+        if bad:
+            usable = Path(hparams["save_folder"]) / f"{key}_usable.csv"
+            write_manifest_without(hparams[key], set(bad), usable)
+            hparams[key] = str(usable)
+            skipped += [{"split": key, "mixture": example_id, "reason": reason} for example_id, reason in bad.items()]
+    if skipped and if_main_process():
+        write_skipped_list(Path(hparams["save_folder"]), skipped)
 
 
 def starting_model(hparams, test_only):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import speechbrain
 import torch
 from speechbrain.dataio.batch import PaddedBatch
@@ -110,3 +111,13 @@ def train_command(config: str, data_folder, output_folder, *extra: str, **option
         *[f"--{key}={value}" for key, value in options.items()],
         *extra,
     ]
+
+
+def flac_without_length(path: Path, signal: np.ndarray, sample_rate: int = 8000) -> Path:
+    """A FLAC whose STREAMINFO says 0 total samples (unknown), as streaming encoders write it."""
+    sf.write(path, signal, sample_rate, format="FLAC")
+    data = bytearray(path.read_bytes())
+    fields = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # the low 36 bits are the sample count
+    data[18:26] = fields.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    return path

@@ -1,5 +1,6 @@
 """Specification of dynamic mixing (speechsep.data.dynamic_mixing), on tiny numpy-made pools."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, 
 from speechsep.data.rooms import ShoeboxRooms
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
 from speechsep.training.config import ConfigError, check_values
+from tests.helpers import flac_without_length
 from tests.speech import speech_like
 
 SAMPLE_RATE = 8000
@@ -217,7 +219,16 @@ def test_very_short_utterances_give_finite_mixtures(tmp_path, level_scheme):
 
 @pytest.mark.parametrize("level_scheme", ["wsj0", "librimix"])
 def test_silent_utterances_stay_silent_and_finite(tmp_path, level_scheme):
-    dataset = make_dataset(tmp_path, noise=True, level_scheme=level_scheme, pool_options={"silent": True})
+    """Silent crops keep their level (indexing leaves out all-silent files, so the pool is built by hand)."""
+    folder = write_pool(tmp_path / "sources", silent=True)
+    rel_paths = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.wav"))
+    frames = np.full(len(rel_paths), SAMPLE_RATE, dtype=np.int64)
+    files = AudioIndex(str(folder), rel_paths, [str(folder / rel_path) for rel_path in rel_paths], frames)
+    pool = SourcePool(files, [rel_path.split("/")[0] for rel_path in rel_paths])
+    noise = AudioIndex.from_folder(write_noise(tmp_path / "noise"), SAMPLE_RATE)
+    dataset = DynamicMixingDataset(
+        pool, 2, SAMPLE_RATE, SEGMENT_LEN, epoch_len=8, level_scheme=level_scheme, noise_files=noise
+    )
     for example in dataset:
         assert torch.isfinite(example["mix_sig"]).all()
         assert all(torch.equal(source, torch.zeros(SEGMENT_LEN)) for source in source_signals(example))
@@ -435,7 +446,7 @@ def test_index_cache_spares_reading_the_files_again(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("opened a file that the index cache already describes")
 
-    monkeypatch.setattr(source_pool.sf, "info", fail)
+    monkeypatch.setattr(source_pool, "read_header", fail)
     second = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
     assert_same_index(second.files, first.files)
 
@@ -476,6 +487,48 @@ def test_a_corrupt_file_in_the_pool_is_one_line_naming_it(tmp_path):
     folder = write_pool(tmp_path / "sources")
     corrupt = next(folder.rglob("*.wav")).with_name("corrupt.wav")
     corrupt.write_bytes(b"RIFF not really audio" * 10)
-    with pytest.raises(PoolError, match=rf"unreadable audio file {corrupt} in the pool") as error:
+    with pytest.raises(PoolError, match=rf"unreadable audio file {corrupt}: .* \(in the pool {folder}\)") as error:
         SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
     assert "\n" not in str(error.value)
+
+
+def test_silent_files_and_stereo_files_silent_on_their_first_channel_are_left_out_with_a_warning(tmp_path, caplog):
+    folder = write_pool(tmp_path / "sources")
+    sf.write(folder / "spk00" / "spk00_0000.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    speech = voice(SPEAKER_F0S[1], 1.0, seed=0)
+    sf.write(folder / "spk01" / "spk01_0000.wav", np.stack([np.zeros_like(speech), speech], axis=1), SAMPLE_RATE)
+    with caplog.at_level("WARNING"):
+        pool = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert "spk00/spk00_0000.wav" not in pool.files.rel_paths and "spk01/spk01_0000.wav" not in pool.files.rel_paths
+    assert len(pool.files) == 13
+    assert "Leaving out audio files of" in caplog.text and "2 silent, e.g. spk00/spk00_0000.wav" in caplog.text
+
+
+def test_a_pool_of_silent_files_is_one_error_line(tmp_path):
+    folder = write_pool(tmp_path / "sources", silent=True)
+    with pytest.raises(PoolError, match=f"no usable audio file under {folder}: 15 silent") as error:
+        dynamic_mixing_dataset(folder, SAMPLE_RATE, num_spks=2, segment_len=SEGMENT_LEN, epoch_len=4)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "fifo"])
+def test_a_dangling_link_or_a_fifo_in_the_pool_is_one_line_naming_it(tmp_path, kind):
+    folder = write_pool(tmp_path / "sources")
+    odd = folder / "spk00" / "spk00_0099.wav"
+    if kind == "fifo":
+        os.mkfifo(odd)  # opening it would wait for a writer forever
+    else:
+        odd.symlink_to(tmp_path / "moved_away.wav")
+    expected = "not a regular file" if kind == "fifo" else "broken symbolic link"
+    with pytest.raises(PoolError, match=f"{odd} in the pool: {expected}"):
+        SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+
+
+def test_a_flac_without_a_length_in_its_header_is_indexed_at_its_length_and_read_from_a_copy(tmp_path):
+    folder = write_pool(tmp_path / "sources")
+    stream = flac_without_length(folder / "spk00" / "spk00_0000.flac", voice(SPEAKER_F0S[0], 0.5, seed=1))
+    (folder / "spk00" / "spk00_0000.wav").unlink()
+    pool = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    index = pool.files.rel_paths.index(stream.relative_to(folder).as_posix())
+    assert pool.files.num_frames[index] == SAMPLE_RATE // 2
+    assert sf.info(pool.files.paths[index]).frames == SAMPLE_RATE // 2  # a copy whose header says so

@@ -10,6 +10,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import GeneratorDynamicItem
 
+from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, name_problem
 from speechsep.errors import RecipeError
 
 DATA_ROOT = "$data_root"  # how manifests start the paths of files in the data folder
@@ -61,6 +62,11 @@ def read_manifest(csv_path: Path, data_root: str, columns: list[str]) -> dict[st
     Ours rather than SpeechBrain's `load_data_csv`, which takes every `$word` in a value for a variable to
     replace, so that a file named `a$b.wav` could not be listed.
     """
+    return _read_rows(csv_path, data_root, columns)[0]
+
+
+def _read_rows(csv_path: Path, data_root: str, columns: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
+    """`read_manifest`'s rows, and the CSV line of each ID."""
     if not csv_path.is_file():
         raise ManifestError(f"manifest not found: {csv_path}")
     rows_by_id: dict[str, dict] = {}
@@ -84,7 +90,63 @@ def read_manifest(csv_path: Path, data_root: str, columns: list[str]) -> dict[st
     if not rows_by_id:
         raise ManifestError(f"{csv_path} lists no examples")
     _check_files_exist(csv_path, rows_by_id, line_by_id, [column for column in columns if column.endswith("_wav")])
-    return rows_by_id
+    return rows_by_id, line_by_id
+
+
+def check_manifest_audio(
+    csv_path: str | Path,
+    data_root: str,
+    num_spks: int,
+    with_noise: bool,
+    requirements: AudioRequirements,
+    ids_name_files: bool = False,
+    skip_bad: bool = False,
+) -> dict[str, str]:
+    """Check every row's audio as prepare_data.py checks a tree's (`speechsep.data.audio_checks.check_example`):
+    for manifests written by hand or by another tool (`skip_prep`), so that a wrong rate, a stereo file, a source
+    shorter than its mixture or a mixture shorter than the model's input is one line naming the CSV line before
+    training, not a crash in a loader (for the test set, after training). `ids_name_files`: the IDs name the
+    files written for each example (the test set's audio examples), so they must be safe file names.
+    `skip_bad`: return the reason of each bad row by ID instead of failing on the first (none usable still fails).
+    """
+    csv_path = Path(csv_path)
+    names = signal_names(num_spks, with_noise)
+    rows_by_id, line_by_id = _read_rows(csv_path, data_root, ["ID"] + [f"{name}_wav" for name in names])
+
+    def problem(example_id: str) -> str | None:
+        if ids_name_files and (reason := name_problem(example_id)):
+            return f"ID {reason}"
+        row = rows_by_id[example_id]
+        paths = [row[f"{name}_wav"] for name in names]
+        references = [row[f"{name}_wav"] for name in names if name.startswith("s")]
+        try:
+            check_example(paths, references, requirements)
+        except AudioCheckError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound; soundfile and numpy release the GIL
+        problems = list(pool.map(problem, rows_by_id))
+    bad = {example_id: reason for example_id, reason in zip(rows_by_id, problems) if reason is not None}
+    if bad and (not skip_bad or len(bad) == len(rows_by_id)):
+        example_id, reason = next(iter(bad.items()))
+        none_usable = f" (and no row of {len(rows_by_id)} is usable)" if skip_bad else ""
+        raise ManifestError(f"{csv_path} line {line_by_id[example_id]} (ID {example_id}): {reason}{none_usable}")
+    return bad
+
+
+def write_manifest_without(csv_path: str | Path, example_ids: set[str], target: Path) -> None:
+    """Copy the manifest at `csv_path` to `target` without the rows of `example_ids`, header and values as they
+    are. Written under a per-process name then renamed, as every rank of a DDP job writes the same file."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    id_column = [column.strip() for column in rows[0]].index("ID")
+    kept = [rows[0]] + [row for row in rows[1:] if row and row[id_column].strip() not in example_ids]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(temporary, target)
 
 
 def _parse_row(row: dict, data_root: str, columns: list[str], where: str) -> dict:

@@ -4,6 +4,13 @@ A folder in one of the `EXPECTED_LAYOUTS` (LibriSpeech, WSJ0, the embedded corpu
 scanned once; its index (paths, frame counts, speakers) and the files resampled to the training rate are cached,
 keyed by the files' sizes and times, so a restart or another rank reuses them. Only paths, frame counts and
 speaker ids are kept in memory.
+
+What a pool's file must be (`speechsep.data.audio_checks`): a broken file (a dangling link, a FIFO or device, a
+header libsndfile cannot read, NaN or inf samples, a name that is not UTF-8) is one error line naming it, since
+it means a damaged copy of the corpus. A file that is sound but holds nothing to mix (0 samples, or a first
+channel that is all 0) is left out, counted in one warning; a pool with nothing left is one error line. The
+first channel is what is read, from sources and noise alike (WHAM!'s noise is stereo, and its first channel is
+what WHAM! mixes), so a stereo file whose speech is on its second channel counts as silent.
 """
 
 from __future__ import annotations
@@ -20,9 +27,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 
 from speechsep.data.audio import AUDIO_EXTENSIONS, is_audio_name
+from speechsep.data.audio_checks import (
+    AudioCheckError,
+    SilentAudioError,
+    check_samples,
+    file_problem,
+    read_blocks,
+    read_header,
+)
+from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -57,12 +72,25 @@ def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
         for name in filenames:
             if is_audio_name(name):
                 path = Path(dirpath, name)
+                problem = file_problem(path)  # before anything opens it: a FIFO would block the reader
+                if problem is None and not _is_utf8(str(path)):
+                    problem = "its name is not UTF-8, which the index is written in"
+                if problem:
+                    raise PoolError(f"{path} in the pool: {problem}; remove or replace it")
                 stat = path.stat()
                 rel_path = path.relative_to(folder).as_posix()
                 scanned.append(_ScannedFile(rel_path, stat.st_size, stat.st_mtime_ns))
     if not scanned:
         raise PoolError(f"No {'/'.join(AUDIO_EXTENSIONS)} files under {folder}")
     return sorted(scanned)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _temporary_path(path: Path) -> Path:
@@ -77,16 +105,17 @@ def read_mono(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
 
 
 def _resample_file(source: Path, target: Path, sample_rate: int) -> int:
-    """Write `source` resampled to `sample_rate` at `target`; returns its number of frames.
+    """Write `source`'s first channel resampled to `sample_rate` (or copied, for a stream whose header gives no
+    length, which readers could not crop near its end) at `target`; returns its number of frames.
 
     The level is kept as it is: the file keeps its sample format unless the resampling filter's
     overshoot would clip it, in which case it is written as float.
     """
-    info = sf.info(str(source))
-    audio = torch.from_numpy(read_mono(str(source)))
-    resampled = torchaudio.functional.resample(audio, info.samplerate, sample_rate).numpy()
+    header = read_header(source)
+    audio = torch.from_numpy(np.concatenate([block[:, 0] for block in read_blocks(source)]))
+    resampled = resample(audio, header.sample_rate, sample_rate).numpy()
     fits = np.abs(resampled).max(initial=0.0) < 1.0
-    subtype = info.subtype if fits and sf.check_format("WAV", info.subtype) else "FLOAT"
+    subtype = header.subtype if fits and sf.check_format("WAV", header.subtype) else "FLOAT"
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_path(target)
     sf.write(temporary, resampled, sample_rate, subtype=subtype, format="WAV")
@@ -97,7 +126,7 @@ def _resample_file(source: Path, target: Path, sample_rate: int) -> int:
 class _FolderCache:
     """Cache of one audio folder at one sample rate: an index CSV and resampled copies of the files."""
 
-    COLUMNS = ("rel_path", "size", "mtime_ns", "source_rate", "num_frames")
+    COLUMNS = ("rel_path", "size", "mtime_ns", "source_rate", "num_frames", "silent", "copied")
 
     def __init__(self, cache_dir: str | Path, folder: Path, sample_rate: int):
         resolved = folder.resolve()
@@ -113,10 +142,10 @@ class _FolderCache:
         if not self.index_path.exists():
             return {}
         with open(self.index_path, newline="") as file:
-            return {
-                row["rel_path"]: {key: int(row[key]) for key in self.COLUMNS[1:]}
-                for row in csv.DictReader(file)
-            }
+            reader = csv.DictReader(file)
+            if set(self.COLUMNS) - set(reader.fieldnames or []):  # written by an earlier version: index again
+                return {}
+            return {row["rel_path"]: {key: int(row[key]) for key in self.COLUMNS[1:]} for row in reader}
 
     def write_index(self, rows: dict[str, dict[str, int]]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -133,7 +162,7 @@ class _FolderCache:
 class AudioIndex:
     """The audio files of one folder at one sample rate: where to read them and how long they are.
 
-    Files at another sample rate are read from resampled copies in the cache. Empty files are left out.
+    Files at another sample rate are read from resampled copies in the cache. Empty and silent files are left out.
     """
 
     folder: str
@@ -173,7 +202,7 @@ class AudioIndex:
             logger.info(f"Indexing {len(stale)} new or changed audio files of {folder}")
             for file in stale:
                 rows[file.rel_path] = _index_row(folder, file, sample_rate, cache)
-            num_resampled = sum(rows[file.rel_path]["source_rate"] != sample_rate for file in stale)
+            num_resampled = sum(rows[file.rel_path]["copied"] for file in stale)
             if num_resampled:
                 logger.info(
                     f"Resampled {num_resampled} files of {folder} to {sample_rate} Hz into "
@@ -182,15 +211,10 @@ class AudioIndex:
         if cache is not None and rows != cached_rows:
             cache.write_index(rows)
 
-        empty = [rel_path for rel_path, row in rows.items() if row["num_frames"] == 0]
-        if empty:
-            logger.warning(f"Leaving out {len(empty)} empty audio files of {folder}, e.g. {empty[0]}")
-        rel_paths = [rel_path for rel_path, row in rows.items() if row["num_frames"] > 0]
-        if not rel_paths:
-            raise PoolError(f"Every audio file under {folder} is empty")
+        rel_paths = _usable(folder, rows)
         paths = [
             str(folder / rel_path)
-            if rows[rel_path]["source_rate"] == sample_rate
+            if not rows[rel_path]["copied"]
             else str(cache.resampled_path(rel_path))
             for rel_path in rel_paths
         ]
@@ -198,22 +222,43 @@ class AudioIndex:
         return cls(str(folder), rel_paths, paths, num_frames)
 
 
+def _usable(folder: Path, rows: dict[str, dict[str, int]]) -> list[str]:
+    """The files with something to mix, after one warning for those left out; none is a PoolError."""
+    empty = [rel_path for rel_path, row in rows.items() if row["num_frames"] == 0]
+    silent = [rel_path for rel_path, row in rows.items() if row["num_frames"] > 0 and row["silent"]]
+    left_out = [f"{len(names)} {what}, e.g. {names[0]}" for what, names in (("empty", empty), ("silent", silent)) if names]
+    usable = [rel_path for rel_path, row in rows.items() if row["num_frames"] > 0 and not row["silent"]]
+    if not usable:
+        raise PoolError(f"no usable audio file under {folder}: {'; '.join(left_out)} (silent: first channel all 0)")
+    if left_out:
+        logger.warning(f"Leaving out audio files of {folder} with nothing to mix: {'; '.join(left_out)}")
+    return usable
+
+
 def _index_row(
     folder: Path, file: _ScannedFile, sample_rate: int, cache: _FolderCache | None
 ) -> dict[str, int]:
-    """What the index keeps of one file; a file at another rate is resampled into the cache first."""
+    """What the index keeps of one file; a file at another rate (or without a length in its header) is copied
+    into the cache first, resampled."""
     path = folder / file.rel_path
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as err:
-        reason = getattr(err, "error_string", None) or str(err)
-        raise PoolError(f"unreadable audio file {path} in the pool ({reason}): remove or replace it") from None
-    row = {"size": file.size, "mtime_ns": file.mtime_ns, "source_rate": info.samplerate}
-    row["num_frames"] = info.frames
-    if info.samplerate != sample_rate:
+        header = read_header(path)
+        silent = False
+        if header.frames > 0:
+            try:
+                check_samples(path, is_reference=True, first_channel_only=True)
+            except SilentAudioError:
+                silent = True
+    except AudioCheckError as err:
+        raise PoolError(f"{err} (in the pool {folder}): remove or replace it") from None
+    needs_copy = header.sample_rate != sample_rate or not header.length_in_header
+    copied = needs_copy and header.frames > 0 and not silent  # left-out files are not copied
+    row = {"size": file.size, "mtime_ns": file.mtime_ns, "source_rate": header.sample_rate}
+    row.update(num_frames=header.frames, silent=int(silent), copied=int(copied))
+    if copied:
         if cache is None:
             raise PoolError(
-                f"{path} is at {info.samplerate} Hz but sample_rate is {sample_rate} Hz: "
+                f"{path} is at {header.sample_rate} Hz but sample_rate is {sample_rate} Hz: "
                 f"pass a cache_dir to resample {folder} once into it"
             )
         row["num_frames"] = _resample_file(path, cache.resampled_path(file.rel_path), sample_rate)
@@ -226,7 +271,7 @@ def _is_current(
     """Whether a cached row still describes `file`: same size and time, resampled copy (if any) present."""
     if row is None or (row["size"], row["mtime_ns"]) != (file.size, file.mtime_ns):
         return False
-    return row["source_rate"] == sample_rate or cache.resampled_path(file.rel_path).exists()
+    return not row["copied"] or cache.resampled_path(file.rel_path).exists()
 
 
 # --------------------------------------------------------------------------------------------------

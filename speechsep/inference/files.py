@@ -8,19 +8,20 @@ import functools
 import glob
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio
 from speechbrain.inference.separation import SepformerSeparation
 
 from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, write_pcm16
+from speechsep.data.audio_checks import AudioCheckError, file_problem, read_blocks, read_header
+from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
 from speechsep.inference.separation import separate_long, separate_shifted, with_mixture_consistency
-from speechsep.models.filterbank import encoder_hop
+from speechsep.models.filterbank import encoder_hop, shortest_input
 
 logger = logging.getLogger(__name__)
 
@@ -97,25 +98,21 @@ class SeparatedFile:
 def read_mixture(path: Path, block_frames: int = 1 << 20) -> tuple[np.ndarray, int, int]:
     """A file's audio mixed down to mono float32 [time], its sample rate and channel count.
 
-    Read in blocks and mixed down block by block, so a multichannel file costs one mono buffer.
+    Read in blocks and mixed down block by block, so a multichannel file costs one mono buffer; what
+    `speechsep.data.audio_checks` refuses (a FIFO, a dangling link, an unreadable file) is its AudioCheckError.
     """
-    try:
-        with sf.SoundFile(str(path)) as audio:
-            sample_rate, channels = audio.samplerate, audio.channels
-            mono = np.empty(audio.frames, dtype=np.float32)
-            filled = 0
-            for block in audio.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
-                mono[filled : filled + block.shape[0]] = block.mean(axis=1)
-                filled += block.shape[0]
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        reason = getattr(err, "error_string", None) or str(err)
-        raise AudioInputError(f"not a readable audio file ({reason})") from None
+    header = read_header(path)  # the length measured where the header has none
+    mono = np.empty(header.frames, dtype=np.float32)
+    filled = 0
+    for block in read_blocks(path, block_frames):
+        mono[filled : filled + block.shape[0]] = block.mean(axis=1)
+        filled += block.shape[0]
     if filled == 0:
         raise AudioInputError("no audio samples (empty file)")
     nonfinite = int(np.count_nonzero(~np.isfinite(mono[:filled])))
     if nonfinite:
         raise AudioInputError(f"{nonfinite} of its {filled} samples are NaN or infinite; refusing it")
-    return mono[:filled], sample_rate, channels
+    return mono[:filled], header.sample_rate, header.channels
 
 
 class FileSeparator:
@@ -137,6 +134,8 @@ class FileSeparator:
             )
         if self.options.mixture_consistency:
             self.separate_batch = with_mixture_consistency(self.separate_batch)
+        modules = getattr(separator, "mods", None)
+        self.min_samples = shortest_input(modules.encoder, modules.masknet) if modules is not None else 1
         self._said: set[str] = set()
 
     def _say_once(self, message: str) -> None:
@@ -176,14 +175,18 @@ class FileSeparator:
         del samples  # `mixture` is the input buffer from here on
         if input_rate != self.sample_rate:
             self._say_once(f"Resampling {input_rate} Hz inputs to the model's {self.sample_rate} Hz")
-            mixture = torchaudio.functional.resample(mixture, input_rate, self.sample_rate)
+            mixture = resample(mixture, input_rate, self.sample_rate)
+        if mixture.shape[0] < self.min_samples:
+            raise AudioInputError(
+                f"{mixture.shape[0]} samples at the model's {self.sample_rate} Hz, shorter than the model's shortest "
+                f"input ({self.min_samples} samples)"
+            )
         est_sources = self.separate(mixture, description=path.name)  # [time, num_spks]
         del mixture
 
         output_rate = input_rate if self.options.output_rate == "input" else self.sample_rate
         if output_rate != self.sample_rate:
-            est_sources = torchaudio.functional.resample(est_sources.T, self.sample_rate, output_rate).T
-            est_sources = est_sources[:num_input_samples]
+            est_sources = resample(est_sources.T, self.sample_rate, output_rate).T[:num_input_samples]
         low, high = torch.aminmax(est_sources, dim=0)
         peaks = torch.maximum(high, -low)  # [num_spks], without a full-size copy
         if self.options.normalize == "peak":
@@ -206,14 +209,17 @@ class FileSeparator:
 
 
 def is_audio(path: Path) -> bool:
-    """A file whose name says it is audio that folders and globs should pick up."""
-    return path.is_file() and is_audio_name(path)
+    """A name that says it is audio, for folders and globs to pick up: anything but a folder, so that a broken
+    link or a FIFO among the inputs is one error line for it rather than left out without a word."""
+    return is_audio_name(path) and not path.is_dir()
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     """Files named by the command line's inputs (files, folders searched recursively, glob patterns).
 
-    Returns the audio files in order, without duplicates, and one error message per input that names nothing.
+    Returns the audio files in order, each file once however it is spelt (`a.wav`, `./x/../a.wav`, a link to
+    it), and one error message per input that names nothing. A named FIFO, device or broken link is an error
+    saying so, not "no such file".
     """
     files, errors = [], []
     for name in inputs:
@@ -224,9 +230,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
             found = sorted(p for p in path.rglob("*") if is_audio(p))
             if not found:
                 errors.append(f"{name}: folder holds no {'/'.join(s[1:] for s in AUDIO_EXTENSIONS)} file")
+        elif os.path.lexists(path):
+            found = []
+            errors.append(f"{name}: {file_problem(path)}")
         elif any(char in name for char in "*?["):
             matches = sorted(Path(match) for match in glob.glob(name, recursive=True))
-            found = [m for m in matches if m.is_file()]
+            found = [m for m in matches if not m.is_dir()]
             found += [p for m in matches if m.is_dir() for p in sorted(m.rglob("*")) if is_audio(p)]
             if not found:
                 errors.append(f"{name}: matches no file")
@@ -234,5 +243,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
             found = []
             errors.append(f"{name}: no such file or folder")
         files.extend(found)
-    unique = list(dict.fromkeys(files))
+    seen, unique = set(), []
+    for path in files:  # the first spelling of each file
+        if (resolved := os.path.realpath(path)) not in seen:
+            seen.add(resolved)
+            unique.append(path)
     return unique, errors
+
+
+def input_failure(path: Path, err: Exception) -> str:
+    """The one line that says why one input was not separated (without `error: `)."""
+    if isinstance(err, AudioCheckError):  # names the file itself
+        return str(err)
+    reason = str(err) if isinstance(err, RecipeError) else f"{type(err).__name__}: {err}"
+    return f"{path}: {' '.join(reason.split())}"

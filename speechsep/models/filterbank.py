@@ -78,3 +78,37 @@ def use_fast_filterbank(*modules: torch.nn.Module) -> int:
             module.__class__ = faster[type(module)]
             changed += 1
     return changed
+
+
+def shortest_input(encoder: torch.nn.Module, masknet: torch.nn.Module, longest: int = 1 << 20) -> int:
+    """The fewest samples the model separates: the encoder's window at least, more where the mask network needs
+    several frames (Conv-TasNet's dilated convolutions pad by up to their dilation, and reflection padding
+    needs more frames than that). Found by trying zero inputs, doubling from the window then bisecting, with
+    the modules in eval mode; `longest` if nothing up to it passes (the model fails for another reason)."""
+    encoder, masknet = getattr(encoder, "module", encoder), getattr(masknet, "module", masknet)
+    modes = [(module, module.training) for module in (encoder, masknet)]
+
+    def accepts(num_samples: int) -> bool:
+        parameter = next(encoder.parameters())
+        try:
+            masknet(encoder(torch.zeros(1, num_samples, device=parameter.device, dtype=parameter.dtype)))
+        except (RuntimeError, ValueError, IndexError):  # what too few frames raise in torch's layers
+            return False
+        return True
+
+    try:
+        encoder.eval(), masknet.eval()
+        with torch.inference_mode():
+            low = int(encoder.conv1d.kernel_size[0]) - 1  # refused: not a single frame
+            high = low + 1
+            while not accepts(high):
+                if high >= longest:
+                    return longest
+                low, high = high, min(2 * high, longest)
+            while high - low > 1:  # low refused, high accepted
+                middle = (low + high) // 2
+                low, high = (low, middle) if accepts(middle) else (middle, high)
+            return high
+    finally:
+        for module, training in modes:
+            module.train(training)
