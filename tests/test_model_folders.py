@@ -113,6 +113,16 @@ def test_a_hub_id_says_to_download_it_first(tmp_path, model_id, caplog):
     assert "never downloads" in errors[0] and "huggingface-cli download speechbrain/" in errors[0]
 
 
+def test_a_model_file_instead_of_its_folder_names_the_folder(tmp_path, monkeypatch, caplog):
+    folder = write_published_folder(tmp_path / "pretrained")
+    monkeypatch.chdir(tmp_path)  # "pretrained/hyperparams.yaml" also has the shape of a hub id
+    status = separate.main(["--model", "pretrained/hyperparams.yaml", "--output-dir", "out", "x.wav"])
+    assert status == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "is a file" in errors[0] and str(folder.name) in errors[0]
+    assert "never downloads" not in errors[0]
+
+
 # ---------------------------------------------------------------- fine-tuning and evaluation through train.py
 def test_fine_tuning_starts_from_the_folders_model(tmp_path):
     from train import Separation, starting_model

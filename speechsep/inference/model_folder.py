@@ -198,7 +198,12 @@ def _best_checkpoint(save_dir: Path):
 
 
 def _not_a_folder(model_dir: str) -> ModelFolderError:
-    """The error for a model folder that does not exist; a hub id gets the command that downloads it."""
+    """The error for a model folder that does not exist; a file names its folder, a hub id gets the command that
+    downloads it."""
+    if Path(model_dir).exists():
+        return ModelFolderError(
+            f"{model_dir} is a file, not a model folder: pass the folder that holds it ({Path(model_dir).parent})"
+        )
     if HUB_ID.match(model_dir):
         repo_id = re.sub(r"^(hf://|https?://huggingface\.co/)", "", model_dir).rstrip("/")
         local = f"pretrained_models/{repo_id.split('/')[-1]}"
