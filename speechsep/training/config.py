@@ -7,18 +7,55 @@ one-line error instead of being silently ignored; and the plain values are check
 
 import difflib
 import io
+import json
 import math
 import re
 from pathlib import Path
 
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
+from speechbrain.utils.run_opts import RunOptions
 
 from speechsep.errors import RecipeError
 
 
 class ConfigError(RecipeError):
     """A config file or an override that cannot be used as given."""
+
+
+# `#` at the start of a value or after a blank would start a YAML comment and cut the value short.
+_COMMENT_START = re.compile(r"(^|\s)#")
+
+
+def override_value(value: str) -> str:
+    """A command-line value as YAML text: as typed (numbers, lists, tags, null), but a value that YAML would
+    cut short (a `#` that would start a comment) or spread over several keys (a line break) is one string."""
+    if value[:1] not in ("'", '"') and (_COMMENT_START.search(value) or "\n" in value):
+        return json.dumps(value)  # a double-quoted YAML scalar
+    return value
+
+
+class RecipeRunOptions(RunOptions):
+    """SpeechBrain's run options, with the overrides made YAML key by key: SpeechBrain splits them at every
+    `=` (`--output_folder=a=b` became `a b`) and pastes the values as they are (`a #2` became `a`)."""
+
+    @staticmethod
+    def _convert_to_yaml(overrides: list[str]) -> str:
+        lines: list[list[str]] = []  # [key, value words...] per `--key=value` or `--key value...`
+        for token in overrides:
+            if token.startswith("--"):
+                key, has_value, value = token[2:].partition("=")
+                lines.append([key, value] if has_value else [key])
+            elif lines:
+                lines[-1].append(token)
+            else:
+                raise ConfigError(f"unexpected argument {token!r}: overrides are --key=value")
+        return "\n".join(f"{key}: {override_value(' '.join(words))}" if words else f"{key}:" for key, *words in lines)
+
+
+def parse_arguments(argv: list[str]) -> tuple[str, RunOptions, str]:
+    """`speechbrain.parse_arguments` with every override value kept whole (see `RecipeRunOptions`)."""
+    return RecipeRunOptions.from_command_line_args(argv)
 
 
 def _read_mapping(text: str, origin: str) -> dict:
@@ -99,9 +136,9 @@ def record_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -
     return out.getvalue()
 
 
-def resolved_values(text: str) -> dict:
-    """The plain values of a config text with references resolved; no object is built."""
-    return ruamel.yaml.YAML().load(resolve_references(text).getvalue())
+def resolved_values(text: str, overrides: dict | None = None) -> dict:
+    """The plain values of a config text with references resolved (after `overrides`); no object is built."""
+    return ruamel.yaml.YAML().load(resolve_references(text, overrides).getvalue())
 
 
 # ==================================================================== checks before anything is built
@@ -113,6 +150,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_path(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+# Where a run writes: `""` would be the working directory, null or a list a crash when the folder is made.
+PATH_KEYS = ("output_folder", "save_folder", "results_folder", "train_log")
 # key -> (test of its value, what it must be)
 VALUE_CHECKS = {
     "N_epochs": (lambda v: _is_int(v, 0), "a whole number of epochs, 0 or more"),
@@ -139,9 +182,15 @@ VALUE_CHECKS = {
         lambda v: v in ("separation", "enhancement", "enhancement_both"),
         "separation, enhancement or enhancement_both",
     ),
+    **{key: (_is_path, "a path (a non-empty string)") for key in PATH_KEYS},
 }
-# Keys that say which data a model is trained on: a run resumed with other values would mix two experiments.
-DATA_KEYS = ("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task")
+# Keys that say which data a model is trained, validated and tested on: a run resumed with other values would
+# mix two experiments (e.g. pick its best checkpoint across two validation sets).
+DATA_KEYS = (
+    *("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task"),
+    *("train_data", "valid_data", "test_data"),
+    *("dynamic_mixing", "base_folder_dm", "noise_folder_dm", "dm_level_scheme", "dm_rooms"),
+)
 
 
 def check_values(values: dict) -> None:
