@@ -1,22 +1,17 @@
 """One run at a time in an output folder: an advisory lock that a crashed run does not leave behind.
 
 Two trainings in one folder would prune each other's checkpoints and test whichever scored best, possibly the
-other's. The main process of a run holds `fcntl.flock` on `<output_folder>/.lock` for as long as it lives; the
-kernel releases it when the process ends, however it ends, so a stale lock cannot block the next run. The file
-says who holds it, for the message the second run prints. Under DDP only the main process locks: the other
-ranks of the same job follow it, and those of another job stop when their main process does.
+other's. The main process of a run holds the lock of `speechsep.locking` on `<output_folder>/.lock` for as long
+as it lives; the kernel releases it when the process ends, however it ends, so a stale lock cannot block the
+next run. The file says who holds it, for the message the second run prints. Under DDP only the main process
+locks: the other ranks of the same job follow it, and those of another job stop when their main process does.
 """
 
 import atexit
-import fcntl
-import json
-import os
-import socket
-import sys
-import time
 from pathlib import Path
 
 from speechsep.errors import RecipeError
+from speechsep.locking import LockHeld, acquire, release
 
 LOCK_FILE = ".lock"
 _held: dict[Path, object] = {}  # folder -> open lock file, kept for the life of the process
@@ -32,30 +27,12 @@ def claim_output_folder(folder: str | Path) -> None:
     if folder in _held:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held open until the process ends)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        try:
-            owner = json.loads(handle.read() or "{}")
-        except ValueError:
-            owner = {}
-        handle.close()
-        holder = f"process {owner.get('pid', '?')} on {owner.get('host', '?')} (since {owner.get('started', '?')})"
+        handle = acquire(folder / LOCK_FILE)
+    except LockHeld as holder:
         raise FolderInUseError(
             f"output_folder {folder} is in use by {holder}: wait for that run to end, or choose another output_folder"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    owner = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(sys.argv),
-    }
-    handle.write(json.dumps(owner))
-    handle.flush()
     _held[folder] = handle
     atexit.register(release_output_folder, folder)
 
@@ -64,4 +41,4 @@ def release_output_folder(folder: str | Path) -> None:
     """Give the lock back before the process ends (tests, notebooks); a no-op if not held."""
     handle = _held.pop(Path(folder).resolve(), None)
     if handle is not None:
-        handle.close()
+        release(handle)
