@@ -319,9 +319,42 @@ def build_model(source: ModelSource, fast: bool = True) -> Model:
             modules[name].load_state_dict(state_dict)
         except Exception as err:
             raise ModelFolderError(f"{path}: cannot load into the {name} ({first_line(err)})") from None
+    num_spks, sample_rate = _check_declared_format(modules, hparams, source)
     if fast:
         speed_up(modules)
-    return Model(modules, int(hparams["num_spks"]), int(hparams["sample_rate"]), hparams)
+    return Model(modules, num_spks, sample_rate, hparams)
+
+
+# Long enough for every mask network's chunking, short enough to cost nothing next to loading the weights.
+PROBE_SAMPLES = 2000
+
+
+def _check_declared_format(modules: dict[str, torch.nn.Module], hparams: dict, source: ModelSource) -> tuple[int, int]:
+    """The folder's `num_spks` and `sample_rate`, once they are whole numbers and `num_spks` is the number of
+    masks its mask network makes: a smaller count would drop a speaker silently, a larger one crash."""
+    declared = {key: hparams[key] for key in ("num_spks", "sample_rate")}
+    for key, value in declared.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelFolderError(
+                f"{source.description}: {HPARAMS_FILE} has {key}: {value!r}; expected a whole number"
+            )
+    training = {name: module.training for name, module in modules.items()}
+    try:
+        with torch.no_grad():
+            for module in modules.values():
+                module.eval()
+            masks = modules["masknet"](modules["encoder"](torch.zeros(1, PROBE_SAMPLES)))
+    except Exception as err:
+        raise ModelFolderError(f"{source.description}: the model cannot separate ({first_line(err)})") from None
+    finally:
+        for name, module in modules.items():
+            module.train(training[name])
+    if masks.shape[0] != declared["num_spks"]:
+        raise ModelFolderError(
+            f"{source.description}: {HPARAMS_FILE} says num_spks: {declared['num_spks']}, but its mask network "
+            f"makes {masks.shape[0]} masks: set num_spks: {masks.shape[0]}"
+        )
+    return declared["num_spks"], declared["sample_rate"]
 
 
 def build_separator(source: ModelSource, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
