@@ -1,8 +1,10 @@
 """The README.md that `export.py` writes beside an exported model: what it is, how it was trained and scored.
 
 Everything in it is read from the folder being exported: the modules of the built model, the training run's
-`hyperparams.yaml` (corpus, config, training length) and its `test_results_summary.json` (test scores). What a
-folder does not hold (a published model has no training record) is said to be unknown, never guessed.
+`hyperparams.yaml` (corpus, config, training length) and its `test_results_summary.json` (test scores), found
+where the record puts them relative to the folder (a copied or moved run shows its own scores). What a folder
+does not hold (a published model has no training record) is said to be unknown, never guessed. Paths of the
+machine it was trained on are shown by their last component only.
 """
 
 import datetime
@@ -26,6 +28,7 @@ TRAINING_KEYS = (
     "training_signal_len",
     "seed",
 )
+PATH_KEYS = ("data_folder",)  # shown by name: the card holds no path of the training machine
 SCORES = (("si-snr_i", "SI-SNRi"), ("sdr_i", "SDRi"), ("si-snr", "SI-SNR"), ("sdr", "SDR"))
 
 
@@ -38,32 +41,39 @@ def _class_name(module: torch.nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _name(path) -> str:
+    return Path(str(path)).name
+
+
 def _run_record(model_dir: Path) -> dict:
-    """A training run's config (references resolved), or {} for a folder that is not a run."""
+    """A training run's config, references resolved with the run where it is now, or {} for a folder that is
+    not a run."""
     if not (model_dir / "save").is_dir():
         return {}
     try:
-        record = resolved_values((model_dir / "hyperparams.yaml").read_text())
+        record = resolved_values((model_dir / "hyperparams.yaml").read_text(), {"output_folder": str(model_dir)})
     except Exception:  # unreadable or not a config: the card says the training is unknown
         return {}
     return record if isinstance(record, dict) else {}
 
 
-def _test_summary(record: dict) -> dict:
+def _test_summary(model_dir: Path, record: dict) -> dict:
+    """The run's test summary, if its results folder lies in the folder being exported (one elsewhere may be
+    another run's)."""
     folder = record.get("results_folder")
-    path = Path(str(folder)) / "test_results_summary.json" if folder else None
-    if path is None or not path.is_file():
+    if not isinstance(folder, str) or not Path(folder).resolve().is_relative_to(model_dir.resolve()):
         return {}
     try:
-        return json.loads(path.read_text())
+        summary = json.loads((Path(folder) / "test_results_summary.json").read_text())
     except (OSError, ValueError):
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def render(model_dir: Path, source_description: str, modules: dict, num_spks: int, sample_rate: int) -> str:
     """The model card of an export of `model_dir`, whose built `modules` are encoder, masknet and decoder."""
     record = _run_record(Path(model_dir))
-    summary = _test_summary(record)
+    summary = _test_summary(Path(model_dir), record)
     total = sum(_parameters(module) for module in modules.values())
     lines = [
         f"# Speech separation model: {num_spks} speakers at {sample_rate} Hz",
@@ -80,20 +90,24 @@ def render(model_dir: Path, source_description: str, modules: dict, num_spks: in
 
     lines += ["## Training", ""]
     if record:
-        lines += [f"- `{key}`: {record[key]}" for key in TRAINING_KEYS if key in record]
+        shown = {key: _name(record[key]) if key in PATH_KEYS else record[key] for key in TRAINING_KEYS if key in record}
+        lines += [f"- `{key}`: {value}" for key, value in shown.items()]
         lines += ["- config: `hyperparams.yaml` of the training run (this folder keeps only the model)", ""]
     else:
         lines += ["Unknown: the exported folder was not a training run of this recipe (no training record).", ""]
 
     lines += ["## Test scores", ""]
-    if summary:
-        count = next(iter(summary.values())).get("count", "?")
-        test_set = f"`{record.get('test_data', 'the test manifest')}` (from `{record.get('data_folder', '?')}`)"
+    scores = {key: summary[key] for key, _ in SCORES if isinstance(summary.get(key), dict)}
+    if scores:
+        count = next(iter(scores.values())).get("count", "?")
+        scored = summary.get("scored") or {}
+        test_data = scored.get("test_data", record.get("test_data", "the test manifest"))
+        test_set = f"`{_name(test_data)}` (from `{_name(record.get('data_folder', '?'))}`)"
         lines += [f"On the test set {test_set}, {count} mixtures:", ""]
         lines += ["| metric | mean (dB) | 95% CI |", "|---|---|---|"]
         for key, name in SCORES:
-            if key in summary:
-                score = summary[key]
+            if key in scores:
+                score = scores[key]
                 low, high = score.get("ci95_low"), score.get("ci95_high")
                 interval = f"{low:.2f} .. {high:.2f}" if low is not None and high is not None else "n/a"
                 lines.append(f"| {name} | {score['mean']:.2f} | {interval} |")
@@ -102,6 +116,8 @@ def render(model_dir: Path, source_description: str, modules: dict, num_spks: in
             "",
             f"Test-time options of that run: `test_shifts` {shifts}, `test_mixture_consistency` {consistency}.",
         ]
+        if "checkpoint" in scored:
+            lines.append(f"Scored checkpoint: {scored['checkpoint']} (epoch {scored.get('epoch', '?')}).")
     else:
         lines += ["None found: the run has no `test_results_summary.json` (or this folder was not a run)."]
     lines += [
