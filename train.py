@@ -49,6 +49,7 @@ from speechsep.training.config import (
     differing_keys,
     load_hparams,
     model_keys,
+    parse_arguments,
     record_yaml,
     resolved_values,
 )
@@ -68,6 +69,8 @@ from speechsep.training.statistics import EpochStatistics
 logger = logging.getLogger(__name__)
 MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
 TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
+TEST_RESULTS = "test_results.csv"  # in results_folder, with test_results_summary.json and audio/
+TEST_RECORD = "test_" + HPARAMS_FILE  # the config of a --test_only evaluation, beside its results
 
 
 class StopRequested(Exception):
@@ -98,6 +101,7 @@ class Separation(sb.Brain):
     train_dataset = None
     test_set_size = math.inf  # until the test loader is made (batches evaluated directly, as in the tests)
     stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
+    scored = None  # what the test stage scores: {"epoch", "checkpoint", "test_data"}, or {"model", "test_data"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -188,6 +192,20 @@ class Separation(sb.Brain):
                 self.save_audio(batch.id, predictions, perms)
         return loss.mean().detach().cpu()
 
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Load the best checkpoint, as SpeechBrain does, noting which for the results; remove an earlier test's
+        results, so that a test stage that does not finish leaves none that describe another checkpoint."""
+        hp = self.hparams
+        if self.checkpointer is not None:
+            checkpoint = self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
+            name = checkpoint.path.name if checkpoint is not None else None
+            self.scored = {"epoch": hp.epoch_counter.current, "checkpoint": name}
+        else:  # --test_only --pretrained_separator: the folder's own model
+            self.scored = {"model": find_model(hp.pretrained_separator).description}
+        self.scored["test_data"] = str(hp.test_data)
+        if if_main_process():
+            remove_test_results(Path(hp.results_folder))
+
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
         self.eval_rows, self.test_rows = [], []
@@ -242,15 +260,17 @@ class Separation(sb.Brain):
                 raise StopRequested(f"epoch {epoch} is checkpointed")
         else:
             test_rows = gather_rows(self.test_rows)
+            results_folder = Path(self.hparams.results_folder)
             if if_main_process():
-                metrics.write_test_results(test_rows, Path(self.hparams.results_folder) / "test_results.csv")
+                metrics.write_test_results(test_rows, results_folder / TEST_RESULTS, scored=self.scored)
+                if self.test_only:  # its config goes with its results; the run's record stays as it was
+                    (results_folder / TEST_RECORD).write_text(self.hparams.test_record)
             reported = [
                 key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]
             ]
             means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, reported).items()}
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=means
-            )
+            label = {"epoch loaded" if key == "epoch" else key: value for key, value in self.scored.items()}
+            self.hparams.train_logger.log_stats(stats_meta=label, test_stats=means)
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
         """Remember the training dataset (it is told the epoch before each epoch's workers start) and the size of
@@ -412,6 +432,13 @@ def _padded(est_sources: list, mixture: torch.Tensor) -> torch.Tensor:
     return padded
 
 
+def remove_test_results(results_folder: Path) -> None:
+    """Remove what a test stage writes into `results_folder` (results, their config, audio examples)."""
+    stale = [results_folder / name for name in (TEST_RESULTS, metrics.summary_name(TEST_RESULTS), TEST_RECORD)]
+    for path in [*stale, *(results_folder / "audio").glob("*.wav")]:
+        path.unlink(missing_ok=True)
+
+
 def training_dataset(hparams):
     """Random crops of the training manifest, or mixtures made on the fly from a source pool."""
     if hparams["dynamic_mixing"]:
@@ -522,10 +549,12 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     previous = Path(values["output_folder"], HPARAMS_FILE)
     if not previous.is_file() or not list(Path(values["save_folder"]).glob("CKPT+*")):
         return
+    # Paths the record derives from its output_folder (the manifests under save/) follow a run moved or copied.
+    moved = resolved_values(previous.read_text(), {"output_folder": values["output_folder"]})
+    recorded = {"task": "separation", **moved}  # records from before `task`: none
     keys = model_keys(record) - SAME_WEIGHTS_KEYS
-    if not test_only:
-        keys |= set(DATA_KEYS)
-    recorded = {"task": "separation", **resolved_values(previous.read_text())}  # records from before `task`: none
+    if not test_only:  # a key newer than the record cannot be compared
+        keys |= {key for key in DATA_KEYS if key in recorded}
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
     differing = differing_keys(recorded, {"task": "separation", **values}, scalar)
     if differing:
@@ -555,7 +584,7 @@ def prepare_experiment(argv):
     once they have all passed. Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError
     naming the culprit.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)
     test_only = run_opts["test_only"]
     record = record_yaml(hparams_file, overrides)
     values = resolved_values(record)
@@ -600,14 +629,10 @@ def prepare_experiment(argv):
         )
     if hparams["dynamic_mixing"] and not test_only:
         run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
-    if if_main_process():  # --test_only keeps the training record: its own config goes with its results
-        folder, name = (
-            (hparams["results_folder"], "test_" + HPARAMS_FILE)
-            if test_only
-            else (hparams["output_folder"], HPARAMS_FILE)
-        )
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        Path(folder, name).write_text(record)
+    if test_only:  # written with the results it describes (TEST_RECORD); the training record stays as it was
+        hparams["test_record"] = record
+    elif if_main_process():
+        Path(hparams["output_folder"], HPARAMS_FILE).write_text(record)
     return hparams, run_opts, dataio_prep(hparams, test_only)
 
 

@@ -387,9 +387,16 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
-def write_test_results(rows: Sequence[dict], csv_path: str | Path) -> Path:
+def summary_name(csv_name: str) -> str:
+    """The file name of the summary `write_test_results` writes beside a CSV of that name."""
+    return f"{Path(csv_name).stem}_summary.json"
+
+
+def write_test_results(rows: Sequence[dict], csv_path: str | Path, scored: dict | None = None) -> Path:
     """Write one CSV row per utterance (`snt_id` first, then the numeric metrics in row order)
     and the `summarize` output as `<csv stem>_summary.json` beside it; returns the JSON path.
+
+    `scored` says what was scored (e.g. the checkpoint, its epoch and the test set): under "scored" in the JSON.
     """
     if not rows:
         raise ValueError(f"no rows to write to {csv_path}")
@@ -400,7 +407,10 @@ def write_test_results(rows: Sequence[dict], csv_path: str | Path) -> Path:
         writer = csv.DictWriter(csv_file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    json_path = csv_path.with_name(f"{csv_path.stem}_summary.json")
+    json_path = csv_path.with_name(summary_name(csv_path.name))
+    summary = summarize(rows, metric_keys)
+    if scored is not None:
+        summary["scored"] = scored
     with open(json_path, "w", encoding="utf-8") as json_file:
-        json.dump(summarize(rows, metric_keys), json_file, indent=2)
+        json.dump(summary, json_file, indent=2)
     return json_path
