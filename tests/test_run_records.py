@@ -1,0 +1,227 @@
+"""A run's records say what they describe: overrides kept whole, one experiment per output folder, test results
+naming the checkpoint and test set they scored, model folders and cards that match their model, one corpus
+generation per folder."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import speechbrain as sb
+
+import export
+import train
+from speechsep.corpus.options import corpus_root
+from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
+from speechsep.evaluation import metrics
+from speechsep.inference.model_folder import ModelFolderError, export_model, find_model, load_separator
+from speechsep.locking import acquire, release
+from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
+from speechsep.training.run_lock import LOCK_FILE
+from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, make_batch, make_brain, train_command
+from tests.published_models import write_published_folder
+
+CONFIG = REPO / "hparams" / "convtasnet.yaml"
+
+
+def command_line_values(*overrides: str) -> dict:
+    """The resolved config train.py would run with these command-line overrides."""
+    _, _, text = parse_arguments([str(CONFIG), *overrides])
+    return resolved_values(record_yaml(CONFIG, text))
+
+
+# ---------------------------------------------------------------- overrides and paths
+def test_a_hash_or_equals_sign_in_an_override_is_part_of_the_value():
+    values = command_line_values("--output_folder=/tmp/runs/a #2", "--data_folder", "/data/set=1 #3", "--lr=0.01")
+    assert values["output_folder"] == "/tmp/runs/a #2"
+    assert values["save_folder"] == "/tmp/runs/a #2/save"
+    assert values["data_folder"] == "/data/set=1 #3"
+    assert values["lr"] == 0.01  # other values are still YAML
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--output_folder=''", "output_folder is ''"),
+        ("--output_folder=null", "output_folder is None"),
+        ("--save_folder=[a, b]", "save_folder is ['a', 'b']"),
+        ("--results_folder=''", "results_folder is ''"),
+        ("--train_log=", "train_log is None"),
+    ],
+)
+def test_an_unusable_path_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, override, message):
+    monkeypatch.chdir(tmp_path)
+    output_folder = [] if override.startswith("--output_folder") else [f"--output_folder={tmp_path / 'run'}"]
+    argv = [str(CONFIG), f"--data_folder={tmp_path}", *output_folder, override]
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}; expected a path"):
+        train.prepare_experiment(argv)
+    assert not list(tmp_path.rglob(LOCK_FILE))
+
+
+# ---------------------------------------------------------------- one experiment per output folder
+TINY = [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
+
+
+def fake_run(folder: Path) -> dict:
+    """A tiny run's folder as train.py leaves one (its record and a checkpoint folder); returns its values."""
+    text = parse_arguments([str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY])[2]
+    record = record_yaml(CONFIG, text)
+    (folder / "save" / "CKPT+1").mkdir(parents=True)
+    (folder / "hyperparams.yaml").write_text(record)
+    return resolved_values(record)
+
+
+def rerun(folder: Path, *overrides: str, test_only=False) -> None:
+    argv = [str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY, *overrides]
+    record = record_yaml(CONFIG, parse_arguments(argv)[2])
+    train.check_same_experiment(resolved_values(record), record, test_only)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("train_data", "/other/train.csv"),
+        ("valid_data", "/other/valid.csv"),
+        ("test_data", "/other/test.csv"),
+        ("dynamic_mixing", True),
+        ("base_folder_dm", "/other/pool"),
+    ],
+)
+def test_resuming_with_other_manifests_or_dynamic_mixing_is_refused(tmp_path, key, value):
+    run = tmp_path / "run"
+    recorded = fake_run(run)
+    with pytest.raises(ConfigError, match="holds a run with another model or data") as refused:
+        rerun(run, f"--{key}={value}")
+    assert f"{key}: {recorded[key]} -> {value}" in str(refused.value)
+    rerun(run, f"--{key}={value}", test_only=True)  # scoring other data is allowed
+
+
+def test_a_copied_run_resumes_with_its_own_manifests(tmp_path):
+    fake_run(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    rerun(tmp_path / "copy")  # its manifests are copy/save/*.csv, the record's run/save/*.csv: the same run
+
+
+# ---------------------------------------------------------------- test results say what they scored
+OLD_RESULTS = ("test_results.csv", "test_results_summary.json", "test_hyperparams.yaml", "audio/old_mix.wav")
+
+
+def brain_with_old_results(tmp_path):
+    """A tiny brain with one checkpoint at epoch 3, and results of an earlier test stage in its results folder."""
+    brain = make_brain(tmp_path, checkpointer=True, save_audio=True, n_audio_to_save=1)
+    brain.hparams.epoch_counter.current = 3
+    checkpoint = brain.checkpointer.save_checkpoint(meta={"si-snr": 1.0})
+    results = tmp_path / "out"
+    for name in OLD_RESULTS:
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text("from an earlier checkpoint")
+    return brain, checkpoint
+
+
+def run_test_stage(brain):
+    brain.on_stage_start(sb.Stage.TEST)
+    loss = brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.TEST)
+    brain.on_stage_end(sb.Stage.TEST, loss)
+
+
+def test_a_test_stage_that_starts_removes_an_earlier_ones_results(tmp_path):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")  # then killed: no result of another checkpoint is left
+    assert [name for name in OLD_RESULTS if (tmp_path / "out" / name).exists()] == []
+
+
+def test_test_results_and_their_log_line_name_the_checkpoint_epoch_and_test_set(tmp_path):
+    brain, checkpoint = brain_with_old_results(tmp_path)
+    brain.hparams.epoch_counter.current = 5  # what recovery replaces with the checkpoint's epoch
+    brain.on_evaluate_start(max_key="si-snr")
+    run_test_stage(brain)
+
+    test_data = str(tmp_path / "out" / "save" / "test.csv")
+    summary = json.loads((tmp_path / "out" / "test_results_summary.json").read_text())
+    assert summary["scored"] == {"epoch": 3, "checkpoint": checkpoint.path.name, "test_data": test_data}
+    log_line = (tmp_path / "out" / "train_log.txt").read_text().splitlines()[-1]
+    assert log_line.startswith(f"epoch loaded: 3, checkpoint: {checkpoint.path.name}, test_data: {test_data} - test")
+
+
+def test_test_only_writes_its_config_with_its_results_only(tmp_path):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.test_only, brain.hparams.test_record = True, "test_data: mine.csv\n"
+    brain.on_evaluate_start(max_key="si-snr")
+    assert not (tmp_path / "out" / "test_hyperparams.yaml").exists()
+    run_test_stage(brain)
+    assert (tmp_path / "out" / "test_hyperparams.yaml").read_text() == "test_data: mine.csv\n"
+
+
+@pytest.mark.slow
+def test_a_test_only_that_fails_leaves_no_test_config(tmp_path):
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=1)
+    command = train_command(
+        "convtasnet.yaml", data_folder, tmp_path / "run", "--test_only", "--skip_prep=True",
+        f"--test_data={tmp_path / 'missing.csv'}", f"--results_folder={tmp_path / 'eval'}", **TINY_CONVTASNET,
+    )  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "missing.csv" in result.stdout.strip().splitlines()[-1]
+    assert not (tmp_path / "eval" / "test_hyperparams.yaml").exists()
+
+
+# ---------------------------------------------------------------- model folders and their cards
+def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_not_exported(tmp_path):
+    folder = write_published_folder(tmp_path / "model", "convtasnet")
+    config = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_text(
+        config.replace("C: !ref <num_spks>", "C: 2").replace("num_spks: 2", "num_spks: 1")
+    )
+    message = "hyperparams.yaml says num_spks: 1, but its mask network makes 2 masks: set num_spks: 2"
+    with pytest.raises(ModelFolderError, match=message):
+        load_separator(folder)
+    assert export.main([str(folder), str(tmp_path / "export")]) != 0
+    assert not (tmp_path / "export").exists()
+
+
+def test_the_model_card_shows_the_exported_runs_scores_and_no_path_of_the_machine(tmp_path):
+    run = tmp_path / "machine" / "run"
+    fake_run(run)
+    shutil.rmtree(run / "save" / "CKPT+1")
+    brain = make_brain(tmp_path / "machine" / "model", checkpointer=True)
+    checkpoint = brain.checkpointer.save_checkpoint(meta={"si-snr": 1.0})
+    shutil.copytree(checkpoint.path, run / "save" / checkpoint.path.name)
+    rows = [{"snt_id": "a", "si-snr_i": 7.0, "sdr_i": 7.5}, {"snt_id": "b", "si-snr_i": 9.0, "sdr_i": 9.5}]
+    scored = {"epoch": 4, "checkpoint": checkpoint.path.name, "test_data": str(run / "save" / "test.csv")}
+    metrics.write_test_results(rows, run / "test_results.csv", scored=scored)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    metrics.write_test_results([{**row, "si-snr_i": row["si-snr_i"] + 4} for row in rows], copy / "test_results.csv")
+
+    export_model(copy, tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "| SI-SNRi | 12.00 |" in card  # the copy's own scores, not the original run's 8.00
+    assert "`data_folder`: data" in card
+    assert str(tmp_path) not in card and "/data" not in card
+    export_model(run, tmp_path / "export_run")
+    card = (tmp_path / "export_run" / "README.md").read_text()
+    assert "| SI-SNRi | 8.00 |" in card and "On the test set `test.csv`" in card
+    assert f"Scored checkpoint: {checkpoint.path.name} (epoch 4)." in card
+    assert find_model(run).weights_dir.name == checkpoint.path.name
+
+
+# ---------------------------------------------------------------- one corpus generation per folder
+def test_a_second_corpus_generation_into_the_same_folder_refuses_and_leaves_the_first_alone(tmp_path):
+    root = corpus_root(tmp_path, 2)
+    root.mkdir(parents=True)
+    (root / "synth_corpus.json").write_text('{"complete": false}')  # the first, mid-generation
+    lock = acquire(tmp_path / f".{root.name}.lock")
+    try:
+        with pytest.raises(CorpusInUseError, match=f"{root} is being generated by process .*: wait for it to end"):
+            synthesize_corpus(tmp_path, num_train=1, num_dev=1, num_test=1, num_workers=1)
+    finally:
+        release(lock)
+    assert (root / "synth_corpus.json").read_text() == '{"complete": false}'
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
