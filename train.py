@@ -203,8 +203,7 @@ class Separation(sb.Brain):
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
         self.scored["test_data"] = str(hp.test_data)
-        if if_main_process():
-            remove_test_results(Path(hp.results_folder))
+        run_on_main(remove_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
