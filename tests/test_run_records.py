@@ -17,7 +17,7 @@ import train
 from speechsep.corpus.options import corpus_root
 from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.evaluation import metrics
-from speechsep.inference.model_folder import ModelFolderError, export_model, find_model, load_separator
+from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
 from speechsep.locking import acquire, release
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
 from speechsep.training.run_lock import LOCK_FILE
@@ -183,30 +183,51 @@ def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_
     assert not (tmp_path / "export").exists()
 
 
-def test_the_model_card_shows_the_exported_runs_scores_and_no_path_of_the_machine(tmp_path):
-    run = tmp_path / "machine" / "run"
+SCORE_ROWS = [{"snt_id": "a", "si-snr_i": 7.0, "sdr_i": 7.5}, {"snt_id": "b", "si-snr_i": 9.0, "sdr_i": 9.5}]
+
+
+def tested_run(run: Path, scored_checkpoint: str | None = None) -> str:
+    """A tiny run folder with one checkpoint and test results (SI-SNRi 8.00) that name the checkpoint they scored,
+    by default that one; returns its name."""
     fake_run(run)
     shutil.rmtree(run / "save" / "CKPT+1")
-    brain = make_brain(tmp_path / "machine" / "model", checkpointer=True)
-    checkpoint = brain.checkpointer.save_checkpoint(meta={"si-snr": 1.0})
+    checkpoint = make_brain(run.parent / "model", checkpointer=True).checkpointer.save_checkpoint(meta={"si-snr": 1})
     shutil.copytree(checkpoint.path, run / "save" / checkpoint.path.name)
-    rows = [{"snt_id": "a", "si-snr_i": 7.0, "sdr_i": 7.5}, {"snt_id": "b", "si-snr_i": 9.0, "sdr_i": 9.5}]
-    scored = {"epoch": 4, "checkpoint": checkpoint.path.name, "test_data": str(run / "save" / "test.csv")}
-    metrics.write_test_results(rows, run / "test_results.csv", scored=scored)
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    metrics.write_test_results([{**row, "si-snr_i": row["si-snr_i"] + 4} for row in rows], copy / "test_results.csv")
+    scored = {"epoch": 4, "checkpoint": scored_checkpoint or checkpoint.path.name, "test_data": "/data/x/test.csv"}
+    metrics.write_test_results(SCORE_ROWS, run / "test_results.csv", scored=scored)
+    return checkpoint.path.name
 
-    export_model(copy, tmp_path / "export")
-    card = (tmp_path / "export" / "README.md").read_text()
+
+def exported_card(model_dir: Path, export_dir: Path) -> str:
+    export_model(model_dir, export_dir)
+    return (export_dir / "README.md").read_text()
+
+
+def test_the_model_card_shows_the_exported_folders_own_scores_and_no_path_of_the_machine(tmp_path):
+    tested_run(tmp_path / "machine" / "run")
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "machine" / "run", copy)
+    metrics.write_test_results(
+        [{**row, "si-snr_i": row["si-snr_i"] + 4} for row in SCORE_ROWS], copy / "test_results.csv"
+    )
+
+    card = exported_card(copy, tmp_path / "export")
+
     assert "| SI-SNRi | 12.00 |" in card  # the copy's own scores, not the original run's 8.00
     assert "`data_folder`: data" in card
     assert str(tmp_path) not in card and "/data" not in card
-    export_model(run, tmp_path / "export_run")
-    card = (tmp_path / "export_run" / "README.md").read_text()
+
+
+def test_the_model_card_names_the_scored_checkpoint_and_shows_no_scores_of_another(tmp_path):
+    checkpoint = tested_run(tmp_path / "run")
+    card = exported_card(tmp_path / "run", tmp_path / "export")
     assert "| SI-SNRi | 8.00 |" in card and "On the test set `test.csv`" in card
-    assert f"Scored checkpoint: {checkpoint.path.name} (epoch 4)." in card
-    assert find_model(run).weights_dir.name == checkpoint.path.name
+    assert f"Scored checkpoint: {checkpoint} (epoch 4)." in card
+
+    checkpoint = tested_run(tmp_path / "other", scored_checkpoint="CKPT+older")
+    card = exported_card(tmp_path / "other", tmp_path / "other_export")
+    assert "| SI-SNRi |" not in card
+    assert f"None for this checkpoint: the run's test results score CKPT+older, not the exported {checkpoint}" in card
 
 
 # ---------------------------------------------------------------- one corpus generation per folder

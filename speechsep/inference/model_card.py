@@ -70,8 +70,16 @@ def _test_summary(model_dir: Path, record: dict) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def render(model_dir: Path, source_description: str, modules: dict, num_spks: int, sample_rate: int) -> str:
-    """The model card of an export of `model_dir`, whose built `modules` are encoder, masknet and decoder."""
+def render(
+    model_dir: Path,
+    source_description: str,
+    modules: dict,
+    num_spks: int,
+    sample_rate: int,
+    checkpoint: str | None = None,
+) -> str:
+    """The model card of an export of `model_dir`, whose built `modules` are encoder, masknet and decoder, from
+    the run's `checkpoint` (its folder name) when `model_dir` is a run."""
     record = _run_record(Path(model_dir))
     summary = _test_summary(Path(model_dir), record)
     total = sum(_parameters(module) for module in modules.values())
@@ -98,9 +106,14 @@ def render(model_dir: Path, source_description: str, modules: dict, num_spks: in
 
     lines += ["## Test scores", ""]
     scores = {key: summary[key] for key, _ in SCORES if isinstance(summary.get(key), dict)}
-    if scores:
+    scored = summary.get("scored") or {}
+    if scores and checkpoint and scored.get("checkpoint", checkpoint) != checkpoint:
+        lines += [
+            f"None for this checkpoint: the run's test results score {scored['checkpoint']}, not the exported "
+            f"{checkpoint} (`train.py <run>/hyperparams.yaml --test_only` scores it)."
+        ]
+    elif scores:
         count = next(iter(scores.values())).get("count", "?")
-        scored = summary.get("scored") or {}
         test_data = scored.get("test_data", record.get("test_data", "the test manifest"))
         test_set = f"`{_name(test_data)}` (from `{_name(record.get('data_folder', '?'))}`)"
         lines += [f"On the test set {test_set}, {count} mixtures:", ""]

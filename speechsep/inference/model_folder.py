@@ -440,7 +440,8 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
     (export_dir / HPARAMS_FILE).write_text(header + config)
     for name in MODULE_NAMES:
         torch.save(model.modules[name].state_dict(), export_dir / f"{name}.ckpt")
-    card = model_card.render(Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate)
+    checkpoint = source.weights_dir.name if from_run else None
+    card = model_card.render(Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate, checkpoint)
     (export_dir / "README.md").write_text(card)
     logger.info(f"Exported {source.description} to {export_dir}")
     return ModelSource(header + config, export_dir, f"{export_dir} (exported model)")
