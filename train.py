@@ -11,6 +11,7 @@ and custom trees, for separation or enhancement; the differences live in the YAM
 
 import logging
 import math
+import re
 import signal
 import sys
 import tempfile
@@ -71,6 +72,7 @@ MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
 TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
 TEST_RESULTS = "test_results.csv"  # in results_folder, with test_results_summary.json and audio/
 TEST_RECORD = "test_" + HPARAMS_FILE  # the config of a --test_only evaluation, beside its results
+AUDIO_EXAMPLE = re.compile(r".+_(mix|source\d+|source\d+hat)\.wav")  # results_folder/audio/, see save_audio
 
 
 class StopRequested(Exception):
@@ -432,9 +434,11 @@ def _padded(est_sources: list, mixture: torch.Tensor) -> torch.Tensor:
 
 
 def remove_test_results(results_folder: Path) -> None:
-    """Remove what a test stage writes into `results_folder` (results, their config, audio examples)."""
+    """Remove what a test stage writes into `results_folder`: results, their config and audio examples (by the
+    names `save_audio` gives them; other files are the user's)."""
     stale = [results_folder / name for name in (TEST_RESULTS, metrics.summary_name(TEST_RESULTS), TEST_RECORD)]
-    for path in [*stale, *(results_folder / "audio").glob("*.wav")]:
+    stale += [path for path in (results_folder / "audio").glob("*.wav") if AUDIO_EXAMPLE.fullmatch(path.name)]
+    for path in stale:
         path.unlink(missing_ok=True)
 
 

@@ -107,7 +107,7 @@ def test_a_copied_run_resumes_with_its_own_manifests(tmp_path):
 
 
 # ---------------------------------------------------------------- test results say what they scored
-OLD_RESULTS = ("test_results.csv", "test_results_summary.json", "test_hyperparams.yaml", "audio/old_mix.wav")
+OLD_RESULTS = ("test_results.csv", "test_results_summary.json", "test_hyperparams.yaml", "audio/old_source2hat.wav")
 
 
 def brain_with_old_results(tmp_path):
@@ -116,7 +116,7 @@ def brain_with_old_results(tmp_path):
     brain.hparams.epoch_counter.current = 3
     checkpoint = brain.checkpointer.save_checkpoint(meta={"si-snr": 1.0})
     results = tmp_path / "out"
-    for name in OLD_RESULTS:
+    for name in (*OLD_RESULTS, "audio/mine.wav"):
         (results / name).parent.mkdir(parents=True, exist_ok=True)
         (results / name).write_text("from an earlier checkpoint")
     return brain, checkpoint
@@ -132,6 +132,7 @@ def test_a_test_stage_that_starts_removes_an_earlier_ones_results(tmp_path):
     brain, _ = brain_with_old_results(tmp_path)
     brain.on_evaluate_start(max_key="si-snr")  # then killed: no result of another checkpoint is left
     assert [name for name in OLD_RESULTS if (tmp_path / "out" / name).exists()] == []
+    assert (tmp_path / "out" / "audio" / "mine.wav").exists()  # not an audio example: the user's
 
 
 def test_test_results_and_their_log_line_name_the_checkpoint_epoch_and_test_set(tmp_path):
