@@ -103,7 +103,7 @@ class Separation(sb.Brain):
     train_dataset = None
     test_set_size = math.inf  # until the test loader is made (batches evaluated directly, as in the tests)
     stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
-    scored = None  # what the test stage scores: {"epoch", "checkpoint", "test_data"}, or {"model", "test_data"}
+    scored = None  # what the test stage scores: the "epoch" and "checkpoint" or the "model", "data_folder", "test_data"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -204,7 +204,8 @@ class Separation(sb.Brain):
             self.scored = {"epoch": hp.epoch_counter.current, "checkpoint": name}
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
-        self.scored["test_data"] = str(hp.test_data)
+        self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data))  # a manifest of save/ is
+        # rewritten from the data_folder of each run, --test_only's too: both say which test set
         run_on_main(remove_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
 
     def on_stage_start(self, stage, epoch=None):

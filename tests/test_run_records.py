@@ -141,11 +141,12 @@ def test_test_results_and_their_log_line_name_the_checkpoint_epoch_and_test_set(
     brain.on_evaluate_start(max_key="si-snr")
     run_test_stage(brain)
 
-    test_data = str(tmp_path / "out" / "save" / "test.csv")
+    test_set = {"data_folder": str(tmp_path / "data"), "test_data": str(tmp_path / "out" / "save" / "test.csv")}
     summary = json.loads((tmp_path / "out" / "test_results_summary.json").read_text())
-    assert summary["scored"] == {"epoch": 3, "checkpoint": checkpoint.path.name, "test_data": test_data}
+    assert summary["scored"] == {"epoch": 3, "checkpoint": checkpoint.path.name, **test_set}
     log_line = (tmp_path / "out" / "train_log.txt").read_text().splitlines()[-1]
-    assert log_line.startswith(f"epoch loaded: 3, checkpoint: {checkpoint.path.name}, test_data: {test_data} - test")
+    label = f"epoch loaded: 3, checkpoint: {checkpoint.path.name}, data_folder: {tmp_path / 'data'}, test_data: "
+    assert log_line.startswith(f"{label}{test_set['test_data']} - test")
 
 
 def test_test_only_writes_its_config_with_its_results_only(tmp_path):
@@ -187,7 +188,7 @@ def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_
 SCORE_ROWS = [{"snt_id": "a", "si-snr_i": 7.0, "sdr_i": 7.5}, {"snt_id": "b", "si-snr_i": 9.0, "sdr_i": 9.5}]
 
 
-def tested_run(run: Path, scored_checkpoint: str | None = None) -> str:
+def run_with_results(run: Path, scored_checkpoint: str | None = None) -> str:
     """A tiny run folder with one checkpoint and test results (SI-SNRi 8.00) that name the checkpoint they scored,
     by default that one; returns its name."""
     fake_run(run)
@@ -205,7 +206,7 @@ def exported_card(model_dir: Path, export_dir: Path) -> str:
 
 
 def test_the_model_card_shows_the_exported_folders_own_scores_and_no_path_of_the_machine(tmp_path):
-    tested_run(tmp_path / "machine" / "run")
+    run_with_results(tmp_path / "machine" / "run")
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "machine" / "run", copy)
     metrics.write_test_results(
@@ -220,12 +221,12 @@ def test_the_model_card_shows_the_exported_folders_own_scores_and_no_path_of_the
 
 
 def test_the_model_card_names_the_scored_checkpoint_and_shows_no_scores_of_another(tmp_path):
-    checkpoint = tested_run(tmp_path / "run")
+    checkpoint = run_with_results(tmp_path / "run")
     card = exported_card(tmp_path / "run", tmp_path / "export")
     assert "| SI-SNRi | 8.00 |" in card and "On the test set `test.csv`" in card
     assert f"Scored checkpoint: {checkpoint} (epoch 4)." in card
 
-    checkpoint = tested_run(tmp_path / "other", scored_checkpoint="CKPT+older")
+    checkpoint = run_with_results(tmp_path / "other", scored_checkpoint="CKPT+older")
     card = exported_card(tmp_path / "other", tmp_path / "other_export")
     assert "| SI-SNRi |" not in card
     assert f"None for this checkpoint: the run's test results score CKPT+older, not the exported {checkpoint}" in card

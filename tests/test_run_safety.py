@@ -1,5 +1,6 @@
 """A run never loses a user's files or another run, and never reports an untrained or wrong model as a result."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -185,6 +186,10 @@ def test_a_rerun_on_other_data_is_refused_but_testing_on_it_is_not(run_copy, dat
     tested = run_train(run_copy, other, "--test_only", results_folder=tmp_path / "other_eval")
     assert tested.returncode == 0, tested.stdout[-2000:]
     assert (tmp_path / "other_eval" / "test_results.csv").is_file()
+    scored = json.loads((tmp_path / "other_eval" / "test_results_summary.json").read_text())["scored"]
+    assert (run_copy / "save" / scored["checkpoint"]).is_dir() and scored["data_folder"] == str(other)
+    log_line = (run_copy / "train_log.txt").read_text().splitlines()[-1]
+    assert f"checkpoint: {scored['checkpoint']}, data_folder: {other}," in log_line
 
 
 def test_test_only_keeps_the_training_record_and_writes_its_own(run_copy, data_folder):
