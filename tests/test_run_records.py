@@ -195,7 +195,8 @@ def run_with_results(run: Path, scored_checkpoint: str | None = None) -> str:
     shutil.rmtree(run / "save" / "CKPT+1")
     checkpoint = make_brain(run.parent / "model", checkpointer=True).checkpointer.save_checkpoint(meta={"si-snr": 1})
     shutil.copytree(checkpoint.path, run / "save" / checkpoint.path.name)
-    scored = {"epoch": 4, "checkpoint": scored_checkpoint or checkpoint.path.name, "test_data": "/data/x/test.csv"}
+    scored = {"epoch": 4, "checkpoint": scored_checkpoint or checkpoint.path.name}
+    scored.update(data_folder="/data/tree", test_data="/data/x/test.csv")
     metrics.write_test_results(SCORE_ROWS, run / "test_results.csv", scored=scored)
     return checkpoint.path.name
 
@@ -223,7 +224,7 @@ def test_the_model_card_shows_the_exported_folders_own_scores_and_no_path_of_the
 def test_the_model_card_names_the_scored_checkpoint_and_shows_no_scores_of_another(tmp_path):
     checkpoint = run_with_results(tmp_path / "run")
     card = exported_card(tmp_path / "run", tmp_path / "export")
-    assert "| SI-SNRi | 8.00 |" in card and "On the test set `test.csv`" in card
+    assert "| SI-SNRi | 8.00 |" in card and "On the test set `test.csv` (from `tree`)" in card
     assert f"Scored checkpoint: {checkpoint} (epoch 4)." in card
 
     checkpoint = run_with_results(tmp_path / "other", scored_checkpoint="CKPT+older")

@@ -115,7 +115,7 @@ def render(
     elif scores:
         count = next(iter(scores.values())).get("count", "?")
         test_data = scored.get("test_data", record.get("test_data", "the test manifest"))
-        test_set = f"`{_name(test_data)}` (from `{_name(record.get('data_folder', '?'))}`)"
+        test_set = f"`{_name(test_data)}` (from `{_name(scored.get('data_folder', record.get('data_folder', '?')))}`)"
         lines += [f"On the test set {test_set}, {count} mixtures:", ""]
         lines += ["| metric | mean (dB) | 95% CI |", "|---|---|---|"]
         for key, name in SCORES:
