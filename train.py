@@ -9,6 +9,7 @@ and custom trees, for separation or enhancement; the differences live in the YAM
     torchrun --nproc_per_node=4 train.py hparams/sepformer.yaml --data_folder=...
 """
 
+import dataclasses
 import logging
 import math
 import re
@@ -606,8 +607,9 @@ def prepare_experiment(argv):
         raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")
     if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
         logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
-        run_opts.precision = "bf16"
-        run_opts.overridden_args.add("precision")
+        run_opts = dataclasses.replace(
+            run_opts, precision="bf16", overridden_args={*run_opts.overridden_args, "precision"}
+        )
 
     min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
     if hparams["skip_prep"]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from speechsep.training.config import load_hparams, resolved_values
@@ -104,6 +105,23 @@ def test_a_kernel_size_whose_encoder_hop_is_zero_is_refused_before_the_model_is_
     assert str(refused.value) == (
         "kernel_size is 1; expected a whole number of samples, at least 2 (the encoder hops by half of it)"
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is kept where CUDA exists")
+def test_fp16_without_cuda_trains_in_bf16(tmp_path, monkeypatch):
+    class Initialised(Exception):
+        pass
+
+    def capture(run_opts):
+        raise Initialised(run_opts)
+
+    monkeypatch.setattr(train.sb.utils.distributed, "ddp_init_group", capture)
+    argv = ["hparams/convtasnet.yaml", f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
+    with pytest.raises(Initialised) as initialised:
+        train.prepare_experiment(
+            [*argv, *(f"--{key}={value}" for key, value in TINY_CONVTASNET.items()), "--precision=fp16"]
+        )
+    assert initialised.value.args[0]["precision"] == "bf16"
 
 
 # ---------------------------------------------------------------- one run per output folder
