@@ -19,12 +19,13 @@ one recording) is there whole or not at all.
 """
 
 import contextlib
+import csv
 import errno
 import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from speechsep.errors import RecipeError
@@ -87,7 +88,24 @@ def write_files(writers: Mapping[str | Path, Writer], overwrite: bool = False) -
 
 def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     """`write_file` of a UTF-8 text."""
-    return write_file(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite)
+    return write_file(path, text_content(text), overwrite)
+
+
+def text_content(text: str) -> Writer:
+    """A writer of a UTF-8 text, for `write_file` and `write_files`."""
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def csv_content(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> Writer:
+    """A writer of a CSV table with a header: one line per row, `columns` (default: the first row's keys)."""
+
+    def write(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return write
 
 
 def check_target(target: Path, overwrite: bool) -> None:

@@ -21,7 +21,6 @@ All dB metrics are positive-is-better and finite: silent or degenerate signals g
 values (-80 dB SI-SNR from SpeechBrain's EPS, -/+ `SDR_CLAMP_DB` SDR) instead of NaN.
 """
 
-import csv
 import functools
 import itertools
 import json
@@ -37,6 +36,7 @@ from scipy import stats
 from scipy.fft import next_fast_len
 from scipy.linalg import solve_toeplitz
 
+from speechsep.output_files import csv_content, text_content, write_files
 from speechsep.training.losses import best_permutation, length_mask, pairwise_si_snr
 
 # BSS-eval v3 distortion filter length (taps), as in mir_eval and the BSS Eval Matlab toolbox.
@@ -389,18 +389,15 @@ def _is_number(value: object) -> bool:
 
 def write_test_results(rows: Sequence[dict], csv_path: str | Path) -> Path:
     """Write one CSV row per utterance (`snt_id` first, then the numeric metrics in row order)
-    and the `summarize` output as `<csv stem>_summary.json` beside it; returns the JSON path.
+    and the `summarize` output as `<csv stem>_summary.json` beside it, both or neither (replacing earlier
+    results); returns the JSON path. Raises `speechsep.output_files.OutputError` if they cannot be written.
     """
     if not rows:
         raise ValueError(f"no rows to write to {csv_path}")
     csv_path = Path(csv_path)
     metric_keys = [key for key, value in rows[0].items() if key != "snt_id" and _is_number(value)]
     columns = (["snt_id"] if "snt_id" in rows[0] else []) + metric_keys
-    with open(csv_path, "w", newline="", encoding="utf-8") as csv_file:
-        writer = csv.DictWriter(csv_file, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    summary = json.dumps(summarize(rows, metric_keys), indent=2)
     json_path = csv_path.with_name(f"{csv_path.stem}_summary.json")
-    with open(json_path, "w", encoding="utf-8") as json_file:
-        json.dump(summarize(rows, metric_keys), json_file, indent=2)
+    write_files({csv_path: csv_content(rows, columns), json_path: text_content(summary)}, overwrite=True)
     return json_path
