@@ -16,7 +16,6 @@ They are reused on a rerun only when the options and the audio files (names, siz
 """
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ import soundfile as sf
 
 from speechsep.data.audio import is_audio_name
 from speechsep.errors import RecipeError
+from speechsep.output_files import csv_content, write_file, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -463,20 +463,14 @@ def prepare_data(
     for split, rows in manifests.items():
         if not rows:
             raise DataPreparationError(f"no usable mixtures for the {split} split in {data_folder}")
-        with open(csv_paths[split], "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_file(csv_paths[split], csv_content(rows), overwrite=True)
         hours = sum(row["duration"] for row in rows) / 3600
         logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
         report = save_folder / SKIPPED_FILE
-        with open(report, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["split", "mixture", "reason"])
-            writer.writeheader()
-            writer.writerows(skipped)
+        write_file(report, csv_content(skipped), overwrite=True)
         logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
-    options_path.write_text(json.dumps({**asdict(options), "tree": fingerprint}, indent=1))
+    write_text(options_path, json.dumps({**asdict(options), "tree": fingerprint}, indent=1), overwrite=True)
     return csv_paths
 
 
