@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from speechsep.output_files import OutputError, is_temporary, write_file, write_files, write_text
-from tests.helpers import REPO
+from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, train_command
 
 
 def failing_writer(error: BaseException):
@@ -135,3 +136,21 @@ def test_audio_over_a_file_size_limit_fails_with_one_line_and_leaves_nothing(tmp
         f"error: cannot write {tmp_path / 'long.wav'}: System error.; is the disk full? (nothing was written there)"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_train_py_on_a_full_disk_stops_with_one_error_line_and_leaves_no_partial_checkpoint(tmp_path):
+    """Files limited to a little more than the copy of train.py: the first checkpoint is the first write that
+    fails (its masknet is larger), which must end the run with one line, not an uncaught CheckpointWriteError."""
+    data_folder = make_wsj0mix(tmp_path / "data", per_split=2)
+    output = tmp_path / "out"
+    sizes = {**TINY_CONVTASNET, "N_encoder_out": 32, "B": 32, "H": 64}
+    command = train_command("convtasnet.yaml", data_folder, output, N_epochs=1, batch_size=2, **sizes)
+    limit = (REPO / "train.py").stat().st_size + 8192
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, preexec_fn=limit_file_size(limit))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: Could not write checkpoint {output / 'save' / 'CKPT+'}"), result.stderr[-2000:]
+    assert [path.name for path in (output / "save").iterdir() if "CKPT" in path.name] == []
