@@ -30,7 +30,7 @@ import soundfile as sf
 
 from speechsep.data.audio import is_audio_name
 from speechsep.errors import RecipeError
-from speechsep.output_files import csv_content, write_file, write_text
+from speechsep.output_files import write_csv, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -463,12 +463,12 @@ def prepare_data(
     for split, rows in manifests.items():
         if not rows:
             raise DataPreparationError(f"no usable mixtures for the {split} split in {data_folder}")
-        write_file(csv_paths[split], csv_content(rows), overwrite=True)
+        write_csv(csv_paths[split], rows, overwrite=True)
         hours = sum(row["duration"] for row in rows) / 3600
         logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
         report = save_folder / SKIPPED_FILE
-        write_file(report, csv_content(skipped), overwrite=True)
+        write_csv(report, skipped, overwrite=True)
         logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
     write_text(options_path, json.dumps({**asdict(options), "tree": fingerprint}, indent=1), overwrite=True)
     return csv_paths

@@ -91,6 +91,13 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return write_file(path, text_content(text), overwrite)
 
 
+def write_csv(
+    path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None, overwrite: bool = False
+) -> Path:
+    """`write_file` of a CSV table (see `csv_content`)."""
+    return write_file(path, csv_content(rows, columns), overwrite)
+
+
 def text_content(text: str) -> Writer:
     """A writer of a UTF-8 text, for `write_file` and `write_files`."""
     return lambda path: path.write_text(text, encoding="utf-8")
