@@ -75,11 +75,13 @@ def write_files(writers: Mapping[str | Path, Writer], overwrite: bool = False) -
     except BaseException:  # KeyboardInterrupt and SystemExit too: nothing half-written stays behind
         if not overwrite:  # exclusively created: these names are this call's own
             for target in named:
-                target.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    target.unlink(missing_ok=True)
         raise
     finally:
         for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
     for folder in {target.parent for target in targets}:
         with contextlib.suppress(OSError):  # the files are named; only their durability across a power cut isn't sure
             fsync_folder(folder)
@@ -115,9 +117,10 @@ def csv_content(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -
     return write
 
 
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: str | Path, overwrite: bool) -> None:
     """Raise OutputError if `target` may not be written: a dangling link, a folder, or (unless `overwrite`)
     an existing file. A check before long work; writing checks again, exclusively."""
+    target = Path(target)
     if target.is_symlink() and not target.exists():
         raise OutputError(f"{target} is a symbolic link to nothing ({os.readlink(target)}); remove it first")
     if target.is_dir():
@@ -168,7 +171,11 @@ def _give_name(temporary: Path, target: Path, overwrite: bool) -> None:
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             except FileExistsError:
                 raise _exists(target) from None
-            os.replace(temporary, target)
+            try:
+                os.replace(temporary, target)
+            except BaseException:
+                target.unlink(missing_ok=True)  # the claim, still empty
+                raise
     except OSError as err:
         raise _write_failed(target, err) from None
 
@@ -182,7 +189,8 @@ def _remove_stale_temporaries(target: Path) -> None:
     for path in siblings:
         match = _TEMPORARY.match(path.name)
         if match and match["stem"] == target.stem and match["host"] == _HOST and not _running(int(match["pid"])):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another process removed it, or it is not ours to remove
+                path.unlink(missing_ok=True)
 
 
 def _glob_escape(text: str) -> str:

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from speechsep import output_files
 from speechsep.output_files import OutputError, is_temporary, write_file, write_files, write_text
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, train_command
@@ -22,6 +23,16 @@ def failing_writer(error: BaseException):
     def write(path):
         path.write_text("half of it")
         raise error
+
+    return write
+
+
+def overtaken_writer(target):
+    """A slow writer of `target`: while it writes, another writer names `target` with "fast"."""
+
+    def write(path):
+        path.write_text("slow")
+        write_text(target, "fast")
 
     return write
 
@@ -57,15 +68,22 @@ def test_without_overwrite_an_existing_file_is_kept(tmp_path):
 def test_of_two_writers_of_one_name_the_later_fails_and_the_first_file_stays(tmp_path):
     """The second writer starts (its name is free) and the first finishes while it writes."""
     target = tmp_path / "a_s1.wav"
-
-    def slow_writer(path):
-        path.write_text("slow")
-        write_text(target, "fast")  # the other process names the file meanwhile
-
     with pytest.raises(OutputError, match="a_s1.wav exists"):
-        write_file(target, slow_writer)
+        write_file(target, overtaken_writer(target))
     assert target.read_text() == "fast"
     assert [p.name for p in tmp_path.iterdir()] == ["a_s1.wav"]
+
+
+def test_on_a_filesystem_without_hard_links_the_name_is_still_created_exclusively(tmp_path, monkeypatch):
+    def no_hard_links(*args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(output_files.os, "link", no_hard_links)
+    target = tmp_path / "a.txt"
+    with pytest.raises(OutputError, match="a.txt exists"):
+        write_file(target, overtaken_writer(target))
+    assert target.read_text() == "fast"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
 def test_a_group_is_written_whole_or_not_at_all(tmp_path):
