@@ -56,7 +56,7 @@ from speechsep.corpus.options import (
 )
 from speechsep.corpus.utterances import synthesize_speakers
 from speechsep.corpus.voices import design_speakers
-from speechsep.output_files import write_csv
+from speechsep.output_files import write_csv, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,7 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
-    temporary = root / f"{MANIFEST_NAME}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    temporary.replace(root / MANIFEST_NAME)
+    write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n", overwrite=True)
 
 
 def _manifest_identity(options: CorpusOptions, root: Path) -> dict:
