@@ -1,6 +1,8 @@
 """Plain helpers for the tests: tiny model sizes, a tiny Separation brain and batches of speech-like mixtures."""
 
 import json
+import resource
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,3 +124,13 @@ def sharing_separator(sample_rate: int = 8000, num_spks: int = 2):
 
     hparams = SimpleNamespace(sample_rate=sample_rate, num_spks=num_spks)
     return SimpleNamespace(separate_batch=separate_batch, hparams=hparams)
+
+
+def limit_file_size(limit: int):
+    """preexec_fn: files of at most `limit` bytes, and SIGXFSZ ignored so a write fails with EFBIG (a full disk)."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply

@@ -14,9 +14,7 @@ Models used:
 """
 
 import json
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +41,7 @@ from speechsep.inference.separation import (
 )
 from speechsep.training.config import load_hparams, resolved_yaml
 from tests.corpus_trees import make_wsj0mix, voice
-from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER, sharing_separator
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER, limit_file_size, sharing_separator
 
 SAMPLE_RATE = 8000
 
@@ -609,12 +607,12 @@ def test_a_track_over_a_file_size_limit_is_one_error_and_leaves_nothing(sharing_
     )
     arguments = ["--model", "m", "--output-dir", str(tmp_path / "out"), str(recordings / "talk0.wav")]
 
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
-
     result = subprocess.run(
-        [sys.executable, "-c", script, *arguments], cwd=REPO, capture_output=True, text=True, preexec_fn=limit_file_size
+        [sys.executable, "-c", script, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size(20000),
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -3,8 +3,6 @@ create has one winner, a dangling link is refused, a group of files is written a
 
 import errno
 import os
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +12,7 @@ import pytest
 from speechsep import output_files
 from speechsep.output_files import OutputError, is_temporary, write_file, write_files, write_text
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET, train_command
+from tests.helpers import REPO, TINY_CONVTASNET, limit_file_size, train_command
 
 
 def failing_writer(error: BaseException):
@@ -123,16 +121,6 @@ def test_a_temporary_left_by_a_killed_process_is_removed_by_the_next_write(tmp_p
     assert is_temporary(leftover)
     write_text(tmp_path / "a.csv", "z", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv"]
-
-
-def limit_file_size(limit: int):
-    """preexec_fn: files of at most `limit` bytes, and SIGXFSZ ignored so a write fails with EFBIG (a full disk)."""
-
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
 
 
 def test_audio_over_a_file_size_limit_fails_with_one_line_and_leaves_nothing(tmp_path):
