@@ -16,7 +16,6 @@ They are reused on a rerun only when the options and the audio files (names, siz
 """
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from pathlib import Path
 from speechsep.data.audio import is_audio_name
 from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, printable
 from speechsep.errors import RecipeError
+from speechsep.output_files import write_csv, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -452,25 +452,19 @@ def prepare_data(
     for split, rows in manifests.items():
         if not rows:
             raise DataPreparationError(f"no usable mixtures for the {split} split in {data_folder}")
-        with open(csv_paths[split], "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(csv_paths[split], rows, overwrite=True)
         hours = sum(row["duration"] for row in rows) / 3600
         logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
         write_skipped_list(save_folder, skipped)
-    options_path.write_text(json.dumps({**asdict(options), "tree": fingerprint}, indent=1))
+    write_text(options_path, json.dumps({**asdict(options), "tree": fingerprint}, indent=1), overwrite=True)
     return csv_paths
 
 
 def write_skipped_list(save_folder: Path, skipped: list[dict]) -> None:
     """`<save_folder>/skipped_files.csv`: split, mixture and reason of each item `skip_bad_files` left out."""
     report = Path(save_folder) / SKIPPED_FILE
-    with open(report, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["split", "mixture", "reason"])
-        writer.writeheader()
-        writer.writerows(skipped)
+    write_csv(report, skipped, ["split", "mixture", "reason"], overwrite=True)
     logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
 
 

@@ -11,7 +11,9 @@ sample rate and channel count. Long files are separated window by window (see --
 speaker kept on the same output track. Exit status: 0 if every input was separated, 1 if some failed (one
 `error:` line each, the others are still separated), 2 if the model cannot be used. Nothing is
 overwritten: an output that exists already is an error for its input unless --overwrite, and an output that
-would replace an input always is.
+would replace an input always is. An input's tracks are written whole and all together, or not at all: under
+temporary names, then named; of two runs writing the same names at once, one fails with an `error:` line.
+Folders searched for inputs skip the tracks written by earlier runs (and --output-dir when it lies inside one).
 """
 
 import argparse
@@ -24,6 +26,7 @@ import torch
 from speechsep.errors import RecipeError
 from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs, input_failure
 from speechsep.inference.model_folder import load_separator
+from speechsep.output_files import OutputError, check_target
 from speechsep.training.hardware import check_device
 
 logger = logging.getLogger("separate")
@@ -89,8 +92,10 @@ def output_problem(path: Path, outputs: list[Path], inputs: set[Path], written_b
     for output in outputs:
         if output.resolve() in inputs:
             return f"its output {output} would replace an input; choose another --output-dir"
-        if output.exists() and not overwrite:
-            return f"{output} exists; pass --overwrite to replace earlier outputs, or choose another --output-dir"
+        try:
+            check_target(output, overwrite)
+        except OutputError as err:
+            return str(err)
     return None
 
 
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error(f"error: cannot create --output-dir {args.output_dir} ({err.strerror or err})")
         return 2
 
-    files, errors = expand_inputs(args.inputs)
+    files, errors = expand_inputs(args.inputs, args.output_dir)
     for message in errors:
         logger.error(f"error: {message}")
     failed = len(errors)
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         try:
-            result = separator.separate_file(path, args.output_dir)
+            result = separator.separate_file(path, args.output_dir, overwrite=args.overwrite)
         except Exception as err:  # whatever goes wrong with one input is one line for it; the others go on
             logger.debug(f"{path} failed", exc_info=True)
             logger.error(f"error: {input_failure(path, err)}")

@@ -10,9 +10,11 @@ and custom trees, for separation or enhancement; the differences live in the YAM
 """
 
 import dataclasses
+import functools
 import logging
 import math
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -22,7 +24,7 @@ from typing import NamedTuple
 import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 
 from prepare_data import (
     REVERBERANT_LAYOUTS,
@@ -43,6 +45,7 @@ from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_fo
 from speechsep.inference.separation import mixture_consistency, separate_shifted
 from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.models.speedups import speed_up
+from speechsep.output_files import OutputError, write_file, write_text
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
     DATA_KEYS,
@@ -253,9 +256,7 @@ class Separation(sb.Brain):
                     f"({self.budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
                 )
                 counter.current = counter.limit
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats
-            )
+            self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(
                 meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
             )
@@ -267,13 +268,21 @@ class Separation(sb.Brain):
             if if_main_process():
                 metrics.write_test_results(test_rows, results_folder / TEST_RESULTS, scored=self.scored)
                 if self.test_only:  # its config goes with its results; the run's record stays as it was
-                    (results_folder / TEST_RECORD).write_text(self.hparams.test_record)
+                    write_text(results_folder / TEST_RECORD, self.hparams.test_record, overwrite=True)
             reported = [
                 key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]
             ]
             means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, reported).items()}
             label = {"epoch loaded" if key == "epoch" else key: value for key, value in self.scored.items()}
-            self.hparams.train_logger.log_stats(stats_meta=label, test_stats=means)
+            self.log_stats(stats_meta=label, test_stats=means)
+
+    def log_stats(self, **stats):
+        """`train_logger.log_stats`; a log file that cannot be written (a full disk) is an OutputError naming it."""
+        try:
+            self.hparams.train_logger.log_stats(**stats)
+        except OSError as err:
+            save_file = getattr(self.hparams.train_logger, "save_file", "the training log")
+            raise OutputError(f"cannot write {save_file}: {err.strerror or err}") from None
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
         """Remember the training dataset (it is told the epoch before each epoch's workers start) and the size of
@@ -423,7 +432,8 @@ class Separation(sb.Brain):
                 peak = waveform.abs().max()
                 if peak > 0:  # estimates have an arbitrary scale; silent signals are written as silence
                     waveform = waveform / peak * PEAK_LIMIT
-                write_pcm16(audio_dir / f"{snt_id}_{name}.wav", waveform, self.hparams.sample_rate)
+                write = functools.partial(write_pcm16, signal=waveform, sample_rate=self.hparams.sample_rate)
+                write_file(audio_dir / f"{snt_id}_{name}.wav", write, overwrite=True)
             self.audio_saved += 1
 
 
@@ -616,7 +626,7 @@ def prepare_experiment(argv):
         check_manifests(hparams, test_only, min_samples)
 
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    create_experiment_directory(hparams["output_folder"])
     if not hparams["skip_prep"]:  # with --test_only too: the test manifest comes from the same tree
         run_on_main(
             prepare_data,
@@ -638,7 +648,7 @@ def prepare_experiment(argv):
     if test_only:  # written with the results it describes (TEST_RECORD); the training record stays as it was
         hparams["test_record"] = record
     elif if_main_process():
-        Path(hparams["output_folder"], HPARAMS_FILE).write_text(record)
+        write_text(Path(hparams["output_folder"], HPARAMS_FILE), record, overwrite=True)
     return hparams, run_opts, dataio_prep(hparams, test_only)
 
 
@@ -671,6 +681,23 @@ def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
         write_skipped_list(Path(hparams["save_folder"]), skipped)
 
 
+def create_experiment_directory(folder: str) -> None:
+    """What `speechbrain.create_experiment_directory` does (a copy of this script, `log.txt` for the logs,
+    `env.log`), with the two copies written whole (`speechsep.output_files`) instead of in place."""
+    if if_main_process():
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_file(folder / Path(__file__).name, lambda path: shutil.copyfile(__file__, path), overwrite=True)
+        sb.utils.logger.setup_logging(
+            sb.core.DEFAULT_LOG_CONFIG, {"handlers": {"file_handler": {"filename": str(folder / "log.txt")}}}
+        )
+        sys.excepthook = lambda *exc_info: logger.error("Exception:", exc_info=exc_info)  # into log.txt too
+        sb.utils.quirks.log_applied_quirks()
+        logger.info(f"Experiment folder: {folder}")
+        write_text(folder / "env.log", sb.utils.logger.get_environment_description(), overwrite=True)
+    ddp_barrier()
+
+
 def starting_model(hparams, test_only):
     """The modules and checkpointer a run starts from, given `pretrained_separator`.
 
@@ -697,7 +724,22 @@ def starting_model(hparams, test_only):
 
 
 def main(argv):
-    """Parse the command line, prepare the data, train, and evaluate on the test set."""
+    """Parse the command line, prepare the data, train, and evaluate on the test set.
+
+    A file that cannot be written (a full disk, a quota; each write removes what it left half-written) ends
+    the run with one `error:` line naming it, and so does any other OSError, instead of a traceback.
+    """
+    logging.raiseExceptions = False  # a log file on a full disk: the error line below says so, once
+    try:
+        return train_and_test(argv)
+    except OSError as err:  # CheckpointWriteError too
+        sys.exit(f"error: {err.filename}: {err.strerror}" if err.filename and err.strerror else f"error: {err}")
+    except RecipeError as err:  # OutputError too
+        sys.exit(f"error: {err}")
+
+
+def train_and_test(argv):
+    """`main` without its handling of write failures."""
     try:
         hparams, run_opts, (train_data, valid_data, test_data) = prepare_experiment(argv)
         modules, checkpointer = starting_model(hparams, run_opts["test_only"])

@@ -1,8 +1,11 @@
 """Plain helpers for the tests: tiny model sizes, a tiny Separation brain and batches of speech-like mixtures."""
 
 import json
+import resource
+import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
@@ -113,11 +116,32 @@ def train_command(config: str, data_folder, output_folder, *extra: str, **option
     ]
 
 
-def flac_without_length(path: Path, signal: np.ndarray, sample_rate: int = 8000) -> Path:
+def flac_without_length(path: Path, samples: np.ndarray, sample_rate: int = 8000) -> Path:
     """A FLAC whose STREAMINFO says 0 total samples (unknown), as streaming encoders write it."""
-    sf.write(path, signal, sample_rate, format="FLAC")
+    sf.write(path, samples, sample_rate, format="FLAC")
     data = bytearray(path.read_bytes())
     fields = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # the low 36 bits are the sample count
     data[18:26] = fields.to_bytes(8, "big")
     path.write_bytes(bytes(data))
     return path
+
+
+def sharing_separator(sample_rate: int = 8000, num_spks: int = 2):
+    """A stand-in for SpeechBrain's separator (the attributes `FileSeparator` uses) that gives each speaker an
+    equal share of the mixture: separating with it costs nothing, for tests of what is read and written."""
+
+    def separate_batch(mixture: torch.Tensor) -> torch.Tensor:
+        return mixture.unsqueeze(-1).repeat(1, 1, num_spks) / num_spks
+
+    hparams = SimpleNamespace(sample_rate=sample_rate, num_spks=num_spks)
+    return SimpleNamespace(separate_batch=separate_batch, hparams=hparams)
+
+
+def limit_file_size(limit: int):
+    """preexec_fn: files of at most `limit` bytes, and SIGXFSZ ignored so a write fails with EFBIG (a full disk)."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply

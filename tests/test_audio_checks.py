@@ -297,7 +297,6 @@ def test_flac_without_a_length_is_read_whole_for_separation(tmp_path):
     assert (len(samples), sample_rate, channels) == (RATE // 2, RATE, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="write_pcm16 opens the output by a str name; os.fsencode(path) would fix it")
 def test_input_whose_name_is_not_utf8_is_separated(tiny_separator, tmp_path, monkeypatch, caplog):
     name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav").decode(errors="surrogateescape")
     sf.write(tmp_path / "plain.wav", tone(RATE // 2), RATE)

@@ -29,6 +29,7 @@ from speechbrain.inference.separation import SepformerSeparation
 import export
 import separate
 from speechsep.evaluation.metrics import pit_si_snr
+from speechsep.inference import files
 from speechsep.inference.files import FileSeparator, SeparationOptions, SeparationOptionsError, expand_inputs
 from speechsep.inference.model_folder import ModelFolderError, find_model, load_separator
 from speechsep.inference.separation import (
@@ -40,7 +41,7 @@ from speechsep.inference.separation import (
 )
 from speechsep.training.config import load_hparams, resolved_yaml
 from tests.corpus_trees import make_wsj0mix, voice
-from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER, limit_file_size, sharing_separator
 
 SAMPLE_RATE = 8000
 
@@ -549,6 +550,76 @@ def test_output_rate_input_writes_at_each_inputs_rate(convtasnet_run, tmp_path):
     assert separate.main([*arguments, str(tmp_path / "talk.wav")]) == 0
     info = sf.info(output_dir / "talk_s1.wav")
     assert (info.samplerate, info.frames) == (16000, 16000)
+
+
+@pytest.fixture
+def sharing_model(monkeypatch):
+    """`separate.py --model <anything>` loads `sharing_separator`: the CLI without a model's cost."""
+    monkeypatch.setattr(separate, "load_separator", lambda *args, **kwargs: sharing_separator(SAMPLE_RATE))
+
+
+def test_of_two_runs_writing_the_same_tracks_at_once_one_fails_and_the_others_tracks_stay(
+    sharing_model, tmp_path, monkeypatch, caplog
+):
+    """Run A has checked that its names are free and is writing when run B (a same-named input from another
+    folder) writes the same names: A must not replace B's tracks, nor exit 0 as if it had written them."""
+    for folder, seconds in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / folder).mkdir()
+        write(tmp_path / folder / "meeting.wav", two_speaker_recording(seconds)[0].numpy())
+    out = str(tmp_path / "out")
+    write_track, codes = files._write_track, {}
+
+    def write_while_run_b_runs(*args, **kwargs):
+        if "b" not in codes:
+            codes["b"] = None  # run B's own writes go through
+            codes["b"] = separate.main(["--model", "m", "--output-dir", out, str(tmp_path / "b" / "meeting.wav")])
+        write_track(*args, **kwargs)
+
+    monkeypatch.setattr(files, "_write_track", write_while_run_b_runs)
+    codes["a"] = separate.main(["--model", "m", "--output-dir", out, str(tmp_path / "a" / "meeting.wav")])
+
+    assert codes == {"b": 0, "a": 1}
+    assert error_lines(caplog) == [
+        f"error: {tmp_path / 'a' / 'meeting.wav'}: {tmp_path / 'out' / 'meeting_s1.wav'} exists; pass --overwrite "
+        "to replace it, or choose another output folder"
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meeting_s1.wav", "meeting_s2.wav"]
+    assert all(sf.info(tmp_path / "out" / f"meeting_s{k}.wav").frames == 2 * SAMPLE_RATE for k in (1, 2))
+
+
+@pytest.mark.parametrize("output_dir", ["in/separated", "in"])
+def test_a_rerun_does_not_separate_the_tracks_of_the_last_run(sharing_model, recordings, tmp_path, output_dir):
+    """--output-dir inside the folder of inputs (or that folder itself): a rerun separates the same inputs."""
+    arguments = ["--model", "m", "--output-dir", str(tmp_path / output_dir), "--overwrite", str(recordings)]
+    assert separate.main(arguments) == 0
+    written = sorted(recordings.rglob("*"))
+    assert len([path for path in written if path.is_file()]) == 2 + 4
+    assert separate.main(arguments) == 0
+    assert sorted(recordings.rglob("*")) == written
+
+
+def test_a_track_over_a_file_size_limit_is_one_error_and_leaves_nothing(sharing_model, recordings, tmp_path):
+    """separate.py with files limited to 20 kB (as a full disk): no truncated track that a rerun would refuse
+    to replace."""
+    script = (
+        "import sys, separate; from tests.helpers import sharing_separator; "
+        "separate.load_separator = lambda *args, **kwargs: sharing_separator(); sys.exit(separate.main())"
+    )
+    arguments = ["--model", "m", "--output-dir", str(tmp_path / "out"), str(recordings / "talk0.wav")]
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size(20000),
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {tmp_path / 'out' / 'talk0_s1.wav'}" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+    assert separate.main(arguments) == 0  # nothing half-written is in the way
 
 
 def oracle_file_separator(mixture, sources, **options) -> FileSeparator:

@@ -1,8 +1,10 @@
 """Tests of speechsep.evaluation.metrics against the references it replaces (mir_eval, SpeechBrain's PIT SI-SNR)."""
 
 import csv
+import errno
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -20,6 +22,7 @@ from speechsep.evaluation.metrics import (
     summarize,
     write_test_results,
 )
+from speechsep.output_files import OutputError
 from tests.speech import mask_separation_example
 
 SAMPLE_RATE = 8000
@@ -301,6 +304,25 @@ def test_write_test_results_csv_and_summary_json(tmp_path):
     assert json_path == tmp_path / "test_results_summary.json"
     summary = json.loads(json_path.read_text())
     assert list(summary) == metric_columns and summary["sdr"]["count"] == 1
+
+
+def test_test_results_whose_summary_cannot_be_written_leave_neither_file(tmp_path, monkeypatch):
+    """A full disk while the summary is written: no results table without its summary (and no earlier
+    results replaced by half of new ones)."""
+    (tmp_path / "test_results.csv").write_text("earlier results")
+
+    def summary_on_a_full_disk(text):
+        def write(path):
+            path.write_text(text[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        return write
+
+    monkeypatch.setattr(metrics, "text_content", summary_on_a_full_disk)
+    with pytest.raises(OutputError, match="cannot write .*test_results_summary.json: No space left on device"):
+        write_test_results([{"snt_id": "mix_001", "sdr": 1.0}], tmp_path / "test_results.csv")
+    assert [path.name for path in tmp_path.iterdir()] == ["test_results.csv"]
+    assert (tmp_path / "test_results.csv").read_text() == "earlier results"
 
 
 def test_levinson_and_cholesky_solvers_agree_even_on_pure_tones():

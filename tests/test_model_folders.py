@@ -255,8 +255,21 @@ def test_export_never_replaces_files_it_did_not_write(tmp_path):
     assert export.main([str(folder), str(target)]) == 2
     assert (target / "hyperparams.yaml").read_text() == "mine"
     assert export.main([str(folder), str(folder)]) == 2
-    assert export.main([str(folder), str(target), "--overwrite"]) == 0
-    assert (target / "hyperparams.yaml").read_text() != "mine"
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(tmp_path, caplog):
+    folder = write_published_folder(tmp_path / "model")
+    users_folder = tmp_path / "docs"
+    users_folder.mkdir()
+    (users_folder / "README.md").write_text("my notes")
+
+    assert export.main([str(folder), str(users_folder), "--overwrite"]) == 2
+    assert [path.name for path in users_folder.iterdir()] == ["README.md"]
+    assert "--overwrite replaces only an earlier export" in caplog.text
+    assert export.main([str(folder), str(tmp_path / "export")]) == 0
+    (tmp_path / "export" / "README.md").write_text("an old card")
+    assert export.main([str(folder), str(tmp_path / "export"), "--overwrite"]) == 0
+    assert (tmp_path / "export" / "README.md").read_text().startswith("# Speech separation model")
 
 
 def test_export_of_an_export_keeps_the_weights(tmp_path):

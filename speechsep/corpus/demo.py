@@ -19,6 +19,7 @@ from pathlib import Path
 from speechsep.corpus.recorded_mixtures import make_mixtures
 from speechsep.corpus.synth_corpus import synthesize_corpus
 from speechsep.evaluation.report import improvement_by_gender_pairing, make_figures
+from speechsep.output_files import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDED_MIXTURES = 100
@@ -103,7 +104,7 @@ def run_demo(
     }
     if recordings is not None:
         summary["recorded_speech"] = score_recorded_speech(recordings, speaker_regex, config, corpus, output_folder)
-    (output_folder / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(output_folder / "demo_summary.json", json.dumps(summary, indent=2), overwrite=True)
     return summary
 
 

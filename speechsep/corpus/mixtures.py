@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 from pathlib import Path
@@ -149,10 +148,3 @@ def metadata_row(result: dict, mix_type: str, num_spks: int) -> dict[str, object
         row["noise_path"] = paths["noise"]
     row["length"] = result["length"]
     return row
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

@@ -14,7 +14,7 @@ Deterministic for a seed; mixtures that would peak above the peak limit are scal
 """
 
 import argparse
-import csv
+import functools
 import logging
 import re
 from collections import defaultdict
@@ -28,6 +28,7 @@ import torchaudio
 from speechsep.data.audio import PEAK_LIMIT, is_audio_name, write_pcm16
 from speechsep.data.dynamic_mixing import Wsj0Levels
 from speechsep.errors import RecipeError
+from speechsep.output_files import write_csv, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def make_mixtures(
         paths = {}
         for name, signal in (("mixture", mixture), ("source1", sources[0]), ("source2", sources[1])):
             paths[name] = folders[name] / f"{mixture_id}.wav"
-            write_pcm16(paths[name], torch.from_numpy(signal * scale), sample_rate)
+            write = functools.partial(write_pcm16, signal=torch.from_numpy(signal * scale), sample_rate=sample_rate)
+            write_file(paths[name], write, overwrite=True)
         rows.append(
             {
                 "ID": mixture_id,
@@ -122,10 +124,7 @@ def make_mixtures(
             }
         )
     manifest = output_folder / "test.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(manifest, rows, overwrite=True)  # last: a manifest lists only files written whole
     logger.info(f"{num_mixtures} mixtures of {len(names)} speakers in {output_folder}; manifest {manifest}")
     return manifest
 

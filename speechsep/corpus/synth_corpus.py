@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from speechsep.corpus.mixtures import MixturePlan, metadata_row, plan_mixtures, render_mixture, write_csv
+from speechsep.corpus.mixtures import MixturePlan, metadata_row, plan_mixtures, render_mixture
 from speechsep.corpus.options import (
     GENERATOR_VERSION,
     MANIFEST_NAME,
@@ -59,6 +59,7 @@ from speechsep.corpus.options import (
 from speechsep.corpus.utterances import synthesize_speakers
 from speechsep.corpus.voices import design_speakers
 from speechsep.locking import LockHeld, acquire, release
+from speechsep.output_files import write_csv, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +113,7 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
-    temporary = root / f"{MANIFEST_NAME}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    temporary.replace(root / MANIFEST_NAME)
+    write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n", overwrite=True)
 
 
 def _manifest_identity(options: CorpusOptions, root: Path) -> dict:
@@ -189,8 +188,8 @@ def _synthesize_pool(context, num_workers: int, options: CorpusOptions, root: Pa
         work = partial(synthesize_speakers, options=options, root=root)
         utterance_rows = [row for rows in pool.imap(work, groups) for row in rows]
     speaker_rows = [{column: getattr(speaker, column) for column in SPEAKER_COLUMNS} for speaker in speakers]
-    write_csv(root / "sources" / "speakers.csv", speaker_rows)
-    write_csv(root / "sources" / "utterances.csv", utterance_rows)
+    write_csv(root / "sources" / "speakers.csv", speaker_rows, overwrite=True)
+    write_csv(root / "sources" / "utterances.csv", utterance_rows, overwrite=True)
     return utterance_rows
 
 
@@ -222,6 +221,7 @@ def _synthesize_mixtures(
             write_csv(
                 metadata_dir / f"mixture_{SPLIT_FOLDERS[split]}_{mix_type}.csv",
                 [metadata_row(result, mix_type, options.num_spks) for result in split_results],
+                overwrite=True,
             )
     shortcut = root / "metadata"
     try:

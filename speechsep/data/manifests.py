@@ -12,6 +12,7 @@ from speechbrain.utils.data_pipeline import GeneratorDynamicItem
 
 from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, name_problem
 from speechsep.errors import RecipeError
+from speechsep.output_files import write_csv
 
 DATA_ROOT = "$data_root"  # how manifests start the paths of files in the data folder
 
@@ -137,16 +138,14 @@ def check_manifest_audio(
 
 def write_manifest_without(csv_path: str | Path, example_ids: set[str], target: Path) -> None:
     """Copy the manifest at `csv_path` to `target` without the rows of `example_ids`, header and values as they
-    are. Written under a per-process name then renamed, as every rank of a DDP job writes the same file."""
+    are. Written whole (`speechsep.output_files`), as every rank of a DDP job writes the same file."""
     with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    id_column = [column.strip() for column in rows[0]].index("ID")
-    kept = [rows[0]] + [row for row in rows[1:] if row and row[id_column].strip() not in example_ids]
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    id_column = next(column for column in reader.fieldnames if column.strip() == "ID")
+    kept = [row for row in rows if (row[id_column] or "").strip() not in example_ids]
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(temporary, target)
+    write_csv(target, kept, reader.fieldnames, overwrite=True)
 
 
 def _parse_row(row: dict, data_root: str, columns: list[str], where: str) -> dict:
@@ -155,7 +154,7 @@ def _parse_row(row: dict, data_root: str, columns: list[str], where: str) -> dic
         if row.get(column) is None:
             raise ManifestError(f"{where}: no value for {column}")
     parsed = {
-        key: data_root + value[len(DATA_ROOT):] if isinstance(value, str) and value.startswith(DATA_ROOT) else value
+        key: data_root + value[len(DATA_ROOT) :] if isinstance(value, str) and value.startswith(DATA_ROOT) else value
         for key, value in row.items()
     }
     if "duration" in parsed:

@@ -39,6 +39,7 @@ from speechsep.data.audio_checks import (
 )
 from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
+from speechsep.output_files import write_csv, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +94,6 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _temporary_path(path: Path) -> Path:
-    """A per-process sibling of `path`: written first, then renamed, so readers never see half a file."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def read_mono(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
     """Frames [start, start + frames) of the first channel, as float32 in [-1, 1]."""
     audio, _ = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
@@ -117,9 +113,7 @@ def _resample_file(source: Path, target: Path, sample_rate: int) -> int:
     fits = np.abs(resampled).max(initial=0.0) < 1.0
     subtype = header.subtype if fits and sf.check_format("WAV", header.subtype) else "FLOAT"
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_path(target)
-    sf.write(temporary, resampled, sample_rate, subtype=subtype, format="WAV")
-    os.replace(temporary, target)
+    write_file(target, lambda path: sf.write(path, resampled, sample_rate, subtype=subtype, format="WAV"), overwrite=True)
     return len(resampled)
 
 
@@ -149,13 +143,8 @@ class _FolderCache:
 
     def write_index(self, rows: dict[str, dict[str, int]]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        temporary = _temporary_path(self.index_path)
-        with open(temporary, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(self.COLUMNS)
-            for rel_path, row in rows.items():
-                writer.writerow([rel_path, *(row[key] for key in self.COLUMNS[1:])])
-        os.replace(temporary, self.index_path)
+        table = [{"rel_path": rel_path, **row} for rel_path, row in rows.items()]
+        write_csv(self.index_path, table, columns=self.COLUMNS, overwrite=True)
 
 
 @dataclass

@@ -21,7 +21,6 @@ All dB metrics are positive-is-better and finite: silent or degenerate signals g
 values (-80 dB SI-SNR from SpeechBrain's EPS, -/+ `SDR_CLAMP_DB` SDR) instead of NaN.
 """
 
-import csv
 import functools
 import itertools
 import json
@@ -37,6 +36,7 @@ from scipy import stats
 from scipy.fft import next_fast_len
 from scipy.linalg import solve_toeplitz
 
+from speechsep.output_files import csv_content, text_content, write_files
 from speechsep.training.losses import best_permutation, length_mask, pairwise_si_snr
 
 # BSS-eval v3 distortion filter length (taps), as in mir_eval and the BSS Eval Matlab toolbox.
@@ -394,7 +394,8 @@ def summary_name(csv_name: str) -> str:
 
 def write_test_results(rows: Sequence[dict], csv_path: str | Path, scored: dict | None = None) -> Path:
     """Write one CSV row per utterance (`snt_id` first, then the numeric metrics in row order)
-    and the `summarize` output as `<csv stem>_summary.json` beside it; returns the JSON path.
+    and the `summarize` output as `<csv stem>_summary.json` beside it, both or neither (replacing earlier
+    results); returns the JSON path. Raises `speechsep.output_files.OutputError` if they cannot be written.
 
     `scored` says what was scored (e.g. the checkpoint, its epoch and the test set): under "scored" in the JSON.
     """
@@ -403,14 +404,11 @@ def write_test_results(rows: Sequence[dict], csv_path: str | Path, scored: dict 
     csv_path = Path(csv_path)
     metric_keys = [key for key, value in rows[0].items() if key != "snt_id" and _is_number(value)]
     columns = (["snt_id"] if "snt_id" in rows[0] else []) + metric_keys
-    with open(csv_path, "w", newline="", encoding="utf-8") as csv_file:
-        writer = csv.DictWriter(csv_file, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path = csv_path.with_name(summary_name(csv_path.name))
     summary = summarize(rows, metric_keys)
     if scored is not None:
         summary["scored"] = scored
-    with open(json_path, "w", encoding="utf-8") as json_file:
-        json.dump(summary, json_file, indent=2)
+    json_path = csv_path.with_name(summary_name(csv_path.name))
+    write_files(
+        {csv_path: csv_content(rows, columns), json_path: text_content(json.dumps(summary, indent=2))}, overwrite=True
+    )
     return json_path

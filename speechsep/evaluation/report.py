@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from speechsep.output_files import write_file  # noqa: E402
+
 LABELS = {"si-snr_i": "SI-SNRi", "sdr_i": "SDRi", "si-snr": "SI-SNR", "sdr": "SDR"}
 STAT = re.compile(r"(train|valid) ([\w-]+): ([-+.\deE]+)")
 
@@ -56,9 +58,12 @@ def plot_improvement_histogram(test_results: Path, png: Path, column: str = "si-
 
 
 def _save(fig, png: Path) -> Path:
+    """Write a figure whole (`speechsep.output_files`), replacing an earlier one."""
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    try:
+        write_file(png, lambda path: fig.savefig(path, dpi=100), overwrite=True)
+    finally:
+        plt.close(fig)
     return png
 
 

@@ -9,10 +9,12 @@ import glob
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from speechbrain.inference.separation import SepformerSeparation
 
@@ -22,6 +24,7 @@ from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
 from speechsep.inference.separation import separate_long, separate_shifted, with_mixture_consistency
 from speechsep.models.filterbank import encoder_hop, shortest_input
+from speechsep.output_files import is_temporary, write_files
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ class AudioInputError(RecipeError):
     """An input file that cannot be separated (unreadable, empty, or an output name already taken)."""
 
 
+SEPARATED_BY = "speechsep separate.py"  # the `software` metadata of every track written here
+TRACK_STEM = re.compile(r"_s\d+$")  # `<stem>_s1`, `<stem>_s2`, ...: the names of the tracks written here
 MIN_WINDOW_S = 0.1  # shorter windows give the model too few encoder frames to separate anything
 MIN_HOP_S = 0.01  # shorter hops only multiply the work
 
@@ -160,10 +165,12 @@ class FileSeparator:
         """Where the tracks of one input go: `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ..."""
         return [Path(output_dir) / f"{Path(path).stem}_s{k + 1}.wav" for k in range(self.num_spks)]
 
-    def separate_file(self, path: str | Path, output_dir: str | Path) -> SeparatedFile:
-        """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file.
+    def separate_file(self, path: str | Path, output_dir: str | Path, overwrite: bool = False) -> SeparatedFile:
+        """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file: all of them or none.
 
-        Raises AudioInputError for an unreadable or empty file.
+        Without `overwrite`, the names are created exclusively, so that another process writing them at the
+        same time cannot have its tracks mixed with these. Raises AudioInputError for an unreadable or empty
+        file, and `speechsep.output_files.OutputError` if a track name is taken or cannot be written.
         """
         path, output_dir = Path(path), Path(output_dir)
         started = time.perf_counter()
@@ -203,31 +210,64 @@ class FileSeparator:
 
         output_dir.mkdir(parents=True, exist_ok=True)
         outputs = self.output_paths(path, output_dir)
-        for k, output in enumerate(outputs):
-            write_pcm16(output, est_sources[:, k], output_rate, float(gains[k]))
+        writers = {
+            output: functools.partial(
+                _write_track, signal=est_sources[:, k], sample_rate=output_rate, gain=float(gains[k])
+            )
+            for k, output in enumerate(outputs)
+        }
+        write_files(writers, overwrite)
         return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
 
 
+def _write_track(path: Path, signal: torch.Tensor, sample_rate: int, gain: float) -> None:
+    write_pcm16(path, signal, sample_rate, gain, software=SEPARATED_BY)
+
+
+def is_separated_track(path: Path) -> bool:
+    """Whether a file is a track that `FileSeparator` wrote: named `<stem>_s<k>`, and its metadata says so."""
+    if not TRACK_STEM.search(path.stem):
+        return False
+    try:
+        with open(path, "rb") as file, sf.SoundFile(file) as audio:  # by file object: any name the system allows
+            return audio.software.startswith(SEPARATED_BY)
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False
+
+
 def is_audio(path: Path) -> bool:
-    """A name that says it is audio, for folders and globs to pick up: anything but a folder, so that a broken
-    link or a FIFO among the inputs is one error line for it rather than left out without a word."""
-    return is_audio_name(path) and not path.is_dir()
+    """A name that says it is audio, for folders and globs to pick up (not a file being written): anything but a
+    folder, so that a broken link or a FIFO among the inputs is one error line for it rather than left out."""
+    return is_audio_name(path) and not path.is_dir() and not is_temporary(path)
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+def expand_inputs(inputs: list[str], output_dir: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Files named by the command line's inputs (files, folders searched recursively, glob patterns).
 
     Returns the audio files in order, each file once however it is spelt (`a.wav`, `./x/../a.wav`, a link to
     it), and one error message per input that names nothing. A named FIFO, device or broken link is an error
-    saying so, not "no such file".
+    saying so, not "no such file". Folders and globs skip what separating writes: the tracks written earlier,
+    anywhere, and everything in `output_dir` when it lies inside a folder searched (else every rerun would
+    separate the last one's tracks again). A file named as it is is always taken.
     """
+    output_dir = Path(output_dir).resolve() if output_dir is not None else None
+
+    def is_input(path: Path, skipped_dir: Path | None = None) -> bool:
+        if not is_audio(path) or (skipped_dir is not None and skipped_dir in path.resolve().parents):
+            return False
+        return not (path.is_file() and is_separated_track(path))  # a FIFO is never opened here
+
+    def search(folder: Path) -> list[Path]:
+        inside = output_dir is not None and folder.resolve() in output_dir.parents
+        return sorted(p for p in folder.rglob("*") if is_input(p, output_dir if inside else None))
+
     files, errors = [], []
     for name in inputs:
         path = Path(name)
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if is_audio(p))
+            found = search(path)
             if not found:
                 errors.append(f"{name}: folder holds no {'/'.join(s[1:] for s in AUDIO_EXTENSIONS)} file")
         elif os.path.lexists(path):
@@ -235,8 +275,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
             errors.append(f"{name}: {file_problem(path)}")
         elif any(char in name for char in "*?["):
             matches = sorted(Path(match) for match in glob.glob(name, recursive=True))
-            found = [m for m in matches if not m.is_dir()]
-            found += [p for m in matches if m.is_dir() for p in sorted(m.rglob("*")) if is_audio(p)]
+            found = [m for m in matches if not m.is_dir() and (is_input(m) or not is_audio_name(m))]
+            found += [p for m in matches if m.is_dir() for p in search(m)]
             if not found:
                 errors.append(f"{name}: matches no file")
         else:

@@ -14,6 +14,7 @@ reduced to that pair by `inference_config`, which keeps only the model. Nothing 
 """
 
 import dataclasses
+import functools
 import logging
 import re
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from speechbrain.inference.separation import SepformerSeparation
 from speechsep.errors import RecipeError
 from speechsep.inference import model_card
 from speechsep.models.speedups import speed_up
+from speechsep.output_files import text_content, write_files
 from speechsep.training.checkpoints import RobustCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
         masknet: !ref <masknet>
         decoder: !ref <decoder>
 """
+
+
+EXPORT_MARK = "# Exported by export.py"  # how an export's hyperparams.yaml begins: how --overwrite knows its own
 
 
 class ModelFolderError(RecipeError):
@@ -427,31 +432,52 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
         raise ModelFolderError(f"{model_dir}: the model uses {classes}, which SpeechBrain alone cannot build")
     model = build_model(ModelSource(config, source.weights_dir, source.description), fast=False)
     export_dir = Path(export_dir)
-    _check_export_target(export_dir, Path(model_dir), overwrite)
+    replacing = _check_export_target(export_dir, Path(model_dir), overwrite)
     export_dir.mkdir(parents=True, exist_ok=True)
     origin = Path(model_dir).resolve().name  # names only: an export holds no path of the machine it came from
     if from_run:
         origin += f", training checkpoint {source.weights_dir.name}"
     header = (
-        f"# Exported by export.py from {origin}.\n"
+        f"{EXPORT_MARK} from {origin}.\n"
         "# SepformerSeparation.from_hparams(source=<this folder>, savedir=<a folder>) loads it, and so does\n"
         "# `python separate.py --model <this folder> ...`.\n\n"
     )
-    (export_dir / HPARAMS_FILE).write_text(header + config)
-    for name in MODULE_NAMES:
-        torch.save(model.modules[name].state_dict(), export_dir / f"{name}.ckpt")
     checkpoint = source.weights_dir.name if from_run else None
     card = model_card.render(Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate, checkpoint)
-    (export_dir / "README.md").write_text(card)
+    writers = {
+        export_dir / f"{name}.ckpt": functools.partial(torch.save, model.modules[name].state_dict())
+        for name in MODULE_NAMES
+    }
+    writers[export_dir / "README.md"] = text_content(card)
+    writers[export_dir / HPARAMS_FILE] = text_content(header + config)  # last: it marks the folder an export
+    write_files(writers, overwrite=replacing)
     logger.info(f"Exported {source.description} to {export_dir}")
     return ModelSource(header + config, export_dir, f"{export_dir} (exported model)")
 
 
-def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> None:
-    """Refuse to write where files of the user's or of a run would be replaced."""
+def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> bool:
+    """Refuse to write where files of the user's or of a run would be replaced; returns whether an earlier
+    export is replaced (with `overwrite`: a folder whose hyperparams.yaml begins with `EXPORT_MARK`)."""
     if export_dir.exists() and not export_dir.is_dir():
         raise ModelFolderError(f"{export_dir} exists and is not a folder")
     if (export_dir / "save").is_dir() or export_dir.resolve() == model_dir.resolve():
         raise ModelFolderError(f"{export_dir} is a training run or the folder being exported: export to a new folder")
-    if export_dir.is_dir() and any(export_dir.iterdir()) and not overwrite:
+    if not export_dir.is_dir() or not any(export_dir.iterdir()):
+        return False
+    if not overwrite:
         raise ModelFolderError(f"{export_dir} is not empty: choose a new folder, or pass --overwrite to replace it")
+    if not _is_export(export_dir):
+        raise ModelFolderError(
+            f"{export_dir} holds files that export.py did not write: --overwrite replaces only an earlier export; "
+            "choose a new folder"
+        )
+    return True
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether a folder was written by `export_model` (its hyperparams.yaml begins with `EXPORT_MARK`)."""
+    try:
+        with open(folder / HPARAMS_FILE, encoding="utf-8") as file:
+            return file.readline().startswith(EXPORT_MARK)
+    except (OSError, UnicodeDecodeError):
+        return False

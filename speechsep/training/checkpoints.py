@@ -44,6 +44,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
 
+from speechsep.output_files import fsync_folder
+
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"  # `.CKPT+<name>.partial`: a checkpoint being written
@@ -249,18 +251,7 @@ def _fsync_tree(folder: pathlib.Path) -> None:
         if path.is_file():
             with open(path, "rb") as file:
                 os.fsync(file.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-    """Flush a folder's entries (a rename) to disk; POSIX only, a no-op elsewhere."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_folder(folder)
 
 
 def _publish(partial: pathlib.Path, final: pathlib.Path) -> None:
@@ -275,7 +266,7 @@ def _publish(partial: pathlib.Path, final: pathlib.Path) -> None:
         replaced = _hidden(final, REPLACED_SUFFIX)
         os.replace(final, replaced)
     os.replace(partial, final)
-    _fsync_dir(final.parent)
+    fsync_folder(final.parent)
     if replaced is not None:
         shutil.rmtree(replaced)
 
