@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from speechsep.data.audio_checks import printable
 from speechsep.errors import RecipeError
 from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs, input_failure
 from speechsep.inference.model_folder import load_separator
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     files, errors = expand_inputs(args.inputs, args.output_dir)
     for message in errors:
-        logger.error(f"error: {message}")
+        logger.error(f"error: {printable(message)}")
     failed = len(errors)
     inputs = {path.resolve() for path in files}
     written_by = {}  # output stem -> the input that wrote it, so that no input overwrites another's outputs
@@ -140,20 +141,20 @@ def main(argv: list[str] | None = None) -> int:
             path, separator.output_paths(path, args.output_dir), inputs, written_by, args.overwrite
         )
         if problem:
-            logger.error(f"error: {path}: {problem}")
+            logger.error(f"error: {printable(path)}: {printable(problem)}")
             failed += 1
             continue
         try:
             result = separator.separate_file(path, args.output_dir, overwrite=args.overwrite)
         except Exception as err:  # whatever goes wrong with one input is one line for it; the others go on
-            logger.debug(f"{path} failed", exc_info=True)
-            logger.error(f"error: {input_failure(path, err)}")
+            logger.debug(f"{printable(path)} failed", exc_info=True)
+            logger.error(f"error: {printable(input_failure(path, err))}")
             failed += 1
             continue
         written_by[path.stem] = path
         logger.info(
-            f"{path}: {result.seconds:.1f} s separated in {result.elapsed:.1f} s -> "
-            f"{', '.join(str(output) for output in result.outputs)}"
+            f"{printable(path)}: {result.seconds:.1f} s separated in {result.elapsed:.1f} s -> "
+            f"{', '.join(printable(output) for output in result.outputs)}"
         )
     if failed:
         logger.error(f"{failed} of {len(files) + len(errors)} inputs failed")

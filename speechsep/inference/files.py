@@ -19,7 +19,7 @@ import torch
 from speechbrain.inference.separation import SepformerSeparation
 
 from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, write_pcm16
-from speechsep.data.audio_checks import AudioCheckError, file_problem, read_blocks, read_header
+from speechsep.data.audio_checks import AudioCheckError, file_problem, printable, read_blocks, read_header
 from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
 from speechsep.inference.separation import separate_long, separate_shifted, with_mixture_consistency
@@ -203,7 +203,7 @@ class FileSeparator:
             peak = float(peaks.max())
             if peak > 1.0:  # never clip: every track down by the same factor, so their balance is kept
                 logger.info(
-                    f"{path.name}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB "
+                    f"{printable(path.name)}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB "
                     "to avoid clipping"
                 )
                 gains /= peak
