@@ -182,7 +182,14 @@ class Separation(sb.Brain):
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
-        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass."""
+        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass.
+
+        A stop during validation does not wait for its end (a launcher's grace period may be shorter): the
+        checkpoint says that this epoch's training is done, and the resumed run validates it.
+        """
+        if stage == sb.Stage.VALID and any_rank(self.stop_requested)[0]:
+            self.step = self.epoch_steps  # SpeechBrain counts the validation batches in it
+            self.stop_at_checkpoint()
         with self.evaluation_ctx:
             predictions = self.compute_forward(batch, stage)
         loss = self.compute_objectives(predictions, batch, stage)
@@ -239,6 +246,7 @@ class Separation(sb.Brain):
                 "skipped_batches": int(totals.batches_skipped),
                 "filtered_examples": round(totals.examples_filtered / max(totals.examples_seen, 1), 4),
             }
+            self.epoch_steps = self.step  # what a stop during validation saves
             return
 
         rows = gather_rows(self.eval_rows)
@@ -389,7 +397,7 @@ class Separation(sb.Brain):
     def stop_at_checkpoint(self):
         """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and stop the run (main exits 0).
 
-        The rerun of the same command resumes at the next batch of this epoch.
+        The rerun of the same command resumes at the next batch of this epoch (after the last, with its validation).
         """
         self._save_intra_epoch_ckpt()
         reason = self.stop_request.reason or "stop requested on another process"
