@@ -21,14 +21,16 @@ from tests.helpers import REPO, TINY_CONVTASNET, torchrun_command
 pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
 NUM_TRAIN = 40
+NUM_VALID = 60  # enough validation batches to stop in the middle of them
 LOADER_WORKERS = 3  # the configs' num_workers
 MODEL_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
 
 
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
-    """NUM_TRAIN training mixtures; valid and test sets of two, which these tests do not look at."""
-    return make_wsj0mix(tmp_path_factory.mktemp("data"), per_split={"tr": NUM_TRAIN, "cv": 2, "tt": 2}, seconds=0.5)
+    """NUM_TRAIN training and NUM_VALID validation mixtures; a test set of two, which these tests do not look at."""
+    counts = {"tr": NUM_TRAIN, "cv": NUM_VALID, "tt": 2}
+    return make_wsj0mix(tmp_path_factory.mktemp("data"), per_split=counts, seconds=0.5)
 
 
 def options(data_folder, output, **overrides) -> list[str]:
@@ -152,18 +154,24 @@ def test_sigterm_to_torchrun_checkpoints_records_it_and_the_rerun_ends_as_an_uni
     assert_same_weights(output, uninterrupted_ddp)
 
 
-def test_workers_of_a_torchrun_killed_by_sigusr1_checkpoint_stop_and_release_the_run_lock(data_folder, tmp_path):
-    """torchrun does not pass SIGUSR1 on: it dies of it, and its workers, noticing, stop as on a stop signal.
-    `interrupt_after` returns once the workers (which share torchrun's stderr) have ended."""
+def test_workers_of_a_torchrun_killed_by_sigusr1_in_validation_checkpoint_stop_and_the_rerun_ends_as_uninterrupted(
+    data_folder, uninterrupted_ddp, tmp_path
+):
+    """torchrun does not pass SIGUSR1 on: it dies of it, and its workers, noticing, stop as on a stop signal,
+    without waiting for the end of validation. `interrupt_after` returns once they (they share torchrun's
+    stderr) have ended."""
     output = tmp_path / "out"
-    process = interrupt_after(
-        ddp_command(data_folder, output), 3, lambda pid: os.kill(pid, signal.SIGUSR1), NUM_TRAIN // 2
-    )
+    command = ddp_command(data_folder, output)
+    process = interrupt_after(command, 3, lambda pid: os.kill(pid, signal.SIGUSR1), NUM_VALID // 2)
     assert process.returncode == -signal.SIGUSR1
     assert "the launcher (process" in (output / "log.txt").read_text()
-    assert stopped_at_step(output) < NUM_TRAIN // 2
+    assert stopped_at_step(output) == NUM_TRAIN // 2  # the epoch's training is done, its validation is not
     claim_output_folder(output)  # raises if a worker still held it
     release_output_folder(output)
+
+    rerun(command)
+    assert f"Resuming epoch 1 after batch {NUM_TRAIN // 2}" in (output / "log.txt").read_text()
+    assert_same_weights(output, uninterrupted_ddp)
 
 
 def test_kill_9_resumes_from_the_last_intra_epoch_checkpoint_with_the_same_total_steps(data_folder, tmp_path):
