@@ -400,7 +400,8 @@ class Separation(sb.Brain):
         The rerun of the same command resumes at the next batch of this epoch (after the last, with its validation).
         """
         self._save_intra_epoch_ckpt()
-        reason = self.stop_request.reason or "stop requested on another process"
+        request = self.stop_request  # asked again: the launcher may have gone since this process last looked
+        reason = request.reason if request.requested else "stop requested on another process"
         raise StopRequested(f"{reason}: saved a checkpoint at epoch step {self.step}")
 
     # ---------------------------------------------------------------- test helpers

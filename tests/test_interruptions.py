@@ -164,7 +164,6 @@ def test_workers_of_a_torchrun_killed_by_sigusr1_in_validation_checkpoint_stop_a
     command = ddp_command(data_folder, output)
     process = interrupt_after(command, 3, lambda pid: os.kill(pid, signal.SIGUSR1), NUM_VALID // 2)
     assert process.returncode == -signal.SIGUSR1
-    assert "the launcher (process" in (output / "log.txt").read_text()
     assert stopped_at_step(output) == NUM_TRAIN // 2  # the epoch's training is done, its validation is not
     claim_output_folder(output)  # raises if a worker still held it
     release_output_folder(output)
