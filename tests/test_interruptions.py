@@ -21,7 +21,7 @@ from tests.helpers import REPO, TINY_CONVTASNET, torchrun_command
 pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 
 NUM_TRAIN = 40
-NUM_VALID = 60  # enough validation batches to stop in the middle of them
+NUM_VALID = 8  # 4 per rank under DDP: one to stop in the middle of validation
 LOADER_WORKERS = 3  # the configs' num_workers
 MODEL_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
 
@@ -50,10 +50,10 @@ def train_command(data_folder, output, **overrides) -> list[str]:
     return [sys.executable, "train.py", *options(data_folder, output, **overrides)]
 
 
-def ddp_command(data_folder, output) -> list[str]:
+def ddp_command(data_folder, output, script="train.py") -> list[str]:
     """Two gloo processes on CPU under torchrun, with the configs' loader workers."""
     train_options = options(data_folder, output, num_workers=LOADER_WORKERS)
-    return torchrun_command("train.py", *train_options, "--distributed_backend=gloo", "--device=cpu")
+    return torchrun_command(script, *train_options, "--distributed_backend=gloo", "--device=cpu")
 
 
 def interrupt_after(command, batches: int, send_signal, steps=NUM_TRAIN, env=None) -> subprocess.Popen:
@@ -158,17 +158,19 @@ def test_workers_of_a_torchrun_killed_by_sigusr1_in_validation_checkpoint_stop_a
     data_folder, uninterrupted_ddp, tmp_path
 ):
     """torchrun does not pass SIGUSR1 on: it dies of it, and its workers, noticing, stop as on a stop signal,
-    without waiting for the end of validation. `interrupt_after` returns once they (they share torchrun's
-    stderr) have ended."""
+    without waiting for the end of validation (rank 0 kills it there: tests/ddp_train_and_dump.py). The run
+    returns once the workers, which share torchrun's stderr, have ended."""
     output = tmp_path / "out"
-    command = ddp_command(data_folder, output)
-    process = interrupt_after(command, 3, lambda pid: os.kill(pid, signal.SIGUSR1), NUM_VALID // 2)
-    assert process.returncode == -signal.SIGUSR1
+    killing = ddp_command(data_folder, output, script="tests/ddp_train_and_dump.py")
+    env = {**os.environ, "DDP_TEST_KILL_LAUNCHER_AT_VALID_STEP": "2"}
+    result = subprocess.run(killing, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == -signal.SIGUSR1, result.stderr[-3000:]
+    assert "the launcher (process" in (output / "log.txt").read_text()
     assert stopped_at_step(output) == NUM_TRAIN // 2  # the epoch's training is done, its validation is not
     claim_output_folder(output)  # raises if a worker still held it
     release_output_folder(output)
 
-    rerun(command)
+    rerun(ddp_command(data_folder, output))
     assert f"Resuming epoch 1 after batch {NUM_TRAIN // 2}" in (output / "log.txt").read_text()
     assert_same_weights(output, uninterrupted_ddp)
 
