@@ -15,7 +15,6 @@ import logging
 import math
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -70,6 +69,7 @@ from speechsep.training.losses import pit_si_snr_loss, true_lengths
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
+from speechsep.training.stop_signals import StopRequest, loader_workers_leave_stop_signals, record_stop_checkpoint
 
 logger = logging.getLogger(__name__)
 MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
@@ -106,11 +106,11 @@ class Separation(sb.Brain):
 
     train_dataset = None
     test_set_size = math.inf  # until the test loader is made (batches evaluated directly, as in the tests)
-    stop_requested = False  # set by the SIGTERM/SIGUSR1 handler installed in main()
     scored = None  # what the test stage scores: the "epoch" and "checkpoint" or the "model", "data_folder", "test_data"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.stop_request = StopRequest.for_this_process()  # main() installs its signal handlers
         clip = self.hparams.clip_grad_norm
         self.max_grad_norm = clip if clip > 0 else float("inf")  # what SpeechBrain's optimizers_step clips to
         self.epoch_stats = EpochStatistics()
@@ -182,7 +182,14 @@ class Separation(sb.Brain):
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
-        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass."""
+        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass.
+
+        A stop during validation does not wait for its end (a launcher's grace period may be shorter): the
+        checkpoint says that this epoch's training is done, and the resumed run validates it.
+        """
+        if stage == sb.Stage.VALID and any_rank(self.stop_requested)[0]:
+            self.step = self.epoch_steps  # SpeechBrain counts the validation batches in it
+            self.stop_at_checkpoint()
         with self.evaluation_ctx:
             predictions = self.compute_forward(batch, stage)
         loss = self.compute_objectives(predictions, batch, stage)
@@ -239,6 +246,7 @@ class Separation(sb.Brain):
                 "skipped_batches": int(totals.batches_skipped),
                 "filtered_examples": round(totals.examples_filtered / max(totals.examples_seen, 1), 4),
             }
+            self.epoch_steps = self.step  # what a stop during validation saves
             return
 
         rows = gather_rows(self.eval_rows)
@@ -285,13 +293,16 @@ class Separation(sb.Brain):
             raise OutputError(f"cannot write {save_file}: {err.strerror or err}") from None
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
-        """Remember the training dataset (it is told the epoch before each epoch's workers start) and the size of
-        the test set (the audio examples are chosen among its examples)."""
+        """SpeechBrain's loaders, whose worker processes leave the stop signals to this one.
+
+        The training dataset is remembered (it is told the epoch before each epoch's workers start), and the size
+        of the test set (the audio examples are chosen among its examples).
+        """
         if stage == sb.Stage.TRAIN:
             self.train_dataset = dataset
         elif stage == sb.Stage.TEST:
             self.test_set_size = len(dataset)
-        return super().make_dataloader(dataset, stage, **loader_kwargs)
+        return super().make_dataloader(dataset, stage, **loader_workers_leave_stop_signals(loader_kwargs))
 
     # ---------------------------------------------------------------- signals and separation
     def batch_signals(self, batch):
@@ -378,13 +389,20 @@ class Separation(sb.Brain):
             return None, f"loss {loss.detach().item():.3g} >= loss_upper_lim {hp.loss_upper_lim}"
         return loss, None
 
+    @property
+    def stop_requested(self) -> bool:
+        """This process got SIGTERM/SIGUSR1 (preemption, time limit), or its torchrun launcher is gone."""
+        return self.stop_request.requested
+
     def stop_at_checkpoint(self):
         """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and stop the run (main exits 0).
 
-        The rerun of the same command resumes at the next batch of this epoch.
+        The rerun of the same command resumes at the next batch of this epoch (after the last, with its validation).
         """
         self._save_intra_epoch_ckpt()
-        raise StopRequested(f"saved a checkpoint at epoch step {self.step}")
+        request = self.stop_request  # asked again: the launcher may have gone since this process last looked
+        reason = request.reason if request.requested else "stop requested on another process"
+        raise StopRequested(f"{reason}: saved a checkpoint at epoch step {self.step}")
 
     # ---------------------------------------------------------------- test helpers
     def score(self, predictions, est_sources, snt_ids):
@@ -754,8 +772,7 @@ def train_and_test(argv):
         checkpointer=checkpointer,
     )
     # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): checkpoint, then exit 0.
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, lambda *_: setattr(separator, "stop_requested", True))
+    separator.stop_request.install_handlers()
     logger.info(
         f"Effective batch size: {hparams['batch_size']} per process x {world_size()} processes x "
         f"{separator.grad_accumulation_factor} accumulation steps = "
@@ -777,6 +794,8 @@ def train_and_test(argv):
                 valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
             )
         except StopRequested as stop:  # the rerun of the same command resumes from that checkpoint
+            if if_main_process():
+                record_stop_checkpoint(checkpointer.find_checkpoint().path)  # the newest: the one just saved
             logger.info(f"Stop requested: {stop}; exiting")
             sys.exit(0)
         if separator.optimizer_step == 0:  # an untrained model must not be reported as a result

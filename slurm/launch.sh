@@ -28,6 +28,7 @@ command=(
   python -m torch.distributed.run
   --nnodes="$nnodes" --node_rank="$node_rank" --nproc_per_node="$gpus"
   --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$master_port" --rdzv_id="$job_id"
+  --signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1  # passed on to the workers; SIGUSR1 would kill torchrun
   train.py "$@"
 )
 if [[ $dry_run == 1 ]]; then

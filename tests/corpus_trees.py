@@ -35,18 +35,27 @@ def _write_example(folders: dict[str, Path], name: str, rng, num_spks, sample_ra
 
 
 def make_wsj0mix(
-    root: Path, num_spks=2, sample_rate=8000, mode="min", per_split=4, seconds=1.0, seed=0, length_spread=0.2
+    root: Path,
+    num_spks=2,
+    sample_rate=8000,
+    mode="min",
+    per_split: int | dict[str, int] = 4,
+    seconds=1.0,
+    seed=0,
+    length_spread=0.2,
 ) -> Path:
     """`<root>/{2,3}speakers/wav8k/min/{tr,cv,tt}/{mix,s1,s2[,s3]}/*.wav`; returns the speakers folder.
 
+    `per_split` is the number of examples of every split, or of each, e.g. {"tr": 40, "cv": 2, "tt": 2}.
     Examples last `seconds` give or take `length_spread` (relative); 0 makes batches without padding.
     """
+    counts = per_split if isinstance(per_split, dict) else dict.fromkeys(("tr", "cv", "tt"), per_split)
     rng = np.random.default_rng(seed)
     data_folder = Path(root) / f"{num_spks}speakers"
     base = data_folder / f"wav{sample_rate // 1000}k" / mode
-    for split in ("tr", "cv", "tt"):
+    for split, count in counts.items():
         folders = {"mix": base / split / "mix", **{f"s{k}": base / split / f"s{k}" for k in range(1, num_spks + 1)}}
-        for i in range(per_split):
+        for i in range(count):
             _write_example(
                 folders,
                 f"{split}_{i:03d}_mix",

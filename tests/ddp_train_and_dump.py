@@ -4,12 +4,14 @@ torchrun --nproc_per_node=2 tests/ddp_train_and_dump.py hparams/X.yaml --distrib
 
 Every rank writes `training_rank<rank>.json` to the output folder: `batch_losses`, the loss of each batch it
 back-propagated as [epoch, loss] pairs; `train_si_snr`, each epoch's logged train SI-SNR; `lr`, each epoch's
-learning rate. Two injections, read from the environment by this worker only:
+learning rate. Injections, read from the environment by this worker only:
 
 - DDP_TEST_STOP_AT_STEP=k: rank 0 sends itself SIGUSR1 before step k of epoch 1 (every rank must stop there);
   once that run has stopped, train.main runs again in the same processes and process group, and resumes from
   its checkpoint as the rerun of the same command would.
 - DDP_TEST_RANK1_EPOCH_MINUTES=m: the budget's clock on rank 1 says that each epoch lasted m minutes.
+- DDP_TEST_KILL_LAUNCHER_AT_VALID_STEP=k: rank 0 kills its launcher (torchrun) with SIGUSR1, which torchrun does
+  not pass on, before validation step k of epoch 1, and goes on once it has been handed to another parent.
 """
 
 import itertools
@@ -17,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -65,6 +68,21 @@ def stop_before(step: int) -> None:
     train.Separation.fit_batch = signalling
 
 
+def kill_launcher_in_validation(step: int) -> None:
+    """Rank 0 sends its launcher SIGUSR1 before validation step `step` of epoch 1, and waits until it is gone."""
+    evaluate_batch = train.Separation.evaluate_batch
+
+    def killing(self, batch, stage):
+        if RANK == 0 and stage == sb.Stage.VALID and self.hparams.epoch_counter.current == 1 and self.step == step:
+            launcher = os.getppid()
+            os.kill(launcher, signal.SIGUSR1)
+            while os.getppid() == launcher:  # the launcher's death, not a duration
+                time.sleep(0.01)
+        return evaluate_batch(self, batch, stage)
+
+    train.Separation.evaluate_batch = killing
+
+
 def slow_clock_on_rank1(epoch_minutes: float) -> None:
     """Rank 1's budget reads a clock that advances `epoch_minutes` per reading (one at the start of an epoch,
     one at its end)."""
@@ -91,6 +109,8 @@ if __name__ == "__main__":
     record_training(record)
     if os.environ.get("DDP_TEST_RANK1_EPOCH_MINUTES"):
         slow_clock_on_rank1(float(os.environ["DDP_TEST_RANK1_EPOCH_MINUTES"]))
+    if os.environ.get("DDP_TEST_KILL_LAUNCHER_AT_VALID_STEP"):
+        kill_launcher_in_validation(int(os.environ["DDP_TEST_KILL_LAUNCHER_AT_VALID_STEP"]))
     separator = main(sys.argv[1:])
     output = Path(separator.hparams.output_folder)
     state = {name: p.detach().cpu() for name, p in separator.modules.state_dict().items()}  # checkpoint layout
