@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from speechsep.output_files import write_text
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STOP_RECORD_VARIABLE = "SPEECHSEP_STOP_RECORD"  # a file that the path of the stop's checkpoint is written to
 LAUNCHER_PID = os.getppid()  # this process's parent when it was started (its launcher under torchrun)
@@ -92,4 +94,4 @@ def record_stop_checkpoint(checkpoint: Path | None) -> None:
     """Write the path of the checkpoint that an honoured stop saved to `$SPEECHSEP_STOP_RECORD`, if it is set."""
     record = os.environ.get(STOP_RECORD_VARIABLE)
     if record and checkpoint is not None:
-        Path(record).write_text(f"{checkpoint}\n")
+        write_text(record, f"{checkpoint}\n", overwrite=True)
