@@ -68,7 +68,7 @@ def interrupt_after(command, batches: int, send_signal, steps=NUM_TRAIN, env=Non
         assert chunk, f"training ended before it could be interrupted: {seen[-2000:]}"
         seen += chunk
     send_signal(process.pid)
-    process.communicate(timeout=120)
+    process.stderr_text = seen + process.communicate(timeout=120)[1]
     return process
 
 
@@ -139,13 +139,14 @@ def test_sigterm_to_the_process_group_checkpoints_exits_0_and_the_rerun_ends_as_
 def test_sigterm_to_torchrun_checkpoints_records_it_and_the_rerun_ends_as_an_uninterrupted_run(
     data_folder, uninterrupted_ddp, tmp_path
 ):
-    """torchrun itself exits 1 (its agent re-raises the signal after the workers have stopped); the record
-    of the checkpoint tells slurm/run_job.sh that the stop was honoured."""
+    """torchrun itself fails (1: its agent re-raises the signal after the workers have stopped; on a loaded
+    machine it has also died of SIGABRT while shutting down); the record of the checkpoint tells
+    slurm/run_job.sh that the stop was honoured."""
     output, record = tmp_path / "out", tmp_path / "stop_record"
     command = ddp_command(data_folder, output)
     env = {**os.environ, STOP_RECORD_VARIABLE: str(record)}
     process = interrupt_after(command, 3, lambda pid: os.kill(pid, signal.SIGTERM), NUM_TRAIN // 2, env)
-    assert process.returncode == 1
+    assert process.returncode in (1, -signal.SIGABRT), process.stderr_text[-3000:]
     stopped_at = stopped_at_step(output)
     assert record.read_text().strip() == str(final_checkpoint(output))
 
