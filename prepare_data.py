@@ -21,20 +21,22 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from speechsep.data.audio import is_audio_name
 from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, printable
 from speechsep.errors import RecipeError
-from speechsep.output_files import write_csv, write_text
+from speechsep.output_files import csv_content, text_content, write_csv, write_files
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 OPTIONS_FILE = "prepare_options.json"
 SKIPPED_FILE = "skipped_files.csv"
+SKIPPED_COLUMNS = ["split", "mixture", "reason"]
 WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}  # WHAM! and WHAMR! too
 LIBRIMIX_SPLITS = {"valid": "dev", "test": "test"}
 AISHELL1MIX_SPLITS = {"train": "train", "valid": "dev", "test": "test"}
@@ -373,6 +375,7 @@ class PrepareOptions:
     skip_bad_files: bool
     task: str = "separation"
     min_samples: int = 1
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))  # a --test_only run prepares "test" alone
 
 
 def _manifests_are_current(options_path: Path, options: PrepareOptions, fingerprint: dict) -> bool:
@@ -409,13 +412,19 @@ def prepare_data(
     skip_bad_files: bool = False,
     task: str = "separation",
     min_samples: int = 1,
+    splits: Sequence[str] = SPLITS,
 ) -> dict[str, Path]:
-    """Write `<save_folder>/{train,valid,test}.csv` for the tree in `data_folder`; return their paths.
+    """Write `<save_folder>/<split>.csv` for each of `splits` of the tree in `data_folder`; return their paths.
 
     `min_samples`: the model's shortest input (`speechsep.models.filterbank.shortest_input`); shorter mixtures
-    are bad items, found now rather than when the test stage reaches them after training.
+    are bad items, found now rather than when the test stage reaches them after training. The manifests, the
+    list of skipped items and `prepare_options.json` are written as one group (`output_files.write_files`):
+    a failed write leaves the previous ones as they were, which do not match the new options or tree.
     """
     check_num_spks(num_spks, task)
+    splits = list(splits)
+    if not splits or any(split not in SPLITS for split in splits):
+        raise DataPreparationError(f"splits must be some of {list(SPLITS)}, got {splits}")
     data_folder = Path(data_folder).resolve()
     save_folder = Path(save_folder)
     layout = detect_layout(data_folder)
@@ -431,41 +440,62 @@ def prepare_data(
         skip_bad_files,
         task,
         min_samples,
+        splits,
     )
     folders = split_folders(
         data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise, task
     )
+    folders = {split: folders[split] for split in splits}
     fingerprint = tree_fingerprint(data_folder, folders)
-    csv_paths = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    csv_paths = {split: save_folder / f"{split}.csv" for split in splits}
     options_path = save_folder / OPTIONS_FILE
     manifests_exist = all(p.is_file() for p in [options_path, *csv_paths.values()])
     if manifests_exist and _manifests_are_current(options_path, options, fingerprint):
         return csv_paths
+    make_save_folder(save_folder)  # before the walk, which takes minutes on a full corpus
 
     skipped: list[dict] | None = [] if skip_bad_files else None
     requirements = AudioRequirements(sample_rate=sample_rate, mono=True, min_samples=min_samples)
-    manifests = {split: _manifest_rows(split, folders[split], data_folder, requirements, skipped) for split in SPLITS}
-
-    save_folder.mkdir(parents=True, exist_ok=True)
-    options_path.unlink(missing_ok=True)  # written last: a crash below leaves no stale "match"
-    (save_folder / SKIPPED_FILE).unlink(missing_ok=True)  # a list from an earlier preparation would mislead
+    manifests = {split: _manifest_rows(split, folders[split], data_folder, requirements, skipped) for split in splits}
     for split, rows in manifests.items():
         if not rows:
             raise DataPreparationError(f"no usable mixtures for the {split} split in {data_folder}")
-        write_csv(csv_paths[split], rows, overwrite=True)
+
+    outputs = {csv_paths[split]: csv_content(rows) for split, rows in manifests.items()}
+    if skipped:
+        outputs[save_folder / SKIPPED_FILE] = csv_content(skipped, SKIPPED_COLUMNS)
+    # Named last: the options say that the manifests beside them are current.
+    outputs[options_path] = text_content(json.dumps({**asdict(options), "tree": fingerprint}, indent=1))
+    write_files(outputs, overwrite=True)
+    if not skipped:  # a list from an earlier preparation would mislead
+        (save_folder / SKIPPED_FILE).unlink(missing_ok=True)
+    for split, rows in manifests.items():
         hours = sum(row["duration"] for row in rows) / 3600
         logger.info(f"{split}: {len(rows)} mixtures, {hours:.2f} h -> {csv_paths[split]}")
     if skipped:
-        write_skipped_list(save_folder, skipped)
-    write_text(options_path, json.dumps({**asdict(options), "tree": fingerprint}, indent=1), overwrite=True)
+        _log_skipped(save_folder / SKIPPED_FILE, len(skipped))
     return csv_paths
+
+
+def make_save_folder(save_folder: Path) -> None:
+    """Create `save_folder` (and its parents), or fail in one line naming it."""
+    try:
+        save_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataPreparationError(
+            f"save_folder {save_folder} cannot be created ({err.strerror or err}); choose another folder"
+        ) from None
 
 
 def write_skipped_list(save_folder: Path, skipped: list[dict]) -> None:
     """`<save_folder>/skipped_files.csv`: split, mixture and reason of each item `skip_bad_files` left out."""
     report = Path(save_folder) / SKIPPED_FILE
-    write_csv(report, skipped, ["split", "mixture", "reason"], overwrite=True)
-    logger.warning(f"Skipped {len(skipped)} bad mixtures (skip_bad_files=True); list in {report}")
+    write_csv(report, skipped, SKIPPED_COLUMNS, overwrite=True)
+    _log_skipped(report, len(skipped))
+
+
+def _log_skipped(report: Path, count: int) -> None:
+    logger.warning(f"Skipped {count} bad mixtures (skip_bad_files=True); list in {report}")
 
 
 def main() -> None:
@@ -485,8 +515,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         paths = prepare_data(**vars(args))
-    except DataPreparationError as err:
+    except RecipeError as err:  # output_files.OutputError too
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # a tree or folder that cannot be read
+        raise SystemExit(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}") from None
     for split, path in paths.items():
         print(f"{split}: {path}")
 

@@ -1,6 +1,9 @@
 """prepare_data.py on small generated WSJ0Mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix and custom trees."""
 
 import csv
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import soundfile as sf
 from prepare_data import DataPreparationError, detect_layout, prepare_data
 from speechsep.data.manifests import separation_dataset
 from tests.corpus_trees import make_aishell1mix, make_custom, make_librimix, make_wham, make_whamr, make_wsj0mix
+from tests.helpers import REPO, limit_file_size
 
 
 def read_csv(path):
@@ -401,3 +405,38 @@ def test_enhancement_both_on_a_tree_without_clean_mixtures_is_one_line(tmp_path,
     data = make_tree(tmp_path, per_split=1)
     with pytest.raises(DataPreparationError, match=f"^{data} {message}"):
         prepare_data(data, tmp_path / "save", num_spks=1, use_wham_noise=True, task="enhancement_both")
+
+
+def test_manifest_write_failure_is_one_line_and_keeps_the_previous_manifests_with_their_options(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=2)
+    save = tmp_path / "save"
+    prepare_data(data, save)
+    before = {path.name: path.read_bytes() for path in save.iterdir()}
+    os.utime(data / "wav8k/min/tt/mix/tt_000_mix.wav", ns=(0, 0))  # the tree changed: prepare again
+    result = subprocess.run(
+        [sys.executable, "prepare_data.py", str(data), str(save)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size(100),
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"error: cannot write {save / 'train.csv'}: ")
+    assert {path.name: path.read_bytes() for path in save.iterdir()} == before
+
+
+@pytest.mark.parametrize("save_folder", ["a_file", "a_file/sub"])
+def test_save_folder_that_cannot_be_created_is_one_line_naming_it(tmp_path, save_folder):
+    data = make_wsj0mix(tmp_path, per_split=1)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    with pytest.raises(DataPreparationError, match=f"save_folder {tmp_path / save_folder} cannot be created"):
+        prepare_data(data, tmp_path / save_folder)
+
+
+def test_splits_prepares_only_those_manifests(tmp_path):
+    data = make_wsj0mix(tmp_path, per_split=1)
+    paths = prepare_data(data, tmp_path / "save", splits=["test"])
+    assert list(paths) == ["test"]
+    assert sorted(path.name for path in (tmp_path / "save").iterdir()) == ["prepare_options.json", "test.csv"]
