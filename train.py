@@ -27,6 +27,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_m
 
 from prepare_data import (
     REVERBERANT_LAYOUTS,
+    SPLITS,
     DataPreparationError,
     check_num_spks,
     detect_layout,
@@ -76,6 +77,7 @@ MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
 TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
 TEST_RESULTS = "test_results.csv"  # in results_folder, with test_results_summary.json and audio/
 TEST_RECORD = "test_" + HPARAMS_FILE  # the config of a --test_only evaluation, beside its results
+TEST_ONLY_MANIFESTS = "test_manifest"  # in results_folder: the manifest a --test_only evaluation prepares
 AUDIO_EXAMPLE = re.compile(r".+_(mix|source\d+|source\d+hat)\.wav")  # results_folder/audio/, see save_audio
 
 
@@ -215,8 +217,8 @@ class Separation(sb.Brain):
             self.scored = {"epoch": hp.epoch_counter.current, "checkpoint": name}
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
-        self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data))  # a manifest of save/ is
-        # rewritten from the data_folder of each run, --test_only's too: both say which test set
+        # --test_only prepares its own manifest from its data_folder (`manifest_folder`): both say which test set
+        self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data))
         run_on_main(remove_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
 
     def on_stage_start(self, stage, epoch=None):
@@ -645,12 +647,13 @@ def prepare_experiment(argv):
 
     sb.utils.distributed.ddp_init_group(run_opts)
     create_experiment_directory(hparams["output_folder"])
-    if not hparams["skip_prep"]:  # with --test_only too: the test manifest comes from the same tree
+    if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
+        prepared = manifest_folder(hparams, test_only)
         run_on_main(
             prepare_data,
             kwargs=dict(
                 data_folder=hparams["data_folder"],
-                save_folder=hparams["save_folder"],
+                save_folder=prepared,
                 num_spks=hparams["num_spks"],
                 sample_rate=hparams["sample_rate"],
                 mode=hparams["mixture_mode"],
@@ -659,8 +662,11 @@ def prepare_experiment(argv):
                 skip_bad_files=hparams["skip_bad_files"],
                 task=hparams.get("task", "separation"),
                 min_samples=min_samples,
+                splits=["test"] if test_only else SPLITS,
             ),
         )
+        if test_only and Path(hparams["test_data"]) == Path(hparams["save_folder"], "test.csv"):  # the config's own
+            hparams["test_data"] = str(prepared / "test.csv")
     if hparams["dynamic_mixing"] and not test_only:
         run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
     if test_only:  # written with the results it describes (TEST_RECORD); the training record stays as it was
@@ -670,11 +676,17 @@ def prepare_experiment(argv):
     return hparams, run_opts, dataio_prep(hparams, test_only)
 
 
+def manifest_folder(hparams: dict, test_only: bool) -> Path:
+    """Where the run writes the manifests it prepares or filters: its `save_folder`, or with --test_only a folder
+    of its `results_folder`, so that scoring other data leaves the manifests a resumed training reads as they are."""
+    return Path(hparams["results_folder"], TEST_ONLY_MANIFESTS) if test_only else Path(hparams["save_folder"])
+
+
 def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
     """With `skip_prep`, check the audio of the manifests the run reads as prepare_data.py checks a tree's (rate,
     mono, lengths, the model's shortest input, finite, no silent reference, test IDs that are safe file names):
     one line naming the CSV line before any training. With `skip_bad_files`, the bad rows are left out instead
-    (the run reads `<save_folder>/<key>_usable.csv`) and listed in `<save_folder>/skipped_files.csv`."""
+    (the run reads `<key>_usable.csv`) and listed in `skipped_files.csv`, both in `manifest_folder`."""
     requirements = AudioRequirements(sample_rate=hparams["sample_rate"], mono=True, min_samples=min_samples)
     keys = ["valid_data", "test_data"] if not test_only else ["test_data"]
     if not (test_only or hparams["dynamic_mixing"]):
@@ -691,12 +703,12 @@ def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
             skip_bad=hparams["skip_bad_files"],
         )
         if bad:
-            usable = Path(hparams["save_folder"]) / f"{key}_usable.csv"
+            usable = manifest_folder(hparams, test_only) / f"{key}_usable.csv"
             write_manifest_without(hparams[key], set(bad), usable)
             hparams[key] = str(usable)
             skipped += [{"split": key, "mixture": example_id, "reason": reason} for example_id, reason in bad.items()]
     if skipped and if_main_process():
-        write_skipped_list(Path(hparams["save_folder"]), skipped)
+        write_skipped_list(manifest_folder(hparams, test_only), skipped)
 
 
 def create_experiment_directory(folder: str) -> None:

@@ -34,6 +34,9 @@ def last_line(result: subprocess.CompletedProcess) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+MANIFEST_FILES = ("train.csv", "valid.csv", "test.csv", "prepare_options.json")
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a folder with its bytes (but the lock's owner record), to show that a refused command
     changed nothing."""
@@ -200,12 +203,15 @@ def test_a_rerun_on_other_data_is_refused_but_testing_on_it_is_not(run_copy, dat
     result = run_train(run_copy, other)
     assert result.returncode != 0
     assert f"data_folder: {data_folder} -> {other}" in last_line(result)
+    manifests = {name: (run_copy / "save" / name).read_bytes() for name in MANIFEST_FILES}
 
     tested = run_train(run_copy, other, "--test_only", results_folder=tmp_path / "other_eval")
     assert tested.returncode == 0, tested.stdout[-2000:]
+    assert {name: (run_copy / "save" / name).read_bytes() for name in MANIFEST_FILES} == manifests  # a resume's
     assert (tmp_path / "other_eval" / "test_results.csv").is_file()
     scored = json.loads((tmp_path / "other_eval" / "test_results_summary.json").read_text())["scored"]
     assert (run_copy / "save" / scored["checkpoint"]).is_dir() and scored["data_folder"] == str(other)
+    assert scored["test_data"] == str(tmp_path / "other_eval" / train.TEST_ONLY_MANIFESTS / "test.csv")
     log_line = (run_copy / "train_log.txt").read_text().splitlines()[-1]
     assert f"checkpoint: {scored['checkpoint']}, data_folder: {other}," in log_line
 
