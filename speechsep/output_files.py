@@ -140,7 +140,7 @@ def _create_temporary(target: Path) -> Path:
     try:
         os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as err:
-        raise _write_failed(target, err) from None
+        raise write_failed(target, err) from None
     return temporary
 
 
@@ -151,7 +151,7 @@ def _run_writer(write: Writer, temporary: Path, target: Path) -> None:
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
     except (OSError, RuntimeError) as err:  # soundfile and torch.save report a full disk as RuntimeError
-        raise _write_failed(target, err) from None
+        raise write_failed(target, err) from None
 
 
 def _give_name(temporary: Path, target: Path, overwrite: bool) -> None:
@@ -177,7 +177,7 @@ def _give_name(temporary: Path, target: Path, overwrite: bool) -> None:
                 target.unlink(missing_ok=True)  # the claim, still empty
                 raise
     except OSError as err:
-        raise _write_failed(target, err) from None
+        raise write_failed(target, err) from None
 
 
 def _remove_stale_temporaries(target: Path) -> None:
@@ -219,7 +219,8 @@ def fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _write_failed(target: Path, err: BaseException) -> OutputError:
+def write_failed(target: Path, err: BaseException) -> OutputError:
+    """The one-line OutputError of a failed write of `target`; public for the few writers that write in place."""
     if isinstance(err, OSError) and err.strerror:
         reason = err.strerror
     else:

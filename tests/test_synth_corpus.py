@@ -6,6 +6,9 @@ import csv
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from speechsep.corpus.synth_noise import coloured_noise, mains_hum
 from speechsep.corpus.voices import ENGLISH_ACCENTS, FEMALE_VARIANTS, MALE_VARIANTS, OTHER_LANGUAGES
 from speechsep.data.loudness import measure_loudness, normalize_loudness
 from speechsep.evaluation.report import improvement_by_gender_pairing
+from tests.helpers import REPO, limit_file_size
 
 TINY = SIZE_PRESETS["tiny"]
 LOUDNESS_TOLERANCE = 0.2  # LU: PCM_16 rounding and the clipping guard's 0.9 peak
@@ -283,6 +287,23 @@ def test_other_options_fail_unless_overwrite_and_other_seed_differs(tmp_path):
     second = synthesize_corpus(tmp_path, num_workers=2, seed=1, overwrite=True, **TINY)
     assert json.loads((second / synth_corpus.MANIFEST_NAME).read_text())["options"]["seed"] == 1
     assert not set(_wav_digests(second).values()) & set(first_digests.values())
+
+
+def test_a_write_that_fails_in_a_worker_is_one_error_line_naming_the_file(tmp_path):
+    command = [sys.executable, "-m", "speechsep.corpus.synth_corpus", str(tmp_path), "--size=tiny", "--num-workers=1"]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size(10240),  # the manifest fits, an utterance does not
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    failed = tmp_path / "MiniLibri2Mix" / "sources" / "train" / "spk000" / "spk000_0000.wav"
+    assert result.stderr.splitlines()[-1].startswith(f"error: cannot write {failed}: File too large"), result.stderr
+    assert not failed.exists()
 
 
 def test_three_speakers_at_16k_in_max_mode(tmp_path):

@@ -59,7 +59,7 @@ from speechsep.corpus.options import (
 from speechsep.corpus.utterances import synthesize_speakers
 from speechsep.corpus.voices import design_speakers
 from speechsep.locking import LockHeld, acquire, release
-from speechsep.output_files import write_csv, write_text
+from speechsep.output_files import OutputError, write_csv, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -361,8 +361,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     start = time.perf_counter()
     try:
         root = synthesize_corpus(output_dir, **keywords)
+    except OutputError as error:  # a file that could not be written, in this process or a worker
+        parser.exit(1, f"error: {error}\n")
     except (ValueError, FileExistsError) as error:  # bad options or an occupied folder
         parser.exit(2, f"error: {error}\n")
+    except OSError as error:  # a folder that cannot be made or removed (a failed write is an OutputError)
+        parser.exit(1, f"error: {error}\n")
     options = CorpusOptions(**(_read_manifest(root) or {})["options"])
     summary = (_read_manifest(root) or {}).get("summary", {})
     print(f"Corpus:   {root}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -28,6 +29,7 @@ from speechsep.corpus.sentences import make_sentence
 from speechsep.corpus.voice_variation import add_breath, colour_recording, warp_time
 from speechsep.corpus.voices import SyntheticSpeaker
 from speechsep.data.loudness import normalize_loudness
+from speechsep.output_files import write_failed
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +96,21 @@ def to_pcm16(waveform: np.ndarray) -> np.ndarray:
 
 
 def write_int16_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:
-    """Write int16 samples as a PCM_16 WAV file.
+    """Write int16 samples as a PCM_16 WAV file; a failed write removes its part and raises an OutputError.
 
-    Encoded in memory first: closing a real file makes libsndfile fsync it, which costs
-    milliseconds per file, and the corpus has tens of thousands of them.
+    Encoded in memory first and written in place, not through `output_files.write_file`: closing a real file
+    makes libsndfile fsync it, and a temporary name plus fsync cost milliseconds per file, where the corpus has
+    tens of thousands of them. Its manifest is marked complete only after the last one, so a rerun replaces a
+    corpus whose generation failed.
     """
     buffer = io.BytesIO()
     sf.write(buffer, pcm, sample_rate, format="WAV", subtype="PCM_16")
-    path.write_bytes(buffer.getvalue())
+    try:
+        path.write_bytes(buffer.getvalue())
+    except OSError as err:  # a full disk, a file size limit: one line naming the file, from a worker process too
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise write_failed(path, err) from None
 
 
 def read_float(path: Path) -> np.ndarray:
