@@ -289,6 +289,24 @@ def test_other_options_fail_unless_overwrite_and_other_seed_differs(tmp_path):
     assert not set(_wav_digests(second).values()) & set(first_digests.values())
 
 
+def test_a_generated_corpus_holds_no_file_the_generator_does_not_write(corpus):
+    assert synth_corpus.foreign_files(corpus) == []
+
+
+@pytest.mark.parametrize("manifest", [{"complete": True, "options": {"seed": 99}}, {"complete": False}])
+def test_replacing_a_corpus_that_holds_the_users_files_refuses_naming_them(tmp_path, manifest):
+    root = tmp_path / "MiniLibri2Mix"
+    (root / "wav8k" / "min" / "test" / "s1").mkdir(parents=True)
+    (root / "wav8k" / "min" / "test" / "s1" / "a.wav").write_bytes(b"")  # the generator's own
+    (root / "wav8k" / "min" / "mywork").mkdir()
+    (root / "mynotes.txt").write_text("precious\n")
+    (root / synth_corpus.MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match=r"did not write \(mynotes.txt, wav8k/min/mywork\)"):
+        synthesize_corpus(tmp_path, num_workers=1, overwrite=True, **TINY)
+    assert (root / "mynotes.txt").read_text() == "precious\n" and (root / "wav8k" / "min" / "mywork").is_dir()
+    assert (root / "wav8k" / "min" / "test" / "s1" / "a.wav").is_file()
+
+
 def test_a_write_that_fails_in_a_worker_is_one_error_line_naming_the_file(tmp_path):
     command = [sys.executable, "-m", "speechsep.corpus.synth_corpus", str(tmp_path), "--size=tiny", "--num-workers=1"]
     result = subprocess.run(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import logging
 import multiprocessing
@@ -59,7 +60,7 @@ from speechsep.corpus.options import (
 from speechsep.corpus.utterances import synthesize_speakers
 from speechsep.corpus.voices import design_speakers
 from speechsep.locking import LockHeld, acquire, release
-from speechsep.output_files import OutputError, write_csv, write_text
+from speechsep.output_files import OutputError, is_temporary, write_csv, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ def _prepare_root(root: Path, identity: dict, overwrite: bool) -> bool:
     """Decide what to do with an existing ``root``; True when it is already complete.
 
     Complete with the same identity: keep. Complete with another: fail, or wipe when
-    ``overwrite``. Incomplete (an interrupted run): wipe. A folder without our manifest is
-    never touched.
+    ``overwrite``. Incomplete (an interrupted run): wipe. A folder without our manifest, or
+    with anything in it that the generator does not write, is never touched.
     """
     manifest = _read_manifest(root)
     if manifest is not None:
@@ -151,6 +152,7 @@ def _prepare_root(root: Path, identity: dict, overwrite: bool) -> bool:
                 f"{differences or 'generator version'}); pass overwrite=True (--overwrite) to "
                 "replace it, or use another output_dir"
             )
+        refuse_foreign_files(root)
         logger.info("Replacing %s (%s)", root, "overwrite" if complete else "incomplete")
         shutil.rmtree(root)
     elif root.exists() and any(root.iterdir()):
@@ -160,6 +162,65 @@ def _prepare_root(root: Path, identity: dict, overwrite: bool) -> bool:
     root.mkdir(parents=True, exist_ok=True)
     _write_manifest(root, dict(identity, complete=False))
     return False
+
+
+# What a generation writes, as relative paths with shell-style patterns per part: its folders (and their
+# parents), and the files in them, whatever its options. ``metadata`` is a link to the metadata folder, or a copy.
+_TRACKS = ("s[0-9]*", "noise", *MIX_TYPES)
+_WAV_DIRS = [("wav*k", mode) for mode in ("min", "max")]
+_MIXTURE_FOLDERS = [(*wav_dir, folder) for wav_dir in _WAV_DIRS for folder in SPLIT_FOLDERS.values()]
+_OWN_FOLDERS = (
+    ("sources",),
+    *[("sources", split) for split in SPLITS],
+    *[("sources", split, "*") for split in SPLITS],
+    ("metadata",),
+    ("wav*k",),
+    *_WAV_DIRS,
+    *[(*wav_dir, "metadata") for wav_dir in _WAV_DIRS],
+    *_MIXTURE_FOLDERS,
+    *[(*folder, track) for folder in _MIXTURE_FOLDERS for track in _TRACKS],
+)
+_OWN_FILES = (
+    (MANIFEST_NAME,),
+    ("sources", "speakers.csv"),
+    ("sources", "utterances.csv"),
+    *[("sources", split, "*", "*.wav") for split in SPLITS],
+    ("metadata",),  # the link, when it points nowhere
+    ("metadata", "mixture_*.csv"),
+    *[(*wav_dir, "metadata", "mixture_*.csv") for wav_dir in _WAV_DIRS],
+    *[(*folder, track, "*.wav") for folder in _MIXTURE_FOLDERS for track in _TRACKS],
+)
+
+
+def _matches(parts: tuple[str, ...], patterns: Sequence[tuple[str, ...]]) -> bool:
+    return any(len(parts) == len(pattern) and all(map(fnmatch.fnmatchcase, parts, pattern)) for pattern in patterns)
+
+
+def foreign_files(root: Path) -> list[Path]:
+    """What under ``root`` a generation does not write (the user's notes, results, folders), sorted; a foreign
+    folder is listed, not what it holds."""
+    foreign = []
+    for folder, folders, files in os.walk(root):  # links are listed, not followed
+        relative = Path(folder).relative_to(root).parts
+        own_folders = [name for name in folders if _matches((*relative, name), _OWN_FOLDERS)]
+        foreign += [Path(folder, name) for name in folders if name not in own_folders]
+        foreign += [
+            Path(folder, name) for name in files if not (_matches((*relative, name), _OWN_FILES) or is_temporary(name))
+        ]
+        folders[:] = own_folders
+    return sorted(foreign)
+
+
+def refuse_foreign_files(root: Path, shown: int = 3) -> None:
+    """Raise FileExistsError naming the first few `foreign_files` of ``root``, which replacing it would remove."""
+    foreign = foreign_files(root)
+    if foreign:
+        names = ", ".join(str(path.relative_to(root)) for path in foreign[:shown])
+        more = f" and {len(foreign) - shown} more" if len(foreign) > shown else ""
+        raise FileExistsError(
+            f"{root} holds files the generator did not write ({names}{more}), which replacing it would remove: "
+            "move them out of it, or use another output_dir"
+        )
 
 
 def _disk_megabytes(root: Path) -> float:
