@@ -16,6 +16,7 @@ import export
 import train
 from speechsep.corpus.options import corpus_root
 from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
+from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
 from speechsep.locking import acquire, release
@@ -60,6 +61,15 @@ def test_an_unusable_path_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}; expected a path"):
         train.prepare_experiment(argv)
     assert not list(tmp_path.rglob(LOCK_FILE))
+
+
+def test_a_save_folder_that_cannot_be_created_is_one_line_before_anything_is_built(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    values = command_line_values(
+        f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'run'}", f"--save_folder={tmp_path / 'a_file'}"
+    )
+    with pytest.raises(RecipeError, match=f"^save_folder {tmp_path / 'a_file'} cannot be written: File exists$"):
+        train.check_inputs(values, test_only=False)
 
 
 # ---------------------------------------------------------------- one experiment per output folder
