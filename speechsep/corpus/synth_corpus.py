@@ -20,7 +20,9 @@ mixtures are integer sums of the written PCM_16 sources, so ``mix_clean == s1 + 
 
 One corpus root holds one set of options: running again with the same options on a complete
 corpus does nothing; with other options it fails, unless ``overwrite=True`` replaces it. An
-interrupted generation is detected (manifest not marked complete) and started over. One
+interrupted generation is detected (manifest not marked complete) and started over. Neither
+replacement happens while the root holds anything the generator does not write (the user's
+notes or results): it fails naming them instead. One
 generation at a time per root: a second one while the first runs fails, naming the first's
 process (a lock file beside the root, ``.MiniLibri<n>Mix.lock``, released when it ends).
 
@@ -412,7 +414,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=None, help="default: usable CPUs, at most 8")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus made with other options")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing corpus made with other options (refused while it holds other files)",
+    )
     # Every option but OUTPUT_DIR and --size is a keyword of synthesize_corpus.
     keywords = vars(parser.parse_args(argv))
     output_dir, preset = keywords.pop("output_dir"), SIZE_PRESETS[keywords.pop("size")]
