@@ -540,7 +540,7 @@ def check_inputs(values: dict, test_only: bool) -> None:
         raise RecipeError(f"base_folder_dm does not exist or is not a folder: {values['base_folder_dm']}")
     if values["pretrained_separator"]:
         check_format(find_model(values["pretrained_separator"]), values["num_spks"], values["sample_rate"])
-    for key in ("output_folder", "save_folder", "results_folder"):
+    for key in ("output_folder", "results_folder", "save_folder"):
         check_writable(values[key], key)
 
 
