@@ -25,10 +25,11 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from speechsep.errors import RecipeError
+from speechsep.locking import folder_locked
 
 Writer = Callable[[Path], object]  # writes the content to the path it is given (soundfile, torch.save, ...)
 
@@ -57,8 +58,19 @@ def write_file(path: str | Path, write: Writer, overwrite: bool = False) -> Path
     return write_files({path: write}, overwrite)[0]
 
 
-def write_files(writers: Mapping[str | Path, Writer], overwrite: bool = False) -> list[Path]:
-    """`write_file` for several files at once: all of them are written, or none (see the module docstring)."""
+def write_files(
+    writers: Mapping[str | Path, Writer],
+    overwrite: bool = False,
+    superseded: Callable[[], Iterable[Path]] | None = None,
+) -> list[Path]:
+    """`write_file` for several files at once: all of them are written, or none (see the module docstring).
+
+    The names are given while each target folder is locked (`speechsep.locking.folder_locked`, waiting for
+    another process that is naming files there), so that the renames of two groups written at once are never
+    interleaved: with `overwrite`, a group is then one writer's whole, never part one process's and part
+    another's. `superseded`, called under the same lock once the group is named, returns files of an earlier
+    group that this one makes stale (its members beyond this group's count), which are removed in that step.
+    """
     targets = [Path(path) for path in writers]
     for target in targets:
         check_target(target, overwrite)
@@ -69,9 +81,22 @@ def write_files(writers: Mapping[str | Path, Writer], overwrite: bool = False) -
             _remove_stale_temporaries(target)
             temporaries[target] = _create_temporary(target)
             _run_writer(write, temporaries[target], target)
-        for target, temporary in temporaries.items():
-            _give_name(temporary, target, overwrite)
-            named.append(target)
+        with contextlib.ExitStack() as locks:
+            for folder in sorted({target.parent.resolve() for target in targets}):  # one order: no deadlock
+                try:
+                    locks.enter_context(folder_locked(folder))
+                except OSError as err:
+                    raise OutputError(f"cannot lock {folder} to name files there: {err.strerror}") from None
+            for target, temporary in temporaries.items():
+                _give_name(temporary, target, overwrite)
+                named.append(target)
+            for path in superseded() if superseded is not None else ():
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as err:
+                    raise OutputError(
+                        f"cannot remove {path}, a stale file of an earlier group: {err.strerror}"
+                    ) from None
     except BaseException:  # KeyboardInterrupt and SystemExit too: nothing half-written stays behind
         if not overwrite:  # exclusively created: these names are this call's own
             for target in named:
