@@ -587,6 +587,28 @@ def test_of_two_runs_writing_the_same_tracks_at_once_one_fails_and_the_others_tr
     assert all(sf.info(tmp_path / "out" / f"meeting_s{k}.wav").frames == 2 * SAMPLE_RATE for k in (1, 2))
 
 
+def separate_with_speakers(monkeypatch, num_spks: int, *arguments: str) -> int:
+    """`separate.py` with a `sharing_separator` of `num_spks` speakers."""
+    model = sharing_separator(SAMPLE_RATE, num_spks)
+    monkeypatch.setattr(separate, "load_separator", lambda *args, **kwargs: model)
+    return separate.main(["--model", "m", *arguments])
+
+
+def test_overwrite_by_a_model_with_fewer_speakers_removes_the_earlier_extra_tracks(
+    recordings, tmp_path, monkeypatch, caplog
+):
+    out, talk = tmp_path / "out", str(recordings / "talk0.wav")
+    assert separate_with_speakers(monkeypatch, 3, "--output-dir", str(out), talk) == 0
+    write(out / "talk0_s4.wav", np.zeros(100))  # a file of the user's, named like a track: not separate.py's
+
+    assert separate_with_speakers(monkeypatch, 2, "--output-dir", str(out), talk) == 1  # x_s1 exists: refused
+    assert sorted(p.name for p in out.iterdir()) == ["talk0_s1.wav", "talk0_s2.wav", "talk0_s3.wav", "talk0_s4.wav"]
+
+    assert separate_with_speakers(monkeypatch, 2, "--output-dir", str(out), "--overwrite", talk) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["talk0_s1.wav", "talk0_s2.wav", "talk0_s4.wav"]
+    assert "talk0.wav: removed talk0_s3.wav, tracks of an earlier model with more speakers" in caplog.text
+
+
 @pytest.mark.parametrize("output_dir", ["in/separated", "in"])
 def test_a_rerun_does_not_separate_the_tracks_of_the_last_run(sharing_model, recordings, tmp_path, output_dir):
     """--output-dir inside the folder of inputs (or that folder itself): a rerun separates the same inputs."""

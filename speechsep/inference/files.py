@@ -169,7 +169,9 @@ class FileSeparator:
         """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file: all of them or none.
 
         Without `overwrite`, the names are created exclusively, so that another process writing them at the
-        same time cannot have its tracks mixed with these. Raises AudioInputError for an unreadable or empty
+        same time cannot have its tracks mixed with these. With it, they replace the earlier ones while the
+        folder is locked (`write_files`), and earlier tracks of this input beyond this model's speaker count are
+        removed in the same step: the input's tracks are always one model's whole set. Raises AudioInputError for an unreadable or empty
         file, and `speechsep.output_files.OutputError` if a track name is taken or cannot be written.
         """
         path, output_dir = Path(path), Path(output_dir)
@@ -216,7 +218,18 @@ class FileSeparator:
             )
             for k, output in enumerate(outputs)
         }
-        write_files(writers, overwrite)
+        removed: list[Path] = []
+
+        def superseded() -> list[Path]:  # called with the folder locked: no other run names tracks meanwhile
+            removed.extend(earlier_tracks_beyond(output_dir, path.stem, self.num_spks))
+            return removed
+
+        write_files(writers, overwrite, superseded if overwrite else None)
+        if removed:
+            logger.info(
+                f"{printable(path.name)}: removed {', '.join(printable(track.name) for track in removed)}, tracks of "
+                f"an earlier model with more speakers (this one separates {self.num_spks})"
+            )
         return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
 
 
@@ -233,6 +246,17 @@ def is_separated_track(path: Path) -> bool:
             return audio.software.startswith(SEPARATED_BY)
     except (sf.LibsndfileError, RuntimeError, OSError):
         return False
+
+
+def earlier_tracks_beyond(output_dir: Path, stem: str, count: int) -> list[Path]:
+    """The tracks `<stem>_s<k>.wav` in `output_dir` with k > `count` that separate.py wrote (`is_separated_track`):
+    what an overwrite by a model of `count` speakers leaves stale."""
+    found = []
+    for track in output_dir.glob(f"{glob.escape(stem)}_s*.wav"):
+        number = track.stem[len(stem) + 2 :]
+        if number.isascii() and number.isdigit() and int(number) > count and is_separated_track(track):
+            found.append(track)
+    return sorted(found, key=lambda track: int(track.stem[len(stem) + 2 :]))
 
 
 def is_audio(path: Path) -> bool:
