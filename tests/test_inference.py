@@ -720,6 +720,28 @@ def test_inputs_may_be_files_folders_or_globs(tmp_path):
     assert errors == [f"{tmp_path}/*.mp4: matches no file"]
 
 
+def test_a_folder_or_glob_of_earlier_tracks_alone_says_they_were_skipped_and_how_to_separate_one(
+    sharing_model, recordings, tmp_path, caplog
+):
+    out = tmp_path / "out"
+    assert separate.main(["--model", "m", "--output-dir", str(out), str(recordings / "talk0.wav")]) == 0
+    assert separate.main(["--model", "m", "--output-dir", str(tmp_path / "again"), str(out), f"{out}/*.wav"]) == 1
+    assert error_lines(caplog) == [
+        f"error: {name}: nothing to separate: 2 files are tracks that separate.py wrote earlier, skipped; to "
+        "separate one, name the file itself"
+        for name in (out, f"{out}/*.wav")
+    ]
+
+
+def test_a_folder_holding_inputs_and_earlier_tracks_says_how_many_tracks_were_skipped(
+    sharing_model, recordings, tmp_path, caplog
+):
+    assert separate.main(["--model", "m", "--output-dir", str(recordings), str(recordings / "talk0.wav")]) == 0
+    assert separate.main(["--model", "m", "--output-dir", str(tmp_path / "out"), str(recordings)]) == 0
+    assert f"{recordings}: 2 files are tracks that separate.py wrote earlier, skipped" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"talk{k}_s{s}.wav" for k in (0, 1) for s in (1, 2)]
+
+
 # ==================================================================== shift averaging
 def delayed_oracle(sources, swap_offsets=()):
     """A 'separator' that returns the true sources, delayed like its input, in swapped order at `swap_offsets`."""
