@@ -142,12 +142,19 @@ def csv_content(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -
     return write
 
 
+def check_not_dangling(path: str | Path) -> None:
+    """Raise OutputError if `path` is a symbolic link that points to nothing: a file or folder written there
+    would land wherever it points, or fail with a baffling "File exists"."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{path} is a symbolic link to nothing ({os.readlink(path)}); remove it first")
+
+
 def check_target(target: str | Path, overwrite: bool) -> None:
     """Raise OutputError if `target` may not be written: a dangling link, a folder, or (unless `overwrite`)
     an existing file. A check before long work; writing checks again, exclusively."""
     target = Path(target)
-    if target.is_symlink() and not target.exists():
-        raise OutputError(f"{target} is a symbolic link to nothing ({os.readlink(target)}); remove it first")
+    check_not_dangling(target)
     if target.is_dir():
         raise OutputError(f"{target} is a folder, not a file; remove it or choose another name")
     if not overwrite and target.exists():

@@ -29,7 +29,7 @@ from speechbrain.inference.separation import SepformerSeparation
 from speechsep.errors import RecipeError
 from speechsep.inference import model_card
 from speechsep.models.speedups import speed_up
-from speechsep.output_files import text_content, write_files
+from speechsep.output_files import check_not_dangling, text_content, write_files
 from speechsep.training.checkpoints import RobustCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -458,6 +458,7 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
 def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> bool:
     """Refuse to write where files of the user's or of a run would be replaced; returns whether an earlier
     export is replaced (with `overwrite`: a folder whose hyperparams.yaml begins with `EXPORT_MARK`)."""
+    check_not_dangling(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise ModelFolderError(f"{export_dir} exists and is not a folder")
     if (export_dir / "save").is_dir() or export_dir.resolve() == model_dir.resolve():
