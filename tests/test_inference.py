@@ -157,6 +157,24 @@ def sepformer_run_copy(sepformer_run, tmp_path) -> Path:
     return copy
 
 
+def test_an_export_of_an_export_keeps_the_training_and_test_scores_of_the_first_card(
+    sepformer_run, sepformer_run_copy, tmp_path
+):
+    config = sepformer_run_copy / "hyperparams.yaml"
+    config.write_text(config.read_text().replace(str(sepformer_run), str(sepformer_run_copy)))  # its own results
+    summary = {"si-snr_i": {"mean": 12.34, "ci95_low": 11.0, "ci95_high": 13.5, "count": 7}}
+    (sepformer_run_copy / "test_results_summary.json").write_text(json.dumps(summary))
+    assert export.main([str(sepformer_run_copy), str(tmp_path / "first")]) == 0
+    assert export.main([str(tmp_path / "first"), str(tmp_path / "second")]) == 0
+
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert (
+        "from first (an export of run, training checkpoint CKPT+best); the training and test scores below are" in card
+    )
+    assert "`experiment_name`: sepformer-wsj0mix" in card and "Unknown" not in card
+    assert "7 mixtures" in card and "| SI-SNRi | 12.34 | 11.00 .. 13.50 |" in card
+
+
 @pytest.mark.parametrize("damage", [b"", b"\x00\xff garbled: [", b"just text"])
 def test_a_checkpoint_with_an_unreadable_meta_file_is_skipped_with_a_warning(sepformer_run_copy, caplog, damage):
     (sepformer_run_copy / "save" / "CKPT+best" / "CKPT.yaml").write_bytes(damage)

@@ -437,13 +437,19 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
     origin = Path(model_dir).resolve().name  # names only: an export holds no path of the machine it came from
     if from_run:
         origin += f", training checkpoint {source.weights_dir.name}"
+    earlier_card = None
+    if not from_run and _is_export(Path(model_dir)):  # a re-export: say what the first came from, keep its card
+        origin += f" (an export of {source.config.splitlines()[0].removeprefix(f'{EXPORT_MARK} from ').rstrip('.')})"
+        earlier_card = _read_card(Path(model_dir))
     header = (
         f"{EXPORT_MARK} from {origin}.\n"
         "# SepformerSeparation.from_hparams(source=<this folder>, savedir=<a folder>) loads it, and so does\n"
         "# `python separate.py --model <this folder> ...`.\n\n"
     )
     checkpoint = source.weights_dir.name if from_run else None
-    card = model_card.render(Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate, checkpoint)
+    card = model_card.render(
+        Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate, checkpoint, earlier_card
+    )
     writers = {
         export_dir / f"{name}.ckpt": functools.partial(torch.save, model.modules[name].state_dict())
         for name in MODULE_NAMES
@@ -473,6 +479,14 @@ def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> 
             "choose a new folder"
         )
     return True
+
+
+def _read_card(folder: Path) -> str | None:
+    """An export's model card (README.md), or None if it cannot be read."""
+    try:
+        return (folder / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _is_export(folder: Path) -> bool:
