@@ -2,7 +2,8 @@
 
 `fcntl.flock` on a lock file: the kernel releases it when the process ends, however it ends, so a stale lock
 cannot block the next process. The holder writes its pid, host, start time and command line into the file,
-for the message a second process prints.
+for the message a second process prints. `folder_locked` holds the same kind of lock on a folder itself, for
+the moment a group of files is named there.
 """
 
 import contextlib
@@ -63,11 +64,13 @@ def folder_locked(folder: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive `fcntl.flock` on `folder` itself (no file is left in it), waiting for another holder
     unless `wait` is false (then LockHeld at once). On a filesystem that cannot lock a folder, the lock is taken
     on a hidden `FALLBACK_LOCK_NAME` file in it instead."""
-    descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    descriptor = None
     try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         _flock(descriptor, wait)
-    except OSError:  # not a lock held by another process: this filesystem cannot lock a folder
-        os.close(descriptor)
+    except OSError:  # not a lock held by another process: this folder cannot be locked itself
+        if descriptor is not None:
+            os.close(descriptor)
         descriptor = os.open(Path(folder) / FALLBACK_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             _flock(descriptor, wait)
@@ -75,7 +78,8 @@ def folder_locked(folder: Path, wait: bool = True) -> Iterator[None]:
             os.close(descriptor)
             raise
     except BaseException:
-        os.close(descriptor)
+        if descriptor is not None:
+            os.close(descriptor)
         raise
     try:
         yield

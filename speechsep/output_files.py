@@ -15,7 +15,8 @@ leaves only its hidden temporary file, which the next write of the same name rem
 points nowhere is refused rather than followed (it would write outside the output folder). `write_files`
 writes several files as one: every one is complete on disk before the first is named, and if one cannot be
 named the ones named before it are removed again, so a group (a result table and its summary, the tracks of
-one recording) is there whole or not at all.
+one recording) is there whole or not at all. A group's names are given while its folder is locked
+(`speechsep.locking.folder_locked`): two processes writing the same group at once never interleave their renames.
 """
 
 import contextlib
@@ -25,7 +26,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from speechsep.errors import RecipeError
@@ -75,35 +76,14 @@ def write_files(
     for target in targets:
         check_target(target, overwrite)
     temporaries: dict[Path, Path] = {}
-    named: list[Path] = []
     try:
         for target, write in zip(targets, writers.values()):
             _remove_stale_temporaries(target)
             temporaries[target] = _create_temporary(target)
             _run_writer(write, temporaries[target], target)
-        with contextlib.ExitStack() as locks:
-            for folder in sorted({target.parent.resolve() for target in targets}):  # one order: no deadlock
-                try:
-                    locks.enter_context(folder_locked(folder))
-                except OSError as err:
-                    raise OutputError(f"cannot lock {folder} to name files there: {err.strerror}") from None
-            for target, temporary in temporaries.items():
-                _give_name(temporary, target, overwrite)
-                named.append(target)
-            for path in superseded() if superseded is not None else ():
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError as err:
-                    raise OutputError(
-                        f"cannot remove {path}, a stale file of an earlier group: {err.strerror}"
-                    ) from None
-    except BaseException:  # KeyboardInterrupt and SystemExit too: nothing half-written stays behind
-        if not overwrite:  # exclusively created: these names are this call's own
-            for target in named:
-                with contextlib.suppress(OSError):
-                    target.unlink(missing_ok=True)
-        raise
-    finally:
+        with _folders_locked(targets):
+            _name_group(temporaries, overwrite, superseded)
+    finally:  # KeyboardInterrupt and SystemExit too: nothing half-written stays behind
         for temporary in temporaries.values():
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
@@ -111,6 +91,41 @@ def write_files(
         with contextlib.suppress(OSError):  # the files are named; only their durability across a power cut isn't sure
             fsync_folder(folder)
     return targets
+
+
+@contextlib.contextmanager
+def _folders_locked(targets: list[Path]) -> Iterator[None]:
+    """`folder_locked` on every folder of `targets`, always in the same order (no deadlock between two groups)."""
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({target.parent.resolve() for target in targets}):
+            try:
+                locks.enter_context(folder_locked(folder))
+            except OSError as err:
+                raise OutputError(f"cannot lock {folder} to name files there: {err.strerror}") from None
+        yield
+
+
+def _name_group(
+    temporaries: dict[Path, Path], overwrite: bool, superseded: Callable[[], Iterable[Path]] | None
+) -> None:
+    """Give each complete temporary file its target's name, then remove what `superseded` returns; run with the
+    folders locked, so that undoing a failed group cannot remove names another writer has given since."""
+    named: list[Path] = []
+    try:
+        for target, temporary in temporaries.items():
+            _give_name(temporary, target, overwrite)
+            named.append(target)
+        for path in superseded() if superseded is not None else ():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot remove {path}, a stale file of an earlier group: {err.strerror}") from None
+    except BaseException:
+        if not overwrite:  # exclusively created: these names are this call's own
+            for target in named:
+                with contextlib.suppress(OSError):
+                    target.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
