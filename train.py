@@ -264,10 +264,10 @@ class Separation(sb.Brain):
                     f"({self.budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
                 )
                 counter.current = counter.limit
-            self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(
                 meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
-            )
+            )  # before the epoch's log line: an epoch whose checkpoint failed is trained again, and logged once
+            self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             if any_rank(self.stop_requested)[0]:
                 raise StopRequested(f"epoch {epoch} is checkpointed")
         else:

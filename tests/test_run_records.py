@@ -19,6 +19,7 @@ from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
 from speechsep.locking import acquire, release
+from speechsep.training.checkpoints import CheckpointWriteError
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
 from speechsep.training.run_lock import LOCK_FILE
 from tests.corpus_trees import make_wsj0mix
@@ -169,6 +170,23 @@ def test_a_test_only_that_fails_leaves_no_test_config(tmp_path):
     assert result.returncode != 0
     assert "missing.csv" in result.stdout.strip().splitlines()[-1]
     assert not (tmp_path / "eval" / "test_hyperparams.yaml").exists()
+
+
+# ---------------------------------------------------------------- the training log
+def test_an_epoch_is_logged_only_once_its_checkpoint_is_saved(tmp_path, monkeypatch):
+    brain = make_brain(tmp_path, checkpointer=True)
+    brain.on_stage_end(sb.Stage.TRAIN, 1.0, epoch=2)
+    brain.on_stage_start(sb.Stage.VALID, 2)
+    brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.VALID)
+
+    def full_disk(*args, **kwargs):
+        raise CheckpointWriteError(28, "No space left on device", str(tmp_path / "out" / "save" / "CKPT+x"))
+
+    monkeypatch.setattr(brain.checkpointer, "save_and_keep_only", full_disk)
+    with pytest.raises(CheckpointWriteError):
+        brain.on_stage_end(sb.Stage.VALID, 1.0, epoch=2)
+    log = tmp_path / "out" / "train_log.txt"
+    assert "epoch: 2" not in (log.read_text() if log.exists() else "")  # the rerun trains and logs it once
 
 
 # ---------------------------------------------------------------- model folders and their cards
