@@ -53,6 +53,7 @@ from speechsep.training.config import (
     differing_keys,
     load_hparams,
     model_keys,
+    overridden_keys,
     parse_arguments,
     record_yaml,
     resolved_values,
@@ -66,6 +67,7 @@ from speechsep.training.distributed import (
     world_size,
 )
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
+from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder, results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
@@ -622,9 +624,13 @@ def prepare_experiment(argv):
     record = record_yaml(hparams_file, overrides)
     values = resolved_values(record)
     check_values(values)
+    check_record_is_of_this_run(hparams_file, values, overridden_keys(overrides))
+    check_results_folder(values)
     check_inputs(values, test_only)
     if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
         claim_output_folder(values["output_folder"])
+        if results_folder_is_separate(values):
+            claim_output_folder(values["results_folder"], "results_folder")
     if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
         check_same_experiment(values, record, test_only)
 

@@ -21,7 +21,8 @@ from speechsep.inference.model_folder import ModelFolderError, export_model, loa
 from speechsep.locking import acquire, release
 from speechsep.training.checkpoints import CheckpointWriteError
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
-from speechsep.training.run_lock import LOCK_FILE
+from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder
+from speechsep.training.run_lock import LOCK_FILE, FolderInUseError, release_output_folder
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, make_batch, make_brain, train_command
 from tests.published_models import write_published_folder
@@ -105,6 +106,43 @@ def test_a_copied_run_resumes_with_its_own_manifests(tmp_path):
     fake_run(tmp_path / "run")
     shutil.copytree(tmp_path / "run", tmp_path / "copy")
     rerun(tmp_path / "copy")  # its manifests are copy/save/*.csv, the record's run/save/*.csv: the same run
+
+
+# ---------------------------------------------------------------- which run a command writes to
+def test_the_record_of_a_copied_run_is_refused_without_an_explicit_output_folder(tmp_path):
+    fake_run(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    record = tmp_path / "copy" / "hyperparams.yaml"
+    message = f"{record} is in the run folder {tmp_path / 'copy'}, but its output_folder is {tmp_path / 'run'} "
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}.*pass --output_folder={tmp_path / 'copy'}$"):
+        train.prepare_experiment([str(record), "--test_only"])
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+    values = resolved_values(record.read_text())
+    check_record_is_of_this_run(record, {**values, "output_folder": str(tmp_path / "copy")}, {"output_folder"})
+    check_record_is_of_this_run(tmp_path / "run" / "hyperparams.yaml", values, set())  # the run's own record
+
+
+@pytest.mark.parametrize("inside", ["", "eval"])
+def test_a_results_folder_in_another_runs_folder_is_refused(tmp_path, inside):
+    fake_run(tmp_path / "other")
+    argv = [str(CONFIG), f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'run'}", "--test_only"]
+    with pytest.raises(ConfigError, match="the output folder of another run .*: choose a results_folder of this"):
+        train.prepare_experiment([*argv, f"--results_folder={tmp_path / 'other' / inside}"])
+    assert not (tmp_path / "run").exists()
+    check_results_folder({"output_folder": str(tmp_path / "other"), "results_folder": str(tmp_path / "other" / "a")})
+
+
+def test_a_results_folder_outside_the_output_folder_is_locked_like_it(tmp_path):
+    (tmp_path / "results").mkdir()
+    holder = acquire(tmp_path / "results" / LOCK_FILE)  # another run writing its results there
+    argv = [str(CONFIG), f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'run'}"]
+    try:
+        with pytest.raises(FolderInUseError, match=f"^results_folder {tmp_path / 'results'} is in use by process"):
+            train.prepare_experiment([*argv, f"--results_folder={tmp_path / 'results'}", "--test_only"])
+    finally:
+        release(holder)
+        release_output_folder(tmp_path / "run")
 
 
 # ---------------------------------------------------------------- test results say what they scored
@@ -249,6 +287,7 @@ def test_the_model_card_names_the_scored_checkpoint_and_shows_no_scores_of_anoth
     card = exported_card(tmp_path / "other", tmp_path / "other_export")
     assert "| SI-SNRi |" not in card
     assert f"None for this checkpoint: the run's test results score CKPT+older, not the exported {checkpoint}" in card
+    assert "(`train.py <run>/hyperparams.yaml --output_folder=<run> --test_only` scores it)" in card  # a copy's too
 
 
 # ---------------------------------------------------------------- one corpus generation per folder
