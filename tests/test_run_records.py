@@ -19,12 +19,13 @@ from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
 from speechsep.locking import acquire, release
+from speechsep.output_files import OutputError
 from speechsep.training.checkpoints import CheckpointWriteError
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
 from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder
 from speechsep.training.run_lock import LOCK_FILE, FolderInUseError, release_output_folder
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET, make_batch, make_brain, train_command
+from tests.helpers import REPO, TINY_CONVTASNET, limit_file_size, make_batch, make_brain, train_command
 from tests.published_models import write_published_folder
 
 CONFIG = REPO / "hparams" / "convtasnet.yaml"
@@ -167,11 +168,53 @@ def run_test_stage(brain):
     brain.on_stage_end(sb.Stage.TEST, loss)
 
 
-def test_a_test_stage_that_starts_removes_an_earlier_ones_results(tmp_path):
+def moved_aside(tmp_path) -> list[str]:
+    """The earlier results that wait in previous_test/."""
+    return [name for name in OLD_RESULTS if (tmp_path / "out" / "previous_test" / name).is_file()]
+
+
+def test_a_test_stage_that_starts_moves_an_earlier_ones_results_aside(tmp_path):
     brain, _ = brain_with_old_results(tmp_path)
-    brain.on_evaluate_start(max_key="si-snr")  # then killed: no result of another checkpoint is left
+    brain.on_evaluate_start(max_key="si-snr")  # then killed: no result of another checkpoint looks current
     assert [name for name in OLD_RESULTS if (tmp_path / "out" / name).exists()] == []
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
     assert (tmp_path / "out" / "audio" / "mine.wav").exists()  # not an audio example: the user's
+
+
+def test_the_earlier_results_are_removed_once_the_new_ones_are_written(tmp_path):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")
+    run_test_stage(brain)
+    assert not (tmp_path / "out" / "previous_test").exists()
+    assert "from an earlier" not in (tmp_path / "out" / "test_results.csv").read_text()
+
+
+def test_a_test_stage_that_fails_leaves_the_earlier_results_set_aside(tmp_path, monkeypatch):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")
+
+    def full_disk(rows, csv_path, scored=None):
+        raise OutputError(f"cannot write {csv_path}: No space left on device")
+
+    monkeypatch.setattr(metrics, "write_test_results", full_disk)
+    with pytest.raises(OutputError):
+        run_test_stage(brain)
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
+
+
+def test_a_test_stage_after_one_that_did_not_finish_keeps_the_last_whole_results(tmp_path):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")
+    brain.on_stage_start(sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.TEST)  # audio written, then killed before the results
+    brain.on_evaluate_start(max_key="si-snr")
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
+    assert not list((tmp_path / "out" / "audio").glob("utt*.wav"))  # the unfinished stage's audio is no result
+
+    run_test_stage(brain)
+    brain.on_evaluate_start(max_key="si-snr")  # whole results of its own: they replace the older ones
+    assert moved_aside(tmp_path) == ["test_results.csv", "test_results_summary.json"]
+    assert "from an earlier" not in (tmp_path / "out" / "previous_test" / "test_results.csv").read_text()
 
 
 def test_test_results_and_their_log_line_name_the_checkpoint_epoch_and_test_set(tmp_path):
@@ -208,6 +251,23 @@ def test_a_test_only_that_fails_leaves_no_test_config(tmp_path):
     assert result.returncode != 0
     assert "missing.csv" in result.stdout.strip().splitlines()[-1]
     assert not (tmp_path / "eval" / "test_hyperparams.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_test_only_that_cannot_write_its_results_says_where_the_earlier_ones_are(tmp_path):
+    brain_with_old_results(tmp_path)  # a run in tmp_path/out with a checkpoint and earlier results
+    data_folder = make_wsj0mix(tmp_path / "tree", per_split=1, seconds=4.0, length_spread=0)
+    command = train_command("convtasnet.yaml", data_folder, tmp_path / "out", "--test_only", **TINY_CONVTASNET)
+    result = subprocess.run(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        preexec_fn=limit_file_size(60_000),  # the run's files fit, a 4-second audio example does not
+    )  # fmt: skip
+    assert result.returncode != 0
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: cannot write {tmp_path / 'out' / 'audio'}"), result.stdout[-2000:]
+    assert last_line.endswith(f"; the earlier test results are kept in {tmp_path / 'out' / 'previous_test'}")
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
+    assert not (tmp_path / "out" / "test_results.csv").exists()
 
 
 # ---------------------------------------------------------------- the training log
