@@ -19,10 +19,13 @@ from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
 from speechsep.locking import acquire, release
+from speechsep.output_files import OutputError
+from speechsep.training.checkpoints import CheckpointWriteError
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
-from speechsep.training.run_lock import LOCK_FILE
+from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder
+from speechsep.training.run_lock import LOCK_FILE, FolderInUseError, release_output_folder
 from tests.corpus_trees import make_wsj0mix
-from tests.helpers import REPO, TINY_CONVTASNET, make_batch, make_brain, train_command
+from tests.helpers import REPO, TINY_CONVTASNET, limit_file_size, make_batch, make_brain, train_command
 from tests.published_models import write_published_folder
 
 CONFIG = REPO / "hparams" / "convtasnet.yaml"
@@ -106,6 +109,43 @@ def test_a_copied_run_resumes_with_its_own_manifests(tmp_path):
     rerun(tmp_path / "copy")  # its manifests are copy/save/*.csv, the record's run/save/*.csv: the same run
 
 
+# ---------------------------------------------------------------- which run a command writes to
+def test_the_record_of_a_copied_run_is_refused_without_an_explicit_output_folder(tmp_path):
+    fake_run(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    record = tmp_path / "copy" / "hyperparams.yaml"
+    message = f"{record} is in the run folder {tmp_path / 'copy'}, but its output_folder is {tmp_path / 'run'} "
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}.*pass --output_folder={tmp_path / 'copy'}$"):
+        train.prepare_experiment([str(record), "--test_only"])
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+    values = resolved_values(record.read_text())
+    check_record_is_of_this_run(record, {**values, "output_folder": str(tmp_path / "copy")}, {"output_folder"})
+    check_record_is_of_this_run(tmp_path / "run" / "hyperparams.yaml", values, set())  # the run's own record
+
+
+@pytest.mark.parametrize("inside", ["", "eval"])
+def test_a_results_folder_in_another_runs_folder_is_refused(tmp_path, inside):
+    fake_run(tmp_path / "other")
+    argv = [str(CONFIG), f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'run'}", "--test_only"]
+    with pytest.raises(ConfigError, match="the output folder of another run .*: choose a results_folder of this"):
+        train.prepare_experiment([*argv, f"--results_folder={tmp_path / 'other' / inside}"])
+    assert not (tmp_path / "run").exists()
+    check_results_folder({"output_folder": str(tmp_path / "other"), "results_folder": str(tmp_path / "other" / "a")})
+
+
+def test_a_results_folder_outside_the_output_folder_is_locked_like_it(tmp_path):
+    (tmp_path / "results").mkdir()
+    holder = acquire(tmp_path / "results" / LOCK_FILE)  # another run writing its results there
+    argv = [str(CONFIG), f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'run'}"]
+    try:
+        with pytest.raises(FolderInUseError, match=f"^results_folder {tmp_path / 'results'} is in use by process"):
+            train.prepare_experiment([*argv, f"--results_folder={tmp_path / 'results'}", "--test_only"])
+    finally:
+        release(holder)
+        release_output_folder(tmp_path / "run")
+
+
 # ---------------------------------------------------------------- test results say what they scored
 OLD_RESULTS = ("test_results.csv", "test_results_summary.json", "test_hyperparams.yaml", "audio/old_source2hat.wav")
 
@@ -128,11 +168,53 @@ def run_test_stage(brain):
     brain.on_stage_end(sb.Stage.TEST, loss)
 
 
-def test_a_test_stage_that_starts_removes_an_earlier_ones_results(tmp_path):
+def moved_aside(tmp_path) -> list[str]:
+    """The earlier results that wait in previous_test/."""
+    return [name for name in OLD_RESULTS if (tmp_path / "out" / "previous_test" / name).is_file()]
+
+
+def test_a_test_stage_that_starts_moves_an_earlier_ones_results_aside(tmp_path):
     brain, _ = brain_with_old_results(tmp_path)
-    brain.on_evaluate_start(max_key="si-snr")  # then killed: no result of another checkpoint is left
+    brain.on_evaluate_start(max_key="si-snr")  # then killed: no result of another checkpoint looks current
     assert [name for name in OLD_RESULTS if (tmp_path / "out" / name).exists()] == []
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
     assert (tmp_path / "out" / "audio" / "mine.wav").exists()  # not an audio example: the user's
+
+
+def test_the_earlier_results_are_removed_once_the_new_ones_are_written(tmp_path):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")
+    run_test_stage(brain)
+    assert not (tmp_path / "out" / "previous_test").exists()
+    assert "from an earlier" not in (tmp_path / "out" / "test_results.csv").read_text()
+
+
+def test_a_test_stage_that_fails_leaves_the_earlier_results_set_aside(tmp_path, monkeypatch):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")
+
+    def full_disk(rows, csv_path, scored=None):
+        raise OutputError(f"cannot write {csv_path}: No space left on device")
+
+    monkeypatch.setattr(metrics, "write_test_results", full_disk)
+    with pytest.raises(OutputError):
+        run_test_stage(brain)
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
+
+
+def test_a_test_stage_after_one_that_did_not_finish_keeps_the_last_whole_results(tmp_path):
+    brain, _ = brain_with_old_results(tmp_path)
+    brain.on_evaluate_start(max_key="si-snr")
+    brain.on_stage_start(sb.Stage.TEST)
+    brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.TEST)  # audio written, then killed before the results
+    brain.on_evaluate_start(max_key="si-snr")
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
+    assert not list((tmp_path / "out" / "audio").glob("utt*.wav"))  # the unfinished stage's audio is no result
+
+    run_test_stage(brain)
+    brain.on_evaluate_start(max_key="si-snr")  # whole results of its own: they replace the older ones
+    assert moved_aside(tmp_path) == ["test_results.csv", "test_results_summary.json"]
+    assert "from an earlier" not in (tmp_path / "out" / "previous_test" / "test_results.csv").read_text()
 
 
 def test_test_results_and_their_log_line_name_the_checkpoint_epoch_and_test_set(tmp_path):
@@ -169,6 +251,40 @@ def test_a_test_only_that_fails_leaves_no_test_config(tmp_path):
     assert result.returncode != 0
     assert "missing.csv" in result.stdout.strip().splitlines()[-1]
     assert not (tmp_path / "eval" / "test_hyperparams.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_test_only_that_cannot_write_its_results_says_where_the_earlier_ones_are(tmp_path):
+    brain_with_old_results(tmp_path)  # a run in tmp_path/out with a checkpoint and earlier results
+    data_folder = make_wsj0mix(tmp_path / "tree", per_split=1, seconds=4.0, length_spread=0)
+    command = train_command("convtasnet.yaml", data_folder, tmp_path / "out", "--test_only", **TINY_CONVTASNET)
+    result = subprocess.run(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        preexec_fn=limit_file_size(60_000),  # the run's files fit, a 4-second audio example does not
+    )  # fmt: skip
+    assert result.returncode != 0
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: cannot write {tmp_path / 'out' / 'audio'}"), result.stdout[-2000:]
+    assert last_line.endswith(f"; the earlier test results are kept in {tmp_path / 'out' / 'previous_test'}")
+    assert moved_aside(tmp_path) == list(OLD_RESULTS)
+    assert not (tmp_path / "out" / "test_results.csv").exists()
+
+
+# ---------------------------------------------------------------- the training log
+def test_an_epoch_is_logged_only_once_its_checkpoint_is_saved(tmp_path, monkeypatch):
+    brain = make_brain(tmp_path, checkpointer=True)
+    brain.on_stage_end(sb.Stage.TRAIN, 1.0, epoch=2)
+    brain.on_stage_start(sb.Stage.VALID, 2)
+    brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.VALID)
+
+    def full_disk(*args, **kwargs):
+        raise CheckpointWriteError(28, "No space left on device", str(tmp_path / "out" / "save" / "CKPT+x"))
+
+    monkeypatch.setattr(brain.checkpointer, "save_and_keep_only", full_disk)
+    with pytest.raises(CheckpointWriteError):
+        brain.on_stage_end(sb.Stage.VALID, 1.0, epoch=2)
+    log = tmp_path / "out" / "train_log.txt"
+    assert "epoch: 2" not in (log.read_text() if log.exists() else "")  # the rerun trains and logs it once
 
 
 # ---------------------------------------------------------------- model folders and their cards
@@ -231,6 +347,7 @@ def test_the_model_card_names_the_scored_checkpoint_and_shows_no_scores_of_anoth
     card = exported_card(tmp_path / "other", tmp_path / "other_export")
     assert "| SI-SNRi |" not in card
     assert f"None for this checkpoint: the run's test results score CKPT+older, not the exported {checkpoint}" in card
+    assert "(`train.py <run>/hyperparams.yaml --output_folder=<run> --test_only` scores it)" in card  # a copy's too
 
 
 # ---------------------------------------------------------------- one corpus generation per folder

@@ -149,7 +149,7 @@ def render(
     elif scores and checkpoint and scored.get("checkpoint", checkpoint) != checkpoint:
         lines += [
             f"None for this checkpoint: the run's test results score {scored['checkpoint']}, not the exported "
-            f"{checkpoint} (`train.py <run>/hyperparams.yaml --test_only` scores it)."
+            f"{checkpoint} (`train.py <run>/hyperparams.yaml --output_folder=<run> --test_only` scores it)."
         ]
     elif scores:
         count = next(iter(scores.values())).get("count", "?")

@@ -58,6 +58,11 @@ def parse_arguments(argv: list[str]) -> tuple[str, RunOptions, str]:
     return RecipeRunOptions.from_command_line_args(argv)
 
 
+def overridden_keys(overrides: str) -> set[str]:
+    """The top-level keys that command-line overrides (as `parse_arguments` returns them) set."""
+    return {str(key) for key in _read_mapping(overrides or "", "the command line")}
+
+
 def _read_mapping(text: str, origin: str) -> dict:
     try:
         mapping = ruamel.yaml.YAML().load(text)
