@@ -51,13 +51,22 @@ def test_a_hash_or_equals_sign_in_an_override_is_part_of_the_value():
         ("--save_folder=[a, b]", "save_folder is ['a', 'b']"),
         ("--results_folder=''", "results_folder is ''"),
         ("--train_log=", "train_log is None"),
+        ("--test_data=null", "test_data is None"),
+        ("--test_data=", "test_data is None"),
+        ("--valid_data=[1,2]", "valid_data is [1, 2]"),
+        ("--train_data={a: 1}", "train_data is {'a': 1}"),
+        ("--data_folder=''", "data_folder is ''"),
+        ("--base_folder_dm=[a]", "base_folder_dm is ['a']"),
+        ("--noise_folder_dm=''", "noise_folder_dm is ''"),
+        ("--pretrained_separator=[a]", "pretrained_separator is ['a']"),
     ],
 )
 def test_an_unusable_path_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, override, message):
     monkeypatch.chdir(tmp_path)
-    output_folder = [] if override.startswith("--output_folder") else [f"--output_folder={tmp_path / 'run'}"]
-    argv = [str(CONFIG), f"--data_folder={tmp_path}", *output_folder, override]
-    with pytest.raises(ConfigError, match=f"^{re.escape(message)}; expected a path"):
+    folders = {"data_folder": tmp_path, "output_folder": tmp_path / "run"}
+    given = [f"--{key}={value}" for key, value in folders.items() if not override.startswith(f"--{key}=")]
+    argv = [str(CONFIG), *given, override]
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}; expected (null or )?a path"):
         train.prepare_experiment(argv)
     assert not list(tmp_path.rglob(LOCK_FILE))
 

@@ -154,8 +154,13 @@ def _is_path(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-# Where a run writes: `""` would be the working directory, null or a list a crash when the folder is made.
-PATH_KEYS = ("output_folder", "save_folder", "results_folder", "train_log")
+# Every path-valued key of the configs: where a run writes and what it reads. `""` would be the working directory,
+# null or a list a crash when the folder is made or the file read (after the run's record is written).
+PATH_KEYS = (
+    *("output_folder", "save_folder", "results_folder", "train_log"),
+    *("data_folder", "train_data", "valid_data", "test_data"),
+)
+OPTIONAL_PATH_KEYS = ("base_folder_dm", "noise_folder_dm", "pretrained_separator")  # null: none
 # key -> (test of its value, what it must be)
 VALUE_CHECKS = {
     "N_epochs": (lambda v: _is_int(v, 0), "a whole number of epochs, 0 or more"),
@@ -183,6 +188,7 @@ VALUE_CHECKS = {
         "separation, enhancement or enhancement_both",
     ),
     **{key: (_is_path, "a path (a non-empty string)") for key in PATH_KEYS},
+    **{key: (lambda v: v is None or _is_path(v), "null or a path (a non-empty string)") for key in OPTIONAL_PATH_KEYS},
 }
 # Keys that say which data a model is trained, validated and tested on: a run resumed with other values would
 # mix two experiments (e.g. pick its best checkpoint across two validation sets).
