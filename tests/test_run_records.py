@@ -71,6 +71,12 @@ def test_an_unusable_path_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, 
     assert not list(tmp_path.rglob(LOCK_FILE))
 
 
+def test_a_config_key_left_to_the_command_line_and_not_given_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="^data_folder is not set .*: pass --data_folder="):
+        train.prepare_experiment([str(CONFIG), f"--output_folder={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- one experiment per output folder
 TINY = [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
 

@@ -88,6 +88,11 @@ def _merge(document: dict, overrides: dict) -> None:
             document[key] = value
 
 
+def _tag(value) -> str | None:
+    """The YAML tag of a loaded value (`!ref`, `!new:...`, `!PLACEHOLDER`), or None."""
+    return getattr(getattr(value, "tag", None), "value", None)
+
+
 def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None]:
     """The config as a YAML stream with tagged overrides applied, and the other (checked) overrides."""
     hparams_file = Path(hparams_file)
@@ -100,8 +105,13 @@ def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None
     if overrides:
         _check_keys(overrides, document, "the command line")
         # A tagged value (`!new:...`, `!name:...`) is a new object: replace it rather than merge into it.
-        for key in [k for k, v in overrides.items() if getattr(getattr(v, "tag", None), "value", None)]:
+        for key in [k for k, v in overrides.items() if _tag(v)]:
             document[key] = overrides.pop(key)
+    unset = [key for key, value in document.items() if _tag(value) == "!PLACEHOLDER" and key not in (overrides or {})]
+    if unset:
+        raise ConfigError(
+            f"{unset[0]} is not set ({hparams_file} leaves it to the command line): pass --{unset[0]}=..."
+        )
     stream = io.StringIO()
     yaml.dump(document, stream)
     stream.seek(0)
