@@ -47,9 +47,9 @@ from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_file, write_text
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
-    DATA_KEYS,
     ConfigError,
     check_values,
+    data_keys,
     differing_keys,
     load_hparams,
     model_keys,
@@ -587,7 +587,7 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     recorded = {"task": "separation", **moved}  # records from before `task`: none
     keys = model_keys(record) - SAME_WEIGHTS_KEYS
     if not test_only:  # a key newer than the record cannot be compared
-        keys |= {key for key in DATA_KEYS if key in recorded}
+        keys |= {key for key in data_keys(values) if key in recorded}
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
     differing = differing_keys(recorded, {"task": "separation", **values}, scalar)
     if differing:

@@ -81,9 +81,9 @@ def test_a_config_key_left_to_the_command_line_and_not_given_is_one_line(tmp_pat
 TINY = [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
 
 
-def fake_run(folder: Path) -> dict:
+def fake_run(folder: Path, *overrides: str) -> dict:
     """A tiny run's folder as train.py leaves one (its record and a checkpoint folder); returns its values."""
-    text = parse_arguments([str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY])[2]
+    text = parse_arguments([str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY, *overrides])[2]
     record = record_yaml(CONFIG, text)
     (folder / "save" / "CKPT+1").mkdir(parents=True)
     (folder / "hyperparams.yaml").write_text(record)
@@ -96,23 +96,36 @@ def rerun(folder: Path, *overrides: str, test_only=False) -> None:
     train.check_same_experiment(resolved_values(record), record, test_only)
 
 
+WITH_DYNAMIC_MIXING = ("--dynamic_mixing=True",)
+
+
 @pytest.mark.parametrize(
-    "key, value",
+    "key, value, run_options",
     [
-        ("train_data", "/other/train.csv"),
-        ("valid_data", "/other/valid.csv"),
-        ("test_data", "/other/test.csv"),
-        ("dynamic_mixing", True),
-        ("base_folder_dm", "/other/pool"),
+        ("train_data", "/other/train.csv", ()),
+        ("valid_data", "/other/valid.csv", ()),
+        ("test_data", "/other/test.csv", ()),
+        ("dynamic_mixing", True, ()),
+        ("base_folder_dm", "/other/pool", WITH_DYNAMIC_MIXING),
+        ("noise_folder_dm", "/other/noise", WITH_DYNAMIC_MIXING),
     ],
 )
-def test_resuming_with_other_manifests_or_dynamic_mixing_is_refused(tmp_path, key, value):
+def test_resuming_with_other_manifests_or_dynamic_mixing_is_refused(tmp_path, key, value, run_options):
     run = tmp_path / "run"
-    recorded = fake_run(run)
+    recorded = fake_run(run, *run_options)
     with pytest.raises(ConfigError, match="holds a run with another model or data") as refused:
-        rerun(run, f"--{key}={value}")
+        rerun(run, *run_options, f"--{key}={value}")
     assert f"{key}: {recorded[key]} -> {value}" in str(refused.value)
-    rerun(run, f"--{key}={value}", test_only=True)  # scoring other data is allowed
+    rerun(run, *run_options, f"--{key}={value}", test_only=True)  # scoring other data is allowed
+
+
+@pytest.mark.parametrize(
+    "key, value, run_options",
+    [("base_folder_dm", "/pool", ()), ("noise_folder_dm", "/noise", ()), ("train_data", "/x.csv", WITH_DYNAMIC_MIXING)],
+)
+def test_resuming_with_another_value_of_a_data_key_the_run_does_not_read_is_allowed(tmp_path, key, value, run_options):
+    fake_run(tmp_path / "run", *run_options, f"--{key}={value}")
+    rerun(tmp_path / "run", *run_options)
 
 
 def test_a_copied_run_resumes_with_its_own_manifests(tmp_path):

@@ -204,9 +204,17 @@ VALUE_CHECKS = {
 # mix two experiments (e.g. pick its best checkpoint across two validation sets).
 DATA_KEYS = (
     *("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task"),
-    *("train_data", "valid_data", "test_data"),
-    *("dynamic_mixing", "base_folder_dm", "noise_folder_dm", "dm_level_scheme", "dm_rooms"),
+    *("train_data", "valid_data", "test_data", "dynamic_mixing"),
 )
+DYNAMIC_MIXING_KEYS = ("base_folder_dm", "noise_folder_dm", "dm_level_scheme", "dm_rooms")  # the training data then
+
+
+def data_keys(values: dict) -> set[str]:
+    """The keys that say which data the run with `values` uses: with dynamic mixing, its pool's rather than the
+    training manifest; a key the run does not read (base_folder_dm without dynamic mixing) says nothing of it."""
+    if values.get("dynamic_mixing"):
+        return (set(DATA_KEYS) - {"train_data"}) | set(DYNAMIC_MIXING_KEYS)
+    return set(DATA_KEYS)
 
 
 def check_values(values: dict) -> None:
