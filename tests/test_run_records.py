@@ -17,7 +17,7 @@ import train
 from speechsep.corpus.options import corpus_root
 from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.evaluation import metrics
-from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
+from speechsep.inference.model_folder import ModelFolderError, check_format, export_model, find_model, load_separator
 from speechsep.locking import acquire, release
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
 from speechsep.training.run_lock import LOCK_FILE
@@ -211,6 +211,17 @@ def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_
         load_separator(folder)
     assert export.main([str(folder), str(tmp_path / "export")]) != 0
     assert not (tmp_path / "export").exists()
+
+
+def test_a_folder_inconsistent_in_itself_is_reported_before_its_mismatch_with_the_run(tmp_path):
+    folder = write_published_folder(tmp_path / "model", "convtasnet")
+    config = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_text(
+        config.replace("C: !ref <num_spks>", "C: 2").replace("num_spks: 2", "num_spks: 3")
+    )
+    message = "hyperparams.yaml says num_spks: 3, but its mask network makes 2 masks: set num_spks: 2"
+    with pytest.raises(ModelFolderError, match=message):
+        check_format(find_model(folder), num_spks=2, sample_rate=8000)
 
 
 SCORE_ROWS = [{"snt_id": "a", "si-snr_i": 7.0, "sdr_i": 7.5}, {"snt_id": "b", "si-snr_i": 9.0, "sdr_i": 9.5}]
