@@ -125,6 +125,14 @@ def test_dangling_link_in_a_tree_is_reported_and_listed_with_skip_bad_files(tmp_
     assert f"{mixture}," in (tmp_path / "skip" / "skipped_files.csv").read_text()
 
 
+def test_dangling_link_of_a_mixture_without_sources_is_named_as_the_broken_link(tmp_path):
+    corpus = make_wsj0mix(tmp_path / "data", per_split=2)
+    mixture = corpus / "wav8k/min/tr/mix/zz_mix.wav"
+    mixture.symlink_to(tmp_path / "nonexistent.wav")
+    with pytest.raises(DataPreparationError, match=f"^{mixture}: broken symbolic link"):
+        prepare_data(corpus, tmp_path / "save")
+
+
 def tree_with_a_10_sample_test_mixture(tmp_path):
     corpus = make_wsj0mix(tmp_path / "data", per_split=2)
     for folder in ("mix", "s1", "s2"):
