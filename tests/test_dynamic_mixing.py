@@ -524,6 +524,16 @@ def test_a_dangling_link_or_a_fifo_in_the_pool_is_one_line_naming_it(tmp_path, k
         SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
 
 
+def test_a_link_loop_in_the_pool_is_not_followed_and_named_once(tmp_path, caplog):
+    folder = write_pool(tmp_path / "sources")
+    (folder / "spk00" / "loop").symlink_to("..")
+    with caplog.at_level("WARNING"):
+        pool = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert len(pool.files) == 15
+    loop_lines = [record.getMessage() for record in caplog.records if "loop" in record.getMessage()]
+    assert loop_lines == [f"Not following {folder / 'spk00' / 'loop'}: it leads back to {folder}, a folder above it"]
+
+
 def test_a_flac_without_a_length_in_its_header_is_indexed_at_its_length_and_read_from_a_copy(tmp_path):
     folder = write_pool(tmp_path / "sources")
     stream = flac_without_length(folder / "spk00" / "spk00_0000.flac", voice(SPEAKER_F0S[0], 0.5, seed=1))
