@@ -14,12 +14,14 @@ import torch.multiprocessing
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils.data import DataLoader, DistributedSampler
 
+import train
 from speechsep.data import source_pool
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
 from speechsep.data.rooms import ShoeboxRooms
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
 from speechsep.training.config import ConfigError, check_values
-from tests.helpers import flac_without_length
+from tests.corpus_trees import make_wsj0mix
+from tests.helpers import TINY_CONVTASNET, flac_without_length
 from tests.speech import speech_like
 
 SAMPLE_RATE = 8000
@@ -502,6 +504,18 @@ def test_silent_files_and_stereo_files_silent_on_their_first_channel_are_left_ou
     assert "spk00/spk00_0000.wav" not in pool.files.rel_paths and "spk01/spk01_0000.wav" not in pool.files.rel_paths
     assert len(pool.files) == 13
     assert "Leaving out audio files of" in caplog.text and "2 silent, e.g. spk00/spk00_0000.wav" in caplog.text
+
+
+def test_a_training_run_warns_once_of_the_silent_files_it_leaves_out(tmp_path, monkeypatch, caplog):
+    folder = write_pool(tmp_path / "sources")
+    sf.write(folder / "spk00" / "spk00_0000.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    corpus = make_wsj0mix(tmp_path / "data", per_split=1)
+    monkeypatch.setattr(train, "create_experiment_directory", lambda folder: None)
+    argv = ["hparams/convtasnet.yaml", f"--data_folder={corpus}", f"--output_folder={tmp_path / 'run'}"]
+    argv += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
+    with caplog.at_level("WARNING"):
+        train.prepare_experiment([*argv, "--dynamic_mixing=True", f"--base_folder_dm={folder}"])
+    assert sum("Leaving out audio files" in record.getMessage() for record in caplog.records) == 1
 
 
 def test_a_pool_of_silent_files_is_one_error_line(tmp_path):
