@@ -47,9 +47,9 @@ from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_file, write_text
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
-    DATA_KEYS,
     ConfigError,
     check_values,
+    data_keys,
     differing_keys,
     load_hparams,
     model_keys,
@@ -537,15 +537,16 @@ def training_dataset(hparams):
     )
 
 
-def dataio_prep(hparams, test_only=False):
-    """Build the train/valid/test datasets.
+def dataio_prep(hparams, test_only=False, train=None):
+    """Build the train/valid/test datasets; `train`, where given, is the training set already made.
 
     With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
     """
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
     if test_only:
         return None, None, separation_dataset(hparams["test_data"], **common)
-    train = training_dataset(hparams)
+    if train is None:
+        train = training_dataset(hparams)
     valid = separation_dataset(hparams["valid_data"], **common)
     return train, valid, separation_dataset(hparams["test_data"], **common)
 
@@ -626,7 +627,7 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     recorded = {"task": "separation", **moved}  # records from before `task`: none
     keys = model_keys(record) - SAME_WEIGHTS_KEYS
     if not test_only:  # a key newer than the record cannot be compared
-        keys |= {key for key in DATA_KEYS if key in recorded}
+        keys |= {key for key in data_keys(values) if key in recorded}
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
     differing = differing_keys(recorded, {"task": "separation", **values}, scalar)
     if differing:
@@ -704,13 +705,14 @@ def prepare_experiment(argv):
                 min_samples=min_samples,
             ),
         )
-    if hparams["dynamic_mixing"] and not test_only:
-        run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
+    pool_dataset = None
+    if hparams["dynamic_mixing"] and not test_only:  # the main process indexes (and resamples) the pool, once;
+        pool_dataset = run_on_main(training_dataset, args=[hparams])  # every process gets the dataset it made
     if test_only:  # written with the results it describes (TEST_RECORD); the training record stays as it was
         hparams["test_record"] = record
     elif if_main_process():
         write_text(Path(hparams["output_folder"], HPARAMS_FILE), record, overwrite=True)
-    return hparams, run_opts, dataio_prep(hparams, test_only)
+    return hparams, run_opts, dataio_prep(hparams, test_only, pool_dataset)
 
 
 def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:

@@ -17,7 +17,7 @@ import train
 from speechsep.corpus.options import corpus_root
 from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.evaluation import metrics
-from speechsep.inference.model_folder import ModelFolderError, export_model, load_separator
+from speechsep.inference.model_folder import ModelFolderError, check_format, export_model, find_model, load_separator
 from speechsep.locking import acquire, release
 from speechsep.output_files import OutputError
 from speechsep.training.checkpoints import CheckpointWriteError
@@ -54,24 +54,39 @@ def test_a_hash_or_equals_sign_in_an_override_is_part_of_the_value():
         ("--save_folder=[a, b]", "save_folder is ['a', 'b']"),
         ("--results_folder=''", "results_folder is ''"),
         ("--train_log=", "train_log is None"),
+        ("--test_data=null", "test_data is None"),
+        ("--test_data=", "test_data is None"),
+        ("--valid_data=[1,2]", "valid_data is [1, 2]"),
+        ("--train_data={a: 1}", "train_data is {'a': 1}"),
+        ("--data_folder=''", "data_folder is ''"),
+        ("--base_folder_dm=[a]", "base_folder_dm is ['a']"),
+        ("--noise_folder_dm=''", "noise_folder_dm is ''"),
+        ("--pretrained_separator=[a]", "pretrained_separator is ['a']"),
     ],
 )
 def test_an_unusable_path_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, override, message):
     monkeypatch.chdir(tmp_path)
-    output_folder = [] if override.startswith("--output_folder") else [f"--output_folder={tmp_path / 'run'}"]
-    argv = [str(CONFIG), f"--data_folder={tmp_path}", *output_folder, override]
-    with pytest.raises(ConfigError, match=f"^{re.escape(message)}; expected a path"):
+    folders = {"data_folder": tmp_path, "output_folder": tmp_path / "run"}
+    given = [f"--{key}={value}" for key, value in folders.items() if not override.startswith(f"--{key}=")]
+    argv = [str(CONFIG), *given, override]
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}; expected (null or )?a path"):
         train.prepare_experiment(argv)
     assert not list(tmp_path.rglob(LOCK_FILE))
+
+
+def test_a_config_key_left_to_the_command_line_and_not_given_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="^data_folder is not set .*: pass --data_folder="):
+        train.prepare_experiment([str(CONFIG), f"--output_folder={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- one experiment per output folder
 TINY = [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
 
 
-def fake_run(folder: Path) -> dict:
+def fake_run(folder: Path, *overrides: str) -> dict:
     """A tiny run's folder as train.py leaves one (its record and a checkpoint folder); returns its values."""
-    text = parse_arguments([str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY])[2]
+    text = parse_arguments([str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY, *overrides])[2]
     record = record_yaml(CONFIG, text)
     (folder / "save" / "CKPT+1").mkdir(parents=True)
     (folder / "hyperparams.yaml").write_text(record)
@@ -84,23 +99,36 @@ def rerun(folder: Path, *overrides: str, test_only=False) -> None:
     train.check_same_experiment(resolved_values(record), record, test_only)
 
 
+WITH_DYNAMIC_MIXING = ("--dynamic_mixing=True",)
+
+
 @pytest.mark.parametrize(
-    "key, value",
+    "key, value, run_options",
     [
-        ("train_data", "/other/train.csv"),
-        ("valid_data", "/other/valid.csv"),
-        ("test_data", "/other/test.csv"),
-        ("dynamic_mixing", True),
-        ("base_folder_dm", "/other/pool"),
+        ("train_data", "/other/train.csv", ()),
+        ("valid_data", "/other/valid.csv", ()),
+        ("test_data", "/other/test.csv", ()),
+        ("dynamic_mixing", True, ()),
+        ("base_folder_dm", "/other/pool", WITH_DYNAMIC_MIXING),
+        ("noise_folder_dm", "/other/noise", WITH_DYNAMIC_MIXING),
     ],
 )
-def test_resuming_with_other_manifests_or_dynamic_mixing_is_refused(tmp_path, key, value):
+def test_resuming_with_other_manifests_or_dynamic_mixing_is_refused(tmp_path, key, value, run_options):
     run = tmp_path / "run"
-    recorded = fake_run(run)
+    recorded = fake_run(run, *run_options)
     with pytest.raises(ConfigError, match="holds a run with another model or data") as refused:
-        rerun(run, f"--{key}={value}")
+        rerun(run, *run_options, f"--{key}={value}")
     assert f"{key}: {recorded[key]} -> {value}" in str(refused.value)
-    rerun(run, f"--{key}={value}", test_only=True)  # scoring other data is allowed
+    rerun(run, *run_options, f"--{key}={value}", test_only=True)  # scoring other data is allowed
+
+
+@pytest.mark.parametrize(
+    "key, value, run_options",
+    [("base_folder_dm", "/pool", ()), ("noise_folder_dm", "/noise", ()), ("train_data", "/x.csv", WITH_DYNAMIC_MIXING)],
+)
+def test_resuming_with_another_value_of_a_data_key_the_run_does_not_read_is_allowed(tmp_path, key, value, run_options):
+    fake_run(tmp_path / "run", *run_options, f"--{key}={value}")
+    rerun(tmp_path / "run", *run_options)
 
 
 def test_a_copied_run_resumes_with_its_own_manifests(tmp_path):
@@ -299,6 +327,17 @@ def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_
         load_separator(folder)
     assert export.main([str(folder), str(tmp_path / "export")]) != 0
     assert not (tmp_path / "export").exists()
+
+
+def test_a_folder_inconsistent_in_itself_is_reported_before_its_mismatch_with_the_run(tmp_path):
+    folder = write_published_folder(tmp_path / "model", "convtasnet")
+    config = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_text(
+        config.replace("C: !ref <num_spks>", "C: 2").replace("num_spks: 2", "num_spks: 3")
+    )
+    message = "hyperparams.yaml says num_spks: 3, but its mask network makes 2 masks: set num_spks: 2"
+    with pytest.raises(ModelFolderError, match=message):
+        check_format(find_model(folder), num_spks=2, sample_rate=8000)
 
 
 SCORE_ROWS = [{"snt_id": "a", "si-snr_i": 7.0, "sdr_i": 7.5}, {"snt_id": "b", "si-snr_i": 9.0, "sdr_i": 9.5}]

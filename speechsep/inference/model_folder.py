@@ -253,10 +253,15 @@ def find_model(model_dir: str | Path) -> ModelSource:
 
 
 def check_format(source: ModelSource, num_spks: int, sample_rate: int) -> None:
-    """Fail, without building the model, unless it separates `num_spks` speakers at `sample_rate` Hz."""
+    """Fail unless the model separates `num_spks` speakers at `sample_rate` Hz, by what its config declares.
+
+    The model is built only where that differs from the run's config: a folder whose declared num_spks is not what
+    its mask network makes is reported as the folder's own fault (`build_model`), not as the run's to fix.
+    """
     document = ruamel.yaml.YAML().load(source.config)
     declared = tuple(document.get(key) if isinstance(document, dict) else None for key in ("num_spks", "sample_rate"))
     if declared != (num_spks, sample_rate):
+        build_model(source, fast=False)
         raise ModelFolderError(
             f"{source.description} separates {declared[0]} speakers at {declared[1]} Hz; the config says num_spks "
             f"{num_spks} at sample_rate {sample_rate}: pass --num_spks={declared[0]} --sample_rate={declared[1]} "
