@@ -5,8 +5,9 @@
 
 writes `hyperparams.yaml`, `encoder.ckpt`, `masknet.ckpt` and `decoder.ckpt` (the run's best checkpoint by
 validation SI-SNR) and `README.md` (architecture, training corpus and config, test scores, how to load it)
-into EXPORT_DIR. MODEL_DIR may also be an earlier export or a SpeechBrain model folder as published. The
-folder needs SpeechBrain alone, holds no data path, optimiser or hub reference, and loads offline with
+into EXPORT_DIR. MODEL_DIR may also be an earlier export (its card's training and test scores are carried
+over) or a SpeechBrain model folder as published. The folder needs SpeechBrain alone, holds no data path,
+optimiser or hub reference, and loads offline with
 
     from speechbrain.inference.separation import SepformerSeparation
     model = SepformerSeparation.from_hparams(source="exported_model", savedir="pretrained_models/mine")

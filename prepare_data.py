@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from speechsep.data.audio import is_audio_name
-from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, printable
+from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, check_file, printable
 from speechsep.errors import RecipeError
 from speechsep.output_files import csv_content, text_content, write_csv, write_files
 
@@ -279,10 +279,11 @@ def _check_item(
     mixture: Path, sources: list[AudioFolder], noise: AudioFolder | None, requirements: AudioRequirements
 ) -> tuple[float, list[Path]]:
     """Validate one mixture and its sources (`speechsep.data.audio_checks`); return (duration in s, [mixture,
-    sources..., noise])."""
-    source_paths = [folder.file_for(mixture) for folder in sources]
-    paths = [mixture, *source_paths] + ([noise.file_for(mixture)] if noise is not None else [])
+    sources..., noise]). A mixture that cannot be opened (a broken link) is named before its sources are looked for."""
     try:
+        check_file(mixture)
+        source_paths = [folder.file_for(mixture) for folder in sources]
+        paths = [mixture, *source_paths] + ([noise.file_for(mixture)] if noise is not None else [])
         frames = check_example(paths, source_paths, requirements)
     except AudioCheckError as err:
         raise DataPreparationError(str(err)) from None

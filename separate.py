@@ -12,7 +12,9 @@ speaker kept on the same output track. Exit status: 0 if every input was separat
 `error:` line each, the others are still separated), 2 if the model cannot be used. Nothing is
 overwritten: an output that exists already is an error for its input unless --overwrite, and an output that
 would replace an input always is. An input's tracks are written whole and all together, or not at all: under
-temporary names, then named; of two runs writing the same names at once, one fails with an `error:` line.
+temporary names, then named while --output-dir is locked; of two runs writing the same names at once, one
+fails with an `error:` line (with --overwrite, one's set replaces the other's whole). With --overwrite, the
+input's earlier tracks beyond this model's speaker count are removed too: its tracks are one model's set.
 Folders searched for inputs skip the tracks written by earlier runs (and --output-dir when it lies inside one).
 """
 

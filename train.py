@@ -48,12 +48,13 @@ from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_file, write_text
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
-    DATA_KEYS,
     ConfigError,
     check_values,
+    data_keys,
     differing_keys,
     load_hparams,
     model_keys,
+    overridden_keys,
     parse_arguments,
     record_yaml,
     resolved_values,
@@ -67,6 +68,7 @@ from speechsep.training.distributed import (
     world_size,
 )
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
+from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder, results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
@@ -78,7 +80,12 @@ TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / 
 TEST_RESULTS = "test_results.csv"  # in results_folder, with test_results_summary.json and audio/
 TEST_RECORD = "test_" + HPARAMS_FILE  # the config of a --test_only evaluation, beside its results
 TEST_ONLY_MANIFESTS = "test_manifest"  # in results_folder: the manifest a --test_only evaluation prepares
+PREVIOUS_TEST = "previous_test"  # in results_folder: the earlier test results, until a test stage's own are written
 AUDIO_EXAMPLE = re.compile(r".+_(mix|source\d+|source\d+hat)\.wav")  # results_folder/audio/, see save_audio
+
+
+class TestStageError(RecipeError):
+    """A test stage failed; the message says where the earlier test results wait."""
 
 
 class StopRequested(Exception):
@@ -208,8 +215,9 @@ class Separation(sb.Brain):
         return loss.mean().detach().cpu()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the best checkpoint, as SpeechBrain does, noting which for the results; remove an earlier test's
-        results, so that a test stage that does not finish leaves none that describe another checkpoint."""
+        """Load the best checkpoint, as SpeechBrain does, noting which for the results; set an earlier test's
+        results aside (`set_aside_test_results`), so that a test stage that does not finish neither destroys them
+        nor leaves them looking like results of this checkpoint."""
         hp = self.hparams
         if self.checkpointer is not None:
             checkpoint = self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
@@ -219,7 +227,7 @@ class Separation(sb.Brain):
             self.scored = {"model": find_model(hp.pretrained_separator).description}
         # --test_only prepares its own manifest from its data_folder (`manifest_folder`): both say which test set
         self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data))
-        run_on_main(remove_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
+        run_on_main(set_aside_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
@@ -266,10 +274,10 @@ class Separation(sb.Brain):
                     f"({self.budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
                 )
                 counter.current = counter.limit
-            self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(
                 meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
-            )
+            )  # before the epoch's log line: an epoch whose checkpoint failed is trained again, and logged once
+            self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             if any_rank(self.stop_requested)[0]:
                 raise StopRequested(f"epoch {epoch} is checkpointed")
         else:
@@ -279,6 +287,7 @@ class Separation(sb.Brain):
                 metrics.write_test_results(test_rows, results_folder / TEST_RESULTS, scored=self.scored)
                 if self.test_only:  # its config goes with its results; the run's record stays as it was
                     write_text(results_folder / TEST_RECORD, self.hparams.test_record, overwrite=True)
+                remove_previous_test_results(results_folder)
             reported = [
                 key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]
             ]
@@ -465,13 +474,43 @@ def _padded(est_sources: list, mixture: torch.Tensor) -> torch.Tensor:
     return padded
 
 
-def remove_test_results(results_folder: Path) -> None:
-    """Remove what a test stage writes into `results_folder`: results, their config and audio examples (by the
+def test_stage_files(results_folder: Path) -> list[Path]:
+    """What a test stage has written into `results_folder`: results, their config and audio examples (by the
     names `save_audio` gives them; other files are the user's)."""
-    stale = [results_folder / name for name in (TEST_RESULTS, metrics.summary_name(TEST_RESULTS), TEST_RECORD)]
-    stale += [path for path in (results_folder / "audio").glob("*.wav") if AUDIO_EXAMPLE.fullmatch(path.name)]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    files = [results_folder / name for name in (TEST_RESULTS, metrics.summary_name(TEST_RESULTS), TEST_RECORD)]
+    files += [path for path in (results_folder / "audio").glob("*.wav") if AUDIO_EXAMPLE.fullmatch(path.name)]
+    return [path for path in files if path.is_file()]
+
+
+def set_aside_test_results(results_folder: Path) -> None:
+    """Move an earlier test stage's results into `results_folder/previous_test/` (replacing older ones there) until
+    the new ones are written whole (`remove_previous_test_results`): a test stage that fails or is killed neither
+    destroys them nor leaves them beside a newer checkpoint as if they scored it. Files of a test stage that did
+    not finish (audio without `test_results.csv`) are removed: they are no results."""
+    files = test_stage_files(results_folder)
+    if results_folder / TEST_RESULTS not in files:
+        for path in files:
+            path.unlink()
+        return
+    previous = results_folder / PREVIOUS_TEST
+    staging = Path(tempfile.mkdtemp(prefix=f".{PREVIOUS_TEST}.", dir=results_folder))  # filled, then renamed whole
+    for path in files:
+        moved = staging / path.relative_to(results_folder)
+        moved.parent.mkdir(exist_ok=True)
+        path.replace(moved)
+    if previous.is_dir():
+        logger.info(f"Replacing the older test results in {previous}")
+        shutil.rmtree(previous)
+    staging.replace(previous)
+    logger.info(f"Earlier test results moved to {previous}; removed once this test stage's results are written")
+
+
+def remove_previous_test_results(results_folder: Path) -> None:
+    """The new results are written whole: the earlier ones set aside are no longer needed."""
+    previous = results_folder / PREVIOUS_TEST
+    if previous.is_dir():
+        shutil.rmtree(previous)
+        logger.info(f"Removed the earlier test results in {previous}")
 
 
 def training_dataset(hparams):
@@ -500,15 +539,16 @@ def training_dataset(hparams):
     )
 
 
-def dataio_prep(hparams, test_only=False):
-    """Build the train/valid/test datasets.
+def dataio_prep(hparams, test_only=False, train=None):
+    """Build the train/valid/test datasets; `train`, where given, is the training set already made.
 
     With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
     """
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
     if test_only:
         return None, None, separation_dataset(hparams["test_data"], **common)
-    train = training_dataset(hparams)
+    if train is None:
+        train = training_dataset(hparams)
     valid = separation_dataset(hparams["valid_data"], **common)
     return train, valid, separation_dataset(hparams["test_data"], **common)
 
@@ -589,7 +629,7 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     recorded = {"task": "separation", **moved}  # records from before `task`: none
     keys = model_keys(record) - SAME_WEIGHTS_KEYS
     if not test_only:  # a key newer than the record cannot be compared
-        keys |= {key for key in DATA_KEYS if key in recorded}
+        keys |= {key for key in data_keys(values) if key in recorded}
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
     differing = differing_keys(recorded, {"task": "separation", **values}, scalar)
     if differing:
@@ -624,9 +664,13 @@ def prepare_experiment(argv):
     record = record_yaml(hparams_file, overrides)
     values = resolved_values(record)
     check_values(values)
+    check_record_is_of_this_run(hparams_file, values, overridden_keys(overrides))
+    check_results_folder(values)
     check_inputs(values, test_only)
     if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
         claim_output_folder(values["output_folder"])
+        if results_folder_is_separate(values):
+            claim_output_folder(values["results_folder"], "results_folder")
     if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
         check_same_experiment(values, record, test_only)
 
@@ -667,13 +711,14 @@ def prepare_experiment(argv):
         )
         if test_only and Path(hparams["test_data"]) == Path(hparams["save_folder"], "test.csv"):  # the config's own
             hparams["test_data"] = str(prepared / "test.csv")
-    if hparams["dynamic_mixing"] and not test_only:
-        run_on_main(training_dataset, args=[hparams])  # the main process indexes (and resamples) the pool once
+    pool_dataset = None
+    if hparams["dynamic_mixing"] and not test_only:  # the main process indexes (and resamples) the pool, once;
+        pool_dataset = run_on_main(training_dataset, args=[hparams])  # every process gets the dataset it made
     if test_only:  # written with the results it describes (TEST_RECORD); the training record stays as it was
         hparams["test_record"] = record
     elif if_main_process():
         write_text(Path(hparams["output_folder"], HPARAMS_FILE), record, overwrite=True)
-    return hparams, run_opts, dataio_prep(hparams, test_only)
+    return hparams, run_opts, dataio_prep(hparams, test_only, pool_dataset)
 
 
 def manifest_folder(hparams: dict, test_only: bool) -> Path:
@@ -762,10 +807,15 @@ def main(argv):
     logging.raiseExceptions = False  # a log file on a full disk: the error line below says so, once
     try:
         return train_and_test(argv)
-    except OSError as err:  # CheckpointWriteError too
-        sys.exit(f"error: {err.filename}: {err.strerror}" if err.filename and err.strerror else f"error: {err}")
-    except RecipeError as err:  # OutputError too
-        sys.exit(f"error: {err}")
+    except (OSError, RecipeError) as err:  # CheckpointWriteError and OutputError too
+        sys.exit(f"error: {error_text(err)}")
+
+
+def error_text(err: Exception) -> str:
+    """An OSError as `<file>: <reason>` where it names its file, any other error as its message."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def train_and_test(argv):
@@ -815,9 +865,17 @@ def train_and_test(argv):
                 f"error: training made no optimizer step: every batch was skipped ({separator.nonfinite_count} "
                 "in the last epoch; the log says why); no test results written"
             )
-    separator.evaluate(
-        test_data, max_key="si-snr", test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data)
-    )
+    try:
+        separator.evaluate(
+            test_data,
+            max_key="si-snr",
+            test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data),
+        )
+    except (OSError, RecipeError) as err:
+        previous = Path(hparams["results_folder"], PREVIOUS_TEST)
+        if previous.is_dir():
+            raise TestStageError(f"{error_text(err)}; the earlier test results are kept in {previous}") from None
+        raise
     return separator
 
 

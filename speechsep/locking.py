@@ -2,15 +2,18 @@
 
 `fcntl.flock` on a lock file: the kernel releases it when the process ends, however it ends, so a stale lock
 cannot block the next process. The holder writes its pid, host, start time and command line into the file,
-for the message a second process prints.
+for the message a second process prints. `folder_locked` holds the same kind of lock on a folder itself, for
+the moment a group of files is named there.
 """
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -51,3 +54,41 @@ def acquire(lock_file: Path) -> IO:
 def release(handle: IO) -> None:
     """Give the lock back (closing the file releases it)."""
     handle.close()
+
+
+FALLBACK_LOCK_NAME = ".speechsep.lock"  # where a folder cannot be locked itself (some network filesystems)
+
+
+@contextlib.contextmanager
+def folder_locked(folder: Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive `fcntl.flock` on `folder` itself (no file is left in it), waiting for another holder
+    unless `wait` is false (then LockHeld at once). On a filesystem that cannot lock a folder, the lock is taken
+    on a hidden `FALLBACK_LOCK_NAME` file in it instead."""
+    descriptor = None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        _flock(descriptor, wait)
+    except OSError:  # not a lock held by another process: this folder cannot be locked itself
+        if descriptor is not None:
+            os.close(descriptor)
+        descriptor = os.open(Path(folder) / FALLBACK_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _flock(descriptor, wait)
+        except BaseException:
+            os.close(descriptor)
+            raise
+    except BaseException:
+        if descriptor is not None:
+            os.close(descriptor)
+        raise
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _flock(descriptor: int, wait: bool) -> None:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockHeld("another process holds it") from None

@@ -15,7 +15,8 @@ leaves only its hidden temporary file, which the next write of the same name rem
 points nowhere is refused rather than followed (it would write outside the output folder). `write_files`
 writes several files as one: every one is complete on disk before the first is named, and if one cannot be
 named the ones named before it are removed again, so a group (a result table and its summary, the tracks of
-one recording) is there whole or not at all.
+one recording) is there whole or not at all. A group's names are given while its folder is locked
+(`speechsep.locking.folder_locked`): two processes writing the same group at once never interleave their renames.
 """
 
 import contextlib
@@ -25,10 +26,11 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from speechsep.errors import RecipeError
+from speechsep.locking import folder_locked
 
 Writer = Callable[[Path], object]  # writes the content to the path it is given (soundfile, torch.save, ...)
 
@@ -57,28 +59,31 @@ def write_file(path: str | Path, write: Writer, overwrite: bool = False) -> Path
     return write_files({path: write}, overwrite)[0]
 
 
-def write_files(writers: Mapping[str | Path, Writer], overwrite: bool = False) -> list[Path]:
-    """`write_file` for several files at once: all of them are written, or none (see the module docstring)."""
+def write_files(
+    writers: Mapping[str | Path, Writer],
+    overwrite: bool = False,
+    superseded: Callable[[], Iterable[Path]] | None = None,
+) -> list[Path]:
+    """`write_file` for several files at once: all of them are written, or none (see the module docstring).
+
+    The names are given while each target folder is locked (`speechsep.locking.folder_locked`, waiting for
+    another process that is naming files there), so that the renames of two groups written at once are never
+    interleaved: with `overwrite`, a group is then one writer's whole, never part one process's and part
+    another's. `superseded`, called under the same lock once the group is named, returns files of an earlier
+    group that this one makes stale (its members beyond this group's count), which are removed in that step.
+    """
     targets = [Path(path) for path in writers]
     for target in targets:
         check_target(target, overwrite)
     temporaries: dict[Path, Path] = {}
-    named: list[Path] = []
     try:
         for target, write in zip(targets, writers.values()):
             _remove_stale_temporaries(target)
             temporaries[target] = _create_temporary(target)
             _run_writer(write, temporaries[target], target)
-        for target, temporary in temporaries.items():
-            _give_name(temporary, target, overwrite)
-            named.append(target)
-    except BaseException:  # KeyboardInterrupt and SystemExit too: nothing half-written stays behind
-        if not overwrite:  # exclusively created: these names are this call's own
-            for target in named:
-                with contextlib.suppress(OSError):
-                    target.unlink(missing_ok=True)
-        raise
-    finally:
+        with _folders_locked(targets):
+            _name_group(temporaries, overwrite, superseded)
+    finally:  # KeyboardInterrupt and SystemExit too: nothing half-written stays behind
         for temporary in temporaries.values():
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
@@ -86,6 +91,41 @@ def write_files(writers: Mapping[str | Path, Writer], overwrite: bool = False) -
         with contextlib.suppress(OSError):  # the files are named; only their durability across a power cut isn't sure
             fsync_folder(folder)
     return targets
+
+
+@contextlib.contextmanager
+def _folders_locked(targets: list[Path]) -> Iterator[None]:
+    """`folder_locked` on every folder of `targets`, always in the same order (no deadlock between two groups)."""
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({target.parent.resolve() for target in targets}):
+            try:
+                locks.enter_context(folder_locked(folder))
+            except OSError as err:
+                raise OutputError(f"cannot lock {folder} to name files there: {err.strerror}") from None
+        yield
+
+
+def _name_group(
+    temporaries: dict[Path, Path], overwrite: bool, superseded: Callable[[], Iterable[Path]] | None
+) -> None:
+    """Give each complete temporary file its target's name, then remove what `superseded` returns; run with the
+    folders locked, so that undoing a failed group cannot remove names another writer has given since."""
+    named: list[Path] = []
+    try:
+        for target, temporary in temporaries.items():
+            _give_name(temporary, target, overwrite)
+            named.append(target)
+        for path in superseded() if superseded is not None else ():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot remove {path}, a stale file of an earlier group: {err.strerror}") from None
+    except BaseException:
+        if not overwrite:  # exclusively created: these names are this call's own
+            for target in named:
+                with contextlib.suppress(OSError):
+                    target.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
@@ -117,12 +157,19 @@ def csv_content(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -
     return write
 
 
+def check_not_dangling(path: str | Path) -> None:
+    """Raise OutputError if `path` is a symbolic link that points to nothing: a file or folder written there
+    would land wherever it points, or fail with a baffling "File exists"."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{path} is a symbolic link to nothing ({os.readlink(path)}); remove it first")
+
+
 def check_target(target: str | Path, overwrite: bool) -> None:
     """Raise OutputError if `target` may not be written: a dangling link, a folder, or (unless `overwrite`)
     an existing file. A check before long work; writing checks again, exclusively."""
     target = Path(target)
-    if target.is_symlink() and not target.exists():
-        raise OutputError(f"{target} is a symbolic link to nothing ({os.readlink(target)}); remove it first")
+    check_not_dangling(target)
     if target.is_dir():
         raise OutputError(f"{target} is a folder, not a file; remove it or choose another name")
     if not overwrite and target.exists():

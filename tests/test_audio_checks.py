@@ -22,11 +22,11 @@ from speechsep.data.audio_checks import (
     read_blocks,
     read_header,
 )
-from speechsep.data.manifests import ManifestError, check_manifest_audio
+from speechsep.data.manifests import ManifestError, check_manifest_audio, separation_dataset
 from speechsep.data.resample import bounded_ratio, resample
 from speechsep.inference.files import read_mixture
 from speechsep.models.filterbank import shortest_input
-from tests.corpus_trees import make_librimix, make_wsj0mix
+from tests.corpus_trees import make_custom, make_librimix, make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, flac_without_length, tiny_hparams
 
 RATE = 8000
@@ -55,6 +55,24 @@ def test_flac_without_a_length_in_its_header_is_measured_and_read_whole(tmp_path
     assert read_header(path).frames == len(signal)
     read = np.concatenate(list(read_blocks(path, block_frames=4096)))[:, 0]
     np.testing.assert_allclose(read, signal, atol=1e-4)
+
+
+def test_training_reads_a_crop_and_the_whole_of_a_flac_without_a_length_in_a_custom_tree(tmp_path):
+    corpus = make_custom(tmp_path / "data", per_split=2)
+    signals = {folder: tone(RATE // 2) * (k + 1) for k, folder in enumerate(("mixture", "source1", "source2"))}
+    for folder, signal in signals.items():
+        flac_without_length(corpus / "train" / folder / "zz.flac", signal)
+    prepare_data(corpus, tmp_path / "save")
+    crops = separation_dataset(str(tmp_path / "save/train.csv"), str(corpus), 2, segment_len=1000, random_crop=True)
+    wholes = separation_dataset(str(tmp_path / "save/train.csv"), str(corpus), 2)
+    zz = [row for row in range(len(wholes)) if wholes[row]["id"].endswith("zz")][0]
+    crop, whole = crops[zz], wholes[zz]
+    np.testing.assert_allclose(whole["s2_sig"].numpy(), signals["source2"], atol=1e-4)
+    start = int(
+        np.argmin([np.abs(signals["mixture"][i : i + 1000] - crop["mix_sig"].numpy()).max() for i in range(3001)])
+    )
+    for name, folder in (("mix", "mixture"), ("s1", "source1"), ("s2", "source2")):
+        np.testing.assert_allclose(crop[f"{name}_sig"].numpy(), signals[folder][start : start + 1000], atol=1e-4)
 
 
 def test_file_name_that_is_not_utf8_is_read(tmp_path):
@@ -105,6 +123,14 @@ def test_dangling_link_in_a_tree_is_reported_and_listed_with_skip_bad_files(tmp_
         prepare_data(corpus, tmp_path / "save")
     prepare_data(corpus, tmp_path / "skip", skip_bad_files=True)
     assert f"{mixture}," in (tmp_path / "skip" / "skipped_files.csv").read_text()
+
+
+def test_dangling_link_of_a_mixture_without_sources_is_named_as_the_broken_link(tmp_path):
+    corpus = make_wsj0mix(tmp_path / "data", per_split=2)
+    mixture = corpus / "wav8k/min/tr/mix/zz_mix.wav"
+    mixture.symlink_to(tmp_path / "nonexistent.wav")
+    with pytest.raises(DataPreparationError, match=f"^{mixture}: broken symbolic link"):
+        prepare_data(corpus, tmp_path / "save")
 
 
 def tree_with_a_10_sample_test_mixture(tmp_path):

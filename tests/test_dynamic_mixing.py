@@ -14,12 +14,14 @@ import torch.multiprocessing
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils.data import DataLoader, DistributedSampler
 
+import train
 from speechsep.data import source_pool
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
 from speechsep.data.rooms import ShoeboxRooms
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
 from speechsep.training.config import ConfigError, check_values
-from tests.helpers import flac_without_length
+from tests.corpus_trees import make_wsj0mix
+from tests.helpers import TINY_CONVTASNET, flac_without_length
 from tests.speech import speech_like
 
 SAMPLE_RATE = 8000
@@ -504,6 +506,18 @@ def test_silent_files_and_stereo_files_silent_on_their_first_channel_are_left_ou
     assert "Leaving out audio files of" in caplog.text and "2 silent, e.g. spk00/spk00_0000.wav" in caplog.text
 
 
+def test_a_training_run_warns_once_of_the_silent_files_it_leaves_out(tmp_path, monkeypatch, caplog):
+    folder = write_pool(tmp_path / "sources")
+    sf.write(folder / "spk00" / "spk00_0000.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    corpus = make_wsj0mix(tmp_path / "data", per_split=1)
+    monkeypatch.setattr(train, "create_experiment_directory", lambda folder: None)
+    argv = ["hparams/convtasnet.yaml", f"--data_folder={corpus}", f"--output_folder={tmp_path / 'run'}"]
+    argv += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
+    with caplog.at_level("WARNING"):
+        train.prepare_experiment([*argv, "--dynamic_mixing=True", f"--base_folder_dm={folder}"])
+    assert sum("Leaving out audio files" in record.getMessage() for record in caplog.records) == 1
+
+
 def test_a_pool_of_silent_files_is_one_error_line(tmp_path):
     folder = write_pool(tmp_path / "sources", silent=True)
     with pytest.raises(PoolError, match=f"no usable audio file under {folder}: 15 silent") as error:
@@ -522,6 +536,16 @@ def test_a_dangling_link_or_a_fifo_in_the_pool_is_one_line_naming_it(tmp_path, k
     expected = "not a regular file" if kind == "fifo" else "broken symbolic link"
     with pytest.raises(PoolError, match=f"{odd} in the pool: {expected}"):
         SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+
+
+def test_a_link_loop_in_the_pool_is_not_followed_and_named_once(tmp_path, caplog):
+    folder = write_pool(tmp_path / "sources")
+    (folder / "spk00" / "loop").symlink_to("..")
+    with caplog.at_level("WARNING"):
+        pool = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
+    assert len(pool.files) == 15
+    loop_lines = [record.getMessage() for record in caplog.records if "loop" in record.getMessage()]
+    assert loop_lines == [f"Not following {folder / 'spk00' / 'loop'}: it leads back to {folder}, a folder above it"]
 
 
 def test_a_flac_without_a_length_in_its_header_is_indexed_at_its_length_and_read_from_a_copy(tmp_path):

@@ -157,6 +157,24 @@ def sepformer_run_copy(sepformer_run, tmp_path) -> Path:
     return copy
 
 
+def test_an_export_of_an_export_keeps_the_training_and_test_scores_of_the_first_card(
+    sepformer_run, sepformer_run_copy, tmp_path
+):
+    config = sepformer_run_copy / "hyperparams.yaml"
+    config.write_text(config.read_text().replace(str(sepformer_run), str(sepformer_run_copy)))  # its own results
+    summary = {"si-snr_i": {"mean": 12.34, "ci95_low": 11.0, "ci95_high": 13.5, "count": 7}}
+    (sepformer_run_copy / "test_results_summary.json").write_text(json.dumps(summary))
+    assert export.main([str(sepformer_run_copy), str(tmp_path / "first")]) == 0
+    assert export.main([str(tmp_path / "first"), str(tmp_path / "second")]) == 0
+
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert (
+        "from first (an export of run, training checkpoint CKPT+best); the training and test scores below are" in card
+    )
+    assert "`experiment_name`: sepformer-wsj0mix" in card and "Unknown" not in card
+    assert "7 mixtures" in card and "| SI-SNRi | 12.34 | 11.00 .. 13.50 |" in card
+
+
 @pytest.mark.parametrize("damage", [b"", b"\x00\xff garbled: [", b"just text"])
 def test_a_checkpoint_with_an_unreadable_meta_file_is_skipped_with_a_warning(sepformer_run_copy, caplog, damage):
     (sepformer_run_copy / "save" / "CKPT+best" / "CKPT.yaml").write_bytes(damage)
@@ -587,6 +605,28 @@ def test_of_two_runs_writing_the_same_tracks_at_once_one_fails_and_the_others_tr
     assert all(sf.info(tmp_path / "out" / f"meeting_s{k}.wav").frames == 2 * SAMPLE_RATE for k in (1, 2))
 
 
+def separate_with_speakers(monkeypatch, num_spks: int, *arguments: str) -> int:
+    """`separate.py` with a `sharing_separator` of `num_spks` speakers."""
+    model = sharing_separator(SAMPLE_RATE, num_spks)
+    monkeypatch.setattr(separate, "load_separator", lambda *args, **kwargs: model)
+    return separate.main(["--model", "m", *arguments])
+
+
+def test_overwrite_by_a_model_with_fewer_speakers_removes_the_earlier_extra_tracks(
+    recordings, tmp_path, monkeypatch, caplog
+):
+    out, talk = tmp_path / "out", str(recordings / "talk0.wav")
+    assert separate_with_speakers(monkeypatch, 3, "--output-dir", str(out), talk) == 0
+    write(out / "talk0_s4.wav", np.zeros(100))  # a file of the user's, named like a track: not separate.py's
+
+    assert separate_with_speakers(monkeypatch, 2, "--output-dir", str(out), talk) == 1  # x_s1 exists: refused
+    assert sorted(p.name for p in out.iterdir()) == ["talk0_s1.wav", "talk0_s2.wav", "talk0_s3.wav", "talk0_s4.wav"]
+
+    assert separate_with_speakers(monkeypatch, 2, "--output-dir", str(out), "--overwrite", talk) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["talk0_s1.wav", "talk0_s2.wav", "talk0_s4.wav"]
+    assert "talk0.wav: removed talk0_s3.wav, tracks of an earlier model with more speakers" in caplog.text
+
+
 @pytest.mark.parametrize("output_dir", ["in/separated", "in"])
 def test_a_rerun_does_not_separate_the_tracks_of_the_last_run(sharing_model, recordings, tmp_path, output_dir):
     """--output-dir inside the folder of inputs (or that folder itself): a rerun separates the same inputs."""
@@ -696,6 +736,28 @@ def test_inputs_may_be_files_folders_or_globs(tmp_path):
     files, errors = expand_inputs([f"{tmp_path}/a", f"{tmp_path}/*.ogg", f"{tmp_path}/a/x.wav", f"{tmp_path}/*.mp4"])
     assert files == [tmp_path / "a" / "deep" / "y.flac", tmp_path / "a" / "x.wav", tmp_path / "z.ogg"]
     assert errors == [f"{tmp_path}/*.mp4: matches no file"]
+
+
+def test_a_folder_or_glob_of_earlier_tracks_alone_says_they_were_skipped_and_how_to_separate_one(
+    sharing_model, recordings, tmp_path, caplog
+):
+    out = tmp_path / "out"
+    assert separate.main(["--model", "m", "--output-dir", str(out), str(recordings / "talk0.wav")]) == 0
+    assert separate.main(["--model", "m", "--output-dir", str(tmp_path / "again"), str(out), f"{out}/*.wav"]) == 1
+    assert error_lines(caplog) == [
+        f"error: {name}: nothing to separate: 2 files are tracks that separate.py wrote earlier, skipped; to "
+        "separate one, name the file itself"
+        for name in (out, f"{out}/*.wav")
+    ]
+
+
+def test_a_folder_holding_inputs_and_earlier_tracks_says_how_many_tracks_were_skipped(
+    sharing_model, recordings, tmp_path, caplog
+):
+    assert separate.main(["--model", "m", "--output-dir", str(recordings), str(recordings / "talk0.wav")]) == 0
+    assert separate.main(["--model", "m", "--output-dir", str(tmp_path / "out"), str(recordings)]) == 0
+    assert f"{recordings}: 2 files are tracks that separate.py wrote earlier, skipped" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"talk{k}_s{s}.wav" for k in (0, 1) for s in (1, 2)]
 
 
 # ==================================================================== shift averaging

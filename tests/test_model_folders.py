@@ -272,6 +272,17 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path, caplog):
     assert (tmp_path / "export" / "README.md").read_text().startswith("# Speech separation model")
 
 
+def test_export_to_a_dangling_link_says_it_points_to_nothing(tmp_path, caplog):
+    folder = write_published_folder(tmp_path / "model")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    assert export.main([str(folder), str(tmp_path / "link")]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.getMessage().startswith("error:")]
+    assert errors == [
+        f"error: {tmp_path / 'link'} is a symbolic link to nothing ({tmp_path / 'gone'}); remove it first"
+    ]
+    assert not (tmp_path / "gone").exists()
+
+
 def test_export_of_an_export_keeps_the_weights(tmp_path):
     folder = write_published_folder(tmp_path / "model", "dprnn")
     assert export.main([str(folder), str(tmp_path / "first")]) == 0

@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from speechsep import output_files
-from speechsep.output_files import OutputError, is_temporary, write_file, write_files, write_text
+from speechsep.locking import LockHeld, folder_locked
+from speechsep.output_files import OutputError, is_temporary, text_content, write_file, write_files, write_text
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, limit_file_size, train_command
 
@@ -160,3 +161,60 @@ def test_train_py_on_a_full_disk_stops_with_one_error_line_and_leaves_no_partial
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: Could not write checkpoint {output / 'save' / 'CKPT+'}"), result.stderr[-2000:]
     assert [path.name for path in (output / "save").iterdir() if "CKPT" in path.name] == []
+
+
+def group_writer_script(folder, content: str, pause_after_first_name: bool = False) -> str:
+    """A process that writes `g_s1.txt` and `g_s2.txt` with `content` into `folder`, with overwrite; paused after
+    naming the first (it says "named" and waits for a line on stdin) if asked."""
+    return textwrap.dedent(
+        f"""
+        import os, sys
+        from speechsep.output_files import text_content, write_files
+        replace = os.replace
+        def replace_then_pause(*args):
+            replace(*args)
+            if {pause_after_first_name!r} and not sys.stdin.closed:
+                print("named", flush=True)
+                sys.stdin.readline()
+                sys.stdin.close()
+        os.replace = replace_then_pause
+        folder = {str(folder)!r}
+        write_files({{f"{{folder}}/g_s{{k}}.txt": text_content({content!r}) for k in (1, 2)}}, overwrite=True)
+        """
+    )
+
+
+def test_two_processes_overwriting_one_group_never_interleave_their_names(tmp_path):
+    """Process A is paused between naming its two files: the folder is locked then, so process B, overwriting
+    the same group at that moment, names its files before or after A's pair, never between them."""
+    run_a = subprocess.Popen(
+        [sys.executable, "-c", group_writer_script(tmp_path, "A", pause_after_first_name=True)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run_a.stdout.readline() == "named\n"
+        with pytest.raises(LockHeld), folder_locked(tmp_path, wait=False):
+            pass
+        run_b = subprocess.Popen([sys.executable, "-c", group_writer_script(tmp_path, "B")], cwd=REPO)
+        run_a.stdin.write("go on\n")
+        run_a.stdin.flush()
+        assert (run_a.wait(timeout=60), run_b.wait(timeout=60)) == (0, 0)
+    finally:
+        run_a.kill()
+    contents = [(tmp_path / f"g_s{k}.txt").read_text() for k in (1, 2)]
+    assert contents in (["A", "A"], ["B", "B"])
+
+
+def test_files_a_group_supersedes_are_removed_once_it_is_named(tmp_path):
+    for k in (1, 2, 3):
+        write_text(tmp_path / f"g_s{k}.txt", "old")
+    write_files(
+        {tmp_path / f"g_s{k}.txt": text_content("new") for k in (1, 2)},
+        overwrite=True,
+        superseded=lambda: [tmp_path / "g_s3.txt"],
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g_s1.txt", "g_s2.txt"]
+    assert (tmp_path / "g_s1.txt").read_text() == "new"

@@ -130,23 +130,42 @@ def read_header(path: str | Path) -> AudioHeader:
         return AudioHeader(audio.samplerate, audio.channels, frames, audio.subtype, audio.frames < UNKNOWN_LENGTH)
 
 
+def _read_into(path: str | Path, audio: sf.SoundFile, block: np.ndarray, reaches_end: bool) -> None:
+    """Fill `block` from `audio`'s position. libsndfile fails on the read that reaches the end of a stream whose
+    header gives no length, after it has filled the block: only that failure is not one."""
+    try:
+        audio.read(len(block), dtype=block.dtype.name, always_2d=True, out=block)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        if not (reaches_end and audio.frames >= UNKNOWN_LENGTH):
+            raise _unreadable(path, err) from None
+
+
 def read_blocks(path: str | Path, block_frames: int = BLOCK_FRAMES, dtype: str = "float32") -> Iterator[np.ndarray]:
     """The samples of `path` as [frames, channels] blocks of at most `block_frames`, reading no further than the
-    file's measured length (libsndfile fails on the read that reaches the end of a stream of unknown length,
-    after it has filled the block)."""
+    file's measured length."""
     with open_audio(path) as audio:
         total = count_frames(path, audio)
-        unknown_length = audio.frames >= UNKNOWN_LENGTH
         position = 0
         while position < total:
             block = np.empty((min(block_frames, total - position), audio.channels), dtype=dtype)
-            try:
-                audio.read(len(block), dtype=dtype, always_2d=True, out=block)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                if not (unknown_length and position + len(block) == total):
-                    raise _unreadable(path, err) from None
+            _read_into(path, audio, block, position + len(block) == total)
             position += len(block)
             yield block
+
+
+def read_segment(path: str | Path, start: int = 0, frames: int | None = None, dtype: str = "float32") -> np.ndarray:
+    """Frames `start` to `start + frames` of `path` (to its end where `frames` is None or reaches past it) as
+    [frames, channels], reading only those; a file whose header gives no length is measured first, so that
+    training reads it like any other instead of seeking past its end."""
+    with open_audio(path) as audio:
+        total = count_frames(path, audio)
+        start = min(start, total)
+        count = total - start if frames is None else min(frames, total - start)
+        if start:
+            audio.seek(start)
+        block = np.empty((count, audio.channels), dtype=dtype)
+        _read_into(path, audio, block, start + count == total)
+        return block
 
 
 def check_header(path: str | Path, requirements: AudioRequirements) -> AudioHeader:

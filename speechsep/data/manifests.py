@@ -5,12 +5,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import soundfile as sf
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import GeneratorDynamicItem
 
-from speechsep.data.audio_checks import AudioCheckError, AudioRequirements, check_example, name_problem
+from speechsep.data.audio_checks import (
+    AudioCheckError,
+    AudioRequirements,
+    check_example,
+    name_problem,
+    read_header,
+    read_segment,
+)
 from speechsep.errors import RecipeError
 from speechsep.output_files import write_csv
 
@@ -40,16 +46,14 @@ class SegmentReader:
 
     def __call__(self, *paths: str):
         """Yield a tuple of float32 tensors [time], one per path (a generator: SpeechBrain's GeneratorDynamicItem)."""
-        signals = []
         start = 0
+        if self.segment_len and self.random_crop:
+            frames = read_header(paths[0]).frames  # measured where the header gives no length
+            if frames > self.segment_len:
+                start = int(torch.randint(0, frames - self.segment_len + 1, (1,)))
+        signals = []
         for path in paths:
-            with sf.SoundFile(path) as audio:
-                frames = audio.frames
-                if not signals and self.segment_len and self.random_crop and frames > self.segment_len:
-                    start = int(torch.randint(0, frames - self.segment_len + 1, (1,)))
-                audio.seek(min(start, frames))
-                wanted = self.segment_len if self.segment_len else frames
-                signal = audio.read(wanted, dtype="float32", always_2d=True)
+            signal = read_segment(path, start, self.segment_len)
             if signal.shape[1] != 1:
                 raise ValueError(f"{path} has {signal.shape[1]} channels, expected mono")
             signals.append(torch.from_numpy(signal[:, 0]))

@@ -64,12 +64,38 @@ class _ScannedFile:
     mtime_ns: int
 
 
+def _folder_id(path: str | Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def _walk_without_loops(folder: Path):
+    """`os.walk(folder, followlinks=True)`, except that a link to a folder above it (a loop) is not followed,
+    with one warning naming it: followed, it would be walked until the path is too long to open."""
+    ancestors = {str(folder): {_folder_id(folder)}}  # the folders above each one to walk, and itself
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        above = ancestors.pop(dirpath, set())
+        for name in list(dirnames):
+            child = os.path.join(dirpath, name)
+            try:
+                child_id = _folder_id(child)
+            except OSError:
+                continue  # os.walk cannot list it either
+            if child_id in above:
+                logger.warning(f"Not following {child}: it leads back to {os.path.realpath(child)}, a folder above it")
+                dirnames.remove(name)
+            else:
+                ancestors[child] = above | {child_id}
+        yield dirpath, dirnames, filenames
+
+
 def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
-    """Audio files under `folder` (links followed), sorted so that every process agrees on the order."""
+    """Audio files under `folder` (links followed, but not round a loop), sorted so that every process agrees on
+    the order."""
     if not folder.is_dir():
         raise PoolError(f"Audio folder {folder} does not exist or is not a folder")
     scanned = []
-    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+    for dirpath, _, filenames in _walk_without_loops(folder):
         for name in filenames:
             if is_audio_name(name):
                 path = Path(dirpath, name)

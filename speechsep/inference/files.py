@@ -169,7 +169,9 @@ class FileSeparator:
         """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file: all of them or none.
 
         Without `overwrite`, the names are created exclusively, so that another process writing them at the
-        same time cannot have its tracks mixed with these. Raises AudioInputError for an unreadable or empty
+        same time cannot have its tracks mixed with these. With it, they replace the earlier ones while the
+        folder is locked (`write_files`), and earlier tracks of this input beyond this model's speaker count are
+        removed in the same step: the input's tracks are always one model's whole set. Raises AudioInputError for an unreadable or empty
         file, and `speechsep.output_files.OutputError` if a track name is taken or cannot be written.
         """
         path, output_dir = Path(path), Path(output_dir)
@@ -216,7 +218,18 @@ class FileSeparator:
             )
             for k, output in enumerate(outputs)
         }
-        write_files(writers, overwrite)
+        removed: list[Path] = []
+
+        def superseded() -> list[Path]:  # called with the folder locked: no other run names tracks meanwhile
+            removed.extend(earlier_tracks_beyond(output_dir, path.stem, self.num_spks))
+            return removed
+
+        write_files(writers, overwrite, superseded if overwrite else None)
+        if removed:
+            logger.info(
+                f"{printable(path.name)}: removed {', '.join(printable(track.name) for track in removed)}, tracks of "
+                f"an earlier model with more speakers (this one separates {self.num_spks})"
+            )
         return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
 
 
@@ -235,6 +248,17 @@ def is_separated_track(path: Path) -> bool:
         return False
 
 
+def earlier_tracks_beyond(output_dir: Path, stem: str, count: int) -> list[Path]:
+    """The tracks `<stem>_s<k>.wav` in `output_dir` with k > `count` that separate.py wrote (`is_separated_track`):
+    what an overwrite by a model of `count` speakers leaves stale."""
+    found = []
+    for track in output_dir.glob(f"{glob.escape(stem)}_s*.wav"):
+        number = track.stem[len(stem) + 2 :]
+        if number.isascii() and number.isdigit() and int(number) > count and is_separated_track(track):
+            found.append(track)
+    return sorted(found, key=lambda track: int(track.stem[len(stem) + 2 :]))
+
+
 def is_audio(path: Path) -> bool:
     """A name that says it is audio, for folders and globs to pick up (not a file being written): anything but a
     folder, so that a broken link or a FIFO among the inputs is one error line for it rather than left out."""
@@ -248,40 +272,70 @@ def expand_inputs(inputs: list[str], output_dir: str | Path | None = None) -> tu
     it), and one error message per input that names nothing. A named FIFO, device or broken link is an error
     saying so, not "no such file". Folders and globs skip what separating writes: the tracks written earlier,
     anywhere, and everything in `output_dir` when it lies inside a folder searched (else every rerun would
-    separate the last one's tracks again). A file named as it is is always taken.
+    separate the last one's tracks again). A file named as it is is always taken. The tracks skipped are
+    counted: an info line for a folder or glob that holds inputs too, else its error says so.
     """
     output_dir = Path(output_dir).resolve() if output_dir is not None else None
 
-    def is_input(path: Path, skipped_dir: Path | None = None) -> bool:
-        if not is_audio(path) or (skipped_dir is not None and skipped_dir in path.resolve().parents):
-            return False
-        return not (path.is_file() and is_separated_track(path))  # a FIFO is never opened here
+    def is_track(path: Path) -> bool:
+        return is_audio(path) and path.is_file() and is_separated_track(path)  # a FIFO is never opened here
 
-    def search(folder: Path) -> list[Path]:
-        inside = output_dir is not None and folder.resolve() in output_dir.parents
-        return sorted(p for p in folder.rglob("*") if is_input(p, output_dir if inside else None))
+    def is_input(path: Path, skipped_dir: Path | None = None) -> bool:
+        """An audio file outside `skipped_dir`, once `is_track` has said it is no track."""
+        return is_audio(path) and (skipped_dir is None or skipped_dir not in path.resolve().parents)
+
+    def search(folder: Path) -> tuple[list[Path], int]:
+        """The inputs under `folder`, and how many tracks written earlier were skipped there."""
+        skipped_dir = output_dir if output_dir is not None and folder.resolve() in output_dir.parents else None
+        found, tracks = [], 0
+        for path in sorted(folder.rglob("*")):
+            if is_track(path):
+                tracks += 1
+            elif is_input(path, skipped_dir):
+                found.append(path)
+        return found, tracks
 
     files, errors = [], []
     for name in inputs:
         path = Path(name)
+        tracks = 0  # tracks written earlier that a folder or glob holds, skipped
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            found = search(path)
-            if not found:
+            found, tracks = search(path)
+            if not found and not tracks:
                 errors.append(f"{name}: folder holds no {'/'.join(s[1:] for s in AUDIO_EXTENSIONS)} file")
         elif os.path.lexists(path):
             found = []
             errors.append(f"{name}: {file_problem(path)}")
         elif any(char in name for char in "*?["):
             matches = sorted(Path(match) for match in glob.glob(name, recursive=True))
-            found = [m for m in matches if not m.is_dir() and (is_input(m) or not is_audio_name(m))]
-            found += [p for m in matches if m.is_dir() for p in search(m)]
-            if not found:
+            track_matches = {m for m in matches if is_track(m)}
+            tracks = len(track_matches)
+            found = [
+                m
+                for m in matches
+                if not m.is_dir() and m not in track_matches and (is_input(m) or not is_audio_name(m))
+            ]
+            for folder in (m for m in matches if m.is_dir()):
+                in_folder, tracks_in_folder = search(folder)
+                found += in_folder
+                tracks += tracks_in_folder
+            if not found and not tracks:
                 errors.append(f"{name}: matches no file")
         else:
             found = []
             errors.append(f"{name}: no such file or folder")
+        if tracks:
+            skipped = (
+                f"{tracks} files are tracks that separate.py wrote earlier"
+                if tracks > 1
+                else "1 file is a track that separate.py wrote earlier"
+            )
+            if found:
+                logger.info(f"{name}: {skipped}, skipped (name a track itself to separate it)")
+            else:
+                errors.append(f"{name}: nothing to separate: {skipped}, skipped; to separate one, name the file itself")
         files.extend(found)
     seen, unique = set(), []
     for path in files:  # the first spelling of each file

@@ -4,7 +4,8 @@ Everything in it is read from the folder being exported: the modules of the buil
 `hyperparams.yaml` (corpus, config, training length) and its `test_results_summary.json` (test scores), found
 where the record puts them relative to the folder (a copied or moved run shows its own scores). What a folder
 does not hold (a published model has no training record) is said to be unknown, never guessed. Paths of the
-machine it was trained on are shown by their last component only.
+machine it was trained on are shown by their last component only. An export of an export carries the
+training and test score sections of the first export's card over, so that they are not lost to "unknown".
 """
 
 import datetime
@@ -29,6 +30,8 @@ TRAINING_KEYS = (
     "seed",
 )
 PATH_KEYS = ("data_folder",)  # shown by name: the card holds no path of the training machine
+TITLE = "# Speech separation model:"  # how a card begins: how a re-export knows a card of this module
+CARRIED_SECTIONS = ("Training", "Test scores")  # what a re-export copies from the earlier export's card
 SCORES = (("si-snr_i", "SI-SNRi"), ("sdr_i", "SDRi"), ("si-snr", "SI-SNR"), ("sdr", "SDR"))
 
 
@@ -70,6 +73,31 @@ def _test_summary(model_dir: Path, record: dict) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
+def carried_sections(earlier_card: str) -> dict[str, list[str]]:
+    """The `CARRIED_SECTIONS` of a card this module rendered (their lines, heading and blank lines excluded), or
+    {} for any other text (a README of the user's, a published model's)."""
+    if not earlier_card.startswith(TITLE):
+        return {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in earlier_card.splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip() if line[3:].strip() in CARRIED_SECTIONS else None
+            if current:
+                sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {name: _strip_blank(lines) for name, lines in sections.items() if _strip_blank(lines)}
+
+
+def _strip_blank(lines: list[str]) -> list[str]:
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
 def render(
     model_dir: Path,
     source_description: str,
@@ -77,16 +105,23 @@ def render(
     num_spks: int,
     sample_rate: int,
     checkpoint: str | None = None,
+    earlier_card: str | None = None,
 ) -> str:
     """The model card of an export of `model_dir`, whose built `modules` are encoder, masknet and decoder, from
-    the run's `checkpoint` (its folder name) when `model_dir` is a run."""
+    the run's `checkpoint` (its folder name) when `model_dir` is a run. `earlier_card` is the card of the export
+    that `model_dir` is, if it is one: its training and test score sections are carried over, since the weights
+    are the same."""
     record = _run_record(Path(model_dir))
     summary = _test_summary(Path(model_dir), record)
+    carried = {} if record or earlier_card is None else carried_sections(earlier_card)
     total = sum(_parameters(module) for module in modules.values())
+    exported = f"Exported on {datetime.date.today().isoformat()} by this recipe's `export.py` from {source_description}"
+    if carried:
+        exported += "; the training and test scores below are carried over from its card"
     lines = [
-        f"# Speech separation model: {num_spks} speakers at {sample_rate} Hz",
+        f"{TITLE} {num_spks} speakers at {sample_rate} Hz",
         "",
-        f"Exported on {datetime.date.today().isoformat()} by this recipe's `export.py` from {source_description}.",
+        f"{exported}.",
         "",
         "## Architecture",
         "",
@@ -97,7 +132,9 @@ def render(
     lines += [f"| total | | {total:,} ({total / 1e6:.2f} M) |", ""]
 
     lines += ["## Training", ""]
-    if record:
+    if "Training" in carried:
+        lines += [*carried["Training"], ""]
+    elif record:
         shown = {key: _name(record[key]) if key in PATH_KEYS else record[key] for key in TRAINING_KEYS if key in record}
         lines += [f"- `{key}`: {value}" for key, value in shown.items()]
         lines += ["- config: `hyperparams.yaml` of the training run (this folder keeps only the model)", ""]
@@ -107,10 +144,12 @@ def render(
     lines += ["## Test scores", ""]
     scores = {key: summary[key] for key, _ in SCORES if isinstance(summary.get(key), dict)}
     scored = summary.get("scored") or {}
-    if scores and checkpoint and scored.get("checkpoint", checkpoint) != checkpoint:
+    if "Test scores" in carried:
+        lines += carried["Test scores"]
+    elif scores and checkpoint and scored.get("checkpoint", checkpoint) != checkpoint:
         lines += [
             f"None for this checkpoint: the run's test results score {scored['checkpoint']}, not the exported "
-            f"{checkpoint} (`train.py <run>/hyperparams.yaml --test_only` scores it)."
+            f"{checkpoint} (`train.py <run>/hyperparams.yaml --output_folder=<run> --test_only` scores it)."
         ]
     elif scores:
         count = next(iter(scores.values())).get("count", "?")

@@ -29,7 +29,7 @@ from speechbrain.inference.separation import SepformerSeparation
 from speechsep.errors import RecipeError
 from speechsep.inference import model_card
 from speechsep.models.speedups import speed_up
-from speechsep.output_files import text_content, write_files
+from speechsep.output_files import check_not_dangling, text_content, write_files
 from speechsep.training.checkpoints import RobustCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -253,10 +253,15 @@ def find_model(model_dir: str | Path) -> ModelSource:
 
 
 def check_format(source: ModelSource, num_spks: int, sample_rate: int) -> None:
-    """Fail, without building the model, unless it separates `num_spks` speakers at `sample_rate` Hz."""
+    """Fail unless the model separates `num_spks` speakers at `sample_rate` Hz, by what its config declares.
+
+    The model is built only where that differs from the run's config: a folder whose declared num_spks is not what
+    its mask network makes is reported as the folder's own fault (`build_model`), not as the run's to fix.
+    """
     document = ruamel.yaml.YAML().load(source.config)
     declared = tuple(document.get(key) if isinstance(document, dict) else None for key in ("num_spks", "sample_rate"))
     if declared != (num_spks, sample_rate):
+        build_model(source, fast=False)
         raise ModelFolderError(
             f"{source.description} separates {declared[0]} speakers at {declared[1]} Hz; the config says num_spks "
             f"{num_spks} at sample_rate {sample_rate}: pass --num_spks={declared[0]} --sample_rate={declared[1]} "
@@ -437,13 +442,19 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
     origin = Path(model_dir).resolve().name  # names only: an export holds no path of the machine it came from
     if from_run:
         origin += f", training checkpoint {source.weights_dir.name}"
+    earlier_card = None
+    if not from_run and _is_export(Path(model_dir)):  # a re-export: say what the first came from, keep its card
+        origin += f" (an export of {source.config.splitlines()[0].removeprefix(f'{EXPORT_MARK} from ').rstrip('.')})"
+        earlier_card = _read_card(Path(model_dir))
     header = (
         f"{EXPORT_MARK} from {origin}.\n"
         "# SepformerSeparation.from_hparams(source=<this folder>, savedir=<a folder>) loads it, and so does\n"
         "# `python separate.py --model <this folder> ...`.\n\n"
     )
     checkpoint = source.weights_dir.name if from_run else None
-    card = model_card.render(Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate, checkpoint)
+    card = model_card.render(
+        Path(model_dir), origin, model.modules, model.num_spks, model.sample_rate, checkpoint, earlier_card
+    )
     writers = {
         export_dir / f"{name}.ckpt": functools.partial(torch.save, model.modules[name].state_dict())
         for name in MODULE_NAMES
@@ -458,6 +469,7 @@ def export_model(model_dir: str | Path, export_dir: str | Path, overwrite: bool 
 def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> bool:
     """Refuse to write where files of the user's or of a run would be replaced; returns whether an earlier
     export is replaced (with `overwrite`: a folder whose hyperparams.yaml begins with `EXPORT_MARK`)."""
+    check_not_dangling(export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise ModelFolderError(f"{export_dir} exists and is not a folder")
     if (export_dir / "save").is_dir() or export_dir.resolve() == model_dir.resolve():
@@ -472,6 +484,14 @@ def _check_export_target(export_dir: Path, model_dir: Path, overwrite: bool) -> 
             "choose a new folder"
         )
     return True
+
+
+def _read_card(folder: Path) -> str | None:
+    """An export's model card (README.md), or None if it cannot be read."""
+    try:
+        return (folder / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _is_export(folder: Path) -> bool:

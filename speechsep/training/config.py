@@ -58,6 +58,11 @@ def parse_arguments(argv: list[str]) -> tuple[str, RunOptions, str]:
     return RecipeRunOptions.from_command_line_args(argv)
 
 
+def overridden_keys(overrides: str) -> set[str]:
+    """The top-level keys that command-line overrides (as `parse_arguments` returns them) set."""
+    return {str(key) for key in _read_mapping(overrides or "", "the command line")}
+
+
 def _read_mapping(text: str, origin: str) -> dict:
     try:
         mapping = ruamel.yaml.YAML().load(text)
@@ -88,6 +93,11 @@ def _merge(document: dict, overrides: dict) -> None:
             document[key] = value
 
 
+def _tag(value) -> str | None:
+    """The YAML tag of a loaded value (`!ref`, `!new:...`, `!PLACEHOLDER`), or None."""
+    return getattr(getattr(value, "tag", None), "value", None)
+
+
 def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None]:
     """The config as a YAML stream with tagged overrides applied, and the other (checked) overrides."""
     hparams_file = Path(hparams_file)
@@ -100,8 +110,13 @@ def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None
     if overrides:
         _check_keys(overrides, document, "the command line")
         # A tagged value (`!new:...`, `!name:...`) is a new object: replace it rather than merge into it.
-        for key in [k for k, v in overrides.items() if getattr(getattr(v, "tag", None), "value", None)]:
+        for key in [k for k, v in overrides.items() if _tag(v)]:
             document[key] = overrides.pop(key)
+    unset = [key for key, value in document.items() if _tag(value) == "!PLACEHOLDER" and key not in (overrides or {})]
+    if unset:
+        raise ConfigError(
+            f"{unset[0]} is not set ({hparams_file} leaves it to the command line): pass --{unset[0]}=..."
+        )
     stream = io.StringIO()
     yaml.dump(document, stream)
     stream.seek(0)
@@ -154,8 +169,13 @@ def _is_path(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-# Where a run writes: `""` would be the working directory, null or a list a crash when the folder is made.
-PATH_KEYS = ("output_folder", "save_folder", "results_folder", "train_log")
+# Every path-valued key of the configs: where a run writes and what it reads. `""` would be the working directory,
+# null or a list a crash when the folder is made or the file read (after the run's record is written).
+PATH_KEYS = (
+    *("output_folder", "save_folder", "results_folder", "train_log"),
+    *("data_folder", "train_data", "valid_data", "test_data"),
+)
+OPTIONAL_PATH_KEYS = ("base_folder_dm", "noise_folder_dm", "pretrained_separator")  # null: none
 # key -> (test of its value, what it must be)
 VALUE_CHECKS = {
     "N_epochs": (lambda v: _is_int(v, 0), "a whole number of epochs, 0 or more"),
@@ -183,14 +203,23 @@ VALUE_CHECKS = {
         "separation, enhancement or enhancement_both",
     ),
     **{key: (_is_path, "a path (a non-empty string)") for key in PATH_KEYS},
+    **{key: (lambda v: v is None or _is_path(v), "null or a path (a non-empty string)") for key in OPTIONAL_PATH_KEYS},
 }
 # Keys that say which data a model is trained, validated and tested on: a run resumed with other values would
 # mix two experiments (e.g. pick its best checkpoint across two validation sets).
 DATA_KEYS = (
     *("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task"),
-    *("train_data", "valid_data", "test_data"),
-    *("dynamic_mixing", "base_folder_dm", "noise_folder_dm", "dm_level_scheme", "dm_rooms"),
+    *("train_data", "valid_data", "test_data", "dynamic_mixing"),
 )
+DYNAMIC_MIXING_KEYS = ("base_folder_dm", "noise_folder_dm", "dm_level_scheme", "dm_rooms")  # the training data then
+
+
+def data_keys(values: dict) -> set[str]:
+    """The keys that say which data the run with `values` uses: with dynamic mixing, its pool's rather than the
+    training manifest; a key the run does not read (base_folder_dm without dynamic mixing) says nothing of it."""
+    if values.get("dynamic_mixing"):
+        return (set(DATA_KEYS) - {"train_data"}) | set(DYNAMIC_MIXING_KEYS)
+    return set(DATA_KEYS)
 
 
 def check_values(values: dict) -> None:

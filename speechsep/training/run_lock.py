@@ -3,7 +3,7 @@
 Two trainings in one folder would prune each other's checkpoints and test whichever scored best, possibly the
 other's. The main process of a run holds the lock of `speechsep.locking` on `<output_folder>/.lock` for as long
 as it lives; the kernel releases it when the process ends, however it ends, so a stale lock cannot block the
-next run. The file says who holds it, for the message the second run prints. Under DDP only the main process
+next run. A results folder outside the output folder is locked the same way. The file says who holds it, for the message the second run prints. Under DDP only the main process
 locks: the other ranks of the same job follow it, and those of another job stop when their main process does.
 """
 
@@ -21,8 +21,9 @@ class FolderInUseError(RecipeError):
     """Another live process holds the output folder."""
 
 
-def claim_output_folder(folder: str | Path) -> None:
-    """Lock `folder` for this process (idempotent), or raise FolderInUseError naming the holder."""
+def claim_output_folder(folder: str | Path, key: str = "output_folder") -> None:
+    """Lock `folder` for this process (idempotent), or raise FolderInUseError naming the holder; `key` names the
+    folder in the message (a `results_folder` outside the output folder is locked too)."""
     folder = Path(folder).resolve()
     if folder in _held:
         return
@@ -31,7 +32,7 @@ def claim_output_folder(folder: str | Path) -> None:
         handle = acquire(folder / LOCK_FILE)
     except LockHeld as holder:
         raise FolderInUseError(
-            f"output_folder {folder} is in use by {holder}: wait for that run to end, or choose another output_folder"
+            f"{key} {folder} is in use by {holder}: wait for that run to end, or choose another {key}"
         ) from None
     _held[folder] = handle
     atexit.register(release_output_folder, folder)
