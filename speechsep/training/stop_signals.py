@@ -3,7 +3,8 @@
 SLURM, torchrun and `kill -- -PGID` deliver SIGTERM to a whole process group, DataLoader workers included, and
 PyTorch's SIGTERM handler in a worker ends it: the training loop then fails on a dead worker before it can save
 its checkpoint. Workers therefore leave the stop signals to the training process, which checkpoints and stops
-(train.py, at the next batch).
+(train.py, at the next batch): they are started with the stop signals blocked (a signal sent while a worker starts
+would otherwise end it before its `worker_init_fn` runs), and their `worker_init_fn` keeps them blocked.
 
 A torchrun launcher killed by a signal that it does not pass on (SIGUSR1, SIGKILL) would leave its workers
 training on, holding the run lock: a worker whose parent changed since it started stops the same way.
@@ -12,7 +13,10 @@ slurm/run_job.sh cannot tell an honoured stop from a failure by torchrun's exit 
 agent re-raises it): the main process writes the checkpoint it saved to the file named by `STOP_RECORD_VARIABLE`.
 """
 
+import contextlib
 import functools
+import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import threading
@@ -80,14 +84,75 @@ def _exit_on_sigterm_from(training_pid: int) -> None:
             os._exit(0)
 
 
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Block the stop signals in this thread, then restore its mask (a signal that came meanwhile is then delivered).
+
+    A process forked or spawned meanwhile inherits the blocked mask (it survives exec): it is born deaf to them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class StopSignalsBlockedForkProcess(multiprocessing.context.ForkProcess):
+    """A forked process that starts with the stop signals blocked."""
+
+    def start(self):
+        with stop_signals_blocked():
+            super().start()
+
+
+class StopSignalsBlockedSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that starts with the stop signals blocked."""
+
+    def start(self):
+        with stop_signals_blocked():
+            super().start()
+
+
+class StopSignalsBlockedForkContext(multiprocessing.context.ForkContext):
+    """The fork start method, whose processes start with the stop signals blocked."""
+
+    Process = StopSignalsBlockedForkProcess
+
+
+class StopSignalsBlockedSpawnContext(multiprocessing.context.SpawnContext):
+    """The spawn start method, whose processes start with the stop signals blocked."""
+
+    Process = StopSignalsBlockedSpawnProcess
+
+
+# forkserver is left as it is: its workers are forked by the fork server, whose signal mask is its own (set when it
+# started), not by this thread; they are exposed until their `worker_init_fn` runs.
+STOP_SIGNALS_BLOCKED_CONTEXTS = {"fork": StopSignalsBlockedForkContext, "spawn": StopSignalsBlockedSpawnContext}
+STOCK_CONTEXTS = (multiprocessing.context.ForkContext, multiprocessing.context.SpawnContext)
+
+
+def stop_signals_blocked_context(requested=None):
+    """The multiprocessing context to start loader workers with: the start method `requested` (a name, a context,
+    or None for Python's default) with its processes starting with the stop signals blocked. A context of
+    another kind (forkserver, a user's own) is returned as it is."""
+    if requested is None:
+        requested = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if type(requested) in STOCK_CONTEXTS:
+        requested = requested.get_start_method()
+    if isinstance(requested, str) and requested in STOP_SIGNALS_BLOCKED_CONTEXTS:
+        return STOP_SIGNALS_BLOCKED_CONTEXTS[requested]()
+    return requested
+
+
 def loader_workers_leave_stop_signals(loader_kwargs: dict) -> dict:
-    """DataLoader arguments whose worker processes (if any) leave the stop signals to this process.
+    """DataLoader arguments whose worker processes (if any) leave the stop signals to this process, from their
+    start (`stop_signals_blocked_context`) and after their `worker_init_fn` (`leave_stop_signals_to`).
 
     Whatever the start method (with forkserver, a worker's parent is not this process)."""
     if not loader_kwargs.get("num_workers"):
         return loader_kwargs
     init = functools.partial(leave_stop_signals_to, os.getpid(), loader_kwargs.get("worker_init_fn"))  # picklable
-    return {**loader_kwargs, "worker_init_fn": init}
+    context = stop_signals_blocked_context(loader_kwargs.get("multiprocessing_context"))
+    return {**loader_kwargs, "worker_init_fn": init, "multiprocessing_context": context}
 
 
 def record_stop_checkpoint(checkpoint: Path | None) -> None:
