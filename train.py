@@ -119,7 +119,7 @@ class Separation(sb.Brain):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.stop_request = StopRequest.for_this_process()  # main() installs its signal handlers
+        self.stop_request = StopRequest.for_this_process()  # train_and_test() gives it the one it installed
         clip = self.hparams.clip_grad_norm
         self.max_grad_norm = clip if clip > 0 else float("inf")  # what SpeechBrain's optimizers_step clips to
         self.epoch_stats = EpochStatistics()
@@ -818,8 +818,22 @@ def error_text(err: Exception) -> str:
     return str(err)
 
 
+def stop_if_requested_before_work(stop_request: StopRequest, test_only: bool) -> None:
+    """Exit 0 if a stop signal came during the preparations (config, data, model): nothing is checkpointed, so
+    there is no stop record, and the rerun of the same command starts where this one did. Under DDP every
+    process stops if any got it."""
+    if any_rank(stop_request.requested)[0]:
+        work = "the test stage" if test_only else "training"
+        logger.info(f"stop requested before {work} started: nothing to checkpoint")
+        sys.exit(0)
+
+
 def train_and_test(argv):
     """`main` without its handling of write failures."""
+    # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): from the start a request, acted on
+    # where the run can stop (a checkpoint in training, at once before it: `stop_if_requested_before_work`).
+    stop_request = StopRequest.for_this_process()
+    stop_request.install_handlers()
     try:
         hparams, run_opts, (train_data, valid_data, test_data) = prepare_experiment(argv)
         modules, checkpointer = starting_model(hparams, run_opts["test_only"])
@@ -833,8 +847,8 @@ def train_and_test(argv):
         run_opts=run_opts,
         checkpointer=checkpointer,
     )
-    # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): checkpoint, then exit 0.
-    separator.stop_request.install_handlers()
+    separator.stop_request = stop_request
+    stop_if_requested_before_work(stop_request, run_opts["test_only"])
     logger.info(
         f"Effective batch size: {hparams['batch_size']} per process x {world_size()} processes x "
         f"{separator.grad_accumulation_factor} accumulation steps = "

@@ -35,7 +35,7 @@ if [[ -s "$SPEECHSEP_STOP_RECORD" ]]; then
   exit 0
 elif [[ $requeue == 1 ]]; then
   echo "No checkpoint was written after the stop signal (training exited with status $status); requeueing" \
-    "job $SLURM_JOB_ID, which resumes from the run's last checkpoint" >&2
+    "job $SLURM_JOB_ID, which resumes from the run's last checkpoint (or starts afresh if it has none)" >&2
   scontrol requeue "$SLURM_JOB_ID"
 fi
 exit "$status"

@@ -188,3 +188,26 @@ def test_kill_9_resumes_from_the_last_intra_epoch_checkpoint_with_the_same_total
     assert f"Resuming epoch 1 after batch {saved_step}" in (output / "log.txt").read_text()
     assert final_brain_state(output)["optimizer_step"] == NUM_TRAIN
     assert not list((output / "save").glob(".*partial"))  # no half-written checkpoint left behind
+
+
+SIGNAL_AFTER_PREPARATION = """
+import os, signal, sys
+import train
+prepare_experiment = train.prepare_experiment
+def prepared_then_signalled(argv):
+    prepared = prepare_experiment(argv)
+    os.kill(os.getpid(), signal.SIGTERM)  # the data and config are ready; no model is built, nothing trained
+    return prepared
+train.prepare_experiment = prepared_then_signalled
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_stop_signal_before_training_exits_0_without_a_checkpoint_or_a_stop_record(data_folder, tmp_path):
+    output, record = tmp_path / "out", tmp_path / "stop_record"
+    command = [sys.executable, "-c", SIGNAL_AFTER_PREPARATION, *options(data_folder, output)]
+    env = {**os.environ, STOP_RECORD_VARIABLE: str(record)}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stop requested before training started: nothing to checkpoint" in result.stdout
+    assert not list((output / "save").glob("CKPT+*")) and not record.exists()
