@@ -193,10 +193,13 @@ class Separation(sb.Brain):
     def evaluate_batch(self, batch, stage):
         """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass.
 
-        A stop during validation does not wait for its end (a launcher's grace period may be shorter): the
-        checkpoint says that this epoch's training is done, and the resumed run validates it.
+        A stop does not wait for the stage's end (a launcher's grace period may be shorter). During validation the
+        checkpoint says that this epoch's training is done, and the resumed run validates it; during the test stage
+        nothing is written (`stop_test_stage`), and the resumed run tests again.
         """
-        if stage == sb.Stage.VALID and any_rank(self.stop_requested)[0]:
+        if any_rank(self.stop_requested)[0]:  # one decision for every rank: each evaluates as many batches
+            if stage == sb.Stage.TEST:
+                self.stop_test_stage()
             self.step = self.epoch_steps  # SpeechBrain counts the validation batches in it
             self.stop_at_checkpoint()
         with self.evaluation_ctx:
@@ -414,6 +417,16 @@ class Separation(sb.Brain):
         request = self.stop_request  # asked again: the launcher may have gone since this process last looked
         reason = request.reason if request.requested else "stop requested on another process"
         raise StopRequested(f"{reason}: saved a checkpoint at epoch step {self.step}")
+
+    def stop_test_stage(self):
+        """Preemption or time limit in the test stage: stop without test results (no partial ones; an earlier
+        test's stay set aside in `PREVIOUS_TEST`); the rerun of the same command, with nothing left to train,
+        tests again."""
+        request = self.stop_request
+        reason = request.reason if request.requested else "stop requested on another process"
+        previous = Path(self.hparams.results_folder, PREVIOUS_TEST)
+        kept = f"; the earlier ones are kept in {previous}" if previous.is_dir() else ""
+        raise StopRequested(f"{reason}: the test stage stopped, no test results written{kept}")
 
     # ---------------------------------------------------------------- test helpers
     def score(self, predictions, est_sources, snt_ids):
@@ -828,6 +841,16 @@ def stop_if_requested_before_work(stop_request: StopRequest, test_only: bool) ->
         sys.exit(0)
 
 
+def exit_after_stop(stop: StopRequested, checkpointer) -> None:
+    """Exit 0 after an honoured stop, having recorded the run's newest checkpoint (the one the stop saved in
+    training, the final one in the test stage) for slurm/run_job.sh: the rerun of the same command resumes from it."""
+    if if_main_process() and checkpointer is not None:
+        newest = checkpointer.find_checkpoint()
+        record_stop_checkpoint(newest.path if newest is not None else None)
+    logger.info(f"Stop requested: {stop}; exiting")
+    sys.exit(0)
+
+
 def train_and_test(argv):
     """`main` without its handling of write failures."""
     # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): from the start a request, acted on
@@ -869,11 +892,8 @@ def train_and_test(argv):
                 train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
                 valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
             )
-        except StopRequested as stop:  # the rerun of the same command resumes from that checkpoint
-            if if_main_process():
-                record_stop_checkpoint(checkpointer.find_checkpoint().path)  # the newest: the one just saved
-            logger.info(f"Stop requested: {stop}; exiting")
-            sys.exit(0)
+        except StopRequested as stop:
+            exit_after_stop(stop, checkpointer)
         if separator.optimizer_step == 0:  # an untrained model must not be reported as a result
             sys.exit(
                 f"error: training made no optimizer step: every batch was skipped ({separator.nonfinite_count} "
@@ -885,6 +905,8 @@ def train_and_test(argv):
             max_key="si-snr",
             test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data),
         )
+    except StopRequested as stop:
+        exit_after_stop(stop, checkpointer)
     except (OSError, RecipeError) as err:
         previous = Path(hparams["results_folder"], PREVIOUS_TEST)
         if previous.is_dir():

@@ -5,6 +5,7 @@ workers included (they leave them to the training process), or to torchrun, whic
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,24 +191,49 @@ def test_kill_9_resumes_from_the_last_intra_epoch_checkpoint_with_the_same_total
     assert not list((output / "save").glob(".*partial"))  # no half-written checkpoint left behind
 
 
-SIGNAL_AFTER_PREPARATION = """
+SIGNAL_BEFORE = """
 import os, signal, sys
 import train
-prepare_experiment = train.prepare_experiment
-def prepared_then_signalled(argv):
-    prepared = prepare_experiment(argv)
-    os.kill(os.getpid(), signal.SIGTERM)  # the data and config are ready; no model is built, nothing trained
-    return prepared
-train.prepare_experiment = prepared_then_signalled
+def sigterm_before(function):
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return function(*args, **kwargs)
+    return signalled
+{patch}
 train.main(sys.argv[1:])
 """
 
 
-def test_a_stop_signal_before_training_exits_0_without_a_checkpoint_or_a_stop_record(data_folder, tmp_path):
-    output, record = tmp_path / "out", tmp_path / "stop_record"
-    command = [sys.executable, "-c", SIGNAL_AFTER_PREPARATION, *options(data_folder, output)]
+def run_with_sigterm_before(patch: str, command_options: list[str], record) -> subprocess.CompletedProcess:
+    """train.py's main with a real SIGTERM sent to itself where `patch` (a line of Python) says."""
+    command = [sys.executable, "-c", SIGNAL_BEFORE.format(patch=patch), *command_options]
     env = {**os.environ, STOP_RECORD_VARIABLE: str(record)}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_stop_signal_before_training_exits_0_without_a_checkpoint_or_a_stop_record(data_folder, tmp_path):
+    """Signalled once the data and config are prepared, before the model is built."""
+    output, record = tmp_path / "out", tmp_path / "stop_record"
+    patch = "train.starting_model = sigterm_before(train.starting_model)"
+    result = run_with_sigterm_before(patch, options(data_folder, output), record)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stop requested before training started: nothing to checkpoint" in result.stdout
     assert not list((output / "save").glob("CKPT+*")) and not record.exists()
+
+
+def test_a_stop_signal_in_the_test_stage_stops_it_keeping_the_earlier_results_and_records_the_final_checkpoint(
+    data_folder, uninterrupted, tmp_path
+):
+    """A finished run tested again (--test_only), signalled as the test stage starts; its rerun tests again."""
+    output, record = tmp_path / "out", tmp_path / "stop_record"
+    shutil.copytree(uninterrupted, output)
+    command_options = [*options(data_folder, output, num_workers=LOADER_WORKERS), "--test_only"]
+    patch = "train.Separation.on_evaluate_start = sigterm_before(train.Separation.on_evaluate_start)"
+    result = run_with_sigterm_before(patch, command_options, record)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the test stage stopped, no test results written" in result.stdout
+    assert not (output / "test_results.csv").exists() and (output / "previous_test" / "test_results.csv").is_file()
+    assert record.read_text().strip() == str(final_checkpoint(output))
+
+    rerun([sys.executable, "train.py", *command_options])
+    assert (output / "test_results.csv").is_file() and not (output / "previous_test").exists()
