@@ -225,7 +225,9 @@ class Separation(sb.Brain):
         if self.checkpointer is not None:
             checkpoint = self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
             name = checkpoint.path.name if checkpoint is not None else None
-            self.scored = {"epoch": hp.epoch_counter.current, "checkpoint": name}
+            # the epoch it ended, from its meta: its epoch counter is at the last epoch after a budget stop
+            epoch = checkpoint.meta.get("epoch") if checkpoint is not None else None
+            self.scored = {"epoch": epoch or hp.epoch_counter.current, "checkpoint": name}
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
         # --test_only prepares its own manifest from its data_folder (`manifest_folder`): both say which test set
@@ -276,9 +278,11 @@ class Separation(sb.Brain):
                     f"Training budget of {self.budget.minutes} min: stopping after epoch {epoch} of {counter.limit} "
                     f"({self.budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
                 )
-                counter.current = counter.limit
+                counter.current = counter.limit  # the rerun trains no more; the meta's epoch is the one trained
             self.checkpointer.save_and_keep_only(
-                meta={"si-snr": stats["si-snr"]}, max_keys=["si-snr"], num_to_keep=self.hparams.num_ckpts_to_keep
+                meta={"si-snr": stats["si-snr"], "epoch": epoch},
+                max_keys=["si-snr"],
+                num_to_keep=self.hparams.num_ckpts_to_keep,
             )  # before the epoch's log line: an epoch whose checkpoint failed is trained again, and logged once
             self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
             if any_rank(self.stop_requested)[0]:

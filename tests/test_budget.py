@@ -1,7 +1,9 @@
 """A training budget in wall-clock minutes: whole epochs that fit, a schedule that follows the budget, a resume
 that continues the same budget."""
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +57,16 @@ def test_a_run_stops_at_the_budget_tests_and_a_rerun_trains_no_more(tmp_path):
     assert (tmp_path / "run" / "test_results.csv").is_file()
     log = (tmp_path / "run" / "train_log.txt").read_text()
     assert log.count("epoch: ") == 1  # one training epoch logged, then the test
+    assert epoch_scored(tmp_path / "run") == 1  # the epoch trained, not the last of N_epochs
 
     again = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:]
     assert (tmp_path / "run" / "train_log.txt").read_text().count("epoch: ") == 1
+    assert epoch_scored(tmp_path / "run") == 1
+
+
+def epoch_scored(run: Path) -> int:
+    """The epoch of the checkpoint that the test stage scored, by its results and by the training log."""
+    epoch = json.loads((run / "test_results_summary.json").read_text())["scored"]["epoch"]
+    assert f"epoch loaded: {epoch}," in (run / "train_log.txt").read_text()
+    return epoch
