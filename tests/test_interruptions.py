@@ -227,7 +227,7 @@ def test_a_stop_signal_in_the_test_stage_stops_it_keeping_the_earlier_results_an
     """A finished run tested again (--test_only), signalled as the test stage starts; its rerun tests again."""
     output, record = tmp_path / "out", tmp_path / "stop_record"
     shutil.copytree(uninterrupted, output)
-    command_options = [*options(data_folder, output, num_workers=LOADER_WORKERS), "--test_only"]
+    command_options = [*options(data_folder, output), "--test_only"]
     patch = "train.Separation.on_evaluate_start = sigterm_before(train.Separation.on_evaluate_start)"
     result = run_with_sigterm_before(patch, command_options, record)
     assert result.returncode == 0, result.stderr[-3000:]
