@@ -536,6 +536,7 @@ def training_dataset(hparams):
         hparams["use_wham_noise"],
         segment_len=hparams["training_signal_len"],
         random_crop=True,
+        seed=hparams["seed"],
     )
 
 
