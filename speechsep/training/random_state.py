@@ -33,12 +33,14 @@ def loader_generator(seed: int) -> torch.Generator:
 
 
 class RandomState:
-    """Saves and restores the states of torch's (CPU and current CUDA device), numpy's and Python's global
-    generators in this process."""
+    """Saves and restores the states of torch's (CPU and the process's CUDA device, which SpeechBrain makes the
+    current one), numpy's and Python's global generators in this process."""
 
     @staticmethod
     def capture() -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        numpy_state = (name, keys.tolist(), position, has_gauss, cached_gaussian)  # plain values: weights_only loads
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state()
         return state
@@ -46,7 +48,8 @@ class RandomState:
     @staticmethod
     def restore(state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
+        name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
@@ -62,7 +65,7 @@ class RandomState:
         the one that saved it) keeps its seeded ones."""
         path = rank_file(path, rank())
         if path.is_file():
-            self.restore(torch.load(path, weights_only=False))
+            self.restore(torch.load(path))
 
 
 # Every process saves its own generators.
