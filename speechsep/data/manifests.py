@@ -62,8 +62,8 @@ class SegmentReader:
         """Yield a tuple of float32 tensors [time], one per path (a generator: SpeechBrain's GeneratorDynamicItem)."""
         start = 0
         if self.segment_len and self.random_crop:
-            # measured where the header gives no length
-            start = self.crop_start(example_id, read_header(paths[0]).frames)
+            frames = read_header(paths[0]).frames  # measured where the header gives no length
+            start = self.crop_start(example_id, frames)
         signals = []
         for path in paths:
             signal = read_segment(path, start, self.segment_len)
