@@ -68,6 +68,7 @@ from speechsep.training.distributed import (
     world_size,
 )
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
+from speechsep.training.random_state import RandomState, loader_generator
 from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder, results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
@@ -128,6 +129,7 @@ class Separation(sb.Brain):
         if self.checkpointer is not None:  # optional: checkpoints of earlier versions have none
             self.checkpointer.add_recoverable("epoch_stats", self.epoch_stats, optional_load=True)
             self.checkpointer.add_recoverable("budget", self.budget, optional_load=True)
+            self.checkpointer.add_recoverable("random_state", RandomState(), optional_load=True)
 
     # ---------------------------------------------------------------- the Brain's hooks
     def compute_forward(self, batch, stage):
@@ -314,12 +316,14 @@ class Separation(sb.Brain):
         """SpeechBrain's loaders, whose worker processes leave the stop signals to this one.
 
         The training dataset is remembered (it is told the epoch before each epoch's workers start), and the size
-        of the test set (the audio examples are chosen among its examples).
+        of the test set (the audio examples are chosen among its examples). The loaders draw their workers' seeds
+        from a generator of their own, not from the checkpointed global one (`speechsep.training.random_state`).
         """
         if stage == sb.Stage.TRAIN:
             self.train_dataset = dataset
         elif stage == sb.Stage.TEST:
             self.test_set_size = len(dataset)
+        loader_kwargs.setdefault("generator", loader_generator(self.hparams.seed))
         return super().make_dataloader(dataset, stage, **loader_workers_leave_stop_signals(loader_kwargs))
 
     # ---------------------------------------------------------------- signals and separation
@@ -553,6 +557,7 @@ def training_dataset(hparams):
         hparams["use_wham_noise"],
         segment_len=hparams["training_signal_len"],
         random_crop=True,
+        seed=hparams["seed"],
     )
 
 

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
 NUM_TRAIN = 40
 NUM_VALID = 8  # 4 per rank under DDP: one to stop in the middle of validation
 LOADER_WORKERS = 3  # the configs' num_workers
+CLIP_SECONDS = 1.5  # training crops of CROP_SAMPLES are random offsets in each clip
+CROP_SAMPLES = 4000
 MODEL_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
 
 
@@ -31,17 +33,19 @@ MODEL_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
 def data_folder(tmp_path_factory):
     """NUM_TRAIN training and NUM_VALID validation mixtures; a test set of two, which these tests do not look at."""
     counts = {"tr": NUM_TRAIN, "cv": NUM_VALID, "tt": 2}
-    return make_wsj0mix(tmp_path_factory.mktemp("data"), per_split=counts, seconds=0.5)
+    return make_wsj0mix(tmp_path_factory.mktemp("data"), per_split=counts, seconds=CLIP_SECONDS)
 
 
 def options(data_folder, output, **overrides) -> list[str]:
+    """Random crops and the configs' speed perturbation: a resumed run must draw what an uninterrupted one did."""
     values = {
         "data_folder": data_folder,
         "output_folder": output,
         "N_epochs": 1,
         "batch_size": 1,
         **TINY_CONVTASNET,
-        "use_speedperturb": False,
+        "training_signal_len": CROP_SAMPLES,
+        "use_speedperturb": True,
         **overrides,
     }
     return ["hparams/convtasnet.yaml", *[f"--{k}={v}" for k, v in values.items()]]

@@ -1,10 +1,12 @@
 """Reading mixtures and their sources from the CSV manifests written by `prepare_data.py`."""
 
 import csv
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import GeneratorDynamicItem
@@ -36,21 +38,32 @@ class SegmentReader:
     """Reads one example's signals, the same segment of each file.
 
     With `segment_len` (samples) and `random_crop`, each example gets its own random offset and only those
-    frames are read from disk (a WSJ0-2mix training file is ~6 s, a training crop often 4 s or less). A class
-    rather than a closure so that datasets pickle under the spawn start method.
+    frames are read from disk (a WSJ0-2mix training file is ~6 s, a training crop often 4 s or less). The offset
+    is a pure function of (seed, epoch, example ID), as dynamic mixing's mixtures are, so that it depends neither
+    on which loader worker reads the example nor on the batches a resumed epoch skips. A class rather than a
+    closure so that datasets pickle under the spawn start method.
     """
 
-    def __init__(self, segment_len: int | None = None, random_crop: bool = False):
+    def __init__(self, segment_len: int | None = None, random_crop: bool = False, seed: int = 0):
         self.segment_len = segment_len
         self.random_crop = random_crop
+        self.seed = seed
+        self.epoch = 0
 
-    def __call__(self, *paths: str):
+    def crop_start(self, example_id: str, frames: int) -> int:
+        """The first frame of the crop of `example_id`, a file of `frames` frames, in the current epoch."""
+        if frames <= self.segment_len:
+            return 0
+        id_number = int.from_bytes(hashlib.sha256(example_id.encode("utf-8")).digest()[:8], "little")
+        rng = np.random.default_rng([self.seed, self.epoch, id_number])
+        return int(rng.integers(0, frames - self.segment_len + 1))
+
+    def __call__(self, example_id: str, *paths: str):
         """Yield a tuple of float32 tensors [time], one per path (a generator: SpeechBrain's GeneratorDynamicItem)."""
         start = 0
         if self.segment_len and self.random_crop:
             frames = read_header(paths[0]).frames  # measured where the header gives no length
-            if frames > self.segment_len:
-                start = int(torch.randint(0, frames - self.segment_len + 1, (1,)))
+            start = self.crop_start(example_id, frames)
         signals = []
         for path in paths:
             signal = read_segment(path, start, self.segment_len)
@@ -58,6 +71,21 @@ class SegmentReader:
                 raise ValueError(f"{path} has {signal.shape[1]} channels, expected mono")
             signals.append(torch.from_numpy(signal[:, 0]))
         yield tuple(signals)
+
+
+class SeparationDataset(DynamicItemDataset):
+    """A manifest's examples; `set_epoch` selects the epoch whose random crops they get.
+
+    Call `set_epoch` before each epoch's loader iterator is created (Brain.on_stage_start), so that new workers
+    see it.
+    """
+
+    def __init__(self, rows_by_id: dict[str, dict], segment_reader: SegmentReader):
+        super().__init__(rows_by_id)
+        self.segment_reader = segment_reader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.segment_reader.epoch = int(epoch)
 
 
 def read_manifest(csv_path: Path, data_root: str, columns: list[str]) -> dict[str, dict]:
@@ -189,14 +217,18 @@ def separation_dataset(
     with_noise: bool = False,
     segment_len: int | None = None,
     random_crop: bool = False,
-) -> DynamicItemDataset:
-    """A DynamicItemDataset over a manifest, providing `id`, `mix_sig`, `s1_sig`, ... (and `noise_sig`)."""
+    seed: int = 0,
+) -> SeparationDataset:
+    """A dataset over a manifest, providing `id`, `mix_sig`, `s1_sig`, ... (and `noise_sig`); with `random_crop`,
+    crops of `segment_len` samples drawn from (`seed`, epoch, example ID)."""
     names = signal_names(num_spks, with_noise)
-    dataset = DynamicItemDataset(read_manifest(Path(csv_path), data_root, ["ID"] + [f"{name}_wav" for name in names]))
+    rows_by_id = read_manifest(Path(csv_path), data_root, ["ID"] + [f"{name}_wav" for name in names])
+    segment_reader = SegmentReader(segment_len, random_crop, seed)
+    dataset = SeparationDataset(rows_by_id, segment_reader)
     dataset.add_dynamic_item(
         GeneratorDynamicItem(
-            takes=[f"{name}_wav" for name in names],
-            func=SegmentReader(segment_len, random_crop),
+            takes=["id"] + [f"{name}_wav" for name in names],
+            func=segment_reader,
             provides=[[f"{name}_sig" for name in names]],
         )
     )
