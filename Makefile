@@ -23,7 +23,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest -q -n 2
+	$(PYTHON) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(INSTALLED)
 	$(PYTHON) bench/run_all.py

@@ -338,6 +338,7 @@ def test_save_and_keep_only_keeps_the_old_checkpoint_when_the_new_save_fails(tmp
 
 # --------------------------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
+@pytest.mark.xdist_group("torchrun")
 def test_ddp_ranks_keep_complete_checkpoints_and_fall_back_alike(tmp_path):
     command = torchrun_command("tests/ddp_checkpoint_worker.py", tmp_path / "save", tmp_path)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)

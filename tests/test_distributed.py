@@ -15,7 +15,7 @@ from speechsep.training.losses import pit_si_snr_loss
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, tiny_hparams, torchrun_command
 
-pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("torchrun")]  # train.py in subprocesses, one group at a time
 
 TINY = {**TINY_CONVTASNET, "use_speedperturb": False}
 TOLERANCE_DB = 1e-3  # float32 sums in another order, batched on the ranks, one by one here

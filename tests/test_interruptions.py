@@ -19,7 +19,7 @@ from speechsep.training.stop_signals import STOP_RECORD_VARIABLE
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, torchrun_command
 
-pytestmark = pytest.mark.slow  # every test runs train.py in a subprocess
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("torchrun")]  # train.py in subprocesses, one group at a time
 
 NUM_TRAIN = 40
 NUM_VALID = 8  # 4 per rank under DDP: one to stop in the middle of validation

@@ -326,12 +326,18 @@ def test_an_epoch_is_logged_only_once_its_checkpoint_is_saved(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- model folders and their cards
-def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_not_exported(tmp_path):
-    folder = write_published_folder(tmp_path / "model", "convtasnet")
+def folder_declaring_num_spks(folder: Path, num_spks: int) -> Path:
+    """A published-layout Conv-TasNet folder whose mask network makes 2 masks but whose config says `num_spks`."""
+    folder = write_published_folder(folder, "convtasnet")
     config = (folder / "hyperparams.yaml").read_text()
     (folder / "hyperparams.yaml").write_text(
-        config.replace("C: !ref <num_spks>", "C: 2").replace("num_spks: 2", "num_spks: 1")
+        config.replace("C: !ref <num_spks>", "C: 2").replace("num_spks: 2", f"num_spks: {num_spks}")
     )
+    return folder
+
+
+def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_not_exported(tmp_path):
+    folder = folder_declaring_num_spks(tmp_path / "model", 1)
     message = "hyperparams.yaml says num_spks: 1, but its mask network makes 2 masks: set num_spks: 2"
     with pytest.raises(ModelFolderError, match=message):
         load_separator(folder)
@@ -340,11 +346,7 @@ def test_a_folder_whose_num_spks_disagrees_with_its_mask_network_is_refused_and_
 
 
 def test_a_folder_inconsistent_in_itself_is_reported_before_its_mismatch_with_the_run(tmp_path):
-    folder = write_published_folder(tmp_path / "model", "convtasnet")
-    config = (folder / "hyperparams.yaml").read_text()
-    (folder / "hyperparams.yaml").write_text(
-        config.replace("C: !ref <num_spks>", "C: 2").replace("num_spks: 2", "num_spks: 3")
-    )
+    folder = folder_declaring_num_spks(tmp_path / "model", 3)
     message = "hyperparams.yaml says num_spks: 3, but its mask network makes 2 masks: set num_spks: 2"
     with pytest.raises(ModelFolderError, match=message):
         check_format(find_model(folder), num_spks=2, sample_rate=8000)
