@@ -15,6 +15,7 @@ from speechbrain.nnet.attention import MultiheadAttention
 
 from speechsep.models.transformer import (
     FastSBTransformerBlock,
+    PositionwiseFeedForward,
     SDPAMultiheadAttention,
     fused_attention_pays,
     use_sdpa_attention,
@@ -238,17 +239,33 @@ def test_block_keeps_speechbrain_attention_for_other_attention_types(caplog):
         assert_relative_close(fast(x), reference(x))
 
 
-def test_fused_attention_is_skipped_only_for_bf16_on_the_cpu():
+def test_fused_attention_is_skipped_only_for_bf16_training_on_the_cpu():
     x = torch.randn(2, 3)
     assert fused_attention_pays(x)
     assert not fused_attention_pays(x.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused_attention_pays(x)
+        with torch.inference_mode():  # no backward: the fused kernel is the faster one
+            assert fused_attention_pays(x)
+    with torch.no_grad():
+        assert fused_attention_pays(x.bfloat16())
 
 
-def test_block_under_cpu_bf16_autocast_matches_speechbrain():
-    """The explicit-path fallback computes the same as SpeechBrain's block (to bf16 rounding)."""
+@pytest.mark.parametrize("gradients", [True, False], ids=["training", "inference"])
+def test_block_under_cpu_bf16_autocast_matches_speechbrain(gradients):
+    """The explicit path (training) and the fused one (inference) compute what SpeechBrain's block does, to bf16
+    rounding."""
     reference, fast = make_block_pair(dropout=0.0)
     x = torch.randn(3, 12, D_MODEL)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(fast(x), reference(x), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(gradients):
+        torch.testing.assert_close(fast(x), reference(x), rtol=0.02, atol=0.02)
+
+
+def test_feed_forward_keeps_speechbrains_parameters_and_output():
+    reference, fast = make_block_pair(dropout=0.0)
+    layer = fast.mdl.layers[0]
+    assert isinstance(layer.pos_ffn, PositionwiseFeedForward)
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(3, 12, D_MODEL)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.pos_ffn(x), reference.mdl.layers[0].pos_ffn(x))

@@ -29,7 +29,7 @@ import logging
 import torch
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
 from speechbrain.lobes.models.transformer.Transformer import TransformerEncoderLayer
-from speechbrain.nnet.attention import MultiheadAttention
+from speechbrain.nnet.attention import MultiheadAttention, PositionalwiseFeedForward
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,11 @@ class SDPAMultiheadAttention(nn.Module):
 
         # torch.nn.MultiheadAttention here is sequence-first: [time, batch, features]. Passing
         # the same transposed tensor for a self-attention lets torch do one packed projection.
-        query_t = query.transpose(0, 1)
-        key_t = query_t if key is query else key.transpose(0, 1)
-        value_t = key_t if value is key else value.transpose(0, 1)
+        # Contiguous: a projection of a transposed tensor becomes a batched product with the weight copied for
+        # every item of the batch (in bf16 on a CPU that copy cost more than the product).
+        query_t = query.transpose(0, 1).contiguous()
+        key_t = query_t if key is query else key.transpose(0, 1).contiguous()
+        value_t = key_t if value is key else value.transpose(0, 1).contiguous()
 
         output, _ = self.att(
             query_t,
@@ -106,12 +108,11 @@ class SDPAMultiheadAttention(nn.Module):
 
 
 def fused_attention_pays(query: torch.Tensor) -> bool:
-    """False where PyTorch's fused attention is measured slower than the explicit path: bf16 on the CPU.
-
-    There, a full-size SepFormer training step took 0.65x the speed of SpeechBrain's block
-    (bench/RESULTS.md), so the explicit path (the one SpeechBrain takes, weights dropped) is used.
+    """False where PyTorch's fused attention is measured slower than the explicit path: a bf16 training step
+    on the CPU (its backward), where the explicit path (the one SpeechBrain takes, weights dropped) is used.
+    Without gradients (inference, evaluation) the fused kernel is the faster one in bf16 too; bench/RESULTS.md.
     """
-    if query.device.type != "cpu":
+    if query.device.type != "cpu" or not torch.is_grad_enabled():
         return True
     bf16 = query.dtype == torch.bfloat16 or (
         torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -119,9 +120,23 @@ def fused_attention_pays(query: torch.Tensor) -> bool:
     return not bf16
 
 
+class PositionwiseFeedForward(nn.Module):
+    """SpeechBrain's `PositionalwiseFeedForward` without its two transposes: the same `ffn` (parameters, state
+    dict keys), applied to [batch, time, features] as it comes. A position-wise network gives the same output
+    either way; a linear layer on a transposed input is a batched product with its weight copied per item."""
+
+    def __init__(self, ffn: nn.Sequential):
+        super().__init__()
+        self.ffn = ffn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(x)
+
+
 def use_sdpa_attention(model: nn.Module) -> int:
     """Replaces, in place, the self-attention of every SpeechBrain transformer encoder layer
-    in `model` by `SDPAMultiheadAttention`, keeping its parameters.
+    in `model` by `SDPAMultiheadAttention`, and its feed-forward network by `PositionwiseFeedForward`,
+    keeping their parameters.
 
     Only layers using SpeechBrain's regular `MultiheadAttention` ("regularMHA") are changed;
     other attention types (RelPosMHAXL, RoPEMHA, hypermixing) are left as they are. State-dict
@@ -138,6 +153,8 @@ def use_sdpa_attention(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, TransformerEncoderLayer) and isinstance(module.self_att, MultiheadAttention):
             module.self_att = SDPAMultiheadAttention(module.self_att.att)
+            if isinstance(module.pos_ffn, PositionalwiseFeedForward):
+                module.pos_ffn = PositionwiseFeedForward(module.pos_ffn.ffn)
             num_replaced += 1
     return num_replaced
 
