@@ -30,7 +30,7 @@ from speechsep.errors import RecipeError
 from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs, input_failure
 from speechsep.inference.model_folder import load_separator
 from speechsep.output_files import OutputError, check_target
-from speechsep.training.hardware import check_device
+from speechsep.training.hardware import PRECISIONS, check_device, inference_precision
 
 logger = logging.getLogger("separate")
 
@@ -80,6 +80,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="make the estimates sum to the mixture (what they leave out is shared equally); for "
         "mixtures of speech alone, not noisy ones (the demo reports its test scores with it)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=defaults.precision,
+        help="what the model computes in (autocast); auto: bf16 on CPUs and GPUs that compute it natively, fp16 "
+        "on other GPUs, else fp32 (default %(default)s)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
@@ -119,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             progress=False if args.no_progress else None,
             shifts=args.shifts,
             mixture_consistency=args.mixture_consistency,
+            precision=args.precision,
         )
         device = check_device(args.device)
+        precision = inference_precision(args.precision, device)  # before the model is loaded: a refusal is quick
         separator = FileSeparator(load_separator(args.model, device=device), options)
+        logger.info(
+            f"Computing in {precision} on {device}" + (" (--precision auto)" if args.precision == "auto" else "")
+        )
     except RecipeError as err:
         logger.error(f"error: {err}")
         return 2

@@ -128,3 +128,18 @@ def test_test_mixture_consistency_makes_each_utterances_estimates_sum_to_it(tmp_
             residual = (mixture[b, :length] - est_sources[b, :length].sum(-1)).norm() / mixture[b, :length].norm()
             assert (residual < 1e-5) if consistent else (residual > 0.01), (consistent, b, float(residual))
             assert not est_sources[b, length:].any()  # padding stays silent
+
+
+def test_the_test_stage_in_bf16_scores_as_in_fp32(tmp_path):
+    """--eval_precision=bf16 (SpeechBrain's run option): the test stage computes under autocast and scores in
+    full precision, close to the fp32 scores of the same weights."""
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        brain = make_brain(tmp_path / precision, precision=precision, save_audio=False)
+        start(brain, sb.Stage.TEST)
+        brain.evaluate_batch(make_batch(batch_size=2, seconds=1.0), sb.Stage.TEST)
+        scores[precision] = np.array([[row[key] for key in ("sdr", "si-snr")] for row in brain.test_rows])
+    assert np.isfinite(scores["bf16"]).all()
+    assert np.abs(scores["bf16"] - scores["fp32"]).max() < 0.5
+    assert not np.array_equal(scores["bf16"], scores["fp32"])  # autocast did run

@@ -22,9 +22,15 @@ from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, wr
 from speechsep.data.audio_checks import AudioCheckError, file_problem, printable, read_blocks, read_header
 from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
-from speechsep.inference.separation import separate_long, separate_shifted, with_mixture_consistency
+from speechsep.inference.separation import (
+    in_precision,
+    separate_long,
+    separate_shifted,
+    with_mixture_consistency,
+)
 from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.output_files import is_temporary, write_files
+from speechsep.training.hardware import PRECISIONS, PrecisionError, inference_precision
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class SeparationOptions:
     progress: bool | None = None  # tqdm bar over windows (None: only on a terminal)
     shifts: int = 1  # >1: average over that many sub-hop delays of each window (`separate_shifted`), shifts x slower
     mixture_consistency: bool = False  # estimates that sum to each window (`mixture_consistency`): clean mixtures only
+    precision: str = "auto"  # what the model computes in: fp32, bf16, fp16, or auto (`inference_precision`)
 
     def __post_init__(self):
         if not (math.isfinite(self.window) and math.isfinite(self.hop)):
@@ -69,6 +76,8 @@ class SeparationOptions:
             )
         if self.output_rate not in ("model", "input"):
             raise SeparationOptionsError(f"output_rate must be 'model' or 'input', got {self.output_rate!r}")
+        if self.precision not in PRECISIONS:
+            raise SeparationOptionsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.normalize not in ("mixture", "peak"):
             raise SeparationOptionsError(f"normalize must be 'mixture' or 'peak', got {self.normalize!r}")
         if not 0 < self.hop < self.window:
@@ -129,13 +138,18 @@ class FileSeparator:
         self.sample_rate = int(separator.hparams.sample_rate)
         self.num_spks = int(separator.hparams.num_spks)
         self.window, self.hop = self.options.in_samples(self.sample_rate)
-        self.separate_batch = separator.separate_batch  # what separates each window
+        device = str(getattr(separator, "device", "cpu"))
+        try:
+            self.precision = inference_precision(self.options.precision, device)
+        except PrecisionError as err:
+            raise SeparationOptionsError(str(err)) from None
+        self.separate_batch = in_precision(separator.separate_batch, self.precision, device)  # separates a batch
         if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
             hop = encoder_hop(separator.mods.encoder)
             if self.options.shifts > hop:
                 raise SeparationOptionsError(f"shifts ({self.options.shifts}) exceed the encoder's hop ({hop} samples)")
             self.separate_batch = functools.partial(
-                separate_shifted, separator.separate_batch, shifts=self.options.shifts, hop=hop
+                separate_shifted, self.separate_batch, shifts=self.options.shifts, hop=hop
             )
         if self.options.mixture_consistency:
             self.separate_batch = with_mixture_consistency(self.separate_batch)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from speechsep.training.hardware import autocast
 from speechsep.training.losses import best_permutation
 
 SeparateBatch = Callable[[torch.Tensor], torch.Tensor]  # mixture [batch, time] -> est_sources [batch, time, num_spks]
@@ -92,6 +93,20 @@ def separate_shifted(
     return total / shifts
 
 
+def in_precision(separate_batch: SeparateBatch, precision: str, device: str) -> SeparateBatch:
+    """`separate_batch` run under autocast in `precision` ("fp32", "bf16" or "fp16") on `device`, its
+    estimates returned in float32 whatever the model computed in."""
+    if precision == "fp32":
+        return separate_batch
+
+    def separate(mixture: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            est_sources = separate_batch(mixture)
+        return est_sources.float()
+
+    return separate
+
+
 def mixture_consistency(est_sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
     """Estimates that sum to the mixture: what they leave out is shared equally between them.
 
@@ -130,6 +145,20 @@ def taper_by_block(window: int, hop: int) -> torch.Tensor:
     return torch.nn.functional.pad(hann_taper(window), (0, num_rows * hop - window)).view(num_rows, hop)
 
 
+def even_windows(num_samples: int, window: int, hop: int) -> tuple[int, int]:
+    """The window and hop that cover `num_samples` with the fewest windows of at most `window` samples that
+    overlap by `window - hop`, all of one length, the last one ending at the input's end (to a few samples).
+
+    Windows of the longest length would leave the last one mostly padding: a file one second longer than the
+    window would cost two whole windows. Spread evenly, the model separates the input plus the overlaps only.
+    -> (window, hop) in samples, with the same overlap; `num_samples` must exceed `window`.
+    """
+    overlap = window - hop
+    num_windows = math.ceil((num_samples - overlap) / hop)
+    even = math.ceil((num_samples + (num_windows - 1) * overlap) / num_windows)
+    return even, even - overlap
+
+
 def separate_long(
     separate_batch: SeparateBatch,
     mixture: torch.Tensor,
@@ -143,9 +172,10 @@ def separate_long(
 
     mixture: [time] -> est_sources [time, num_spks], each window's estimates at the mixture's level
     (`match_mixture_level`). A mixture of at most `window` samples is separated in one pass. Otherwise windows
-    start every `hop` samples (the last one zero-padded), go through `separate_batch` `batch_size` at a time,
-    are put in the speaker order of the previous window on their `window - hop` shared samples, and are
-    overlap-added with weights that sum to one at every sample (`normalise_overlap_add`). `progress`: a tqdm bar (None: only on a terminal).
+    of at most `window` samples overlapping by `window - hop` are spread evenly over it (`even_windows`), go
+    through `separate_batch` `batch_size` at a time, are put in the speaker order of the previous window on the
+    samples they share, and are overlap-added with weights that sum to one at every sample
+    (`normalise_overlap_add`). `progress`: a tqdm bar (None: only on a terminal).
     """
     if not 0 < hop < window:
         raise ValueError(f"hop ({hop} samples) must be positive and shorter than the window ({window}) so they overlap")
@@ -155,6 +185,7 @@ def separate_long(
     if num_samples <= window:
         return match_mixture_level(separate_batch(mixture.unsqueeze(0)).cpu(), mixture.unsqueeze(0))[0]
 
+    window, hop = even_windows(num_samples, window, hop)
     overlap = window - hop
     num_windows = math.ceil((num_samples - overlap) / hop)  # the last one reaches the end, no other one does
     taper = hann_taper(window).float()
