@@ -80,6 +80,14 @@ def write_recording(path: Path, seconds: float, piece_seconds: float = 30.0, see
     return path
 
 
+def windowing() -> str:
+    """separate.py's default window, hop and precision, in words."""
+    from speechsep.inference.files import SeparationOptions
+
+    defaults = SeparationOptions()
+    return f"{defaults.window:g} s windows, {defaults.hop:g} s hop, precision {defaults.precision}"
+
+
 def _current_rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -90,7 +98,7 @@ def worker(model_dir: str, input_path: str, output_dir: str, batch_size: int, de
     from speechsep.inference.files import FileSeparator, SeparationOptions
     from speechsep.inference.model_folder import load_separator
 
-    options = SeparationOptions(batch_size=batch_size, progress=False)
+    options = SeparationOptions(batch_size=batch_size, progress=False)  # separate.py's defaults
     separator = FileSeparator(load_separator(model_dir, device=device), options)
     rss_before_mib = _current_rss_mib()
     start = time.perf_counter()
@@ -151,7 +159,7 @@ def run(quick: bool = False, batch_size: int = 1, device: str | None = None) -> 
     return section(
         "## Separating long recordings (separate.py)",
         f"One {SAMPLE_RATE} Hz two-speaker recording per row (synthetic speech-like mixtures), separated on {where} "
-        f"with the default 8 s windows and 4 s hop, {batch_size} window(s) per forward pass, "
+        f"with separate.py's defaults ({windowing()}), {batch_size} window(s) per forward pass, "
         "random weights. RTF = separation time / audio duration (reading, resampling and writing included, "
         "model loading not). Peak RSS of the fresh process that loaded the model and separated the file; "
         "*before* = RSS once the model is loaded. Chunking keeps peak minus before at the input and output "

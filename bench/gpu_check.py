@@ -24,7 +24,7 @@ What is measured, most wanted first, so that a short budget still answers the ma
    GradScaler overflows, NaN in the log.
 3. The same training steps for Conv-TasNet (SpeechBrain's mask network vs ours).
 4. Test-set scoring throughput (`speechsep.evaluation.metrics.separation_metrics`) on the device vs on the CPU.
-5. `separate.py`'s real-time factor on a 10-minute input at recipe size.
+5. `separate.py`'s real-time factor on a 10-minute input at recipe size, one window and four windows per pass.
 
 Every measurement runs in a child process (one per model for the training steps, with
 `torch.cuda.reset_peak_memory_stats` before each case): an out-of-memory error costs one row, a crash that
@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import gc
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -70,6 +71,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BLOCKS = ("speechbrain", "ours")
 UPSTREAM = "upstream"  # the anchor's "block": upstream SpeechBrain's recipe configuration
 NOT_MEASURED = "not measured (budget)"
+SEPARATE_BATCH_SIZES = (1, 4)  # windows per forward pass that separate.py is timed with
 NA_ON_CPU = "n/a on CPU"
 GOAL_VS_SPEECHBRAIN, GOAL_VS_UPSTREAM = 1.5, 2.0
 # Conv-TasNet's mask network in our layout, as the same network as SpeechBrain's (PReLU, reflection padding).
@@ -627,7 +629,8 @@ def scoring_section(settings: Settings, deadline: float) -> str:
 
 
 def separate_section(settings: Settings, deadline: float) -> str:
-    """separate.py's real-time factor on a long recording, through bench_inference's fresh-process worker."""
+    """separate.py's real-time factor on a long recording with its defaults, one window per forward pass and a
+    batch of windows, through bench_inference's fresh-process worker."""
     from bench.bench_inference import write_model, write_recording
 
     seconds = settings.separate_seconds
@@ -635,9 +638,9 @@ def separate_section(settings: Settings, deadline: float) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         recording = write_recording(tmp / "input.wav", seconds) if time.time() < deadline else None
-        for model in settings.separate_models:
+        for model, batch_size in itertools.product(settings.separate_models, SEPARATE_BATCH_SIZES):
             if time.time() >= deadline:
-                rows.append(f"| {model} | {seconds / 60:.3g} | {NOT_MEASURED} | | |")
+                rows.append(f"| {model} | {batch_size} | {seconds / 60:.3g} | {NOT_MEASURED} | | |")
                 continue
             model_dir = write_model(tmp / model, model_sizes(model, settings.quick), config=f"{model}.yaml")
             command = [
@@ -647,28 +650,29 @@ def separate_section(settings: Settings, deadline: float) -> str:
                 str(model_dir),
                 str(recording),
                 str(tmp / "out"),
-                "1",
+                str(batch_size),
                 settings.device,
             ]
             returncode, stdout, stderr = run_until(command, deadline)
             if returncode is None:
-                rows.append(f"| {model} | {seconds / 60:.3g} | {NOT_MEASURED} | | |")
+                rows.append(f"| {model} | {batch_size} | {seconds / 60:.3g} | {NOT_MEASURED} | | |")
             elif returncode != 0:
                 reason = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1][:160]
-                rows.append(f"| {model} | {seconds / 60:.3g} | failed: {reason} | | |")
+                rows.append(f"| {model} | {batch_size} | {seconds / 60:.3g} | failed: {reason} | | |")
             else:
                 report = json.loads(stdout.strip().splitlines()[-1])
                 rows.append(
-                    f"| {model} | {seconds / 60:.3g} | {report['elapsed'] / report['audio_seconds']:.4f} "
+                    f"| {model} | {batch_size} | {seconds / 60:.3g} | {report['elapsed'] / report['audio_seconds']:.4f} "
                     f"| {report['elapsed']:.1f} | {report['peak_rss_mib']:.0f} |"
                 )
     return section(
         "## separate.py real-time factor",
         f"One {seconds / 60:.3g}-minute {SAMPLE_RATE} Hz two-speaker recording separated on `{settings.device}` the "
-        "way separate.py does (8 s windows, 4 s hop, one window per forward pass, read and written as files), "
+        "way separate.py does with its default window, hop and precision (`--precision auto`: bf16 on GPUs that "
+        "have it, else fp16), one window or a batch of windows per forward pass, read and written as files, "
         f"{'tiny' if settings.quick else 'published-size'} models with random weights, in a fresh process "
         "(`bench/bench_inference.py`'s worker). RTF = separation time / audio duration, model loading excluded.",
-        "model | input (min) | RTF | time (s) | peak RSS (MiB)",
+        "model | windows per pass | input (min) | RTF | time (s) | peak RSS (MiB)",
         rows,
     )
 

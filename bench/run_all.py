@@ -2,7 +2,8 @@
 
     python -m bench.run_all                       # all benchmarks -> bench/RESULTS.md
     python -m bench.run_all --quick               # smoke test: tiny sizes, one repeat
-    python -m bench.run_all --only models --output /tmp/results.md
+    python -m bench.run_all --only models         # rerun one benchmark: its section of bench/RESULTS.md is
+                                                  # replaced, the others are kept as they were
 
 Each benchmark module exposes `run(quick: bool = False) -> str` returning a markdown section.
 A benchmark that fails to import or run gets its traceback in its section; the others still run.
@@ -15,6 +16,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -102,14 +104,28 @@ def header(command: str, extra_lines: tuple[str, ...] = ()) -> str:
 
 
 def run_benchmark(name: str, quick: bool) -> str:
-    """The markdown section of `bench/bench_<name>.py`, or its traceback if it fails."""
+    """The markdown section of `bench/bench_<name>.py`, or its traceback if it fails; its last line says which
+    benchmark wrote it, when, and how long it took (`report_sections` finds the sections by it)."""
     start = time.perf_counter()
     try:
         module = importlib.import_module(f"bench.bench_{name}")
         section = module.run(quick=quick)
     except Exception:
-        return f"## bench_{name}\n\n**Failed:**\n\n```\n{traceback.format_exc()}```\n"
-    return f"{section.rstrip()}\n\n_bench_{name} took {time.perf_counter() - start:.0f} s._\n"
+        section = f"## bench_{name}\n\n**Failed:**\n\n```\n{traceback.format_exc()}```"
+    when = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d}"
+    return f"{section.rstrip()}\n\n_bench_{name} took {time.perf_counter() - start:.0f} s ({when})._\n"
+
+
+SECTION_END = re.compile(r"^_bench_(\w+) took [^\n]*\n", re.MULTILINE)
+
+
+def report_sections(report: str) -> dict[str, str]:
+    """The sections of a report written here, by benchmark name, in their order."""
+    sections, start = {}, report.find("\n## ") + 1
+    for end in SECTION_END.finditer(report):
+        sections[end.group(1)] = report[start : end.end()]
+        start = end.end() + 1
+    return sections
 
 
 def main(argv: list[str] | None = None) -> None:
