@@ -44,13 +44,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", required=True, help="where <stem>_s1.wav, <stem>_s2.wav, ... are written")
     parser.add_argument(
-        "--window", type=float, default=defaults.window, help="seconds separated at once (default %(default)s)"
+        "--window",
+        type=float,
+        default=defaults.window,
+        help="longest stretch separated at once, in seconds; longer inputs go in windows spread evenly over them "
+        "(default %(default)s, chosen by measurement: bench/RESULTS.md)",
     )
     parser.add_argument(
         "--hop",
         type=float,
         default=defaults.hop,
-        help="seconds between windows; window - hop are cross-faded (default %(default)s)",
+        help="seconds between window starts, at most; window - hop are cross-faded (default %(default)s)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass (default %(default)s)"

@@ -53,8 +53,8 @@ MIN_HOP_S = 0.01  # shorter hops only multiply the work
 class SeparationOptions:
     """How files are separated; times in seconds."""
 
-    window: float = 8.0  # seconds the model sees at once; longer files are cut into windows
-    hop: float = 4.0  # seconds between window starts (window - hop is the cross-faded overlap)
+    window: float = 4.0  # longest stretch in seconds the model sees at once; longer files are cut into windows
+    hop: float = 3.5  # seconds between window starts, at most (window - hop is the cross-faded overlap)
     batch_size: int = 1  # windows per forward pass (faster on GPU, more memory)
     output_rate: str = "model"  # "model": the model's sample rate; "input": each input's own
     normalize: str = "mixture"  # "mixture": the mixture's level (least squares); "peak": each track peaks at 0.9
