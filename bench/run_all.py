@@ -149,13 +149,17 @@ def main(argv: list[str] | None = None) -> None:
 
     command = shlex.join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
     gpu_line = gpu_results_line(args.output)
-    sections = [header(command, (gpu_line,) if gpu_line else ())]
+    kept = report_sections(args.output.read_text()) if args.only and args.output.is_file() else {}
+    sections = dict(kept)  # the earlier report's sections, each replaced when its benchmark runs again
     for name in names:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
-        sections.append(run_benchmark(name, args.quick))
+        sections[name] = run_benchmark(name, args.quick)
+    extra_lines = [gpu_line] if gpu_line else []
+    if kept:
+        extra_lines.append("- Only the sections named were rerun; each section's last line says when it was written")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(sections))
+    args.output.write_text("\n".join([header(command, tuple(extra_lines)), *sections.values()]))
     print(f"wrote {args.output}", file=sys.stderr)
 
 
