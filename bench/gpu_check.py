@@ -649,7 +649,7 @@ def separate_section(settings: Settings, deadline: float) -> str:
                 "--worker",
                 str(model_dir),
                 str(recording),
-                str(tmp / "out"),
+                str(tmp / f"out-{model}-{batch_size}"),  # a fresh folder per run: tracks are never overwritten
                 str(batch_size),
                 settings.device,
             ]

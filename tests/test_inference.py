@@ -731,7 +731,7 @@ def test_window_and_hop_must_be_finite(seconds):
     "option, message",
     [
         (["--window", "1", "--hop", "0.99999"], "error: window (1.0 s) and hop (0.99999 s) are 8000 and 8000 samples"),
-        (["--window", "inf"], "error: window (inf s) and hop (4.0 s) must be finite numbers"),
+        (["--window", "inf"], "error: window (inf s) and hop (3.5 s) must be finite numbers"),
         (["--device", "cuda"], "error: --device cuda: this machine (or this PyTorch build) has no cuda device"),
         (["--device", "nonsense"], "error: --device 'nonsense' is not a device: use cpu, cuda or cuda:N"),
         (["--device", "meta"], "error: --device meta holds no data"),
