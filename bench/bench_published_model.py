@@ -27,7 +27,6 @@ from bench.bench_inference import SAMPLE_RATE, write_recording  # noqa: E402
 from bench.markdown import section  # noqa: E402
 from tests.published_models import PRETRAINER  # noqa: E402  (the modules map and pretrainer of that layout)
 
-# SpeechBrain's published speechbrain/sepformer-wsj02mix hyperparams.yaml, as that folder declares its model.
 TRANSFORMER_BLOCK = """!new:speechbrain.lobes.models.dual_path.SBTransformerBlock
     num_layers: 8
     d_model: 256
@@ -36,14 +35,25 @@ TRANSFORMER_BLOCK = """!new:speechbrain.lobes.models.dual_path.SBTransformerBloc
     dropout: 0
     use_positional_encoding: true
     norm_before: true"""
-PUBLISHED_SEPFORMER = f"""\
+# SpeechBrain's published speechbrain/sepformer-wsj02mix hyperparams.yaml, as that folder declares its model.
+ENCODER = """\
 sample_rate: 8000
 num_spks: 2
 
 Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
     kernel_size: 16
     out_channels: 256
-
+"""
+DECODER = """\
+Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
+    in_channels: 256
+    out_channels: 1
+    kernel_size: 16
+    stride: 8
+    bias: false
+"""
+PUBLISHED_SEPFORMER = f"""\
+{ENCODER}
 SBtfintra: {TRANSFORMER_BLOCK}
 
 SBtfinter: {TRANSFORMER_BLOCK}
@@ -60,22 +70,10 @@ MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
     linear_layer_after_inter_intra: false
     skip_around_intra: true
 
-Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
-    in_channels: 256
-    out_channels: 1
-    kernel_size: 16
-    stride: 8
-    bias: false
-{PRETRAINER}"""
+{DECODER}{PRETRAINER}"""
 # SpeechBrain's WSJ0-2mix Conv-TasNet recipe (hparams/convtasnet.yaml) in the same published layout.
 PUBLISHED_CONVTASNET = f"""\
-sample_rate: 8000
-num_spks: 2
-
-Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
-    kernel_size: 16
-    out_channels: 256
-
+{ENCODER}
 MaskNet: !new:speechbrain.lobes.models.conv_tasnet.MaskNet
     N: 256
     B: 256
@@ -88,13 +86,7 @@ MaskNet: !new:speechbrain.lobes.models.conv_tasnet.MaskNet
     causal: false
     mask_nonlinear: relu
 
-Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
-    in_channels: 256
-    out_channels: 1
-    kernel_size: 16
-    stride: 8
-    bias: false
-{PRETRAINER}"""
+{DECODER}{PRETRAINER}"""
 SEPFORMER = "SepFormer (N=256, 2 x 8 + 8 layers, d_ffn 1024; sepformer-wsj02mix)"
 CONVTASNET = "Conv-TasNet (N=256, B=256, H=512, X=8, R=4; SpeechBrain's WSJ0-2mix recipe)"
 MODELS = {SEPFORMER: PUBLISHED_SEPFORMER, CONVTASNET: PUBLISHED_CONVTASNET}
