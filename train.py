@@ -233,7 +233,7 @@ class Separation(sb.Brain):
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
         # --test_only prepares its own manifest from its data_folder (`manifest_folder`): both say which test set
-        self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data))
+        self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data), precision=self.eval_precision)
         run_on_main(set_aside_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
 
     def on_stage_start(self, stage, epoch=None):
@@ -376,13 +376,17 @@ class Separation(sb.Brain):
         None. The plain pass is the undelayed view of the shifted ones: each utterance is separated once less.
         """
         hp = self.hparams
+
+        def separate(utterance):  # in float32 whatever --eval_precision computed in: scores and options need it
+            return self.separate(utterance).float()
+
         plain, with_options = [], []
         for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
             utterance = mixture[b : b + 1, :num_samples]
-            plain.append(self.separate(utterance))
+            plain.append(separate(utterance))
             if with_test_options:
                 hop = encoder_hop(self.modules.encoder)
-                est = separate_shifted(self.separate, utterance, hp.test_shifts, hop, first_view=plain[-1])
+                est = separate_shifted(separate, utterance, hp.test_shifts, hop, first_view=plain[-1])
                 with_options.append(mixture_consistency(est, utterance) if hp.test_mixture_consistency else est)
         return _padded(plain, mixture), (_padded(with_options, mixture) if with_test_options else None)
 
@@ -701,11 +705,12 @@ def prepare_experiment(argv):
     hop = encoder_hop(hparams["modules"]["encoder"])
     if hparams["test_shifts"] > hop:
         raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")
-    if "fp16" in (run_opts.get("precision"), hparams.get("precision")) and not torch.cuda.is_available():
-        logger.warning("fp16 needs CUDA; training in bf16 on this machine instead")
-        run_opts = dataclasses.replace(
-            run_opts, precision="bf16", overridden_args={*run_opts.overridden_args, "precision"}
-        )
+    for option, stage in (("precision", "training"), ("eval_precision", "validation and test")):
+        if "fp16" in (run_opts.get(option), hparams.get(option)) and not torch.cuda.is_available():
+            logger.warning(f"{option} fp16 needs CUDA; {stage} in bf16 on this machine instead")
+            run_opts = dataclasses.replace(
+                run_opts, **{option: "bf16"}, overridden_args={*run_opts.overridden_args, option}
+            )
 
     min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
     if hparams["skip_prep"]:

@@ -43,6 +43,7 @@ from speechsep.inference.separation import (
 from speechsep.training.config import load_hparams, resolved_yaml
 from tests.corpus_trees import make_wsj0mix, voice
 from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER, limit_file_size, sharing_separator
+from tests.published_models import write_published_folder
 
 SAMPLE_RATE = 8000
 
@@ -713,12 +714,38 @@ def test_peak_normalisation_brings_every_track_to_0_9(tmp_path):
         assert np.abs(sf.read(path)[0]).max() == pytest.approx(0.9, abs=1e-3)
 
 
-def test_window_and_hop_are_checked_in_samples_at_the_models_rate():
+def test_window_and_hop_are_counted_in_samples_at_the_models_rate():
     silence = torch.zeros(SAMPLE_RATE)
-    with pytest.raises(SeparationOptionsError, match="are 8000 and 8000 samples at the model's 8000 Hz"):
-        oracle_file_separator(silence, silence[:, None].expand(-1, 2), window=1.0, hop=0.99999)
-    separator = oracle_file_separator(silence, silence[:, None].expand(-1, 2), window=1.0, hop=0.99)
-    assert (separator.window, separator.hop) == (8000, 7920)
+    separator = oracle_file_separator(silence, silence[:, None].expand(-1, 2), window=1.0, hop=0.8)
+    assert (separator.window, separator.hop) == (8000, 6400)
+
+
+@pytest.mark.parametrize("hop", [0.99999, 0.95])
+def test_windows_must_overlap_enough_to_match_their_speakers(hop):
+    """A hop just under the window leaves a few samples to align the speakers of consecutive windows on: they
+    swap tracks. Refused in one line that proposes a hop."""
+    with pytest.raises(SeparationOptionsError, match=r"overlap by .* at least 0.1 s is needed .* \(e.g. --hop 0.5\)"):
+        SeparationOptions(window=1.0, hop=hop)
+    SeparationOptions(window=1.0, hop=0.9)  # 0.1 s: enough
+
+
+def test_a_window_shorter_than_the_models_shortest_input_is_refused_before_any_work(tmp_path, monkeypatch):
+    separator = load_separator(write_published_folder(tmp_path / "model", "convtasnet"))
+    monkeypatch.setattr(files, "shortest_input", lambda encoder, masknet: 12000)  # as a deep reflect-padded TCN
+    with pytest.raises(SeparationOptionsError) as error:
+        FileSeparator(separator, SeparationOptions(window=1.0, hop=0.5))
+    assert str(error.value) == (
+        "window (1.0 s) is 8000 samples at the model's 8000 Hz, shorter than the model's shortest input "
+        "(12000 samples): use --window 1.5 or more"
+    )
+
+
+def test_evenly_spread_windows_are_never_shorter_than_the_models_shortest_input():
+    mixture, sources = two_speaker_recording(1.0)
+    oracle = OracleSeparator(mixture, sources)
+    window, hop, shortest = 5000, 4000, 4500  # an input just over one window would get two of ~3000 samples
+    separate_long(oracle.separate_batch, mixture[:5001], window, hop, min_window=shortest)
+    assert {shape[1] for shape in oracle.input_shapes} == {shortest}
 
 
 @pytest.mark.parametrize("seconds", [{"window": float("inf")}, {"hop": float("nan")}, {"window": 1e308}])
@@ -730,7 +757,7 @@ def test_window_and_hop_must_be_finite(seconds):
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--window", "1", "--hop", "0.99999"], "error: window (1.0 s) and hop (0.99999 s) are 8000 and 8000 samples"),
+        (["--window", "1", "--hop", "0.99999"], "error: window (1.0 s) and hop (0.99999 s) overlap by 1e-05 s"),
         (["--window", "inf"], "error: window (inf s) and hop (3.5 s) must be finite numbers"),
         (["--device", "cuda"], "error: --device cuda: this machine (or this PyTorch build) has no cuda device"),
         (["--device", "nonsense"], "error: --device 'nonsense' is not a device: use cpu, cuda or cuda:N"),

@@ -263,10 +263,10 @@ def test_test_results_and_their_log_line_name_the_checkpoint_epoch_and_test_set(
 
     test_set = {"data_folder": str(tmp_path / "data"), "test_data": str(tmp_path / "out" / "save" / "test.csv")}
     summary = json.loads((tmp_path / "out" / "test_results_summary.json").read_text())
-    assert summary["scored"] == {"epoch": 3, "checkpoint": checkpoint.path.name, **test_set}
+    assert summary["scored"] == {"epoch": 3, "checkpoint": checkpoint.path.name, **test_set, "precision": "fp32"}
     log_line = (tmp_path / "out" / "train_log.txt").read_text().splitlines()[-1]
     label = f"epoch loaded: 3, checkpoint: {checkpoint.path.name}, data_folder: {tmp_path / 'data'}, test_data: "
-    assert log_line.startswith(f"{label}{test_set['test_data']} - test")
+    assert log_line.startswith(f"{label}{test_set['test_data']}, precision: fp32 - test")
 
 
 def test_test_only_writes_its_config_with_its_results_only(tmp_path):

@@ -111,7 +111,8 @@ def test_a_kernel_size_whose_encoder_hop_is_zero_is_refused_before_the_model_is_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is kept where CUDA exists")
-def test_fp16_without_cuda_trains_in_bf16(tmp_path, monkeypatch):
+@pytest.mark.parametrize("option", ["precision", "eval_precision"])
+def test_fp16_without_cuda_trains_and_evaluates_in_bf16(tmp_path, monkeypatch, option):
     class Initialised(Exception):
         pass
 
@@ -122,9 +123,9 @@ def test_fp16_without_cuda_trains_in_bf16(tmp_path, monkeypatch):
     argv = ["hparams/convtasnet.yaml", f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
     with pytest.raises(Initialised) as initialised:
         train.prepare_experiment(
-            [*argv, *(f"--{key}={value}" for key, value in TINY_CONVTASNET.items()), "--precision=fp16"]
+            [*argv, *(f"--{key}={value}" for key, value in TINY_CONVTASNET.items()), f"--{option}=fp16"]
         )
-    assert initialised.value.args[0]["precision"] == "bf16"
+    assert initialised.value.args[0][option] == "bf16"
 
 
 # ---------------------------------------------------------------- one run per output folder

@@ -47,6 +47,7 @@ SEPARATED_BY = "speechsep separate.py"  # the `software` metadata of every track
 TRACK_STEM = re.compile(r"_s\d+$")  # `<stem>_s1`, `<stem>_s2`, ...: the names of the tracks written here
 MIN_WINDOW_S = 0.1  # shorter windows give the model too few encoder frames to separate anything
 MIN_HOP_S = 0.01  # shorter hops only multiply the work
+MIN_OVERLAP_S = 0.1  # consecutive windows' speakers are matched on their overlap: a few samples cannot decide it
 
 
 @dataclasses.dataclass
@@ -83,6 +84,12 @@ class SeparationOptions:
         if not 0 < self.hop < self.window:
             raise SeparationOptionsError(
                 f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)"
+            )
+        if self.window - self.hop < MIN_OVERLAP_S - 1e-9:  # seconds as typed: 1.0 - 0.9 is 0.0999...
+            raise SeparationOptionsError(
+                f"window ({self.window} s) and hop ({self.hop} s) overlap by {self.window - self.hop:.3g} s: at least "
+                f"{MIN_OVERLAP_S} s is needed to keep each speaker on one track (e.g. --hop "
+                f"{self.window - max(MIN_OVERLAP_S, min(0.5, self.window / 2)):.3g})"
             )
 
     def in_samples(self, sample_rate: int) -> tuple[int, int]:
@@ -138,6 +145,14 @@ class FileSeparator:
         self.sample_rate = int(separator.hparams.sample_rate)
         self.num_spks = int(separator.hparams.num_spks)
         self.window, self.hop = self.options.in_samples(self.sample_rate)
+        modules = getattr(separator, "mods", None)
+        self.min_samples = shortest_input(modules.encoder, modules.masknet) if modules is not None else 1
+        if self.window < self.min_samples:
+            raise SeparationOptionsError(
+                f"window ({self.options.window} s) is {self.window} samples at the model's {self.sample_rate} Hz, "
+                f"shorter than the model's shortest input ({self.min_samples} samples): use --window "
+                f"{math.ceil(100 * self.min_samples / self.sample_rate) / 100:g} or more"
+            )
         device = str(getattr(separator, "device", "cpu"))
         try:
             self.precision = inference_precision(self.options.precision, device)
@@ -153,8 +168,6 @@ class FileSeparator:
             )
         if self.options.mixture_consistency:
             self.separate_batch = with_mixture_consistency(self.separate_batch)
-        modules = getattr(separator, "mods", None)
-        self.min_samples = shortest_input(modules.encoder, modules.masknet) if modules is not None else 1
         self._said: set[str] = set()
 
     def _say_once(self, message: str) -> None:
@@ -173,6 +186,7 @@ class FileSeparator:
             batch_size=self.options.batch_size,
             progress=self.options.progress,
             description=description,
+            min_window=self.min_samples,
         )
 
     def output_paths(self, path: Path, output_dir: Path) -> list[Path]:

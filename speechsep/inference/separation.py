@@ -145,9 +145,10 @@ def taper_by_block(window: int, hop: int) -> torch.Tensor:
     return torch.nn.functional.pad(hann_taper(window), (0, num_rows * hop - window)).view(num_rows, hop)
 
 
-def even_windows(num_samples: int, window: int, hop: int) -> tuple[int, int]:
+def even_windows(num_samples: int, window: int, hop: int, min_window: int = 1) -> tuple[int, int]:
     """The window and hop that cover `num_samples` with the fewest windows of at most `window` samples that
-    overlap by `window - hop`, all of one length, the last one ending at the input's end (to a few samples).
+    overlap by `window - hop`, all of one length, the last one ending at the input's end (to a few samples),
+    and none shorter than `min_window` (a model's shortest input; then the last one is padded).
 
     Windows of the longest length would leave the last one mostly padding: a file one second longer than the
     window would cost two whole windows. Spread evenly, the model separates the input plus the overlaps only.
@@ -155,7 +156,7 @@ def even_windows(num_samples: int, window: int, hop: int) -> tuple[int, int]:
     """
     overlap = window - hop
     num_windows = math.ceil((num_samples - overlap) / hop)
-    even = math.ceil((num_samples + (num_windows - 1) * overlap) / num_windows)
+    even = max(math.ceil((num_samples + (num_windows - 1) * overlap) / num_windows), min(min_window, window))
     return even, even - overlap
 
 
@@ -167,12 +168,14 @@ def separate_long(
     batch_size: int = 1,
     progress: bool | None = False,
     description: str | None = None,
+    min_window: int = 1,
 ) -> torch.Tensor:
     """Separate a mixture of any length by overlap-add of windows, keeping each speaker on one track.
 
     mixture: [time] -> est_sources [time, num_spks], each window's estimates at the mixture's level
     (`match_mixture_level`). A mixture of at most `window` samples is separated in one pass. Otherwise windows
-    of at most `window` samples overlapping by `window - hop` are spread evenly over it (`even_windows`), go
+    of at most `window` samples (at least `min_window`) overlapping by `window - hop` are spread evenly over it
+    (`even_windows`), go
     through `separate_batch` `batch_size` at a time, are put in the speaker order of the previous window on the
     samples they share, and are overlap-added with weights that sum to one at every sample
     (`normalise_overlap_add`). `progress`: a tqdm bar (None: only on a terminal).
@@ -185,7 +188,7 @@ def separate_long(
     if num_samples <= window:
         return match_mixture_level(separate_batch(mixture.unsqueeze(0)).cpu(), mixture.unsqueeze(0))[0]
 
-    window, hop = even_windows(num_samples, window, hop)
+    window, hop = even_windows(num_samples, window, hop, min_window)
     overlap = window - hop
     num_windows = math.ceil((num_samples - overlap) / hop)  # the last one reaches the end, no other one does
     taper = hann_taper(window).float()
