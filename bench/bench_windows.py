@@ -150,6 +150,7 @@ def run(quick: bool = False, models=MODELS, corpus: Path = CORPUS) -> str:
             if overlap < window
         ],
         (8.0, 4.0, "auto"),
+        (defaults.window, defaults.hop, defaults.precision),
         (defaults.window, defaults.hop, "fp32"),
     ]
     found = [Path(model) for model in models if Path(model).is_dir()]
