@@ -1,6 +1,7 @@
 """SpeechBrain's published model folders: separated, evaluated, fine-tuned and exported by this recipe."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -297,3 +298,17 @@ def test_export_of_an_export_keeps_the_weights(tmp_path):
         first = torch.load(tmp_path / "first" / f"{name}.ckpt", weights_only=True)
         second = torch.load(tmp_path / "second" / f"{name}.ckpt", weights_only=True)
         assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_dptnet_models_separate_one_window_at_a_time_whatever_the_batch_size(tmp_path, caplog):
+    """SpeechBrain's DPTNet blocks attend across the batch: windows batched together would change each other."""
+    separator = load_separator(write_published_folder(tmp_path / "dptnet", "dptnet"))
+    mixture = short_mixture(num_samples=8 * SAMPLE_RATE)[0]
+    options = dict(window=1.0, hop=0.5, precision="fp32", progress=False)
+    with caplog.at_level(logging.INFO, logger="speechsep.inference.files"):
+        batched = FileSeparator(separator, SeparationOptions(batch_size=4, **options))
+    assert batched.batch_size == 1 and "let the items of a batch affect each other" in caplog.text
+    one_by_one = FileSeparator(separator, SeparationOptions(batch_size=1, **options))
+    torch.testing.assert_close(batched.separate(mixture), one_by_one.separate(mixture), rtol=0, atol=0)
+    sepformer = load_separator(write_published_folder(tmp_path / "sepformer", "sepformer"))
+    assert FileSeparator(sepformer, SeparationOptions(batch_size=4, **options)).batch_size == 4

@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from speechbrain.inference.separation import SepformerSeparation
+from speechbrain.lobes.models.dual_path import DPTNetBlock
 
 from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, write_pcm16
 from speechsep.data.audio_checks import AudioCheckError, file_problem, printable, read_blocks, read_header
@@ -136,6 +137,13 @@ def read_mixture(path: Path, block_frames: int = 1 << 20) -> tuple[np.ndarray, i
     return mono[:filled], header.sample_rate, header.channels
 
 
+def mixes_batch_items(masknet: torch.nn.Module) -> bool:
+    """Whether a mask network's output for one batch item depends on the others: SpeechBrain's `DPTNetBlock`
+    runs its sequence-first attention and LSTM on batch-first tensors, so it attends and recurs across the batch
+    (as it was trained: its weights expect it; only batches of one keep windows apart)."""
+    return any(isinstance(module, DPTNetBlock) for module in masknet.modules())
+
+
 class FileSeparator:
     """Separates audio files with one model: any length, sample rate and channel count; one file per speaker."""
 
@@ -147,6 +155,12 @@ class FileSeparator:
         self.window, self.hop = self.options.in_samples(self.sample_rate)
         modules = getattr(separator, "mods", None)
         self.min_samples = shortest_input(modules.encoder, modules.masknet) if modules is not None else 1
+        self.batch_size = self.options.batch_size
+        if self.batch_size > 1 and modules is not None and mixes_batch_items(modules.masknet):
+            logger.info(
+                "One window per forward pass: this model's DPTNet blocks let the items of a batch affect each other"
+            )
+            self.batch_size = 1
         if self.window < self.min_samples:
             raise SeparationOptionsError(
                 f"window ({self.options.window} s) is {self.window} samples at the model's {self.sample_rate} Hz, "
@@ -183,7 +197,7 @@ class FileSeparator:
             mixture,
             window=self.window,
             hop=self.hop,
-            batch_size=self.options.batch_size,
+            batch_size=self.batch_size,
             progress=self.options.progress,
             description=description,
             min_window=self.min_samples,
