@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--hop",
         type=float,
         default=defaults.hop,
-        help="seconds between window starts, at most; window - hop are cross-faded (default %(default)s)",
+        help="seconds between window starts, at most; window - hop (at least 0.1 s) are cross-faded (default %(default)s)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass (default %(default)s)"
