@@ -15,6 +15,7 @@ Models used:
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -727,6 +728,19 @@ def test_windows_must_overlap_enough_to_match_their_speakers(hop):
     with pytest.raises(SeparationOptionsError, match=r"overlap by .* at least 0.1 s is needed .* \(e.g. --hop 0.5\)"):
         SeparationOptions(window=1.0, hop=hop)
     SeparationOptions(window=1.0, hop=0.9)  # 0.1 s: enough
+
+
+@pytest.mark.parametrize("window", [0.11, 0.123456, 0.17777, 0.19999, 0.3, 7.3, 60.0])
+def test_the_hop_proposed_for_too_little_overlap_is_accepted(window):
+    with pytest.raises(SeparationOptionsError) as refused:
+        SeparationOptions(window=window, hop=window - 0.05)
+    proposal = float(re.search(r"e\.g\. --hop ([0-9.]+)\)", str(refused.value)).group(1))
+    SeparationOptions(window=window, hop=proposal)
+
+
+def test_a_window_too_short_for_any_hop_says_how_long_it_must_be():
+    with pytest.raises(SeparationOptionsError, match=r"\(the window must be at least 0.11 s\)"):
+        SeparationOptions(window=0.105, hop=0.05)
 
 
 def test_a_window_shorter_than_the_models_shortest_input_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -87,10 +87,16 @@ class SeparationOptions:
                 f"hop ({self.hop} s) must be positive and shorter than the window ({self.window} s)"
             )
         if self.window - self.hop < MIN_OVERLAP_S - 1e-9:  # seconds as typed: 1.0 - 0.9 is 0.0999...
+            # a hop that leaves up to 0.5 s of overlap (at least MIN_OVERLAP_S), rounded down to the millisecond
+            proposal = math.floor(1000 * (self.window - max(MIN_OVERLAP_S, min(0.5, self.window / 2))) + 1e-7) / 1000
+            fix = (
+                f"e.g. --hop {proposal:g}"
+                if proposal >= MIN_HOP_S
+                else f"the window must be at least {MIN_OVERLAP_S + MIN_HOP_S:g} s"
+            )
             raise SeparationOptionsError(
-                f"window ({self.window} s) and hop ({self.hop} s) overlap by {self.window - self.hop:.3g} s: at least "
-                f"{MIN_OVERLAP_S} s is needed to keep each speaker on one track (e.g. --hop "
-                f"{self.window - max(MIN_OVERLAP_S, min(0.5, self.window / 2)):.3g})"
+                f"window ({self.window} s) and hop ({self.hop} s) overlap by {self.window - self.hop:.6g} s: at least "
+                f"{MIN_OVERLAP_S} s is needed to keep each speaker on one track ({fix})"
             )
 
     def in_samples(self, sample_rate: int) -> tuple[int, int]:
