@@ -290,8 +290,8 @@ def draw_on_rank(rank: int, dataset: DynamicMixingDataset, out_dir: Path) -> Non
 
 def test_gloo_ranks_get_different_mixtures(tmp_path):
     dataset = make_dataset(tmp_path, epoch_len=8)
-    # fork keeps it quick; spawn-safety is checked with loader workers below
-    torch.multiprocessing.start_processes(draw_on_rank, args=(dataset, tmp_path), nprocs=2, start_method="fork")
+    # spawn, as torchrun's ranks are fresh processes: a fork of a busy test process once lost a rank's connection
+    torch.multiprocessing.start_processes(draw_on_rank, args=(dataset, tmp_path), nprocs=2, start_method="spawn")
     rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
     assert len(rank0) == len(rank1) == 4 and not set(rank0) & set(rank1)
     assert not any(torch.equal(one, other) for one in rank0.values() for other in rank1.values())
