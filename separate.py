@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
         )
         device = check_device(args.device)
-        precision = inference_precision(args.precision, device)  # before the model is loaded: a refusal is quick
+        inference_precision(args.precision, device)  # refused before the model is loaded, not after
         separator = FileSeparator(load_separator(args.model, device=device), options)
         logger.info(
-            f"Computing in {precision} on {device}" + (" (--precision auto)" if args.precision == "auto" else "")
+            f"Computing in {separator.precision} on {device}"
+            + (" (--precision auto)" if args.precision == "auto" else "")
         )
     except RecipeError as err:
         logger.error(f"error: {err}")

@@ -175,10 +175,9 @@ def separate_long(
     mixture: [time] -> est_sources [time, num_spks], each window's estimates at the mixture's level
     (`match_mixture_level`). A mixture of at most `window` samples is separated in one pass. Otherwise windows
     of at most `window` samples (at least `min_window`) overlapping by `window - hop` are spread evenly over it
-    (`even_windows`), go
-    through `separate_batch` `batch_size` at a time, are put in the speaker order of the previous window on the
-    samples they share, and are overlap-added with weights that sum to one at every sample
-    (`normalise_overlap_add`). `progress`: a tqdm bar (None: only on a terminal).
+    (`even_windows`), go through `separate_batch` `batch_size` at a time, are put in the speaker order of the
+    previous window on the samples they share, and are overlap-added with weights that sum to one at every
+    sample (`normalise_overlap_add`). `progress`: a tqdm bar (None: only on a terminal).
     """
     if not 0 < hop < window:
         raise ValueError(f"hop ({hop} samples) must be positive and shorter than the window ({window}) so they overlap")
