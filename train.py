@@ -9,56 +9,40 @@ and custom trees, for separation or enhancement; the differences live in the YAM
     torchrun --nproc_per_node=4 train.py hparams/sepformer.yaml --data_folder=...
 """
 
-import dataclasses
-import functools
 import logging
 import math
-import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from prepare_data import (
-    REVERBERANT_LAYOUTS,
-    SPLITS,
-    DataPreparationError,
-    check_num_spks,
-    detect_layout,
-    prepare_data,
-    write_skipped_list,
-)
-from speechsep.data.audio import PEAK_LIMIT, write_pcm16
-from speechsep.data.audio_checks import AudioRequirements
+from prepare_data import prepare_data
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
-from speechsep.data.manifests import check_manifest_audio, separation_dataset, write_manifest_without
+from speechsep.data.layouts import SPLITS
+from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
-from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
-from speechsep.inference.separation import mixture_consistency, separate_shifted
+from speechsep.evaluation.results_folder import (
+    PREVIOUS_TEST,
+    TEST_RECORD,
+    TEST_RESULTS,
+    TestStageError,
+    remove_previous_test_results,
+    set_aside_test_results,
+    write_audio_example,
+)
+from speechsep.inference.model_folder import HPARAMS_FILE, find_model
+from speechsep.inference.separation import separate_each
 from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.models.speedups import speed_up
-from speechsep.output_files import OutputError, write_file, write_text
+from speechsep.output_files import OutputError, write_text
 from speechsep.training.budget import TrainingBudget
-from speechsep.training.config import (
-    ConfigError,
-    check_values,
-    data_keys,
-    differing_keys,
-    load_hparams,
-    model_keys,
-    overridden_keys,
-    parse_arguments,
-    record_yaml,
-    resolved_values,
-)
+from speechsep.training.config import load_record, overridden_keys, parse_arguments, record_yaml, resolved_values
 from speechsep.training.distributed import (
     any_rank,
     evaluation_position,
@@ -67,30 +51,35 @@ from speechsep.training.distributed import (
     shard_for_evaluation,
     world_size,
 )
+from speechsep.training.experiment import (
+    StopRequested,
+    create_experiment_directory,
+    error_text,
+    exit_after_stop,
+    starting_model,
+    stop_if_requested_before_work,
+)
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
+from speechsep.training.preflight import (
+    DEFAULT_TASK,
+    check_built_model,
+    check_inputs,
+    check_manifests,
+    check_same_experiment,
+    check_values,
+    manifest_folder,
+    usable_precisions,
+)
 from speechsep.training.random_state import RandomState, loader_generator
 from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder, results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
-from speechsep.training.stop_signals import StopRequest, loader_workers_leave_stop_signals, record_stop_checkpoint
+from speechsep.training.stop_signals import StopRequest, loader_workers_leave_stop_signals
 
 logger = logging.getLogger(__name__)
 MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
 TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
-TEST_RESULTS = "test_results.csv"  # in results_folder, with test_results_summary.json and audio/
-TEST_RECORD = "test_" + HPARAMS_FILE  # the config of a --test_only evaluation, beside its results
-TEST_ONLY_MANIFESTS = "test_manifest"  # in results_folder: the manifest a --test_only evaluation prepares
-PREVIOUS_TEST = "previous_test"  # in results_folder: the earlier test results, until a test stage's own are written
-AUDIO_EXAMPLE = re.compile(r".+_(mix|source\d+|source\d+hat)\.wav")  # results_folder/audio/, see save_audio
-
-
-class TestStageError(RecipeError):
-    """A test stage failed; the message says where the earlier test results wait."""
-
-
-class StopRequested(Exception):
-    """A preemption or time-limit signal was honoured: the run is checkpointed and ends with exit status 0."""
 
 
 class Predictions(NamedTuple):
@@ -101,9 +90,6 @@ class Predictions(NamedTuple):
     mixture: torch.Tensor
     lengths: torch.Tensor
     est_sources_with_options: torch.Tensor | None = None  # TEST with test_shifts / test_mixture_consistency
-
-
-SAME_WEIGHTS_KEYS = {"fast_attention"}  # model keys that change how the model computes, not its weights
 
 
 class Separation(sb.Brain):
@@ -137,8 +123,8 @@ class Separation(sb.Brain):
 
         TEST separates each utterance on its own, so that padding never changes a reported score, in one plain
         pass (the headline scores) and, when test-time options are set, once more with them (reported beside).
-        VALID stays batched: its loss only ranks checkpoints and drives the schedule, padding shifts it by a few
-        tenths of a dB at most, and one forward per utterance made the demo's validation passes about 3x slower.
+        VALID stays batched: its loss only ranks checkpoints and drives the schedule, where padding matters
+        little and one forward per utterance would cost much of the validation time.
         """
         mixture, sources, lengths, noise = self.batch_signals(batch)
         if stage == sb.Stage.TRAIN:
@@ -146,10 +132,17 @@ class Separation(sb.Brain):
         if stage != sb.Stage.TEST:
             return Predictions(self.separate(mixture), sources, mixture, lengths)
         hp = self.hparams
-        est_sources, with_options = self.separate_each(
-            mixture, lengths, with_test_options=hp.test_shifts > 1 or hp.test_mixture_consistency
+        with_options = hp.test_shifts > 1 or hp.test_mixture_consistency
+        est_sources, est_sources_with_options = separate_each(
+            lambda utterance: self.separate(utterance).float(),  # float32 whatever --eval_precision computes in
+            mixture,
+            lengths,
+            shifts=hp.test_shifts,
+            hop=encoder_hop(self.modules.encoder) if with_options else 1,
+            consistent=hp.test_mixture_consistency,
+            with_options=with_options,
         )
-        return Predictions(est_sources, sources, mixture, lengths, with_options)
+        return Predictions(est_sources, sources, mixture, lengths, est_sources_with_options)
 
     def compute_objectives(self, predictions, batch, stage):
         """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]."""
@@ -365,31 +358,6 @@ class Separation(sb.Brain):
         )
         return fit_length(est_sources, mixture.shape[1])
 
-    def separate_each(self, mixture, lengths, with_test_options=False):
-        """`separate` one utterance at a time on its true length, re-padded with zeros.
-
-        For testing: the global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would
-        otherwise take the padding into account, and the scores would depend on the batch size. Returns the
-        plain estimates and, `with_test_options`, those averaged over `test_shifts` sub-hop delays
-        (`speechsep.inference.separation.separate_shifted`, as `separate.py --shifts`) and, with
-        `test_mixture_consistency`, made to sum to the mixture (as `separate.py --mixture-consistency`), else
-        None. The plain pass is the undelayed view of the shifted ones: each utterance is separated once less.
-        """
-        hp = self.hparams
-
-        def separate(utterance):  # in float32 whatever --eval_precision computed in: scores and options need it
-            return self.separate(utterance).float()
-
-        plain, with_options = [], []
-        for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
-            utterance = mixture[b : b + 1, :num_samples]
-            plain.append(separate(utterance))
-            if with_test_options:
-                hop = encoder_hop(self.modules.encoder)
-                est = separate_shifted(separate, utterance, hp.test_shifts, hop, first_view=plain[-1])
-                with_options.append(mixture_consistency(est, utterance) if hp.test_mixture_consistency else est)
-        return _padded(plain, mixture), (_padded(with_options, mixture) if with_test_options else None)
-
     # ---------------------------------------------------------------- training helpers
     def filter_loss(self, loss_per_example):
         """Apply threshold-by-loss; return (mean loss, None) or (None, why the batch must be skipped).
@@ -481,61 +449,8 @@ class Separation(sb.Brain):
             for k in range(sources.shape[-1]):
                 signals[f"source{k + 1}"] = sources[b, :length, k]
                 signals[f"source{k + 1}hat"] = est_sources[b, :length, perms[b][k]]
-            for name, waveform in signals.items():
-                waveform = waveform.float().cpu()
-                peak = waveform.abs().max()
-                if peak > 0:  # estimates have an arbitrary scale; silent signals are written as silence
-                    waveform = waveform / peak * PEAK_LIMIT
-                write = functools.partial(write_pcm16, signal=waveform, sample_rate=self.hparams.sample_rate)
-                write_file(audio_dir / f"{snt_id}_{name}.wav", write, overwrite=True)
+            write_audio_example(audio_dir, snt_id, signals, self.hparams.sample_rate)
             self.audio_saved += 1
-
-
-def _padded(est_sources: list, mixture: torch.Tensor) -> torch.Tensor:
-    """Per-utterance estimates [1, length, num_spks] zero-padded into one [batch, time, num_spks] tensor."""
-    padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
-    for b, est in enumerate(est_sources):
-        padded[b, : est.shape[1]] = est[0]
-    return padded
-
-
-def test_stage_files(results_folder: Path) -> list[Path]:
-    """What a test stage has written into `results_folder`: results, their config and audio examples (by the
-    names `save_audio` gives them; other files are the user's)."""
-    files = [results_folder / name for name in (TEST_RESULTS, metrics.summary_name(TEST_RESULTS), TEST_RECORD)]
-    files += [path for path in (results_folder / "audio").glob("*.wav") if AUDIO_EXAMPLE.fullmatch(path.name)]
-    return [path for path in files if path.is_file()]
-
-
-def set_aside_test_results(results_folder: Path) -> None:
-    """Move an earlier test stage's results into `results_folder/previous_test/` (replacing older ones there) until
-    the new ones are written whole (`remove_previous_test_results`): a test stage that fails or is killed neither
-    destroys them nor leaves them beside a newer checkpoint as if they scored it. Files of a test stage that did
-    not finish (audio without `test_results.csv`) are removed: they are no results."""
-    files = test_stage_files(results_folder)
-    if results_folder / TEST_RESULTS not in files:
-        for path in files:
-            path.unlink()
-        return
-    previous = results_folder / PREVIOUS_TEST
-    staging = Path(tempfile.mkdtemp(prefix=f".{PREVIOUS_TEST}.", dir=results_folder))  # filled, then renamed whole
-    for path in files:
-        moved = staging / path.relative_to(results_folder)
-        moved.parent.mkdir(exist_ok=True)
-        path.replace(moved)
-    if previous.is_dir():
-        logger.info(f"Replacing the older test results in {previous}")
-        shutil.rmtree(previous)
-    staging.replace(previous)
-    logger.info(f"Earlier test results moved to {previous}; removed once this test stage's results are written")
-
-
-def remove_previous_test_results(results_folder: Path) -> None:
-    """The new results are written whole: the earlier ones set aside are no longer needed."""
-    previous = results_folder / PREVIOUS_TEST
-    if previous.is_dir():
-        shutil.rmtree(previous)
-        logger.info(f"Removed the earlier test results in {previous}")
 
 
 def training_dataset(hparams):
@@ -579,92 +494,6 @@ def dataio_prep(hparams, test_only=False, train=None):
     return train, valid, separation_dataset(hparams["test_data"], **common)
 
 
-def check_writable(folder: str, key: str = "output_folder") -> None:
-    """Create `folder` and fail before any training if it cannot be created or written.
-
-    The probe is a temporary file of this call's own (nameless where the system allows): the ranks of a job, and
-    other jobs, check the same folder at the same time.
-    """
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise RecipeError(f"{key} {folder} cannot be written: {err.strerror or err}") from None
-
-
-def check_inputs(values: dict, test_only: bool) -> None:
-    """The folders and model the config names exist, and the output folder can be written, before anything
-    is built (a full-size model takes a minute) and not after hours of training."""
-    check_num_spks(values["num_spks"], values.get("task", "separation"))  # a run's record from before `task`: none
-    if not test_only and values["N_epochs"] < 1:
-        raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
-    if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
-        raise RecipeError(f"data_folder does not exist or is not a folder: {values['data_folder']}")
-    check_rebuilt_mixtures(values, test_only)
-    if values["dynamic_mixing"] and not test_only and not Path(str(values["base_folder_dm"])).is_dir():
-        raise RecipeError(f"base_folder_dm does not exist or is not a folder: {values['base_folder_dm']}")
-    if values["pretrained_separator"]:
-        check_format(find_model(values["pretrained_separator"]), values["num_spks"], values["sample_rate"])
-    for key in ("output_folder", "results_folder", "save_folder"):
-        check_writable(values[key], key)
-
-
-def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
-    """Refuse the options that take a mixture for the sum of its targets where it is not: WHAMR!'s mixtures, and
-    those dynamic mixing makes with `dm_rooms`, are reverberant and their targets anechoic, so speed perturbation
-    or a random shift (which rebuild the mixture from the targets) would train on anechoic inputs, and test
-    estimates cannot sum to a WHAMR! mixture. An enhancement task on a custom tree without noise/ would train
-    on its clean target as the input."""
-    rebuilding = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values.get(key)]
-    if rebuilding and values["dynamic_mixing"] and values.get("dm_rooms"):
-        _refuse_rebuilding(rebuilding, f"dm_rooms={values['dm_rooms']} makes reverberant mixtures of anechoic targets")
-    if values["skip_prep"]:
-        return
-    try:
-        layout = detect_layout(Path(str(values["data_folder"])))
-    except DataPreparationError:  # reported by prepare_data, in its turn
-        return
-    options = rebuilding + (["test_mixture_consistency"] if values.get("test_mixture_consistency") else [])
-    if layout in REVERBERANT_LAYOUTS and options:
-        _refuse_rebuilding(options, "WHAMR!'s mixtures are reverberant and its targets anechoic")
-    enhancing = values.get("task", "separation") != "separation"
-    noise_folder = Path(str(values["data_folder"]), "train", "noise")
-    if rebuilding and layout == "custom" and enhancing and not noise_folder.is_dir():
-        _refuse_rebuilding(rebuilding, "this custom tree has no train/noise/ to add back to its one target")
-
-
-def _refuse_rebuilding(options: list[str], reason: str) -> None:
-    raise ConfigError(
-        f"{' and '.join(options)} take(s) the mixture for the sum of its targets, but {reason}: "
-        f"set {', '.join(f'{key}=False' for key in options)}"
-    )
-
-
-def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
-    """Refuse to resume or test a run of the output folder with a config that changes its model or its data.
-
-    A rerun into a folder that holds checkpoints continues that run: other model sizes would not load its
-    checkpoints, other data would mix two experiments. --test_only may score other data, not another model.
-    """
-    previous = Path(values["output_folder"], HPARAMS_FILE)
-    if not previous.is_file() or not list(Path(values["save_folder"]).glob("CKPT+*")):
-        return
-    # Paths the record derives from its output_folder (the manifests under save/) follow a run moved or copied.
-    moved = resolved_values(previous.read_text(), {"output_folder": values["output_folder"]})
-    recorded = {"task": "separation", **moved}  # records from before `task`: none
-    keys = model_keys(record) - SAME_WEIGHTS_KEYS
-    if not test_only:  # a key newer than the record cannot be compared
-        keys |= {key for key in data_keys(values) if key in recorded}
-    scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
-    differing = differing_keys(recorded, {"task": "separation", **values}, scalar)
-    if differing:
-        raise ConfigError(
-            f"output_folder {values['output_folder']} holds a run with another model or data "
-            f"({'; '.join(differing)}): choose a new output_folder for a fresh start, or rerun with the run's values"
-        )
-
-
 def apply_speed_ups(hparams: dict) -> None:
     """The exact speed-ups of `speechsep.models.speedups`, with the checkpointer and the config pointing at a
     mask network that was replaced (its checkpoints keep SpeechBrain's layout)."""
@@ -700,24 +529,17 @@ def prepare_experiment(argv):
     if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
         check_same_experiment(values, record, test_only)
 
-    hparams = load_hparams(hparams_file, overrides)
+    hparams = load_record(record, hparams_file)  # built from the record itself: what trains is what it says
     apply_speed_ups(hparams)
-    hop = encoder_hop(hparams["modules"]["encoder"])
-    if hparams["test_shifts"] > hop:
-        raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")
-    for option, stage in (("precision", "training"), ("eval_precision", "validation and test")):
-        if "fp16" in (run_opts.get(option), hparams.get(option)) and not torch.cuda.is_available():
-            logger.warning(f"{option} fp16 needs CUDA; {stage} in bf16 on this machine instead")
-            run_opts = dataclasses.replace(
-                run_opts, **{option: "bf16"}, overridden_args={*run_opts.overridden_args, option}
-            )
+    check_built_model(hparams)
+    run_opts = usable_precisions(run_opts, hparams)
 
     min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
     if hparams["skip_prep"]:
         check_manifests(hparams, test_only, min_samples)
 
     sb.utils.distributed.ddp_init_group(run_opts)
-    create_experiment_directory(hparams["output_folder"])
+    create_experiment_directory(hparams["output_folder"], __file__)
     if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
         prepared = manifest_folder(hparams, test_only)
         run_on_main(
@@ -731,7 +553,7 @@ def prepare_experiment(argv):
                 librimix_train_subset=str(hparams["librimix_train_subset"]),
                 use_wham_noise=hparams["use_wham_noise"],
                 skip_bad_files=hparams["skip_bad_files"],
-                task=hparams.get("task", "separation"),
+                task=hparams.get("task", DEFAULT_TASK),
                 min_samples=min_samples,
                 splits=["test"] if test_only else SPLITS,
             ),
@@ -748,83 +570,6 @@ def prepare_experiment(argv):
     return hparams, run_opts, dataio_prep(hparams, test_only, pool_dataset)
 
 
-def manifest_folder(hparams: dict, test_only: bool) -> Path:
-    """Where the run writes the manifests it prepares or filters: its `save_folder`, or with --test_only a folder
-    of its `results_folder`, so that scoring other data leaves the manifests a resumed training reads as they are."""
-    return Path(hparams["results_folder"], TEST_ONLY_MANIFESTS) if test_only else Path(hparams["save_folder"])
-
-
-def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
-    """With `skip_prep`, check the audio of the manifests the run reads as prepare_data.py checks a tree's (rate,
-    mono, lengths, the model's shortest input, finite, no silent reference, test IDs that are safe file names):
-    one line naming the CSV line before any training. With `skip_bad_files`, the bad rows are left out instead
-    (the run reads `<key>_usable.csv`) and listed in `skipped_files.csv`, both in `manifest_folder`."""
-    requirements = AudioRequirements(sample_rate=hparams["sample_rate"], mono=True, min_samples=min_samples)
-    keys = ["valid_data", "test_data"] if not test_only else ["test_data"]
-    if not (test_only or hparams["dynamic_mixing"]):
-        keys.insert(0, "train_data")
-    skipped = []
-    for key in keys:
-        bad = check_manifest_audio(
-            hparams[key],
-            hparams["data_folder"],
-            hparams["num_spks"],
-            hparams["use_wham_noise"],
-            requirements,
-            ids_name_files=key == "test_data",
-            skip_bad=hparams["skip_bad_files"],
-        )
-        if bad:
-            usable = manifest_folder(hparams, test_only) / f"{key}_usable.csv"
-            write_manifest_without(hparams[key], set(bad), usable)
-            hparams[key] = str(usable)
-            skipped += [{"split": key, "mixture": example_id, "reason": reason} for example_id, reason in bad.items()]
-    if skipped and if_main_process():
-        write_skipped_list(manifest_folder(hparams, test_only), skipped)
-
-
-def create_experiment_directory(folder: str) -> None:
-    """What `speechbrain.create_experiment_directory` does (a copy of this script, `log.txt` for the logs,
-    `env.log`), with the two copies written whole (`speechsep.output_files`) instead of in place."""
-    if if_main_process():
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_file(folder / Path(__file__).name, lambda path: shutil.copyfile(__file__, path), overwrite=True)
-        sb.utils.logger.setup_logging(
-            sb.core.DEFAULT_LOG_CONFIG, {"handlers": {"file_handler": {"filename": str(folder / "log.txt")}}}
-        )
-        sys.excepthook = lambda *exc_info: logger.error("Exception:", exc_info=exc_info)  # into log.txt too
-        sb.utils.quirks.log_applied_quirks()
-        logger.info(f"Experiment folder: {folder}")
-        write_text(folder / "env.log", sb.utils.logger.get_environment_description(), overwrite=True)
-    ddp_barrier()
-
-
-def starting_model(hparams, test_only):
-    """The modules and checkpointer a run starts from, given `pretrained_separator`.
-
-    Without it: the config's modules, from scratch or from the run's own checkpoint. With it and `test_only`:
-    the folder's own model, whatever its architecture, and no checkpointer (the folder is what is evaluated).
-    With it for training: the config's modules initialised from the folder before the first step (the
-    architectures must match), unless the run has a checkpoint of its own, which it then resumes from.
-    """
-    folder = hparams["pretrained_separator"]
-    if not folder:
-        return hparams["modules"], hparams["checkpointer"]
-    if test_only:
-        source = find_model(folder)
-        check_format(source, hparams["num_spks"], hparams["sample_rate"])
-        model = build_model(source)
-        logger.info(f"Evaluating {source.description}")
-        return model.modules, None
-    if hparams["checkpointer"].list_checkpoints():
-        logger.info(f"Resuming from this run's own checkpoint; pretrained_separator {folder} is not loaded again")
-    else:
-        description = load_pretrained(hparams["modules"], folder, hparams["num_spks"], hparams["sample_rate"])
-        logger.info(f"Initialised the encoder, masknet and decoder from {description}")
-    return hparams["modules"], hparams["checkpointer"]
-
-
 def main(argv):
     """Parse the command line, prepare the data, train, and evaluate on the test set.
 
@@ -836,33 +581,6 @@ def main(argv):
         return train_and_test(argv)
     except (OSError, RecipeError) as err:  # CheckpointWriteError and OutputError too
         sys.exit(f"error: {error_text(err)}")
-
-
-def error_text(err: Exception) -> str:
-    """An OSError as `<file>: <reason>` where it names its file, any other error as its message."""
-    if isinstance(err, OSError) and err.filename and err.strerror:
-        return f"{err.filename}: {err.strerror}"
-    return str(err)
-
-
-def stop_if_requested_before_work(stop_request: StopRequest, test_only: bool) -> None:
-    """Exit 0 if a stop signal came during the preparations (config, data, model): nothing is checkpointed, so
-    there is no stop record, and the rerun of the same command starts where this one did. Under DDP every
-    process stops if any got it."""
-    if any_rank(stop_request.requested)[0]:
-        work = "the test stage" if test_only else "training"
-        logger.info(f"stop requested before {work} started: nothing to checkpoint")
-        sys.exit(0)
-
-
-def exit_after_stop(stop: StopRequested, checkpointer) -> None:
-    """Exit 0 after an honoured stop, having recorded the run's newest checkpoint (the one the stop saved in
-    training, the final one in the test stage) for slurm/run_job.sh: the rerun of the same command resumes from it."""
-    if if_main_process() and checkpointer is not None:
-        newest = checkpointer.find_checkpoint()
-        record_stop_checkpoint(newest.path if newest is not None else None)
-    logger.info(f"Stop requested: {stop}; exiting")
-    sys.exit(0)
 
 
 def train_and_test(argv):

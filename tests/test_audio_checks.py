@@ -12,8 +12,7 @@ import soundfile as sf
 import torch
 
 import separate
-import train
-from prepare_data import DataPreparationError, detect_layout, prepare_data
+from prepare_data import prepare_data
 from speechsep.data.audio_checks import (
     AudioCheckError,
     AudioRequirements,
@@ -22,10 +21,12 @@ from speechsep.data.audio_checks import (
     read_blocks,
     read_header,
 )
+from speechsep.data.layouts import DataPreparationError, detect_layout
 from speechsep.data.manifests import ManifestError, check_manifest_audio, separation_dataset
 from speechsep.data.resample import bounded_ratio, resample
 from speechsep.inference.files import read_mixture
 from speechsep.models.filterbank import shortest_input
+from speechsep.training.preflight import check_manifests
 from tests.corpus_trees import make_custom, make_librimix, make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, flac_without_length, tiny_hparams
 
@@ -355,7 +356,7 @@ SPLITS = ("train", "valid", "test")
 
 
 def manifest_hparams(corpus, tmp_path, **overrides):
-    """What train.check_manifests reads of a run's config."""
+    """What check_manifests reads of a run's config."""
     hparams = {"sample_rate": RATE, "dynamic_mixing": False, "data_folder": str(corpus), "num_spks": 2}
     hparams.update(use_wham_noise=False, skip_bad_files=False, save_folder=str(tmp_path / "save"))
     hparams.update({f"{split}_data": str(write_manifest(tmp_path / f"{split}.csv", [row("a")])) for split in SPLITS})
@@ -365,7 +366,7 @@ def manifest_hparams(corpus, tmp_path, **overrides):
 def test_skip_bad_files_leaves_bad_manifest_rows_out_and_lists_them(corpus, tmp_path):
     hparams = manifest_hparams(corpus, tmp_path, skip_bad_files=True)
     write_manifest(tmp_path / "test.csv", [row("a"), row("../x", "tt_001_mix")])
-    train.check_manifests(hparams, test_only=False, min_samples=32)
+    check_manifests(hparams, test_only=False, min_samples=32)
     assert hparams["test_data"] == str(tmp_path / "save" / "test_data_usable.csv")
     assert [line.split(",")[0] for line in Path(hparams["test_data"]).read_text().splitlines()] == ["ID", "a"]
     assert "test_data,../x," in (tmp_path / "save" / "skipped_files.csv").read_text()

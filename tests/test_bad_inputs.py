@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from prepare_data import DataPreparationError, prepare_data
+from prepare_data import prepare_data
+from speechsep.data.layouts import DataPreparationError
 from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.training.losses import pit_si_snr_loss

@@ -19,7 +19,8 @@ from speechsep.data import source_pool
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
 from speechsep.data.rooms import ShoeboxRooms
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
-from speechsep.training.config import ConfigError, check_values
+from speechsep.training.config import ConfigError
+from speechsep.training.preflight import check_rebuilt_mixtures, check_values
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import TINY_CONVTASNET, flac_without_length
 from tests.speech import speech_like
@@ -391,8 +392,6 @@ def si_snr(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 
 def test_options_that_rebuild_the_mixture_from_its_targets_are_refused_with_rooms():
-    from train import check_rebuilt_mixtures
-
     values = {"dynamic_mixing": True, "dm_rooms": "whamr", "use_speedperturb": True, "skip_prep": True}
     with pytest.raises(ConfigError, match="^use_speedperturb take.* but dm_rooms=whamr makes reverberant mixtures"):
         check_rebuilt_mixtures(values, test_only=False)
@@ -510,7 +509,7 @@ def test_a_training_run_warns_once_of_the_silent_files_it_leaves_out(tmp_path, m
     folder = write_pool(tmp_path / "sources")
     sf.write(folder / "spk00" / "spk00_0000.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
     corpus = make_wsj0mix(tmp_path / "data", per_split=1)
-    monkeypatch.setattr(train, "create_experiment_directory", lambda folder: None)
+    monkeypatch.setattr(train, "create_experiment_directory", lambda folder, script: None)
     argv = ["hparams/convtasnet.yaml", f"--data_folder={corpus}", f"--output_folder={tmp_path / 'run'}"]
     argv += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
     with caplog.at_level("WARNING"):

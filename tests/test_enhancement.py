@@ -6,11 +6,12 @@ import pytest
 import torch
 from pesq import pesq
 
-from prepare_data import DataPreparationError, check_num_spks
+from speechsep.data.layouts import DataPreparationError
 from speechsep.evaluation.metrics import separation_metrics
 from speechsep.inference.separation import separate_shifted
-from speechsep.training.config import ConfigError, check_values, record_yaml, resolved_values
+from speechsep.training.config import ConfigError, record_yaml, resolved_values
 from speechsep.training.losses import pairwise_si_snr, pit_si_snr_loss
+from speechsep.training.preflight import check_num_spks, check_rebuilt_mixtures, check_same_experiment, check_values
 from tests.corpus_trees import make_custom
 from tests.helpers import REPO, make_batch
 
@@ -83,8 +84,6 @@ def test_dynamic_mixing_is_refused_for_the_clean_mixture_target_with_one_line():
 
 
 def test_resuming_a_run_with_another_task_is_refused(tmp_path):
-    from train import check_same_experiment
-
     config = REPO / "hparams" / "sepformer-wham-enhancement.yaml"
     options = {"data_folder": "/data/wham", "output_folder": str(tmp_path)}
     (tmp_path / "hyperparams.yaml").write_text(record_yaml(config, options))
@@ -123,8 +122,6 @@ def test_pesq_at_another_sample_rate_is_refused_with_one_line():
 
 def test_speed_perturbation_is_refused_for_enhancement_on_a_custom_tree_without_noise(tmp_path):
     """Rebuilding the mixture from its one target would leave the clean target as the input."""
-    from train import check_rebuilt_mixtures
-
     data_folder = make_custom(tmp_path, num_spks=1, per_split=1)
     values = {"data_folder": data_folder, "task": "enhancement", "use_speedperturb": True, "skip_prep": False}
     values.update(dynamic_mixing=False, dm_rooms=None)

@@ -131,7 +131,8 @@ def test_a_model_file_instead_of_its_folder_names_the_folder(tmp_path, monkeypat
 
 # ---------------------------------------------------------------- fine-tuning and evaluation through train.py
 def test_fine_tuning_starts_from_the_folders_model(tmp_path):
-    from train import Separation, starting_model
+    from speechsep.training.experiment import starting_model
+    from train import Separation
 
     folder = write_published_folder(tmp_path / "model")
     hparams = tiny_hparams(tmp_path, "sepformer.yaml", pretrained_separator=str(folder))
@@ -147,7 +148,7 @@ def test_fine_tuning_starts_from_the_folders_model(tmp_path):
 
 
 def test_fine_tuning_a_different_architecture_names_the_first_mismatch(tmp_path):
-    from train import starting_model
+    from speechsep.training.experiment import starting_model
 
     folder = write_published_folder(tmp_path / "model")
     hparams = tiny_hparams(tmp_path, "sepformer.yaml", pretrained_separator=str(folder), d_ffn=64)
@@ -160,7 +161,7 @@ def test_fine_tuning_a_different_architecture_names_the_first_mismatch(tmp_path)
 
 
 def test_fine_tuning_needs_the_folders_speaker_count(tmp_path):
-    from train import starting_model
+    from speechsep.training.experiment import starting_model
 
     folder = write_published_folder(tmp_path / "model")
     hparams = tiny_hparams(tmp_path, "sepformer.yaml", pretrained_separator=str(folder), num_spks=3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from prepare_data import DataPreparationError, detect_layout, prepare_data
+from prepare_data import prepare_data
+from speechsep.data.layouts import DataPreparationError, detect_layout
 from speechsep.data.manifests import separation_dataset
 from tests.corpus_trees import make_aishell1mix, make_custom, make_librimix, make_wham, make_whamr, make_wsj0mix
 from tests.helpers import REPO, limit_file_size

@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 import speechsep.training.budget
-import train
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.distributed import evaluation_position
+from speechsep.training.preflight import check_writable
 from speechsep.training.statistics import EpochStatistics
 
 WORLD_SIZE = 2
@@ -94,7 +94,7 @@ def test_evaluation_positions_are_those_of_the_examples_the_sampler_gives(ranks)
 def check_output_folder_repeatedly(folder: str, barrier) -> None:
     barrier.wait()
     for _ in range(200):
-        train.check_writable(folder)
+        check_writable(folder)
 
 
 def test_concurrent_checks_of_one_output_folder_all_pass(tmp_path):

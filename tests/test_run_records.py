@@ -23,6 +23,7 @@ from speechsep.locking import acquire, release
 from speechsep.output_files import OutputError
 from speechsep.training.checkpoints import CheckpointWriteError
 from speechsep.training.config import ConfigError, parse_arguments, record_yaml, resolved_values
+from speechsep.training.preflight import check_inputs, check_same_experiment
 from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder
 from speechsep.training.run_lock import LOCK_FILE, FolderInUseError, release_output_folder
 from tests.corpus_trees import make_wsj0mix
@@ -81,7 +82,7 @@ def test_a_save_folder_that_cannot_be_created_is_one_line_before_anything_is_bui
         f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'run'}", f"--save_folder={tmp_path / 'a_file'}"
     )
     with pytest.raises(RecipeError, match=f"^save_folder {tmp_path / 'a_file'} cannot be written: File exists$"):
-        train.check_inputs(values, test_only=False)
+        check_inputs(values, test_only=False)
 
 
 def test_a_config_key_left_to_the_command_line_and_not_given_is_one_line(tmp_path):
@@ -106,7 +107,7 @@ def fake_run(folder: Path, *overrides: str) -> dict:
 def rerun(folder: Path, *overrides: str, test_only=False) -> None:
     argv = [str(CONFIG), f"--output_folder={folder}", "--data_folder=/data", *TINY, *overrides]
     record = record_yaml(CONFIG, parse_arguments(argv)[2])
-    train.check_same_experiment(resolved_values(record), record, test_only)
+    check_same_experiment(resolved_values(record), record, test_only)
 
 
 WITH_DYNAMIC_MIXING = ("--dynamic_mixing=True",)

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import train
+from speechsep.errors import RecipeError
 from speechsep.training.config import load_hparams, resolved_values
+from speechsep.training.preflight import TEST_ONLY_MANIFESTS
 from speechsep.training.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, train_command
@@ -94,16 +96,16 @@ def test_a_missing_data_folder_is_reported_before_the_model_is_built(tmp_path, m
     def build_nothing(*args, **kwargs):
         raise AssertionError("the model was built before the data folder was checked")
 
-    monkeypatch.setattr(train, "load_hparams", build_nothing)
+    monkeypatch.setattr(train, "load_record", build_nothing)
     argv = ["hparams/sepformer.yaml", f"--data_folder={tmp_path / 'nowhere'}", f"--output_folder={tmp_path / 'out'}"]
-    with pytest.raises(train.RecipeError, match="data_folder does not exist or is not a folder: .*nowhere"):
+    with pytest.raises(RecipeError, match="data_folder does not exist or is not a folder: .*nowhere"):
         train.prepare_experiment(argv)
 
 
 def test_a_kernel_size_whose_encoder_hop_is_zero_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "load_hparams", lambda *args, **kwargs: pytest.fail("the model was built"))
+    monkeypatch.setattr(train, "load_record", lambda *args, **kwargs: pytest.fail("the model was built"))
     argv = ["hparams/convtasnet.yaml", f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
-    with pytest.raises(train.RecipeError) as refused:
+    with pytest.raises(RecipeError) as refused:
         train.prepare_experiment([*argv, "--kernel_size=1"])
     assert str(refused.value) == (
         "kernel_size is 1; expected a whole number of samples, at least 2 (the encoder hops by half of it)"
@@ -212,7 +214,7 @@ def test_a_rerun_on_other_data_is_refused_but_testing_on_it_is_not(run_copy, dat
     assert (tmp_path / "other_eval" / "test_results.csv").is_file()
     scored = json.loads((tmp_path / "other_eval" / "test_results_summary.json").read_text())["scored"]
     assert (run_copy / "save" / scored["checkpoint"]).is_dir() and scored["data_folder"] == str(other)
-    assert scored["test_data"] == str(tmp_path / "other_eval" / train.TEST_ONLY_MANIFESTS / "test.csv")
+    assert scored["test_data"] == str(tmp_path / "other_eval" / TEST_ONLY_MANIFESTS / "test.csv")
     log_line = (run_copy / "train_log.txt").read_text().splitlines()[-1]
     assert f"checkpoint: {scored['checkpoint']}, data_folder: {other}," in log_line
 

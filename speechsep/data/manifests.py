@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,11 @@ from speechsep.data.audio_checks import (
 from speechsep.errors import RecipeError
 from speechsep.output_files import write_csv
 
+logger = logging.getLogger(__name__)
+
 DATA_ROOT = "$data_root"  # how manifests start the paths of files in the data folder
+SKIPPED_FILE = "skipped_files.csv"  # beside the manifests: what `skip_bad_files` left out of them
+SKIPPED_COLUMNS = ["split", "mixture", "reason"]
 
 
 class ManifestError(RecipeError):
@@ -234,3 +239,15 @@ def separation_dataset(
     )
     dataset.set_output_keys(["id"] + [f"{name}_sig" for name in names])
     return dataset
+
+
+def write_skipped_list(save_folder: Path, skipped: list[dict]) -> None:
+    """`<save_folder>/skipped_files.csv`: split, mixture and reason of each item `skip_bad_files` left out."""
+    report = Path(save_folder) / SKIPPED_FILE
+    write_csv(report, skipped, SKIPPED_COLUMNS, overwrite=True)
+    log_skipped(report, len(skipped))
+
+
+def log_skipped(report: Path, count: int) -> None:
+    """One warning that bad mixtures were left out, naming the list of them."""
+    logger.warning(f"Skipped {count} bad mixtures (skip_bad_files=True); list in {report}")

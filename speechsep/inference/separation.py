@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from speechsep.training.hardware import autocast
-from speechsep.training.losses import best_permutation
+from speechsep.training.losses import best_permutation, true_lengths
 
 SeparateBatch = Callable[[torch.Tensor], torch.Tensor]  # mixture [batch, time] -> est_sources [batch, time, num_spks]
 
@@ -233,3 +233,40 @@ def normalise_overlap_add(est_sources: torch.Tensor, window: int, hop: int, num_
             scale = 1 / rows[max(0, block - num_windows + 1) : min(block, num_rows - 1) + 1].sum(dim=0)
         samples = est_sources[block * hop : (block + 1) * hop]
         samples *= scale[: samples.shape[0]].float().unsqueeze(-1)
+
+
+def separate_each(
+    separate_batch: SeparateBatch,
+    mixture: torch.Tensor,
+    lengths: torch.Tensor,
+    shifts: int = 1,
+    hop: int = 1,
+    consistent: bool = False,
+    with_options: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`separate_batch` on each utterance of a padded batch alone, on its true length, re-padded with zeros.
+
+    The global layer norms of Conv-TasNet and SepFormer (and SepFormer's attention) would otherwise take the
+    padding into account, and test scores would depend on the batch size. Returns the plain estimates and,
+    `with_options`, those averaged over `shifts` sub-hop delays (`separate_shifted`) and, if `consistent`, made
+    to sum to the mixture (`mixture_consistency`), else None. The plain pass is the undelayed view of the shifted
+    ones: each utterance is separated once less.
+
+    mixture: [batch, time]; lengths: relative, [batch] -> two est_sources [batch, time, num_spks] (or None).
+    """
+    plain, with_test_options = [], []
+    for b, num_samples in enumerate(true_lengths(lengths, mixture.shape[1]).tolist()):
+        utterance = mixture[b : b + 1, :num_samples]
+        plain.append(separate_batch(utterance))
+        if with_options:
+            est = separate_shifted(separate_batch, utterance, shifts, hop, first_view=plain[-1])
+            with_test_options.append(mixture_consistency(est, utterance) if consistent else est)
+    return _padded(plain, mixture), (_padded(with_test_options, mixture) if with_options else None)
+
+
+def _padded(est_sources: list, mixture: torch.Tensor) -> torch.Tensor:
+    """Per-utterance estimates [1, length, num_spks] zero-padded into one [batch, time, num_spks] tensor."""
+    padded = est_sources[0].new_zeros(*mixture.shape, est_sources[0].shape[-1])
+    for b, est in enumerate(est_sources):
+        padded[b, : est.shape[1]] = est[0]
+    return padded

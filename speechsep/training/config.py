@@ -2,13 +2,12 @@
 
 Every `hparams/*.yaml` is a complete config that stock `hyperpyyaml.load_hyperpyyaml` loads. On top of it, the
 command-line overrides must each name a key that exists, so a typo such as `--batchsize=4` stops the run with a
-one-line error instead of being silently ignored; and the plain values are checked before anything is built.
+one-line error instead of being silently ignored. The checks of the values live in `speechsep.training.preflight`.
 """
 
 import difflib
 import io
 import json
-import math
 import re
 from pathlib import Path
 
@@ -151,100 +150,17 @@ def record_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -
     return out.getvalue()
 
 
+def load_record(record: str, hparams_file: str | Path) -> dict:
+    """Build the objects of a run's record (`record_yaml`), so that what trains is what the record says;
+    `!include:` finds files next to the config it was made from, `hparams_file`."""
+    stream = io.StringIO(record)
+    stream.name = str(hparams_file)
+    return load_hyperpyyaml(stream)
+
+
 def resolved_values(text: str, overrides: dict | None = None) -> dict:
     """The plain values of a config text with references resolved (after `overrides`); no object is built."""
     return ruamel.yaml.YAML().load(resolve_references(text, overrides).getvalue())
-
-
-# ==================================================================== checks before anything is built
-def _is_int(value, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_path(value) -> bool:
-    return isinstance(value, str) and value.strip() != ""
-
-
-# Every path-valued key of the configs: where a run writes and what it reads. `""` would be the working directory,
-# null or a list a crash when the folder is made or the file read (after the run's record is written).
-PATH_KEYS = (
-    *("output_folder", "save_folder", "results_folder", "train_log"),
-    *("data_folder", "train_data", "valid_data", "test_data"),
-)
-OPTIONAL_PATH_KEYS = ("base_folder_dm", "noise_folder_dm", "pretrained_separator")  # null: none
-# key -> (test of its value, what it must be)
-VALUE_CHECKS = {
-    "N_epochs": (lambda v: _is_int(v, 0), "a whole number of epochs, 0 or more"),
-    "batch_size": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
-    "num_workers": (lambda v: _is_int(v, 0), "a whole number, 0 or more"),
-    "num_spks": (lambda v: _is_int(v, 1), "a whole number of speakers"),
-    "sample_rate": (lambda v: _is_int(v, 1), "a whole number of Hz"),
-    "training_signal_len": (lambda v: _is_int(v, 1), "a whole number of samples, at least 1"),
-    "dm_epoch_len": (lambda v: _is_int(v, 1), "a whole number of mixtures, at least 1"),
-    "test_shifts": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
-    "kernel_size": (lambda v: _is_int(v, 2), "a whole number of samples, at least 2 (the encoder hops by half of it)"),
-    "n_audio_to_save": (lambda v: v is None or _is_int(v, 0), "null or a whole number, 0 or more"),
-    "num_ckpts_to_keep": (lambda v: _is_int(v, 1), "a whole number, at least 1"),
-    "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "threshold": (_is_number, "a finite number of dB"),
-    "loss_upper_lim": (_is_number, "a finite number"),
-    "clip_grad_norm": (_is_number, "a finite number (0 or negative: no clipping)"),
-    "train_budget_minutes": (lambda v: v is None or (_is_number(v) and v > 0), "null or a positive number"),
-    "mixture_mode": (lambda v: v in ("min", "max"), "min or max"),
-    "dm_level_scheme": (lambda v: v in ("wsj0", "librimix"), "wsj0 or librimix"),
-    "dm_rooms": (lambda v: v in (None, "whamr"), "null (no room) or whamr"),
-    "sdr_permutation": (lambda v: v in ("sdr", "sir"), "sdr or sir"),
-    "task": (
-        lambda v: v in ("separation", "enhancement", "enhancement_both"),
-        "separation, enhancement or enhancement_both",
-    ),
-    **{key: (_is_path, "a path (a non-empty string)") for key in PATH_KEYS},
-    **{key: (lambda v: v is None or _is_path(v), "null or a path (a non-empty string)") for key in OPTIONAL_PATH_KEYS},
-}
-# Keys that say which data a model is trained, validated and tested on: a run resumed with other values would
-# mix two experiments (e.g. pick its best checkpoint across two validation sets).
-DATA_KEYS = (
-    *("data_folder", "mixture_mode", "librimix_train_subset", "use_wham_noise", "task"),
-    *("train_data", "valid_data", "test_data", "dynamic_mixing"),
-)
-DYNAMIC_MIXING_KEYS = ("base_folder_dm", "noise_folder_dm", "dm_level_scheme", "dm_rooms")  # the training data then
-
-
-def data_keys(values: dict) -> set[str]:
-    """The keys that say which data the run with `values` uses: with dynamic mixing, its pool's rather than the
-    training manifest; a key the run does not read (base_folder_dm without dynamic mixing) says nothing of it."""
-    if values.get("dynamic_mixing"):
-        return (set(DATA_KEYS) - {"train_data"}) | set(DYNAMIC_MIXING_KEYS)
-    return set(DATA_KEYS)
-
-
-def check_values(values: dict) -> None:
-    """Every plain hyperparameter of the known ones, checked before anything is built or read."""
-    for key, (is_valid, expected) in VALUE_CHECKS.items():
-        if key in values and not is_valid(values[key]):
-            raise ConfigError(f"{key} is {values[key]!r}; expected {expected}")
-    task = values.get("task", "separation")
-    if values.get("test_mixture_consistency") and task != "separation":
-        raise ConfigError(
-            f"test_mixture_consistency makes one source's estimate the mixture itself; it cannot be used with task={task}"
-        )
-    if values.get("compute_pesq") and values.get("sample_rate") not in (8000, 16000):
-        raise ConfigError(
-            f"compute_pesq needs sample_rate 8000 or 16000 (PESQ's narrowband and wideband), not {values.get('sample_rate')}"
-        )
-    if values.get("dynamic_mixing") and task == "enhancement_both":
-        raise ConfigError(
-            "dynamic_mixing makes one target per speaker, not task=enhancement_both's clean mixture of them all: "
-            "set dynamic_mixing=False"
-        )
-    if values.get("test_mixture_consistency") and values.get("use_wham_noise"):  # the noise would be shared out
-        raise ConfigError(
-            "test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise"
-        )
 
 
 def model_keys(record: str) -> set[str]:

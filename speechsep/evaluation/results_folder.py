@@ -1,0 +1,83 @@
+"""The files a test stage writes into a run's `results_folder`, and how an earlier test's files wait beside them.
+
+A test stage writes `test_results.csv` with its summary, the config of a --test_only evaluation and audio examples.
+Before it starts, an earlier test's files are set aside in `previous_test/` and removed only once the new results
+are written whole: a test stage that fails or is stopped neither destroys them nor leaves them beside a newer
+checkpoint as if they scored it.
+"""
+
+import functools
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from speechsep.data.audio import PEAK_LIMIT, write_pcm16
+from speechsep.errors import RecipeError
+from speechsep.evaluation.metrics import summary_name
+from speechsep.inference.model_folder import HPARAMS_FILE
+from speechsep.output_files import write_file
+
+logger = logging.getLogger(__name__)
+
+TEST_RESULTS = "test_results.csv"  # in results_folder, with test_results_summary.json and audio/
+TEST_RECORD = "test_" + HPARAMS_FILE  # the config of a --test_only evaluation, beside its results
+PREVIOUS_TEST = "previous_test"  # in results_folder: the earlier test results, until a test stage's own are written
+AUDIO_EXAMPLE = re.compile(r".+_(mix|source\d+|source\d+hat)\.wav")  # results_folder/audio/, see write_audio_example
+
+
+class TestStageError(RecipeError):
+    """A test stage failed; the message says where the earlier test results wait."""
+
+
+def write_audio_example(audio_dir: Path, snt_id: str, signals: dict[str, torch.Tensor], sample_rate: int) -> None:
+    """Write one example's signals (`mix`, `source1`, `source1hat`, ...) as `<snt_id>_<name>.wav`, each scaled to
+    the same peak: estimates have an arbitrary scale; silent signals are written as silence."""
+    for name, waveform in signals.items():
+        waveform = waveform.float().cpu()
+        peak = waveform.abs().max()
+        if peak > 0:
+            waveform = waveform / peak * PEAK_LIMIT
+        write = functools.partial(write_pcm16, signal=waveform, sample_rate=sample_rate)
+        write_file(audio_dir / f"{snt_id}_{name}.wav", write, overwrite=True)
+
+
+def outputs_of_test_stage(results_folder: Path) -> list[Path]:
+    """What a test stage has written into `results_folder`: results, their config and audio examples (by the
+    names `write_audio_example` gives them; other files are the user's)."""
+    files = [results_folder / name for name in (TEST_RESULTS, summary_name(TEST_RESULTS), TEST_RECORD)]
+    files += [path for path in (results_folder / "audio").glob("*.wav") if AUDIO_EXAMPLE.fullmatch(path.name)]
+    return [path for path in files if path.is_file()]
+
+
+def set_aside_test_results(results_folder: Path) -> None:
+    """Move an earlier test stage's results into `results_folder/previous_test/` (replacing older ones there) until
+    the new ones are written whole (`remove_previous_test_results`). Files of a test stage that did not finish
+    (audio without `test_results.csv`) are removed: they are no results."""
+    files = outputs_of_test_stage(results_folder)
+    if results_folder / TEST_RESULTS not in files:
+        for path in files:
+            path.unlink()
+        return
+    previous = results_folder / PREVIOUS_TEST
+    staging = Path(tempfile.mkdtemp(prefix=f".{PREVIOUS_TEST}.", dir=results_folder))  # filled, then renamed whole
+    for path in files:
+        moved = staging / path.relative_to(results_folder)
+        moved.parent.mkdir(exist_ok=True)
+        path.replace(moved)
+    if previous.is_dir():
+        logger.info(f"Replacing the older test results in {previous}")
+        shutil.rmtree(previous)
+    staging.replace(previous)
+    logger.info(f"Earlier test results moved to {previous}; removed once this test stage's results are written")
+
+
+def remove_previous_test_results(results_folder: Path) -> None:
+    """The new results are written whole: the earlier ones set aside are no longer needed."""
+    previous = results_folder / PREVIOUS_TEST
+    if previous.is_dir():
+        shutil.rmtree(previous)
+        logger.info(f"Removed the earlier test results in {previous}")
