@@ -1,15 +1,16 @@
 """Data preparation: turn a WSJ0Mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix or custom tree into CSV manifests.
 
-The dataset type is detected from the tree itself (`speechsep.data.layouts`). The task picks the mixtures and targets: separation of
-clean (`mix_clean`) or noisy (`mix_both`, `use_wham_noise`) mixtures into their speakers, or enhancement (`num_spks`
-1) of one speaker in noise (`mix_single` -> `s1`) or of the clean mixture in noise (`enhancement_both`: `mix_both` ->
-`mix_clean`). WHAMR!'s inputs are its reverberant mixtures and its targets
-the anechoic sources, as its published results are scored (denoising, dereverberation and separation). Every mixture is validated while walking (all sources
-present, mono, same length as the mixture, the configured sample rate, finite samples, no all-zero source)
-and problems stop the preparation with one line naming the path, unless `skip_bad_files` is set, in which
-case the bad items are listed in `skipped_files.csv` and counted. Manifests use upstream SpeechBrain's column
-names (`mix_wav`, `s1_wav`, ...) with paths written as `$data_root/...`, so they survive moving the corpus.
-They are reused on a rerun only when the options and the audio files (names, sizes, mtimes) are unchanged.
+The dataset type is detected from the tree itself (`speechsep.data.layouts`). The task picks the mixtures and
+targets: separation of clean (`mix_clean`) or noisy (`mix_both`, `use_wham_noise`) mixtures into their speakers,
+or enhancement (`num_spks` 1) of one speaker in noise (`mix_single` -> `s1`) or of the clean mixture in noise
+(`enhancement_both`: `mix_both` -> `mix_clean`). WHAMR!'s inputs are its reverberant mixtures and its targets the
+anechoic sources, as its published results are scored (denoising, dereverberation and separation). Every mixture
+is validated while walking (all sources present, mono, same length as the mixture, the configured sample rate,
+finite samples, no all-zero source) and problems stop the preparation with one line naming the path, unless
+`skip_bad_files` is set, in which case the bad items are listed in `skipped_files.csv` and counted. Manifests use
+upstream SpeechBrain's column names (`mix_wav`, `s1_wav`, ...) with paths written as `$data_root/...`, so they
+survive moving the corpus. They are reused on a rerun only when the options and the audio files (names, sizes,
+mtimes) are unchanged.
 
     python prepare_data.py DATA_FOLDER SAVE_FOLDER [--num_spks 2] [--sample_rate 8000] [--mode min]
         [--use_wham_noise] [--task enhancement --num_spks 1]

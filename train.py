@@ -29,12 +29,10 @@ from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.evaluation.results_folder import (
     PREVIOUS_TEST,
-    TEST_RECORD,
-    TEST_RESULTS,
     TestStageError,
-    remove_previous_test_results,
     set_aside_test_results,
     write_audio_example,
+    write_test_results,
 )
 from speechsep.inference.model_folder import HPARAMS_FILE, find_model
 from speechsep.inference.separation import separate_each
@@ -42,7 +40,7 @@ from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_text
 from speechsep.training.budget import TrainingBudget
-from speechsep.training.config import load_record, overridden_keys, parse_arguments, record_yaml, resolved_values
+from speechsep.training.config import load_record, parse_arguments
 from speechsep.training.distributed import (
     any_rank,
     evaluation_position,
@@ -63,15 +61,14 @@ from speechsep.training.losses import pit_si_snr_loss, true_lengths
 from speechsep.training.preflight import (
     DEFAULT_TASK,
     check_built_model,
-    check_inputs,
+    check_config,
     check_manifests,
     check_same_experiment,
-    check_values,
     manifest_folder,
     usable_precisions,
 )
 from speechsep.training.random_state import RandomState, loader_generator
-from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder, results_folder_is_separate
+from speechsep.training.run_folders import results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
@@ -284,12 +281,9 @@ class Separation(sb.Brain):
                 raise StopRequested(f"epoch {epoch} is checkpointed")
         else:
             test_rows = gather_rows(self.test_rows)
-            results_folder = Path(self.hparams.results_folder)
             if if_main_process():
-                metrics.write_test_results(test_rows, results_folder / TEST_RESULTS, scored=self.scored)
-                if self.test_only:  # its config goes with its results; the run's record stays as it was
-                    write_text(results_folder / TEST_RECORD, self.hparams.test_record, overwrite=True)
-                remove_previous_test_results(results_folder)
+                test_record = self.hparams.test_record if self.test_only else None
+                write_test_results(Path(self.hparams.results_folder), test_rows, self.scored, test_record)
             reported = [
                 key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]
             ]
@@ -430,27 +424,18 @@ class Separation(sb.Brain):
         Under DDP each process writes those of its share: together the same examples as a single process,
         each written once (the sampler's repeats, past the end of the set, are not).
         """
-        mixture, sources, est_sources, lengths = (
-            predictions.mixture,
-            predictions.sources,
-            predictions.est_sources,
-            predictions.lengths,
-        )
         limit = self.hparams.n_audio_to_save
         to_write = min(math.inf if limit is None else limit, self.test_set_size)  # the first examples of the set
         audio_dir = Path(self.hparams.results_folder) / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
-        for b, (snt_id, length) in enumerate(zip(ids, true_lengths(lengths, mixture.shape[1]).tolist())):
+        mixture, sources, est_sources = predictions.mixture, predictions.sources, predictions.est_sources
+        for b, (snt_id, length) in enumerate(zip(ids, true_lengths(predictions.lengths, mixture.shape[1]).tolist())):
             position = evaluation_position(self.examples_tested)
             self.examples_tested += 1
-            if position >= to_write:
-                continue
-            signals = {"mix": mixture[b, :length]}
-            for k in range(sources.shape[-1]):
-                signals[f"source{k + 1}"] = sources[b, :length, k]
-                signals[f"source{k + 1}hat"] = est_sources[b, :length, perms[b][k]]
-            write_audio_example(audio_dir, snt_id, signals, self.hparams.sample_rate)
-            self.audio_saved += 1
+            if position < to_write:
+                signals = mixture[b, :length], sources[b, :length], est_sources[b, :length]
+                write_audio_example(audio_dir, snt_id, *signals, perms[b], self.hparams.sample_rate)
+                self.audio_saved += 1
 
 
 def training_dataset(hparams):
@@ -516,12 +501,7 @@ def prepare_experiment(argv):
     """
     hparams_file, run_opts, overrides = parse_arguments(argv)
     test_only = run_opts["test_only"]
-    record = record_yaml(hparams_file, overrides)
-    values = resolved_values(record)
-    check_values(values)
-    check_record_is_of_this_run(hparams_file, values, overridden_keys(overrides))
-    check_results_folder(values)
-    check_inputs(values, test_only)
+    record, values = check_config(hparams_file, overrides, test_only)
     if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
         claim_output_folder(values["output_folder"])
         if results_folder_is_separate(values):

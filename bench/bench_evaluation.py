@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_metrics import upstream_scores  # noqa: E402
 from bench.markdown import section  # noqa: E402
 from speechsep.evaluation.metrics import separation_metrics  # noqa: E402
+from speechsep.inference.separation import separate_each  # noqa: E402
 from speechsep.training.config import load_hparams  # noqa: E402
 from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
 from tests.speech import speech_like_mixture  # noqa: E402
@@ -63,7 +64,8 @@ def single_pass(brain: Separation, pairs, batch_size: int) -> float:
     for first in range(0, len(pairs), batch_size):
         mixture = torch.cat([m for m, _ in pairs[first : first + batch_size]])
         sources = torch.cat([s for _, s in pairs[first : first + batch_size]])
-        est_sources = brain.separate_each(mixture, torch.ones(len(mixture)))[0]  # as the TEST stage does
+        # as the TEST stage does
+        est_sources = separate_each(lambda u: brain.separate(u).float(), mixture, torch.ones(len(mixture)))[0]
         pit_si_snr_loss(est_sources, sources)
         separation_metrics(mixture, sources, est_sources)
     return time.perf_counter() - start

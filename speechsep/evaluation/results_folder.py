@@ -17,9 +17,9 @@ import torch
 
 from speechsep.data.audio import PEAK_LIMIT, write_pcm16
 from speechsep.errors import RecipeError
-from speechsep.evaluation.metrics import summary_name
+from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import HPARAMS_FILE
-from speechsep.output_files import write_file
+from speechsep.output_files import write_file, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,25 @@ class TestStageError(RecipeError):
     """A test stage failed; the message says where the earlier test results wait."""
 
 
-def write_audio_example(audio_dir: Path, snt_id: str, signals: dict[str, torch.Tensor], sample_rate: int) -> None:
-    """Write one example's signals (`mix`, `source1`, `source1hat`, ...) as `<snt_id>_<name>.wav`, each scaled to
-    the same peak: estimates have an arbitrary scale; silent signals are written as silence."""
+def write_audio_example(
+    audio_dir: Path,
+    snt_id: str,
+    mixture: torch.Tensor,
+    sources: torch.Tensor,
+    est_sources: torch.Tensor,
+    perm: list[int],
+    sample_rate: int,
+) -> None:
+    """Write one test example as `<snt_id>_mix.wav`, `<snt_id>_source<k>.wav` and the estimate matched to that
+    source, `<snt_id>_source<k>hat.wav`; each scaled to the same peak, since estimates have an arbitrary scale
+    (silent signals are written as silence).
+
+    mixture: [time]; sources, est_sources: [time, num_spks]; perm: the estimate of each source.
+    """
+    signals = {"mix": mixture}
+    for k in range(sources.shape[-1]):
+        signals[f"source{k + 1}"] = sources[:, k]
+        signals[f"source{k + 1}hat"] = est_sources[:, perm[k]]
     for name, waveform in signals.items():
         waveform = waveform.float().cpu()
         peak = waveform.abs().max()
@@ -48,7 +64,7 @@ def write_audio_example(audio_dir: Path, snt_id: str, signals: dict[str, torch.T
 def outputs_of_test_stage(results_folder: Path) -> list[Path]:
     """What a test stage has written into `results_folder`: results, their config and audio examples (by the
     names `write_audio_example` gives them; other files are the user's)."""
-    files = [results_folder / name for name in (TEST_RESULTS, summary_name(TEST_RESULTS), TEST_RECORD)]
+    files = [results_folder / name for name in (TEST_RESULTS, metrics.summary_name(TEST_RESULTS), TEST_RECORD)]
     files += [path for path in (results_folder / "audio").glob("*.wav") if AUDIO_EXAMPLE.fullmatch(path.name)]
     return [path for path in files if path.is_file()]
 
@@ -73,6 +89,15 @@ def set_aside_test_results(results_folder: Path) -> None:
         shutil.rmtree(previous)
     staging.replace(previous)
     logger.info(f"Earlier test results moved to {previous}; removed once this test stage's results are written")
+
+
+def write_test_results(results_folder: Path, rows: list[dict], scored: dict, test_record: str | None) -> None:
+    """The test stage's results (`metrics.write_test_results`) with what was `scored`, the config of a --test_only
+    evaluation (`test_record`; a training run's record stays as it was), then the earlier results are removed."""
+    metrics.write_test_results(rows, results_folder / TEST_RESULTS, scored=scored)
+    if test_record is not None:
+        write_text(results_folder / TEST_RECORD, test_record, overwrite=True)
+    remove_previous_test_results(results_folder)
 
 
 def remove_previous_test_results(results_folder: Path) -> None:

@@ -2,10 +2,11 @@
 level schemes, rooms, permutation rules), in one place.
 
 The order is the one `train.py` follows: the plain values (`check_values`, `check_num_spks`), then the paths
-they name (`check_inputs`, with `check_rebuilt_mixtures` and `check_writable`), then the run already in the
-output folder (`check_same_experiment`); once the model is built, what needs it (`check_built_model`,
-`check_manifests`). `prepare_data.py` asks the same `check_num_spks` and `check_mixture_mode`. Each failure is
-one RecipeError naming the value or path and the fix, before hours of training rather than after.
+they name (`check_inputs`, with `check_rebuilt_mixtures` and `check_writable`), all three in `check_config`;
+then the run already in the output folder (`check_same_experiment`); once the model is built, what needs it
+(`check_built_model`, `check_manifests`). `prepare_data.py` asks the same `check_num_spks` and
+`check_mixture_mode`. Each failure is one RecipeError naming the value or path and the fix, before hours of
+training rather than after.
 """
 
 import dataclasses
@@ -26,7 +27,15 @@ from speechsep.errors import RecipeError
 from speechsep.evaluation.metrics import SDR_PERMUTATIONS
 from speechsep.inference.model_folder import HPARAMS_FILE, check_format, find_model
 from speechsep.models.filterbank import encoder_hop
-from speechsep.training.config import ConfigError, differing_keys, model_keys, resolved_values
+from speechsep.training.config import (
+    ConfigError,
+    differing_keys,
+    model_keys,
+    overridden_keys,
+    record_yaml,
+    resolved_values,
+)
+from speechsep.training.run_folders import check_record_is_of_this_run, check_results_folder
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +158,18 @@ def check_mixture_mode(mode: str) -> None:
     """The corpora's mixtures end with their shortest (`min`) or longest (`max`) source: no other kind exists."""
     if mode not in MIXTURE_MODES:
         raise DataPreparationError(f"mode must be {' or '.join(map(repr, MIXTURE_MODES))}, got '{mode}'")
+
+
+def check_config(hparams_file: str, overrides: str, test_only: bool) -> tuple[str, dict]:
+    """The run's record (`record_yaml`: the config with its overrides, what `hyperparams.yaml` will hold) and its
+    plain values, once the values, the run folders and the inputs they name have passed their checks."""
+    record = record_yaml(hparams_file, overrides)
+    values = resolved_values(record)
+    check_values(values)
+    check_record_is_of_this_run(hparams_file, values, overridden_keys(overrides))
+    check_results_folder(values)
+    check_inputs(values, test_only)
+    return record, values
 
 
 def check_writable(folder: str, key: str = "output_folder") -> None:
