@@ -39,6 +39,7 @@ from speechsep.inference.separation import separate_each
 from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_text
+from speechsep.training import preflight
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import load_record, parse_arguments
 from speechsep.training.distributed import (
@@ -58,15 +59,6 @@ from speechsep.training.experiment import (
     stop_if_requested_before_work,
 )
 from speechsep.training.losses import pit_si_snr_loss, true_lengths
-from speechsep.training.preflight import (
-    DEFAULT_TASK,
-    check_built_model,
-    check_config,
-    check_manifests,
-    check_same_experiment,
-    manifest_folder,
-    usable_precisions,
-)
 from speechsep.training.random_state import RandomState, loader_generator
 from speechsep.training.run_folders import results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
@@ -501,27 +493,27 @@ def prepare_experiment(argv):
     """
     hparams_file, run_opts, overrides = parse_arguments(argv)
     test_only = run_opts["test_only"]
-    record, values = check_config(hparams_file, overrides, test_only)
+    record, values = preflight.check_config(hparams_file, overrides, test_only)
     if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
         claim_output_folder(values["output_folder"])
         if results_folder_is_separate(values):
             claim_output_folder(values["results_folder"], "results_folder")
     if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
-        check_same_experiment(values, record, test_only)
+        preflight.check_same_experiment(values, record, test_only)
 
     hparams = load_record(record, hparams_file)  # built from the record itself: what trains is what it says
     apply_speed_ups(hparams)
-    check_built_model(hparams)
-    run_opts = usable_precisions(run_opts, hparams)
+    preflight.check_built_model(hparams)
+    run_opts = preflight.usable_precisions(run_opts, hparams)
 
     min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
     if hparams["skip_prep"]:
-        check_manifests(hparams, test_only, min_samples)
+        preflight.check_manifests(hparams, test_only, min_samples)
 
     sb.utils.distributed.ddp_init_group(run_opts)
     create_experiment_directory(hparams["output_folder"], __file__)
     if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
-        prepared = manifest_folder(hparams, test_only)
+        prepared = preflight.manifest_folder(hparams, test_only)
         run_on_main(
             prepare_data,
             kwargs=dict(
@@ -533,7 +525,7 @@ def prepare_experiment(argv):
                 librimix_train_subset=str(hparams["librimix_train_subset"]),
                 use_wham_noise=hparams["use_wham_noise"],
                 skip_bad_files=hparams["skip_bad_files"],
-                task=hparams.get("task", DEFAULT_TASK),
+                task=hparams.get("task", preflight.DEFAULT_TASK),
                 min_samples=min_samples,
                 splits=["test"] if test_only else SPLITS,
             ),

@@ -97,12 +97,11 @@ def _tag(value) -> str | None:
     return getattr(getattr(value, "tag", None), "value", None)
 
 
-def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None]:
-    """The config as a YAML stream with tagged overrides applied, and the other (checked) overrides."""
+def _effective_document(hparams_file, overrides) -> tuple[dict, dict | None]:
+    """The config document with tagged overrides applied, and the other (checked) overrides."""
     hparams_file = Path(hparams_file)
     if not hparams_file.is_file():
         raise ConfigError(f"hparams file not found: {hparams_file}")
-    yaml = ruamel.yaml.YAML()
     document = _read_mapping(hparams_file.read_text(), str(hparams_file))
     if isinstance(overrides, str):
         overrides = _read_mapping(overrides, "the command line")
@@ -116,11 +115,17 @@ def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None
         raise ConfigError(
             f"{unset[0]} is not set ({hparams_file} leaves it to the command line): pass --{unset[0]}=..."
         )
+    return document, overrides or None
+
+
+def _effective_config(hparams_file, overrides) -> tuple[io.StringIO, dict | None]:
+    """The config as a YAML stream with tagged overrides applied, and the other (checked) overrides."""
+    document, overrides = _effective_document(hparams_file, overrides)
     stream = io.StringIO()
-    yaml.dump(document, stream)
+    ruamel.yaml.YAML().dump(document, stream)
     stream.seek(0)
     stream.name = str(hparams_file)  # lets !include: find files next to the config
-    return stream, overrides or None
+    return stream, overrides
 
 
 def load_hparams(hparams_file: str | Path, overrides: str | dict | None = None) -> dict:
@@ -141,12 +146,10 @@ def record_yaml(hparams_file: str | Path, overrides: str | dict | None = None) -
     Loading it gives the same hyperparameters as the config with its overrides, and a later override of a key
     moves whatever refers to it: `train.py RUN/hyperparams.yaml --output_folder=NEW` writes under NEW only.
     """
-    stream, overrides = _effective_config(hparams_file, overrides)
-    yaml = ruamel.yaml.YAML()
-    document = yaml.load(stream)
+    document, overrides = _effective_document(hparams_file, overrides)
     _merge(document, overrides or {})
     out = io.StringIO()
-    yaml.dump(document, out)
+    ruamel.yaml.YAML().dump(document, out)
     return out.getvalue()
 
 
