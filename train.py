@@ -2,7 +2,9 @@
 """Recipe for training a single-channel speech separation model (SepFormer, ConvTasNet) with SpeechBrain.
 
 One script for every corpus: WSJ0-2mix/3mix, WHAM!, WHAMR!, Libri2Mix/Libri3Mix, Aishell1Mix (clean or noisy)
-and custom trees, for separation or enhancement; the differences live in the YAML files under hparams/.
+and custom trees, for separation or enhancement; the differences live in the YAML files under hparams/. The script
+is the Brain, the data pipeline and `main`; the checks before a run builds anything are in
+`speechsep.training.preflight`, the corpus layouts in `speechsep.data.layouts`.
 
     python train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
     python train.py hparams/convtasnet-libri2mix.yaml --data_folder=/path/to/Libri2Mix --batch_size=2

@@ -1,2 +1,2 @@
-"""Data: manifests and audio files, augmentation, dynamic mixing (with simulated rooms), loudness. Knows nothing of
-models or training."""
+"""Data: corpus layouts, manifests and audio files, augmentation, dynamic mixing (with simulated rooms), loudness.
+Knows nothing of models or training."""

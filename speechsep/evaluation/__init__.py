@@ -1,1 +1,2 @@
-"""Evaluation: separation metrics (SDR, SI-SNR and their improvements), results files, report figures."""
+"""Evaluation: separation metrics (SDR, SI-SNR and their improvements), the test stage's files in a results folder,
+report figures."""

@@ -6,7 +6,8 @@ rescaled to the mixture's level, their speaker order is aligned to the previous 
 share (best permutation by correlation), and they are overlap-added with Hann tapers divided by the sum of
 the tapers at each sample, so that the weights sum to one for any hop shorter than the window (two or more
 windows overlapping). Peak memory is then the input and output buffers plus one batch of windows, whatever
-the file's length. `train.py` uses the shifts and the mixture consistency for its test stage.
+the file's length. `train.py`'s test stage separates each utterance alone (`separate_each`), with the shifts
+and the mixture consistency.
 """
 
 import math
