@@ -10,8 +10,9 @@ import pytest
 import soundfile as sf
 
 from prepare_data import prepare_data
-from speechsep.data.layouts import DataPreparationError, detect_layout
+from speechsep.data.layouts import MIXTURE_FOLDERS, DataPreparationError, detect_layout
 from speechsep.data.manifests import separation_dataset
+from speechsep.training.preflight import TASKS
 from tests.corpus_trees import make_aishell1mix, make_custom, make_librimix, make_wham, make_whamr, make_wsj0mix
 from tests.helpers import REPO, limit_file_size
 
@@ -205,6 +206,19 @@ def test_tree_with_more_source_folders_than_num_spks_names_the_folder_and_num_sp
     with pytest.raises(DataPreparationError, match=f"{data / extra_folder} .*num_spks is 2") as error:
         prepare_data(data, tmp_path / "save", num_spks=2)
     assert "\n" not in str(error.value)
+
+
+def test_every_task_has_its_noisy_mixture_folder_and_no_other_task_has_one():
+    assert {task for task, noisy in MIXTURE_FOLDERS if noisy} == set(TASKS)
+    assert {task for task, _ in MIXTURE_FOLDERS} == set(TASKS)
+
+
+@pytest.mark.parametrize("make_tree", [make_wsj0mix, make_custom])
+def test_a_mixture_mode_other_than_min_or_max_is_one_line_on_any_tree(tmp_path, make_tree):
+    data = make_tree(tmp_path, per_split=1)
+    with pytest.raises(DataPreparationError, match="^mode must be 'min' or 'max', got 'mid'$"):
+        prepare_data(data, tmp_path / "save", mode="mid")
+    assert not (tmp_path / "save").exists()
 
 
 @pytest.mark.parametrize("num_spks", [1, 0])
