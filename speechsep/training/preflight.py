@@ -1,5 +1,6 @@
 """Every check a run's input passes before anything is built, and the choices a config has (tasks, mixture modes,
-level schemes, rooms, permutation rules), in one place.
+level schemes, rooms, permutation rules), in one place. A choice that one module implements (dynamic mixing's
+level schemes and rooms, the metrics' permutation rules) is read from that module rather than written again.
 
 The order is the one `train.py` follows: the plain values (`check_values`, `check_num_spks`), then the paths
 they name (`check_inputs`, with `check_rebuilt_mixtures` and `check_writable`), all three in `check_config`;
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 TASKS = ("separation", "enhancement", "enhancement_both")
 DEFAULT_TASK = TASKS[0]  # also of a run recorded before `task` existed
 MIXTURE_MODES = ("min", "max")  # the corpora's `wav8k/min` and `wav8k/max` mixtures
-LEVEL_SCHEMES = DynamicMixingDataset.LEVEL_SCHEMES
+LEVEL_SCHEMES = DynamicMixingDataset.LEVEL_SCHEMES  # how dynamic mixing sets the sources' levels
 ROOMS = (None, *ROOM_DISTRIBUTIONS)  # None: no simulated room
 MIN_NUM_SPKS = 2  # for separation; the enhancement tasks have exactly one target
 TEST_ONLY_MANIFESTS = "test_manifest"  # in results_folder: the manifest a --test_only evaluation prepares
