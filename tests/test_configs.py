@@ -13,7 +13,7 @@ from speechsep.models.conv_tasnet import FastMaskNet, MaskNet
 from speechsep.models.filterbank import encoder_hop
 from speechsep.models.speechbrain_classes import OUR_CLASSES, with_speechbrain_classes
 from speechsep.models.transformer import FastSBTransformerBlock, SDPAMultiheadAttention
-from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
+from speechsep.training.config import ConfigError, load_hparams, record_yaml, resolved_values, resolved_yaml
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 
@@ -102,6 +102,27 @@ def test_train_py_trains_the_classes_and_objects_the_config_builds(tmp_path, mon
         assert hparams["checkpointer"].recoverables[name] is module
     masknet_classes = {class_name(module) for module in hparams["modules"]["masknet"].modules()}
     assert bool(masknet_classes & set(OUR_CLASSES)) == (classes == "speechbrain")
+
+
+@pytest.mark.parametrize("test_only", [False, True])
+def test_a_run_recorded_with_speechbrains_classes_resumes_or_tests_with_ours(tmp_path, test_only):
+    """Ours and SpeechBrain's classes hold the same weights: the one-experiment-per-folder check lets a run
+    recorded with either continue with the other (records from before the configs named ours had a
+    `fast_attention` key), and still refuses another model size."""
+    import train
+
+    config = REPO / "hparams" / "sepformer.yaml"
+    recorded_config = tmp_path / "sepformer.yaml"
+    recorded_config.write_text(with_speechbrain_classes(config.read_text()) + "fast_attention: True\n")
+    options = {"data_folder": "/data", "output_folder": str(tmp_path / "run")}
+    (tmp_path / "run" / "save" / "CKPT+1").mkdir(parents=True)
+    (tmp_path / "run" / "hyperparams.yaml").write_text(record_yaml(recorded_config, options))
+
+    record = record_yaml(config, options)
+    train.check_same_experiment(resolved_values(record), record, test_only)
+    record = record_yaml(config, {**options, "num_layers": 4})
+    with pytest.raises(ConfigError, match=r"holds a run with another model or data \(num_layers: 8 -> 4\)"):
+        train.check_same_experiment(resolved_values(record), record, test_only)
 
 
 # Keys a config may set differently from sepformer.yaml; every other key is the same in all configs, so that
