@@ -10,7 +10,9 @@ Three kinds of folder hold a model, and every entry point that takes a model (`s
   `pretrainer` names the weight files (`loadables`, optionally `paths`).
 
 The two last are the same thing to this module: a self-contained inference config plus weight files. A run is
-reduced to that pair by `inference_config`, which keeps only the model. Nothing is ever downloaded.
+reduced to that pair by `inference_config`, which keeps only the model. SpeechBrain's classes that the project
+computes faster are built as the project's (`speechsep.models.speechbrain_classes`), same weights. Nothing is ever
+downloaded.
 """
 
 import dataclasses

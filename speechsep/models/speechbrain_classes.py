@@ -4,8 +4,8 @@ Each class of ours below subclasses or reimplements its SpeechBrain counterpart 
 arguments, parameters and state_dict keys, and computes the same function faster. The configs name ours, so
 what a config names is what trains. An exported model folder names SpeechBrain's instead, so that it needs
 SpeechBrain alone (`speechbrain_tag`). A folder that names SpeechBrain's classes (a model SpeechBrain publishes,
-an older export, a run recorded before the configs named ours) is built with ours (`with_our_classes`), where
-ours covers the arguments it sets.
+an export, a run whose config named SpeechBrain's) is built with ours (`with_our_classes`), where ours covers
+the arguments it sets.
 """
 
 import io
