@@ -194,6 +194,7 @@ def recipe_step(case: StepCase, settings: Settings, workdir: Path):
     if case.block == "speechbrain":  # the same model with SpeechBrain's block or mask network (same encoder/decoder)
         masknet_classes = tuple(name for name in SPEECHBRAIN_CLASSES if ".filterbank." not in name)
         text = with_speechbrain_classes(config.read_text(), masknet_classes)
+        workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / config.name
         config.write_text(text)
     hparams = load_hparams(config, yaml_overrides(values))
