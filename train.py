@@ -39,7 +39,6 @@ from speechsep.evaluation.results_folder import (
 from speechsep.inference.model_folder import HPARAMS_FILE, find_model
 from speechsep.inference.separation import separate_each
 from speechsep.models.filterbank import encoder_hop, shortest_input
-from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_text
 from speechsep.training import preflight
 from speechsep.training.budget import TrainingBudget
@@ -473,19 +472,6 @@ def dataio_prep(hparams, test_only=False, train=None):
     return train, valid, separation_dataset(hparams["test_data"], **common)
 
 
-def apply_speed_ups(hparams: dict) -> None:
-    """The exact speed-ups of `speechsep.models.speedups`, with the checkpointer and the config pointing at a
-    mask network that was replaced (its checkpoints keep SpeechBrain's layout)."""
-    old = hparams["modules"]["masknet"]
-    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
-    new = hparams["modules"]["masknet"]
-    if new is not old:
-        recoverables = hparams["checkpointer"].recoverables
-        for name in [name for name, module in recoverables.items() if module is old]:
-            recoverables[name] = new
-        hparams["MaskNet"] = new
-
-
 def prepare_experiment(argv):
     """Everything before training that depends on the user's input: config, output folder, data.
 
@@ -504,7 +490,6 @@ def prepare_experiment(argv):
         preflight.check_same_experiment(values, record, test_only)
 
     hparams = load_record(record, hparams_file)  # built from the record itself: what trains is what it says
-    apply_speed_ups(hparams)
     preflight.check_built_model(hparams)
     run_opts = preflight.usable_precisions(run_opts, hparams)
 

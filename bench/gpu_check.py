@@ -74,11 +74,6 @@ NOT_MEASURED = "not measured (budget)"
 SEPARATE_BATCH_SIZES = (1, 4)  # windows per forward pass that separate.py is timed with
 NA_ON_CPU = "n/a on CPU"
 GOAL_VS_SPEECHBRAIN, GOAL_VS_UPSTREAM = 1.5, 2.0
-# Conv-TasNet's mask network in our layout, as the same network as SpeechBrain's (PReLU, reflection padding).
-OUR_CONVTASNET_MASKNET = (
-    "!new:speechsep.models.conv_tasnet.MaskNet {N: !ref <N_encoder_out>, B: !ref <B>, H: !ref <H>, P: !ref <P>, "
-    "X: !ref <X>, R: !ref <R>, C: !ref <num_spks>, activation: prelu, padding: reflect}"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +179,7 @@ def recipe_step(case: StepCase, settings: Settings, workdir: Path):
     """A `Separation` brain as train.py builds it, and a step that calls its `fit_batch`."""
     import speechbrain as sb
 
+    from speechsep.models.speechbrain_classes import SPEECHBRAIN_CLASSES, with_speechbrain_classes
     from speechsep.training.config import load_hparams
     from train import Separation
 
@@ -194,11 +190,14 @@ def recipe_step(case: StepCase, settings: Settings, workdir: Path):
         "num_workers": 0,
         **model_sizes(case.model, settings.quick),
     }
-    if case.model == "sepformer":
-        values["fast_attention"] = case.block == "ours"
-    elif case.block == "ours":
-        values["MaskNet"] = OUR_CONVTASNET_MASKNET
-    hparams = load_hparams(REPO_ROOT / "hparams" / f"{case.model}.yaml", yaml_overrides(values))
+    config = REPO_ROOT / "hparams" / f"{case.model}.yaml"  # ours: the config's classes
+    if case.block == "speechbrain":  # the same model with SpeechBrain's block or mask network (same encoder/decoder)
+        masknet_classes = tuple(name for name in SPEECHBRAIN_CLASSES if ".filterbank." not in name)
+        text = with_speechbrain_classes(config.read_text(), masknet_classes)
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / config.name
+        config.write_text(text)
+    hparams = load_hparams(config, yaml_overrides(values))
     brain = Separation(
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
@@ -437,7 +436,7 @@ def steps_section(results: dict[StepCase, dict], settings: Settings) -> str:
         f"{'tiny smoke-test sizes (--quick)' if settings.quick else 'the published WSJ0-2mix sizes'}. *speechbrain* "
         "and *ours* run train.py's `Separation.fit_batch` (autocast, PIT SI-SNR loss, threshold-by-loss, "
         "GradScaler with fp16, unscale, clip 5, Adam) with the recipe's encoder and decoder; the block is "
-        "SepFormer's transformer block (`fast_attention`) or Conv-TasNet's mask network. *upstream* is the anchor: "
+        "SepFormer's transformer block or Conv-TasNet's mask network (`speechsep.models`). *upstream* is the anchor: "
         "SpeechBrain's recipe configuration as its recipe runs it (SBTransformerBlock or its MaskNet, "
         "`dual_path.Encoder/Decoder`, `get_si_snr_with_pitwrapper`, threshold-by-loss, clip 5, Adam, fp32). "
         f"Speed perturbation off. Median of {repeats} steps after {warmup} warm-up step(s); peak memory: {memory} "

@@ -235,9 +235,6 @@ def _refuse_rebuilding(options: list[str], reason: str) -> None:
     )
 
 
-SAME_WEIGHTS_KEYS = {"fast_attention"}  # model keys that change how the model computes, not its weights
-
-
 def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     """Refuse to resume or test a run of the output folder with a config that changes its model or its data.
 
@@ -250,7 +247,7 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     # Paths the record derives from its output_folder (the manifests under save/) follow a run moved or copied.
     moved = resolved_values(previous.read_text(), {"output_folder": values["output_folder"]})
     recorded = {"task": DEFAULT_TASK, **moved}
-    keys = model_keys(record) - SAME_WEIGHTS_KEYS
+    keys = model_keys(record)
     if not test_only:  # a key newer than the record cannot be compared
         keys |= {key for key in data_keys(values) if key in recorded}
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
