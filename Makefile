@@ -18,7 +18,7 @@ $(INSTALLED): requirements.txt
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(PYTHON) -m speechsep.corpus.demo
+	$(PYTHON) -m demo
 
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """Quality of the embedded demo: reads what `make demo` wrote (it does not train: a run takes ~14 min).
 
     make demo                                                                    # results/demo
-    .venv/bin/python -m speechsep.corpus.demo --output-folder results/demo-static --dynamic_mixing=False
+    .venv/bin/python -m demo --output-folder results/demo-static --dynamic_mixing=False
     python bench/bench_demo.py
 
 A run made with `--recorded-speech RECORDINGS` also has its score on mixtures of those real voices.
@@ -49,7 +49,7 @@ def run(quick: bool = False) -> str:
         "## Embedded demo: test-set quality",
         "`hparams/demo.yaml` (Conv-TasNet, 0.32 M parameters) trained within its wall-clock budget on the "
         "synthetic MiniLibri2Mix corpus and scored on its speaker-disjoint test split; figures from "
-        "`results/*/demo_summary.json`, written by `speechsep.corpus.demo`. SI-SNRi is one plain pass per "
+        "`results/*/demo_summary.json`, written by `python -m demo`. SI-SNRi is one plain pass per "
         "mixture; beside it, with the config's test-time options (8 sub-hop shifts, mixture consistency), and on "
         "two-speaker mixtures of real recorded voices when the run was given `--recorded-speech` (how many "
         "mixtures in brackets).",

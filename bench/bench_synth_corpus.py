@@ -10,8 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.markdown import section  # noqa: E402
-from speechsep.corpus import synth_corpus  # noqa: E402
-from speechsep.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus  # noqa: E402
+from demo.corpus import synth_corpus  # noqa: E402
+from demo.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus  # noqa: E402
 
 NUM_WORKERS = 2
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechsep.corpus import synth_corpus
-from speechsep.corpus.espeak import EspeakSynth, available_languages, available_variants
-from speechsep.corpus.options import (
+from demo.corpus import synth_corpus
+from demo.corpus.espeak import EspeakSynth, available_languages, available_variants
+from demo.corpus.options import (
     MAX_AMPLITUDE,
     NOISE_LOUDNESS_RANGE,
     POOL_LOUDNESS,
@@ -26,10 +26,10 @@ from speechsep.corpus.options import (
     SPLIT_FOLDERS,
     CorpusOptions,
 )
-from speechsep.corpus.sentences import make_sentence
-from speechsep.corpus.synth_corpus import synthesize_corpus
-from speechsep.corpus.synth_noise import coloured_noise, mains_hum
-from speechsep.corpus.voices import ENGLISH_ACCENTS, FEMALE_VARIANTS, MALE_VARIANTS, OTHER_LANGUAGES
+from demo.corpus.sentences import make_sentence
+from demo.corpus.synth_corpus import synthesize_corpus
+from demo.corpus.synth_noise import coloured_noise, mains_hum
+from demo.corpus.voices import ENGLISH_ACCENTS, FEMALE_VARIANTS, MALE_VARIANTS, OTHER_LANGUAGES
 from speechsep.data.loudness import measure_loudness, normalize_loudness
 from speechsep.evaluation.report import improvement_by_gender_pairing
 from tests.helpers import REPO, limit_file_size
@@ -308,7 +308,7 @@ def test_replacing_a_corpus_that_holds_the_users_files_refuses_naming_them(tmp_p
 
 
 def test_a_write_that_fails_in_a_worker_is_one_error_line_naming_the_file(tmp_path):
-    command = [sys.executable, "-m", "speechsep.corpus.synth_corpus", str(tmp_path), "--size=tiny", "--num-workers=1"]
+    command = [sys.executable, "-m", "demo.corpus.synth_corpus", str(tmp_path), "--size=tiny", "--num-workers=1"]
     result = subprocess.run(
         command,
         cwd=REPO,

@@ -28,8 +28,8 @@ process (a lock file beside the root, ``.MiniLibri<n>Mix.lock``, released when i
 
 Usage::
 
-    python -m speechsep.corpus.synth_corpus data/            # default size, ~1-2 min on 2 cores
-    python -m speechsep.corpus.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
+    python -m demo.corpus.synth_corpus data/            # default size, ~1-2 min on 2 cores
+    python -m demo.corpus.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from speechsep.corpus.mixtures import MixturePlan, metadata_row, plan_mixtures, render_mixture
-from speechsep.corpus.options import (
+from demo.corpus.mixtures import MixturePlan, metadata_row, plan_mixtures, render_mixture
+from demo.corpus.options import (
     GENERATOR_VERSION,
     MANIFEST_NAME,
     MIX_TYPES,
@@ -59,8 +59,8 @@ from speechsep.corpus.options import (
     CorpusOptions,
     corpus_root,
 )
-from speechsep.corpus.utterances import synthesize_speakers
-from speechsep.corpus.voices import design_speakers
+from demo.corpus.utterances import synthesize_speakers
+from demo.corpus.voices import design_speakers
 from speechsep.locking import LockHeld, acquire, release
 from speechsep.output_files import OutputError, is_temporary, write_csv, write_text
 
@@ -80,13 +80,13 @@ _WORKER_IMPORTS = (
     "scipy.signal",
     "soundfile",
     "pyloudnorm",
-    "speechsep.corpus.espeak",
+    "demo.corpus.espeak",
     "speechsep.data.loudness",
-    "speechsep.corpus.sentences",
-    "speechsep.corpus.synth_noise",
-    "speechsep.corpus.voice_variation",
-    "speechsep.corpus.utterances",  # imports torch (through speechsep.data.audio): seconds per fresh worker
-    "speechsep.corpus.mixtures",
+    "demo.corpus.sentences",
+    "demo.corpus.synth_noise",
+    "demo.corpus.voice_variation",
+    "demo.corpus.utterances",  # imports torch (through speechsep.data.audio): seconds per fresh worker
+    "demo.corpus.mixtures",
 )
 
 
@@ -389,9 +389,9 @@ def _generate(root: Path, options: CorpusOptions, num_workers: int, overwrite: b
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``python -m speechsep.corpus.synth_corpus OUTPUT_DIR [options]``."""
+    """Command line: ``python -m demo.corpus.synth_corpus OUTPUT_DIR [options]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m speechsep.corpus.synth_corpus",
+        prog="python -m demo.corpus.synth_corpus",
         description="Generate an offline synthetic speech-separation corpus in the LibriMix "
         "layout (eSpeak NG speakers, synthetic noise).",
     )
@@ -448,6 +448,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     # Run through the importable module, so that workers pickle functions by their real name.
-    from speechsep.corpus.synth_corpus import main as _main
+    from demo.corpus.synth_corpus import main as _main
 
     _main()
