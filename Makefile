@@ -26,8 +26,8 @@ test: $(INSTALLED)
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(INSTALLED)
-	$(PYTHON) bench/run_all.py
+	$(PYTHON) -m bench.run_all
 
 GPU_BUDGET_S ?= 420
 gpu-check: $(INSTALLED)
-	$(PYTHON) bench/gpu_check.py --device cuda --budget-s $(GPU_BUDGET_S)
+	$(PYTHON) -m bench.gpu_check --device cuda --budget-s $(GPU_BUDGET_S)

@@ -2,16 +2,13 @@
 
 import argparse
 import csv
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.markdown import section  # noqa: E402
-from demo.corpus import synth_corpus  # noqa: E402
-from demo.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus  # noqa: E402
+from bench.markdown import section
+from demo.corpus import synth_corpus
+from demo.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus
 
 NUM_WORKERS = 2
 
