@@ -28,7 +28,7 @@ process (a lock file beside the root, ``.MiniLibri<n>Mix.lock``, released when i
 
 Usage::
 
-    python -m demo.corpus.synth_corpus data/            # default size, ~1-2 min on 2 cores
+    python -m demo.corpus.synth_corpus data/            # the default size, what the demo trains on
     python -m demo.corpus.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
 """
 
