@@ -1,5 +1,5 @@
 # make demo : install, synthesise the embedded corpus, train a small model on CPU, evaluate it
-# make test : install, run the test suite
+# make test : install, lint (ruff, yamllint on hparams/), run the test suite
 # make bench: install, run every benchmark and write bench/RESULTS.md
 # make gpu-check: install, measure training and inference on the GPU within a budget, write bench/RESULTS-gpu.md
 PYTHON_SYSTEM ?= python3
@@ -23,6 +23,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/yamllint --strict hparams/
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(INSTALLED)
