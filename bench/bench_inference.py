@@ -140,8 +140,8 @@ def run(quick: bool = False, batch_size: int = 1, device: str | None = None) -> 
         durations = sorted({seconds for _, seconds in cases})
         inputs = {seconds: write_recording(tmp / f"input_{seconds:g}s.wav", seconds) for seconds in durations}
         model_dirs = {name: write_model(tmp / f"model{number}", MODELS[name]) for number, name in enumerate(MODELS)}
-        for name, seconds in cases:
-            report = measure(model_dirs[name], inputs[seconds], tmp / "out", batch_size, device)
+        for index, (name, seconds) in enumerate(cases):  # a folder per case: separate.py never overwrites
+            report = measure(model_dirs[name], inputs[seconds], tmp / f"out{index}", batch_size, device)
             if "error" in report:
                 rows.append(f"| {name} | {seconds / 60:.3g} | failed: {report['error']} | | | | |")
                 continue

@@ -147,7 +147,3 @@ def main(argv: list[str] | None = None) -> None:
     except subprocess.CalledProcessError as err:
         sys.exit(f"error: training failed (exit status {err.returncode}); see {args.output_folder}/log.txt")
     print(summary_line(summary, args.output_folder))
-
-
-if __name__ == "__main__":
-    main()
