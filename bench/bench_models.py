@@ -40,7 +40,6 @@ from torch import nn
 from bench.markdown import section
 from bench.timing import time_steps
 from speechsep.models.conv_tasnet import MaskNet
-from speechsep.models.speedups import speed_up
 from speechsep.models.transformer import FastSBTransformerBlock
 from speechsep.training.config import load_hparams
 
@@ -133,10 +132,9 @@ def demo_config() -> DemoConfig:
 
 
 def separator_from_config(config: str) -> MaskingSeparator:
-    """The encoder, mask network and decoder of `hparams/<config>.yaml` at its sizes, sped up as train.py does."""
+    """The encoder, mask network and decoder of `hparams/<config>.yaml` at its sizes, as train.py builds them."""
     with tempfile.TemporaryDirectory() as folder:
         hparams = load_hparams(HPARAMS / f"{config}.yaml", {"data_folder": folder, "output_folder": folder})
-    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
     return MaskingSeparator(hparams["modules"]["encoder"], hparams["modules"]["masknet"], hparams["modules"]["decoder"])
 
 
