@@ -27,9 +27,10 @@ import torch
 
 from bench.bench_inference import measure as separate_in_fresh_process
 from bench.bench_inference import write_model, write_recording
-from bench.bench_models import FULL_SIZES, TINY_SIZES, Case, measure
+from bench.bench_models import Case, measure
 from bench.markdown import section
 from bench.run_all import GPU_RESULTS, header
+from bench.separators import FULL_SIZES, TINY_SIZES
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
