@@ -4,8 +4,9 @@ The one module that uses fast_bss_eval's undocumented helpers (`torch.linalg.toe
 `torch.metrics.compute_stats_2`): its public functions (`fast_bss_eval.sdr_loss`, `bss_eval_sources`) solve
 each reference's 512-tap system by a general LU solve and give SIR only at the permutation they pick, while
 the test stage needs every pair, including the mixture as an extra estimate. Here each system is solved by
-Levinson recursion on the CPU (Cholesky elsewhere). tests/test_bss_eval_fast.py checks the results against
-mir_eval and against fast_bss_eval's public functions, so a fast_bss_eval upgrade is checked in one place.
+Levinson recursion on the CPU (Cholesky elsewhere); docs/experiments.md (2026-12-07) has the measurement behind
+keeping it. tests/test_bss_eval_fast.py checks the results against mir_eval and against fast_bss_eval's public
+functions, so a fast_bss_eval upgrade is checked in one place.
 
 Each utterance is scored on its true length only (padding is zeroed, and zeros do not change correlations),
 so results do not depend on the batch size. Shapes follow SpeechBrain: `sources` and `est_sources`
