@@ -1,5 +1,5 @@
 # make demo : install, synthesise the embedded corpus, train a small model on CPU, evaluate it
-# make test : install, run the test suite
+# make test : install, lint (ruff, yamllint on hparams/), run the test suite
 # make bench: install, run every benchmark and write bench/RESULTS.md
 # make gpu-check: install, measure training and inference on the GPU within a budget, write bench/RESULTS-gpu.md
 PYTHON_SYSTEM ?= python3
@@ -18,16 +18,17 @@ $(INSTALLED): requirements.txt
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(PYTHON) -m speechsep.corpus.demo
+	$(PYTHON) -m demo
 
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/yamllint --strict hparams/
 	$(PYTHON) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(INSTALLED)
-	$(PYTHON) bench/run_all.py
+	$(PYTHON) -m bench.run_all
 
 GPU_BUDGET_S ?= 420
 gpu-check: $(INSTALLED)
-	$(PYTHON) bench/gpu_check.py --device cuda --budget-s $(GPU_BUDGET_S)
+	$(PYTHON) -m bench.gpu_check --device cuda --budget-s $(GPU_BUDGET_S)

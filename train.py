@@ -45,7 +45,6 @@ from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
 from speechsep.inference.separation import mixture_consistency, separate_shifted
 from speechsep.models.filterbank import encoder_hop, shortest_input
-from speechsep.models.speedups import speed_up
 from speechsep.output_files import OutputError, write_file, write_text
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import (
@@ -102,9 +101,6 @@ class Predictions(NamedTuple):
     mixture: torch.Tensor
     lengths: torch.Tensor
     est_sources_with_options: torch.Tensor | None = None  # TEST with test_shifts / test_mixture_consistency
-
-
-SAME_WEIGHTS_KEYS = {"fast_attention"}  # model keys that change how the model computes, not its weights
 
 
 class Separation(sb.Brain):
@@ -660,7 +656,7 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
     # Paths the record derives from its output_folder (the manifests under save/) follow a run moved or copied.
     moved = resolved_values(previous.read_text(), {"output_folder": values["output_folder"]})
     recorded = {"task": "separation", **moved}  # records from before `task`: none
-    keys = model_keys(record) - SAME_WEIGHTS_KEYS
+    keys = model_keys(record)
     if not test_only:  # a key newer than the record cannot be compared
         keys |= {key for key in data_keys(values) if key in recorded}
     scalar = {key for key in keys if not isinstance(values.get(key), (dict, list))}
@@ -670,19 +666,6 @@ def check_same_experiment(values: dict, record: str, test_only: bool) -> None:
             f"output_folder {values['output_folder']} holds a run with another model or data "
             f"({'; '.join(differing)}): choose a new output_folder for a fresh start, or rerun with the run's values"
         )
-
-
-def apply_speed_ups(hparams: dict) -> None:
-    """The exact speed-ups of `speechsep.models.speedups`, with the checkpointer and the config pointing at a
-    mask network that was replaced (its checkpoints keep SpeechBrain's layout)."""
-    old = hparams["modules"]["masknet"]
-    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))
-    new = hparams["modules"]["masknet"]
-    if new is not old:
-        recoverables = hparams["checkpointer"].recoverables
-        for name in [name for name, module in recoverables.items() if module is old]:
-            recoverables[name] = new
-        hparams["MaskNet"] = new
 
 
 def prepare_experiment(argv):
@@ -708,7 +691,6 @@ def prepare_experiment(argv):
         check_same_experiment(values, record, test_only)
 
     hparams = load_hparams(hparams_file, overrides)
-    apply_speed_ups(hparams)
     hop = encoder_hop(hparams["modules"]["encoder"])
     if hparams["test_shifts"] > hop:
         raise ConfigError(f"test_shifts is {hparams['test_shifts']}; at most the encoder's hop of {hop} samples")

@@ -2,20 +2,16 @@
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.epoch_loop import EpochCounter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
-from speechbrain.utils.epoch_loop import EpochCounter  # noqa: E402
-
-from bench.markdown import section  # noqa: E402
-from speechsep.training.checkpoints import RobustCheckpointer  # noqa: E402
+from bench.markdown import section
+from speechsep.training.checkpoints import RobustCheckpointer
 
 
 def _recoverables(num_params: int) -> dict:

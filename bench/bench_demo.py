@@ -1,32 +1,27 @@
-"""Quality of the embedded demo: reads what `make demo` wrote (it does not train: a run takes ~14 min).
+"""Quality of the embedded demo: reads what `make demo` wrote, so that the report has it (it does not train).
 
     make demo                                                                    # results/demo
-    .venv/bin/python -m speechsep.corpus.demo --output-folder results/demo-static --dynamic_mixing=False
-    python bench/bench_demo.py
+    .venv/bin/python -m demo --output-folder results/demo-static --dynamic_mixing=False
+    python -m bench.bench_demo
 
 A run made with `--recorded-speech RECORDINGS` also has its score on mixtures of those real voices.
 """
 
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # also when run as `python bench/bench_demo.py`
-    sys.path.insert(0, str(REPO))
+from bench.markdown import section
 
-from bench.markdown import section  # noqa: E402
-
-RUNS = {
-    "dynamic mixing (default)": REPO / "results" / "demo",
-    "static mixing (the corpus's 3000 training mixtures)": REPO / "results" / "demo-static",
+RUNS = {  # relative: the benchmarks run from the repository root
+    "dynamic mixing (default)": Path("results/demo"),
+    "static mixing (the corpus's training mixtures)": Path("results/demo-static"),
 }
 
 
 def _row(name: str, folder: Path) -> str:
     summary_path = folder / "demo_summary.json"
     if not summary_path.is_file():
-        return f"| {name} | not run (no {summary_path.relative_to(REPO)}) | | | | | | | |"
+        return f"| {name} | not run (no {summary_path}) | | | | | | | |"
     summary = json.loads(summary_path.read_text())
     low, high = summary["si-snr_i_ci95"]
     pairing = summary.get("si-snr_i_by_gender_pairing")
@@ -49,7 +44,7 @@ def run(quick: bool = False) -> str:
         "## Embedded demo: test-set quality",
         "`hparams/demo.yaml` (Conv-TasNet, 0.32 M parameters) trained within its wall-clock budget on the "
         "synthetic MiniLibri2Mix corpus and scored on its speaker-disjoint test split; figures from "
-        "`results/*/demo_summary.json`, written by `speechsep.corpus.demo`. SI-SNRi is one plain pass per "
+        "`results/*/demo_summary.json`, written by `python -m demo`. SI-SNRi is one plain pass per "
         "mixture; beside it, with the config's test-time options (8 sub-hop shifts, mixture consistency), and on "
         "two-speaker mixtures of real recorded voices when the run was given `--recorded-speech` (how many "
         "mixtures in brackets).",

@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from itertools import product
@@ -12,11 +11,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.markdown import section  # noqa: E402
-from speechsep.data.dynamic_mixing import DynamicMixingDataset  # noqa: E402
-from speechsep.data.source_pool import AudioIndex, SourcePool  # noqa: E402
+from bench.markdown import section
+from speechsep.data.dynamic_mixing import DynamicMixingDataset
+from speechsep.data.source_pool import AudioIndex, SourcePool
 
 SAMPLE_RATE = 8000
 SEGMENT_LEN = 4 * SAMPLE_RATE

@@ -11,22 +11,19 @@ the scoring cost does not depend on the quality) on 4 s, 8 kHz speech-like mixtu
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.bench_metrics import public_api_scoring, upstream_scores  # noqa: E402
-from bench.markdown import section  # noqa: E402
-from speechsep.evaluation.metrics import separation_metrics  # noqa: E402
-from speechsep.training.config import load_hparams  # noqa: E402
-from speechsep.training.losses import pit_si_snr_loss  # noqa: E402
-from tests.speech import speech_like_mixture  # noqa: E402
-from train import Separation  # noqa: E402
+from bench.bench_metrics import public_api_scoring, upstream_scores
+from bench.markdown import section
+from speechsep.evaluation.metrics import separation_metrics
+from speechsep.training.config import load_hparams
+from speechsep.training.losses import pit_si_snr_loss
+from tests.speech import speech_like_mixture
+from train import Separation
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 8000

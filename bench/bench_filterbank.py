@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from speechbrain.lobes.models import dual_path
 
-from bench.bench_models import demo_config
 from bench.markdown import section
+from bench.separators import demo_config
 from speechsep.models import filterbank
 from speechsep.training.config import load_hparams
 from speechsep.training.losses import pit_si_snr_loss

@@ -5,12 +5,10 @@ way `separate.py` does (read, resample if needed, windows with overlap-add, writ
 Peak memory is that process's peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss` read as it ends, the figure
 that `getrusage(RUSAGE_CHILDREN)` gives its parent), so it includes Python, torch and the model. Chunked
 separation keeps it flat in the input's length apart from the input and output buffers (4 bytes per
-sample per track: ~115 MB per track-hour at 8 kHz). Models have random weights: speed and memory do not
-depend on them.
+sample per track). Models have random weights: speed and memory do not depend on them.
 
-    python bench/bench_inference.py --quick     # 10 s and 30 s inputs: a smoke test (a minute or two)
-    python bench/bench_inference.py             # 1, 10 and 60 min inputs: hours on 2 CPU cores for the
-                                                # recipe-size model; minutes with --device cuda
+    python -m bench.bench_inference --quick     # 10 s and 30 s inputs: a smoke test
+    python -m bench.bench_inference             # 1, 10 and 60 min inputs (long on a CPU; --device cuda)
 """
 
 import argparse
@@ -27,11 +25,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_inference.py`
-    sys.path.insert(0, str(REPO_ROOT))
+from bench.markdown import section
 
-from bench.markdown import section  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLE_RATE = 8000
 NUM_SPKS = 2
@@ -116,7 +112,8 @@ def measure(model_dir: Path, input_path: Path, output_dir: Path, batch_size: int
     """Runs `worker` in a fresh Python process; returns its report or {"error": ...}."""
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "bench.bench_inference",
         "--worker",
         str(model_dir),
         str(input_path),
@@ -143,8 +140,8 @@ def run(quick: bool = False, batch_size: int = 1, device: str | None = None) -> 
         durations = sorted({seconds for _, seconds in cases})
         inputs = {seconds: write_recording(tmp / f"input_{seconds:g}s.wav", seconds) for seconds in durations}
         model_dirs = {name: write_model(tmp / f"model{number}", MODELS[name]) for number, name in enumerate(MODELS)}
-        for name, seconds in cases:
-            report = measure(model_dirs[name], inputs[seconds], tmp / "out", batch_size, device)
+        for index, (name, seconds) in enumerate(cases):  # a folder per case: separate.py never overwrites
+            report = measure(model_dirs[name], inputs[seconds], tmp / f"out{index}", batch_size, device)
             if "error" in report:
                 rows.append(f"| {name} | {seconds / 60:.3g} | failed: {report['error']} | | | | |")
                 continue

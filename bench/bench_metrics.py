@@ -6,7 +6,7 @@ utterance with two `mir_eval.separation.bss_eval_sources` calls (estimates, then
 SDRi) plus PIT SI-SNR twice; `separation_metrics` gives the same numbers in one batched call.
 `upstream_scores` and `time_upstream_scoring` are reusable for whole-test-set comparisons.
 
-    python -m bench.bench_metrics --quick      # 2 utterances per speaker count, ~30 s
+    python -m bench.bench_metrics --quick      # 2 utterances per speaker count: a smoke test
 """
 
 import argparse

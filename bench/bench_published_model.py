@@ -7,8 +7,8 @@ process per run (load, separate, write one file per speaker), on the same folder
 (SpeechBrain, separate.py, SpeechBrain, ...), and the best of the rounds is kept: this machine's speed drifts.
 Peak memory is each process's peak RSS (`wait4`'s ru_maxrss).
 
-    python bench/bench_published_model.py              # 30 s: SepFormer and Conv-TasNet; 5 min: SepFormer
-    python bench/bench_published_model.py --quick      # 10 s, one round: a smoke test
+    python -m bench.bench_published_model              # 30 s: SepFormer and Conv-TasNet; 5 min: SepFormer
+    python -m bench.bench_published_model --quick      # 10 s, one round: a smoke test
 """
 
 import argparse
@@ -19,13 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/bench_published_model.py`
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.bench_inference import SAMPLE_RATE, write_recording  # noqa: E402
-from bench.markdown import section  # noqa: E402
-from tests.published_models import PRETRAINER  # noqa: E402  (the modules map and pretrainer of that layout)
+from bench.bench_inference import SAMPLE_RATE, write_recording
+from bench.markdown import section
+from tests.published_models import PRETRAINER  # the modules map and pretrainer of that layout
 
 TRANSFORMER_BLOCK = """!new:speechbrain.lobes.models.dual_path.SBTransformerBlock
     num_layers: 8
@@ -133,7 +129,7 @@ def commands(model_dir: Path, recording: Path, out: Path) -> dict[str, list[str]
         ],
         "separate.py": [
             sys.executable,
-            str(REPO_ROOT / "separate.py"),
+            "separate.py",  # relative: the benchmarks run from the repository root
             "--model",
             str(model_dir),
             "--output-dir",
@@ -149,7 +145,7 @@ def timed_run(command: list[str]) -> dict:
     """Wall-clock seconds and peak RSS (MiB) of one process, or {"error": its last stderr line}."""
     with tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)

@@ -2,16 +2,14 @@
 
 import argparse
 import csv
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.markdown import section  # noqa: E402
-from speechsep.corpus import synth_corpus  # noqa: E402
-from speechsep.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus  # noqa: E402
+from bench.markdown import section
+from demo.corpus import synth_corpus
+from demo.corpus.corpus_folder import read_manifest
+from demo.corpus.synth_corpus import SIZE_PRESETS, SPLITS, CorpusOptions, synthesize_corpus
 
 NUM_WORKERS = 2
 
@@ -53,7 +51,7 @@ def run(quick: bool = False) -> str:
         start = time.perf_counter()
         root = synthesize_corpus(tmp, num_workers=NUM_WORKERS, **sizes)
         wall = time.perf_counter() - start
-        summary = synth_corpus._read_manifest(root)["summary"]
+        summary = read_manifest(root)["summary"]
         per_utterance, per_mixture = _cpu_seconds_per_item(
             root, options, num_speakers=2 if quick else 8, num_mixtures=5 if quick else 200
         )

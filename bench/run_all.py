@@ -24,10 +24,7 @@ import traceback
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-GPU_RESULTS = BENCH_DIR / "RESULTS-gpu.md"  # written by bench/gpu_check.py, never by this script
-if str(REPO_ROOT) not in sys.path:  # also when run as `python bench/run_all.py`
-    sys.path.insert(0, str(REPO_ROOT))
+GPU_RESULTS = BENCH_DIR / "RESULTS-gpu.md"  # written by bench.gpu_check, never by this script
 
 
 def available_benchmarks() -> list[str]:
@@ -80,15 +77,15 @@ def gpu_results_line(output: Path, gpu_results: Path = GPU_RESULTS) -> str | Non
     if not gpu_results.is_file():
         return None
     link = Path(os.path.relpath(gpu_results.resolve(), output.resolve().parent)).as_posix()
-    return f"- GPU figures: [{gpu_results.name}]({link}) (`make gpu-check`, bench/gpu_check.py)"
+    return f"- GPU figures: [{gpu_results.name}]({link}) (`make gpu-check`, python -m bench.gpu_check)"
 
 
-def header(command: str, extra_lines: tuple[str, ...] = ()) -> str:
+def header(command: str, extra_lines: tuple[str, ...] = (), title: str = "# Benchmark results") -> str:
     """Machine, versions, date and the command that reproduces the report."""
     ram = _ram_gib()
     return "\n".join(
         [
-            "# Benchmark results",
+            title,
             "",
             f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
             f"- CPU: {_cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable by this process)",

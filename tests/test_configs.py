@@ -5,13 +5,17 @@ import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
+from speechbrain.lobes.models.transformer.Transformer import TransformerEncoderLayer
+from speechbrain.nnet.attention import MultiheadAttention
 
-from speechsep.models.conv_tasnet import MaskNet
+from speechsep.models import filterbank
+from speechsep.models.conv_tasnet import FastMaskNet, MaskNet
 from speechsep.models.filterbank import encoder_hop
-from speechsep.models.speedups import speed_up
-from speechsep.models.transformer import SDPAMultiheadAttention
-from speechsep.training.config import ConfigError, load_hparams, resolved_yaml
-from tests.helpers import REPO
+from speechsep.models.speechbrain_classes import OUR_CLASSES, with_speechbrain_classes
+from speechsep.models.transformer import FastSBTransformerBlock, SDPAMultiheadAttention
+from speechsep.training.config import ConfigError, load_hparams, record_yaml, resolved_values, resolved_yaml
+from tests.corpus_trees import make_wsj0mix
+from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 
 MODEL_CONFIGS = ["dprnn.yaml", "dptnet.yaml", "skim.yaml", "resepformer.yaml", "sepformer-conformerintra.yaml"]
 CORPUS_CONFIGS = ["sepformer-wham.yaml", "convtasnet-wham.yaml", "sepformer-whamr.yaml", "convtasnet-whamr.yaml"]
@@ -55,6 +59,72 @@ def test_every_config_loads_with_stock_hyperpyyaml_and_builds_its_modules(config
     assert masks.shape[:2] == (hp["num_spks"], 1)
 
 
+def class_name(module: torch.nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS)
+def test_every_config_builds_the_projects_classes_where_it_has_them(config, tmp_path):
+    """What stock HyperPyYAML builds is what trains: no SpeechBrain class that the project computes faster is
+    left to be replaced after loading, and no SpeechBrain attention layer that ours would fuse."""
+    with open(REPO / "hparams" / config) as stream:
+        hp = load_hyperpyyaml(stream, {"data_folder": str(tmp_path / "data")})
+    assert type(hp["modules"]["encoder"]) is filterbank.Encoder and type(hp["modules"]["decoder"]) is filterbank.Decoder
+    modules = [module for top in hp["modules"].values() for module in top.modules()]
+    assert not [class_name(module) for module in modules if class_name(module) in OUR_CLASSES]
+    assert not [
+        module
+        for module in modules
+        if isinstance(module, TransformerEncoderLayer) and isinstance(module.self_att, MultiheadAttention)
+    ]
+    if "convtasnet" in config:
+        assert type(hp["modules"]["masknet"]) is FastMaskNet
+
+
+@pytest.mark.parametrize("config", ["sepformer.yaml", "convtasnet.yaml"])
+@pytest.mark.parametrize("classes", ["ours", "speechbrain"])
+def test_train_py_trains_the_classes_and_objects_the_config_builds(tmp_path, monkeypatch, config, classes):
+    """train.py swaps nothing after loading: a config naming SpeechBrain's classes trains SpeechBrain's, and the
+    checkpointer saves the very modules the config built."""
+    import train
+
+    text = (REPO / "hparams" / config).read_text()
+    (tmp_path / config).write_text(with_speechbrain_classes(text) if classes == "speechbrain" else text)
+    corpus = make_wsj0mix(tmp_path / "data", per_split=1)
+    monkeypatch.setattr(train, "create_experiment_directory", lambda folder: None)
+    sizes = TINY_SEPFORMER if config.startswith("sepformer") else TINY_CONVTASNET
+    argv = [str(tmp_path / config), f"--data_folder={corpus}", f"--output_folder={tmp_path / 'run'}"]
+    hparams = train.prepare_experiment([*argv, *(f"--{key}={value}" for key, value in sizes.items())])[0]
+
+    expected = load_hparams(tmp_path / config, {"data_folder": str(corpus), **sizes})
+    for name, module in hparams["modules"].items():
+        assert [class_name(m) for m in module.modules()] == [class_name(m) for m in expected["modules"][name].modules()]
+        assert hparams["checkpointer"].recoverables[name] is module
+    masknet_classes = {class_name(module) for module in hparams["modules"]["masknet"].modules()}
+    assert bool(masknet_classes & set(OUR_CLASSES)) == (classes == "speechbrain")
+
+
+@pytest.mark.parametrize("test_only", [False, True])
+def test_a_run_recorded_with_speechbrains_classes_resumes_or_tests_with_ours(tmp_path, test_only):
+    """Ours and SpeechBrain's classes hold the same weights: the one-experiment-per-folder check lets a run
+    recorded with either continue with the other (records from before the configs named ours had a
+    `fast_attention` key), and still refuses another model size."""
+    import train
+
+    config = REPO / "hparams" / "sepformer.yaml"
+    recorded_config = tmp_path / "sepformer.yaml"
+    recorded_config.write_text(with_speechbrain_classes(config.read_text()) + "fast_attention: True\n")
+    options = {"data_folder": "/data", "output_folder": str(tmp_path / "run")}
+    (tmp_path / "run" / "save" / "CKPT+1").mkdir(parents=True)
+    (tmp_path / "run" / "hyperparams.yaml").write_text(record_yaml(recorded_config, options))
+
+    record = record_yaml(config, options)
+    train.check_same_experiment(resolved_values(record), record, test_only)
+    record = record_yaml(config, {**options, "num_layers": 4})
+    with pytest.raises(ConfigError, match=r"holds a run with another model or data \(num_layers: 8 -> 4\)"):
+        train.check_same_experiment(resolved_values(record), record, test_only)
+
+
 # Keys a config may set differently from sepformer.yaml; every other key is the same in all configs, so that
 # fixing the recipe in one file and not in the others fails here.
 CONVTASNET_KEYS = {"MaskNet", "B", "H", "P", "X", "R"}  # a Conv-TasNet config's mask network
@@ -96,7 +166,7 @@ OWN_KEYS = {
         "train_budget_minutes",
     },
 }
-SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size", "fast_attention"}
+SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size"}
 
 
 @pytest.mark.parametrize("config", sorted(OWN_KEYS))
@@ -128,29 +198,34 @@ def test_sepformer_has_the_paper_sizes_and_trains_with_the_fused_attention():
     masknet = hp["MaskNet"]
     assert len(masknet.dual_mdl) == 2 and masknet.K == 250
     intra = masknet.dual_mdl[0].intra_mdl
-    assert type(intra) is SBTransformerBlock and len(intra.mdl.layers) == 8  # SpeechBrain's class in the config
+    assert type(intra) is FastSBTransformerBlock and len(intra.mdl.layers) == 8  # the config names ours
     layer = intra.mdl.layers[0]
     assert layer.pos_ffn.ffn[0].out_features == 1024 and layer.self_att.att.num_heads == 8
-    speed_up(hp["modules"], fast_attention=hp["fast_attention"])  # what train.py does once it is built
     assert type(layer.self_att) is SDPAMultiheadAttention
 
 
-def test_one_key_keeps_speechbrains_attention():
-    hp = load("sepformer-libri2mix.yaml", fast_attention=False)
-    speed_up(hp["modules"], fast_attention=hp["fast_attention"])
-    layers = [*hp["MaskNet"].dual_mdl[0].intra_mdl.mdl.layers, *hp["MaskNet"].dual_mdl[0].inter_mdl.mdl.layers]
+def test_naming_speechbrains_block_keeps_speechbrains_attention(tmp_path):
+    config = tmp_path / "sepformer-libri2mix.yaml"
+    block = "speechsep.models.transformer.FastSBTransformerBlock"
+    config.write_text(with_speechbrain_classes((REPO / "hparams" / config.name).read_text(), (block,)))
+    hp = load_hparams(config, {"data_folder": "/data"})
+    blocks = [hp["MaskNet"].dual_mdl[0].intra_mdl, hp["MaskNet"].dual_mdl[0].inter_mdl]
+    assert [type(block) for block in blocks] == [SBTransformerBlock, SBTransformerBlock]
+    layers = [layer for block in blocks for layer in block.mdl.layers]
     assert not any(isinstance(layer.self_att, SDPAMultiheadAttention) for layer in layers)
+    assert type(hp["Encoder"]) is filterbank.Encoder  # only the block was renamed
 
 
 def test_convtasnet_has_the_paper_sizes():
     masknet = load("convtasnet.yaml")["MaskNet"]
-    assert masknet.C == 2 and masknet.mask_nonlinear == "relu"
-    assert masknet.bottleneck_conv1x1.conv.out_channels == 256  # B
-    blocks = list(masknet.temporal_conv_net.children())
+    assert type(masknet) is FastMaskNet and masknet.C == 2 and masknet.mask_nonlinear == "relu"
+    assert masknet.bottleneck.out_channels == 256  # B
+    blocks = masknet.blocks
     assert len(blocks) == 4 * 6  # R x X
-    assert blocks[0].layers.conv.conv.out_channels == 512  # H
-    assert blocks[0].layers.DSconv.conv_0.conv.kernel_size == (3,)  # P
-    assert type(blocks[0].layers.norm).__name__ == "GlobalLayerNorm"
+    assert blocks[0].conv_in.out_channels == 512  # H
+    assert blocks[0].depthwise.kernel_size == (3,)  # P
+    assert isinstance(blocks[0].norm_in, torch.nn.GroupNorm) and blocks[0].norm_in.num_groups == 1  # gLN
+    assert isinstance(blocks[0].act_in, torch.nn.PReLU) and blocks[0].reflect  # SpeechBrain's network
 
 
 # Mask network class, its parameter count at the config's sizes (a fingerprint of every size key), the encoder hop.
@@ -176,7 +251,7 @@ def test_new_mask_networks_have_the_published_sizes_and_a_decoder_on_the_encoder
 
 def test_model_sizes_and_speaker_count_are_overridable():
     hp = load("convtasnet-libri2mix.yaml", B=32, H=64, X=2, R=1, num_spks=3, N_encoder_out=64)
-    assert hp["MaskNet"].C == 3 and len(list(hp["MaskNet"].temporal_conv_net.children())) == 2
+    assert hp["MaskNet"].C == 3 and len(hp["MaskNet"].blocks) == 2
     assert hp["Encoder"].conv1d.out_channels == 64
     assert hp["dm_level_scheme"] == "librimix" and hp["experiment_name"] == "convtasnet-libri2mix"
 

@@ -1,19 +1,21 @@
-"""speechsep.models.conv_tasnet.MaskNet: SpeechBrain's Conv-TasNet mask network, channels-first."""
+"""speechsep.models.conv_tasnet: SpeechBrain's Conv-TasNet mask network channels-first (FastMaskNet), and the
+MaskNet variant the demo trains."""
 
 import pytest
 import torch
 from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
 from torch import nn
 
-from speechsep.models.conv_tasnet import MaskNet, depthwise_conv, from_speechbrain
+from speechsep.errors import RecipeError
+from speechsep.models.conv_tasnet import FastMaskNet, MaskNet, depthwise_conv, from_speechbrain
 
 SIZES = dict(N=16, B=8, H=12, P=3, X=3, R=2, C=2)
 
 
-def speechbrain_masknet(seed=0, **overrides):
+def speechbrain_masknet(seed=0, mask_nonlinear="relu", **overrides):
     torch.manual_seed(seed)
     sizes = {**SIZES, **overrides}
-    masknet = SpeechBrainMaskNet(**sizes, norm_type="gLN", causal=False, mask_nonlinear="relu")
+    masknet = SpeechBrainMaskNet(**sizes, norm_type="gLN", causal=False, mask_nonlinear=mask_nonlinear)
     with torch.no_grad():  # move every parameter off its initial value so that each one matters
         for parameter in masknet.parameters():
             parameter.add_(0.2 * torch.randn_like(parameter))
@@ -123,13 +125,12 @@ def test_unknown_speechbrain_parameters_are_refused():
         from_speechbrain(state_dict, X=SIZES["X"])
 
 
-# ---------------------------------------------------------------- the recipe's Conv-TasNet, sped up at build time
-@pytest.mark.parametrize("sizes", [{}, dict(X=4, R=1, C=3)])
-def test_speechbrain_layout_masknet_is_speechbrains_network_with_speechbrains_checkpoints(sizes):
-    from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
-
+# ---------------------------------------------------------------- FastMaskNet: the recipe's Conv-TasNet mask network
+@pytest.mark.parametrize("sizes", [{}, dict(X=4, R=1, C=3), dict(mask_nonlinear="softmax")])
+def test_fast_masknet_is_speechbrains_network_with_speechbrains_checkpoints(sizes):
     reference = speechbrain_masknet(**sizes)
-    ours = SpeechBrainLayoutMaskNet.from_module(reference)
+    ours = FastMaskNet(**{**SIZES, **sizes}, norm_type="gLN", causal=False)  # SpeechBrain's arguments
+    ours.load_state_dict(reference.state_dict())  # SpeechBrain's checkpoint, as it is
     mixture_w = torch.rand(2, SIZES["N"], 60)
     with torch.no_grad():
         assert (ours(mixture_w) - reference(mixture_w)).abs().max() < 1e-5
@@ -143,23 +144,21 @@ def test_speechbrain_layout_masknet_is_speechbrains_network_with_speechbrains_ch
 
 
 @pytest.mark.parametrize("variant", [dict(norm_type="cLN", causal=False), dict(norm_type="gLN", causal=True)])
-def test_variants_it_does_not_cover_are_left_to_speechbrain(variant):
-    from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
+def test_variants_it_does_not_cover_are_refused_naming_speechbrains_class(variant):
+    with pytest.raises(RecipeError, match="name speechbrain.lobes.models.conv_tasnet.MaskNet in the config"):
+        FastMaskNet(**SIZES, **variant)
 
-    assert SpeechBrainLayoutMaskNet.from_module(SpeechBrainMaskNet(**SIZES, **variant)) is None
 
-
-def test_train_py_trains_the_channels_first_network_and_checkpoints_speechbrains_layout(tmp_path):
-    from speechsep.models.conv_tasnet import SpeechBrainLayoutMaskNet
-    from tests.helpers import tiny_hparams
-    from train import apply_speed_ups
+def test_train_py_trains_the_configs_masknet_and_checkpoints_speechbrains_layout(tmp_path):
+    from tests.helpers import TINY_CONVTASNET, tiny_hparams
 
     hparams = tiny_hparams(tmp_path, "convtasnet.yaml")
-    speechbrains = hparams["modules"]["masknet"]
-    apply_speed_ups(hparams)
     masknet = hparams["modules"]["masknet"]
-    assert type(masknet) is SpeechBrainLayoutMaskNet and masknet is hparams["MaskNet"]
+    assert type(masknet) is FastMaskNet and masknet is hparams["MaskNet"]
     assert hparams["checkpointer"].recoverables["masknet"] is masknet
     hparams["checkpointer"].save_checkpoint(name="layout")
     saved = torch.load(next((tmp_path / "out" / "save").glob("CKPT+layout/masknet.ckpt")), weights_only=True)
+    sizes = {key: TINY_CONVTASNET[key] for key in "BHPXR"}
+    speechbrains = SpeechBrainMaskNet(N=TINY_CONVTASNET["N_encoder_out"], **sizes, C=hparams["num_spks"])
     assert saved.keys() == speechbrains.state_dict().keys()
+    speechbrains.load_state_dict(saved)

@@ -1,7 +1,6 @@
 """The mask networks of hparams/ beyond SepFormer and Conv-TasNet: DPRNN, DPTNet, SkiM, RE-SepFormer and the
 Conformer-intra SepFormer, each trained, tested, separated with and exported for SpeechBrain at tiny sizes."""
 
-import copy
 import subprocess
 
 import pandas as pd
@@ -13,7 +12,7 @@ from speechbrain.inference.separation import SepformerSeparation
 import export
 import separate
 from speechsep.inference.model_folder import load_separator
-from speechsep.models.speedups import speed_up
+from speechsep.models.speechbrain_classes import with_speechbrain_classes
 from speechsep.models.transformer import SDPAMultiheadAttention
 from speechsep.training.config import load_hparams
 from tests.corpus_trees import make_wsj0mix
@@ -28,7 +27,7 @@ TINY_SIZES = {
     "resepformer.yaml": {"num_layers": 1, "nhead": 2, "d_ffn": 32, "num_blocks": 2, "chunk_size": 10},
     "sepformer-conformerintra.yaml": TINY_SEPFORMER,  # SepFormer's own sizes, Conformer intra blocks
 }
-# Models with SpeechBrain's regular transformer attention, which train.py replaces by the fused one.
+# Models with SpeechBrain's regular transformer attention, which the configs' blocks compute fused.
 FUSED_ATTENTION_LAYERS = {"resepformer.yaml": 3, "sepformer-conformerintra.yaml": 1}  # at the tiny sizes
 SAMPLE_RATE = 8000
 
@@ -49,14 +48,18 @@ def separate_with(modules: dict, mix: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("config", sorted(TINY_SIZES))
-def test_speed_ups_leave_the_outputs_of_speechbrains_modules_unchanged(config):
-    torch.manual_seed(0)
-    hparams = load_hparams(REPO / "hparams" / config, {"data_folder": "/data", **tiny_options(config)})
-    as_speechbrain = copy.deepcopy(hparams["modules"])
-    speed_up(hparams["modules"], fast_attention=hparams.get("fast_attention", True))  # what train.py does
+def test_the_configs_classes_compute_what_speechbrains_classes_do(config, tmp_path):
+    options = {"data_folder": "/data", **tiny_options(config)}
+    hparams = load_hparams(REPO / "hparams" / config, options)
+    as_speechbrain_config = tmp_path / config
+    as_speechbrain_config.write_text(with_speechbrain_classes((REPO / "hparams" / config).read_text()))
+    as_speechbrain = load_hparams(as_speechbrain_config, options)["modules"]
     fused = [m for m in hparams["modules"]["masknet"].modules() if isinstance(m, SDPAMultiheadAttention)]
     assert len(fused) == FUSED_ATTENTION_LAYERS.get(config, 0)
+    assert not [m for m in as_speechbrain["masknet"].modules() if isinstance(m, SDPAMultiheadAttention)]
 
+    for name, module in hparams["modules"].items():
+        module.load_state_dict(as_speechbrain[name].state_dict())  # same keys and shapes, or this raises
     for module in [*hparams["modules"].values(), *as_speechbrain.values()]:
         module.eval()
     mix = mixture()

@@ -12,13 +12,14 @@ import pytest
 import soundfile as sf
 import torch
 from speechbrain.inference.separation import SepformerSeparation
+from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
 
 import export
 import separate
 from speechsep.inference.files import FileSeparator, SeparationOptions
 from speechsep.inference.model_folder import ModelFolderError, build_model, find_model, load_separator
 from speechsep.inference.separation import match_mixture_level
-from speechsep.models import filterbank, transformer
+from speechsep.models import conv_tasnet, filterbank, transformer
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_SEPFORMER, tiny_hparams
 from tests.published_models import KINDS, write_published_folder
@@ -53,9 +54,11 @@ def test_published_folder_separates_as_speechbrain_does(tmp_path, kind):
     assert 10 * torch.log10(error) < -25
 
 
-def test_fast_swaps_apply_where_exact_and_are_skipped_elsewhere(tmp_path):
+def test_published_folders_are_built_with_the_projects_classes_where_they_cover_them(tmp_path):
     sepformer = build_model(find_model(write_published_folder(tmp_path / "sepformer", "sepformer")))
     conformer = build_model(find_model(write_published_folder(tmp_path / "conformer", "sepformer-conformerintra")))
+    convtasnet = build_model(find_model(write_published_folder(tmp_path / "convtasnet", "convtasnet")))
+    resepformer = build_model(find_model(write_published_folder(tmp_path / "resepformer", "resepformer")))
 
     assert type(sepformer.modules["encoder"]) is filterbank.Encoder
     assert type(sepformer.modules["decoder"]) is filterbank.Decoder
@@ -63,6 +66,22 @@ def test_fast_swaps_apply_where_exact_and_are_skipped_elsewhere(tmp_path):
     assert len(sdpa) == 2  # one layer in the intra and one in the inter block
     intra = conformer.modules["masknet"].dual_mdl[0].intra_mdl  # Conformer: relative-position attention, kept
     assert not [m for m in intra.modules() if isinstance(m, transformer.SDPAMultiheadAttention)]
+    assert type(conformer.modules["masknet"].dual_mdl[0].inter_mdl) is transformer.FastSBTransformerBlock
+    assert type(convtasnet.modules["masknet"]) is conv_tasnet.FastMaskNet
+    seg_model = resepformer.modules["masknet"].model.seg_model[0]
+    assert type(seg_model) is transformer.SBTransformerBlock_wnormandskip
+
+    as_written = build_model(find_model(tmp_path / "convtasnet"), fast=False)  # the classes the folder names
+    assert type(as_written.modules["masknet"]) is SpeechBrainMaskNet
+
+
+def test_a_published_variant_the_project_does_not_cover_keeps_speechbrains_class(tmp_path):
+    folder = write_published_folder(tmp_path / "convtasnet", "convtasnet")
+    config = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_text(config.replace("norm_type: gLN", "norm_type: cLN"))
+    model = build_model(find_model(folder))
+    assert type(model.modules["masknet"]) is SpeechBrainMaskNet
+    assert type(model.modules["encoder"]) is filterbank.Encoder
 
 
 def test_separate_py_writes_speechbrains_estimates_from_a_published_folder(tmp_path):

@@ -1,4 +1,4 @@
-"""Two-speaker test mixtures from a folder of recordings (speechsep.corpus.recorded_mixtures)."""
+"""Two-speaker test mixtures from a folder of recordings (speechsep.data.recorded_mixtures)."""
 
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechsep.corpus.recorded_mixtures import RecordingsError, make_mixtures, recordings_by_speaker
 from speechsep.data.audio import PEAK_LIMIT
 from speechsep.data.manifests import read_manifest
+from speechsep.data.recorded_mixtures import RecordingsError, make_mixtures, recordings_by_speaker
 from tests.speech import speech_like
 
 SAMPLE_RATE = 8000
@@ -74,25 +74,3 @@ def test_one_speaker_or_a_name_outside_the_regex_is_one_line(recordings, tmp_pat
     (recordings / "noise.wav").write_bytes((recordings / "0_bob_0.wav").read_bytes())
     with pytest.raises(RecordingsError, match=r"noise.wav does not match --speaker-regex"):
         recordings_by_speaker(recordings, r"^\d+_([a-z]+)_")
-
-
-def test_demo_reports_the_single_pass_first_then_test_time_options_then_recorded_voices():
-    from speechsep.corpus.demo import summary_line
-
-    summary = {
-        "si-snr_i": 7.1, "si-snr_i_with_test_options": 7.6, "sdr_i": 7.9, "test_mixtures": 150,
-        "si-snr_i_by_gender_pairing": {"different_genders": {"mean": 9.0}, "same_gender": {"mean": 5.0}},
-        "recorded_speech": {"si-snr_i": 3.2, "mixtures": 100, "folder": "x"},
-        "corpus_seconds": 60.0, "train_and_test_seconds": 720.0, "test_results": "r.csv",
-    }  # fmt: skip
-    line = summary_line(summary, Path("results/demo"))
-    assert line.index("7.10 dB single pass") < line.index("7.60 dB with the test-time options")
-    assert line.index("7.60 dB with the test-time options") < line.index("3.20 dB on 100 mixtures of recorded voices")
-
-
-def test_demo_training_gets_what_the_corpus_left_of_the_demos_time():
-    from speechsep.corpus.demo import DEMO_MINUTES, MIN_TRAIN_MINUTES, STARTUP_AND_TEST_MINUTES, training_budget
-
-    assert training_budget(60.0, []) == [f"--train_budget_minutes={DEMO_MINUTES - 1 - STARTUP_AND_TEST_MINUTES:.2f}"]
-    assert training_budget(60.0 * DEMO_MINUTES, []) == [f"--train_budget_minutes={MIN_TRAIN_MINUTES:.2f}"]
-    assert training_budget(60.0, ["--train_budget_minutes=3"]) == []  # the user's own budget stands

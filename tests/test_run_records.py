@@ -14,8 +14,8 @@ import speechbrain as sb
 
 import export
 import train
-from speechsep.corpus.options import corpus_root
-from speechsep.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
+from demo.corpus.options import corpus_root
+from demo.corpus.synth_corpus import CorpusInUseError, synthesize_corpus
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import ModelFolderError, check_format, export_model, find_model, load_separator

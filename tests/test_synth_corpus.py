@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechsep.corpus import synth_corpus
-from speechsep.corpus.espeak import EspeakSynth, available_languages, available_variants
-from speechsep.corpus.options import (
+from demo.corpus import synth_corpus
+from demo.corpus.corpus_folder import foreign_files, manifest_identity, prepare_root
+from demo.corpus.espeak import EspeakSynth, available_languages, available_variants
+from demo.corpus.options import (
+    MANIFEST_NAME,
     MAX_AMPLITUDE,
     NOISE_LOUDNESS_RANGE,
     POOL_LOUDNESS,
@@ -26,10 +28,10 @@ from speechsep.corpus.options import (
     SPLIT_FOLDERS,
     CorpusOptions,
 )
-from speechsep.corpus.sentences import make_sentence
-from speechsep.corpus.synth_corpus import synthesize_corpus
-from speechsep.corpus.synth_noise import coloured_noise, mains_hum
-from speechsep.corpus.voices import ENGLISH_ACCENTS, FEMALE_VARIANTS, MALE_VARIANTS, OTHER_LANGUAGES
+from demo.corpus.sentences import make_sentence
+from demo.corpus.synth_corpus import synthesize_corpus
+from demo.corpus.synth_noise import coloured_noise, mains_hum
+from demo.corpus.voices import ENGLISH_ACCENTS, FEMALE_VARIANTS, MALE_VARIANTS, OTHER_LANGUAGES
 from speechsep.data.loudness import measure_loudness, normalize_loudness
 from speechsep.evaluation.report import improvement_by_gender_pairing
 from tests.helpers import REPO, limit_file_size
@@ -272,10 +274,10 @@ def test_same_seed_gives_identical_files_whatever_the_worker_count(corpus, tmp_p
 
 
 def test_rerun_with_same_options_does_nothing(corpus):
-    manifest = (corpus / synth_corpus.MANIFEST_NAME).read_text()
+    manifest = (corpus / MANIFEST_NAME).read_text()
     before = {path: path.stat().st_mtime_ns for path in corpus.rglob("*.wav")}
     assert synthesize_corpus(corpus.parent, num_workers=2, **TINY) == corpus
-    assert (corpus / synth_corpus.MANIFEST_NAME).read_text() == manifest
+    assert (corpus / MANIFEST_NAME).read_text() == manifest
     assert {path: path.stat().st_mtime_ns for path in corpus.rglob("*.wav")} == before
 
 
@@ -285,12 +287,21 @@ def test_other_options_fail_unless_overwrite_and_other_seed_differs(tmp_path):
     with pytest.raises(FileExistsError, match="other options"):
         synthesize_corpus(tmp_path, num_workers=2, seed=1, **TINY)
     second = synthesize_corpus(tmp_path, num_workers=2, seed=1, overwrite=True, **TINY)
-    assert json.loads((second / synth_corpus.MANIFEST_NAME).read_text())["options"]["seed"] == 1
+    assert json.loads((second / MANIFEST_NAME).read_text())["options"]["seed"] == 1
     assert not set(_wav_digests(second).values()) & set(first_digests.values())
 
 
+def test_a_corpus_stamped_with_the_generators_former_module_path_is_reused(tmp_path):
+    root = tmp_path / "MiniLibri2Mix"
+    root.mkdir()
+    identity = manifest_identity(CorpusOptions(**TINY), root)
+    manifest = {"generator": "speechsep.corpus.synth_corpus", **identity, "complete": True}
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert prepare_root(root, identity, overwrite=False)  # complete for these options: kept as it is
+
+
 def test_a_generated_corpus_holds_no_file_the_generator_does_not_write(corpus):
-    assert synth_corpus.foreign_files(corpus) == []
+    assert foreign_files(corpus) == []
 
 
 @pytest.mark.parametrize("manifest", [{"complete": True, "options": {"seed": 99}}, {"complete": False}])
@@ -300,7 +311,7 @@ def test_replacing_a_corpus_that_holds_the_users_files_refuses_naming_them(tmp_p
     (root / "wav8k" / "min" / "test" / "s1" / "a.wav").write_bytes(b"")  # the generator's own
     (root / "wav8k" / "min" / "mywork").mkdir()
     (root / "mynotes.txt").write_text("precious\n")
-    (root / synth_corpus.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(FileExistsError, match=r"did not write \(mynotes.txt, wav8k/min/mywork\)"):
         synthesize_corpus(tmp_path, num_workers=1, overwrite=True, **TINY)
     assert (root / "mynotes.txt").read_text() == "precious\n" and (root / "wav8k" / "min" / "mywork").is_dir()
@@ -308,7 +319,7 @@ def test_replacing_a_corpus_that_holds_the_users_files_refuses_naming_them(tmp_p
 
 
 def test_a_write_that_fails_in_a_worker_is_one_error_line_naming_the_file(tmp_path):
-    command = [sys.executable, "-m", "speechsep.corpus.synth_corpus", str(tmp_path), "--size=tiny", "--num-workers=1"]
+    command = [sys.executable, "-m", "demo.corpus.synth_corpus", str(tmp_path), "--size=tiny", "--num-workers=1"]
     result = subprocess.run(
         command,
         cwd=REPO,

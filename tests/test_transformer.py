@@ -1,11 +1,12 @@
-"""FastSBTransformerBlock must be SpeechBrain's SBTransformerBlock with faster attention:
-same parameters and checkpoints, same outputs and gradients (up to float rounding)."""
+"""FastSBTransformerBlock (and RE-SepFormer's SBTransformerBlock_wnormandskip) must be SpeechBrain's block with
+faster attention: same parameters and checkpoints, same outputs and gradients (up to float rounding)."""
 
 import copy
 import logging
 
 import pytest
 import torch
+from speechbrain.lobes.models import resepformer
 from speechbrain.lobes.models.dual_path import (
     Dual_Path_Model,
     SBTransformerBlock,
@@ -13,6 +14,7 @@ from speechbrain.lobes.models.dual_path import (
 )
 from speechbrain.nnet.attention import MultiheadAttention
 
+from speechsep.models import transformer
 from speechsep.models.transformer import (
     FastSBTransformerBlock,
     PositionwiseFeedForward,
@@ -269,3 +271,20 @@ def test_feed_forward_keeps_speechbrains_parameters_and_output():
     x = torch.randn(3, 12, D_MODEL)
     with torch.no_grad():
         torch.testing.assert_close(layer.pos_ffn(x), reference.mdl.layers[0].pos_ffn(x))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_resepformer_block_is_speechbrains_with_fused_attention(causal):
+    kwargs = dict(num_layers=2, d_model=D_MODEL, nhead=NHEAD, d_ffn=32, dropout=0.0, use_positional_encoding=True)
+    kwargs.update(norm_before=True, causal=causal)
+    torch.manual_seed(0)
+    reference = resepformer.SBTransformerBlock_wnormandskip(**kwargs).eval()
+    torch.manual_seed(0)  # same seed, same initial weights
+    fast = transformer.SBTransformerBlock_wnormandskip(**kwargs).eval()
+    assert isinstance(fast, resepformer.SBTransformerBlock_wnormandskip)
+    assert all(isinstance(layer.self_att, SDPAMultiheadAttention) for layer in fast.mdl.layers)
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    assert all(torch.equal(fast.state_dict()[key], value) for key, value in reference.state_dict().items())
+    x = torch.randn(3, 12, D_MODEL)
+    with torch.no_grad():
+        assert_relative_close(fast(x), reference(x))

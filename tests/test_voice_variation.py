@@ -1,13 +1,13 @@
-"""The corpus transforms that make eSpeak NG's voices more like recorded talkers (speechsep.corpus.voice_variation)."""
+"""The corpus transforms that make eSpeak NG's voices more like recorded talkers (demo.corpus.voice_variation)."""
 
 import numpy as np
 import pytest
 
-from speechsep.corpus import voice_variation as variation
-from speechsep.corpus.espeak import EspeakSynth
-from speechsep.corpus.options import CorpusOptions
-from speechsep.corpus.utterances import vary_utterance
-from speechsep.corpus.voices import design_speakers
+from demo.corpus import voice_variation as variation
+from demo.corpus.espeak import EspeakSynth
+from demo.corpus.options import CorpusOptions
+from demo.corpus.utterances import vary_utterance
+from demo.corpus.voices import design_speakers
 
 SAMPLE_RATE = 22050
 

@@ -1,2 +1,2 @@
-"""Data: manifests and audio files, augmentation, dynamic mixing (with simulated rooms), loudness. Knows nothing of
-models or training."""
+"""Data: manifests and audio files, augmentation, dynamic mixing (with simulated rooms), loudness, test mixtures of
+recorded talkers. Knows nothing of models or training."""

@@ -1,7 +1,7 @@
 """Audio file conventions shared by every tool: which files are audio, the peak limit, the one writer.
 
 `write_pcm16` is how the recipe writes float signals (test-time examples, separated tracks); the synthetic
-corpus writes its own integer samples (`speechsep.corpus.synth_corpus`) so that its mixtures are exact sums.
+corpus writes its own integer samples (`demo.corpus.synth_corpus`) so that its mixtures are exact sums.
 """
 
 import os

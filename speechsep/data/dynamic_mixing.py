@@ -1,7 +1,7 @@
 """Dynamic mixing: training mixtures drawn on the fly from a pool of single-speaker utterances.
 
-Mixing new speaker pairs, crops and levels every epoch instead of replaying a fixed list of mixtures is
-worth about +2 dB SI-SNRi for SepFormer on WSJ0-2mix. `DynamicMixingDataset` is a map-style dataset:
+Mixing new speaker pairs, crops and levels every epoch instead of replaying a fixed list of mixtures is how
+SepFormer's published WSJ0-2mix results were trained (Subakan et al., 2021). `DynamicMixingDataset` is a map-style dataset:
 mixture `index` of an epoch is a pure function of (seed, epoch, index), so it does not depend on which
 worker or rank builds it; ranks get different mixtures because the DistributedSampler hands them
 different indices, and SpeechBrain's SaveableDataLoader can resume in the middle of an epoch.

@@ -10,7 +10,9 @@ Three kinds of folder hold a model, and every entry point that takes a model (`s
   `pretrainer` names the weight files (`loadables`, optionally `paths`).
 
 The two last are the same thing to this module: a self-contained inference config plus weight files. A run is
-reduced to that pair by `inference_config`, which keeps only the model. Nothing is ever downloaded.
+reduced to that pair by `inference_config`, which keeps only the model. SpeechBrain's classes that the project
+computes faster are built as the project's (`speechsep.models.speechbrain_classes`), same weights. Nothing is ever
+downloaded.
 """
 
 import dataclasses
@@ -21,63 +23,28 @@ from pathlib import Path, PurePosixPath
 
 import ruamel.yaml
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.tag import Tag
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.separation import SepformerSeparation
 
-from speechsep.errors import RecipeError
 from speechsep.inference import model_card
-from speechsep.models.speedups import speed_up
+from speechsep.inference.model_config import (
+    HPARAMS_FILE,
+    MODULE_NAMES,
+    ModelFolderError,
+    classes_outside_speechbrain,
+    first_line,
+    inference_config,
+)
+from speechsep.models.speechbrain_classes import with_our_classes
 from speechsep.output_files import check_not_dangling, text_content, write_files
 from speechsep.training.checkpoints import RobustCheckpointer
 
 logger = logging.getLogger(__name__)
 
-HPARAMS_FILE = "hyperparams.yaml"
-MODULE_NAMES = ("encoder", "masknet", "decoder")
 CHECKPOINT_KEY = "si-snr"  # the meta a run's checkpoints are ranked by (higher is better)
-
-# Our SepFormer block is a drop-in for SpeechBrain's (same arguments, parameters and state_dict keys):
-# exported configs name SpeechBrain's, so that an exported folder needs SpeechBrain alone.
-SPEECHBRAIN_BLOCK = "!new:speechbrain.lobes.models.dual_path.SBTransformerBlock"
-OUR_BLOCKS = (
-    "!apply:speechsep.models.transformer.sepformer_block",
-    "!new:speechsep.models.transformer.FastSBTransformerBlock",
-)
-# Likewise our encoder and decoder (speechsep.models.filterbank): SpeechBrain's classes with a faster forward.
-SPEECHBRAIN_FILTERBANK = {
-    f"!new:speechsep.models.filterbank.{name}": f"!new:speechbrain.lobes.models.dual_path.{name}"
-    for name in ("Encoder", "Decoder")
-}
 # owner/name as the Hugging Face hub spells a model id, or a URL of the hub
 HUB_ID = re.compile(r"^(hf://|https?://huggingface\.co/)?[A-Za-z0-9][\w.-]*/[\w.-]+/?$")
-
-INFERENCE_CONFIG = """\
-sample_rate: {sample_rate}
-num_spks: {num_spks}
-
-{model}
-modules:
-    encoder: !ref <encoder>
-    masknet: !ref <masknet>
-    decoder: !ref <decoder>
-
-# No `paths`: SepformerSeparation.from_hparams(source=<this folder>) collects <source>/<name>.ckpt, so the
-# folder can be moved, copied or uploaded as it is.
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        encoder: !ref <encoder>
-        masknet: !ref <masknet>
-        decoder: !ref <decoder>
-"""
-
-
 EXPORT_MARK = "# Exported by export.py"  # how an export's hyperparams.yaml begins: how --overwrite knows its own
-
-
-class ModelFolderError(RecipeError):
-    """A model folder that cannot be used; the message says why in one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,86 +67,6 @@ class Model:
 
 
 # ==================================================================== finding a model
-def _yaml() -> ruamel.yaml.YAML:
-    yaml = ruamel.yaml.YAML()
-    yaml.indent(mapping=4, sequence=4, offset=2)
-    yaml.width = 120
-    return yaml
-
-
-def _tag(node) -> str | None:
-    return getattr(getattr(node, "tag", None), "value", None)
-
-
-def _portable_node(node):
-    """A copy of a config node without comments or anchors, our SepFormer block and filterbank written as
-    SpeechBrain's."""
-    if isinstance(node, dict):
-        copy = CommentedMap((key, _portable_node(value)) for key, value in node.items())
-        tag = _tag(node)
-        if tag in OUR_BLOCKS:
-            copy.pop("fast_attention", None)
-            tag = SPEECHBRAIN_BLOCK
-        tag = SPEECHBRAIN_FILTERBANK.get(tag, tag)
-        if tag:
-            copy.yaml_set_ctag(Tag(suffix=tag))
-        return copy
-    if isinstance(node, list):
-        copy = CommentedSeq(_portable_node(value) for value in node)
-        if _tag(node):
-            copy.yaml_set_ctag(Tag(suffix=_tag(node)))
-        return copy
-    return node
-
-
-def classes_outside_speechbrain(node) -> list[str]:
-    """Tags of `node` and its children that build objects from modules other than speechbrain and torch."""
-    tag = _tag(node) or ""
-    found = []
-    kind, _, target = tag.partition(":")
-    if kind in ("!new", "!apply", "!name") and not target.startswith(("speechbrain.", "torch.")):
-        found.append(tag)
-    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
-    for child in children:
-        found.extend(classes_outside_speechbrain(child))
-    return found
-
-
-def inference_config(run_hparams: str) -> str:
-    """The inference config of a run or a model folder: its encoder, masknet and decoder, `num_spks`, `sample_rate`.
-
-    `run_hparams` is the text of a self-contained `hyperparams.yaml` (a run's record, an export, a published
-    folder's), whose references are resolved here; the modules are those of its `modules:` map. Data paths,
-    optimiser, scheduler, augmentation and logger are left out; our SepFormer block and filterbank are written as
-    SpeechBrain's classes. Raises ModelFolderError naming what is missing.
-    """
-    try:
-        document = ruamel.yaml.YAML().load(resolve_references(run_hparams).getvalue())
-    except Exception as err:  # not YAML, or a reference that does not resolve
-        raise ModelFolderError(f"{HPARAMS_FILE} cannot be read ({first_line(err)})") from None
-    modules = document.get("modules") if isinstance(document, dict) else None
-    missing = [f"modules.{name}" for name in MODULE_NAMES if not isinstance(modules, dict) or name not in modules]
-    missing += [key for key in ("num_spks", "sample_rate") if not isinstance(document, dict) or key not in document]
-    if missing:
-        raise ModelFolderError(f"{HPARAMS_FILE} lacks {', '.join(missing)}")
-    model = CommentedMap((name, _portable_node(modules[name])) for name in MODULE_NAMES)
-    for name in MODULE_NAMES:
-        model.yaml_set_comment_before_after_key(name, before="\n" if name != "encoder" else None)
-    stream = ruamel.yaml.compat.StringIO()
-    _yaml().dump(model, stream)
-    return INFERENCE_CONFIG.format(
-        sample_rate=int(document["sample_rate"]),
-        num_spks=int(document["num_spks"]),
-        model=stream.getvalue(),
-    )
-
-
-def first_line(err: Exception) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    message = str(err).strip()
-    return f"{err.__class__.__name__}: {message.splitlines()[0]}" if message else err.__class__.__name__
-
-
 def _has_score(checkpoint) -> bool:
     score = checkpoint.meta.get(CHECKPOINT_KEY)
     return isinstance(score, (int, float)) and not isinstance(score, bool)
@@ -312,11 +199,11 @@ def _weight_files(hparams: dict, modules: dict[str, torch.nn.Module], source: Mo
 def build_model(source: ModelSource, fast: bool = True) -> Model:
     """Build the source's modules and load their weights, strictly: weights that do not fit are an error.
 
-    `fast` turns our speed-ups on where they are exact (fused attention in SpeechBrain's regular transformer
-    layers, the matrix-product encoder and decoder); modules they do not apply to are left as they are.
+    With `fast`, SpeechBrain's classes that the project computes faster are built as the project's (same weights,
+    `speechsep.models.speechbrain_classes`); without it, the classes the config names.
     """
     try:
-        hparams = load_hyperpyyaml(source.config)
+        hparams = load_hyperpyyaml(with_our_classes(source.config) if fast else source.config)
     except Exception as err:  # any error building the modules: the folder is unusable, say why in one line
         raise ModelFolderError(f"{source.description}: cannot build the model ({first_line(err)})") from None
     missing = [key for key in ("num_spks", "sample_rate") if key not in hparams]
@@ -330,8 +217,6 @@ def build_model(source: ModelSource, fast: bool = True) -> Model:
         except Exception as err:
             raise ModelFolderError(f"{path}: cannot load into the {name} ({first_line(err)})") from None
     num_spks, sample_rate = _check_declared_format(modules, hparams, source)
-    if fast:
-        speed_up(modules)
     return Model(modules, num_spks, sample_rate, hparams)
 
 
@@ -367,17 +252,17 @@ def _check_declared_format(modules: dict[str, torch.nn.Module], hparams: dict, s
     return declared["num_spks"], declared["sample_rate"]
 
 
-def build_separator(source: ModelSource, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
+def build_separator(source: ModelSource, device: str = "cpu") -> SepformerSeparation:
     """SpeechBrain's `SepformerSeparation` (any encoder/masknet/decoder model) with the source's weights."""
-    model = build_model(source, fast=fast_attention)
+    model = build_model(source)
     hparams = {**model.hparams, "num_spks": model.num_spks, "sample_rate": model.sample_rate}
     return SepformerSeparation(modules=model.modules, hparams=hparams, run_opts={"device": device})
 
 
-def load_separator(model_dir: str | Path, device: str = "cpu", fast_attention: bool = True) -> SepformerSeparation:
+def load_separator(model_dir: str | Path, device: str = "cpu") -> SepformerSeparation:
     """`build_separator(find_model(model_dir))`: any model folder, ready to separate."""
     source = find_model(model_dir)
-    separator = build_separator(source, device, fast_attention)
+    separator = build_separator(source, device)
     hparams = separator.hparams
     logger.info(f"Model: {source.description}, {hparams.num_spks} speakers at {hparams.sample_rate} Hz")
     return separator

@@ -1,16 +1,15 @@
-"""Conv-TasNet's mask network (Luo & Mesgarani, 2019), laid out for speed on a CPU.
+"""Conv-TasNet's mask network (Luo & Mesgarani, 2019) on [batch, channels, frames] tensors.
 
-SpeechBrain's `conv_tasnet.MaskNet` keeps time before channels, so every convolution transposes its input
-and output; it pads the dilated convolutions by reflection and builds each global layer norm from about ten
-element-wise operations. This module computes the same function on [batch, channels, frames] tensors with
-`nn.Conv1d` and `GroupNorm(1, C)` (which is gLN: statistics over channels and frames, a scale and shift per
-channel) as single kernels. With `activation="prelu", padding="reflect"` and ReLU masks it is SpeechBrain's
-network (`from_speechbrain` converts its weights; a test checks the outputs agree). Softmax masks differ on
-purpose: SpeechBrain normalises them over the encoder channels, this module over the speakers. The demo
-(hparams/demo.yaml) uses ReLU and zero padding: PyTorch's PReLU backward alone took 11% of a CPU training step;
-with zero padding, the dilated depthwise convolutions run on the CPU as a few shifted multiply-adds
-(`depthwise_conv`), since oneDNN's depthwise backward took ~20% of a step. Timings in bench/RESULTS.md, "ConvTasNet: SpeechBrain's mask network vs
-ours".
+SpeechBrain's `conv_tasnet.MaskNet` keeps time before channels, so every convolution transposes its input and
+output, and it builds each global layer norm from many element-wise operations. Here each step is one kernel:
+`nn.Conv1d`, and `GroupNorm(1, C)` for gLN (statistics over channels and frames, a scale and shift per channel).
+
+- `FastMaskNet` is SpeechBrain's MaskNet: same constructor, same function, same checkpoints (SpeechBrain's
+  state_dict keys and shapes). The Conv-TasNet configs name it.
+- `MaskNet` is the same network with choices SpeechBrain lacks, for CPU training (hparams/demo.yaml): ReLU instead
+  of PReLU (whose backward is slow in PyTorch), zero padding (which lets `depthwise_conv` run the dilated
+  convolutions as shifted multiply-adds), and softmax masks normalised over the speakers. Its checkpoints are its
+  own; SpeechBrain cannot load them.
 """
 
 import re
@@ -18,6 +17,8 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from speechsep.errors import RecipeError
 
 ACTIVATIONS = {"prelu": nn.PReLU, "relu": nn.ReLU}
 PADDINGS = ("zeros", "reflect")
@@ -88,8 +89,8 @@ class _DepthwiseConv(torch.autograd.Function):
 
 
 def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """`conv(x)` for a bias-free depthwise nn.Conv1d with zero "same" padding, faster on a CPU: at the demo's
-    sizes oneDNN's forward and backward took ~2.5x as long as these element-wise passes. Elsewhere (GPU) the conv."""
+    """`conv(x)` for a bias-free depthwise nn.Conv1d with zero "same" padding, computed on a CPU as shifted
+    multiply-adds, which beat oneDNN's depthwise kernels there (docs/experiments.md); elsewhere (GPU) the conv."""
     if x.device.type != "cpu":
         return conv(x)
     weight = conv.weight[:, 0]
@@ -136,6 +137,8 @@ class MaskNet(nn.Module):
     Input [batch, N, frames]; output [C, batch, N, frames], as SpeechBrain's MaskNet.
     """
 
+    SOFTMAX_DIM = 0  # softmax masks sum to one over the speakers
+
     def __init__(
         self,
         N: int,
@@ -167,7 +170,7 @@ class MaskNet(nn.Module):
         batch, channels, frames = mixture_w.shape
         score = self.mask_conv(self.blocks(self.bottleneck(self.layer_norm(mixture_w))))
         score = score.view(batch, self.C, channels, frames).transpose(0, 1)
-        return F.softmax(score, dim=0) if self.mask_nonlinear == "softmax" else F.relu(score)
+        return F.softmax(score, dim=self.SOFTMAX_DIM) if self.mask_nonlinear == "softmax" else F.relu(score)
 
 
 # SpeechBrain's parameter names -> ours: the layers outside the blocks, then the parts of each block.
@@ -228,40 +231,37 @@ def to_speechbrain(state_dict: dict, X: int) -> dict:
     return converted
 
 
-class SpeechBrainLayoutMaskNet(MaskNet):
-    """SpeechBrain's Conv-TasNet `MaskNet` (PReLU, reflection padding) computed channels-first, whose state_dict
-    keeps SpeechBrain's names and shapes: checkpoints stay SpeechBrain's, so exports need SpeechBrain alone."""
+class FastMaskNet(MaskNet):
+    """SpeechBrain's Conv-TasNet `MaskNet`, computed channels-first: same arguments, outputs and checkpoints.
 
-    def __init__(self, N: int, B: int, H: int, P: int, X: int, R: int, C: int, mask_nonlinear: str = "relu"):
+    Its state_dict has SpeechBrain's keys and shapes, so checkpoints load in either class. It covers the variant
+    the configs use, gLN and non-causal; the others are refused (SpeechBrain's class computes them).
+    """
+
+    SOFTMAX_DIM = 2  # SpeechBrain normalises softmax masks over the encoder's channels
+
+    def __init__(
+        self,
+        N: int,
+        B: int,
+        H: int,
+        P: int,
+        X: int,
+        R: int,
+        C: int,
+        norm_type: str = "gLN",
+        causal: bool = False,
+        mask_nonlinear: str = "relu",
+    ):
+        if norm_type != "gLN" or causal:
+            raise RecipeError(
+                f"FastMaskNet computes SpeechBrain's gLN, non-causal MaskNet only (got norm_type {norm_type!r}, "
+                f"causal {causal!r}): name speechbrain.lobes.models.conv_tasnet.MaskNet in the config for that variant"
+            )
         super().__init__(N, B, H, P, X, R, C, activation="prelu", padding="reflect", mask_nonlinear=mask_nonlinear)
         self.X = X
         self.register_state_dict_post_hook(_save_as_speechbrain)
         self.register_load_state_dict_pre_hook(_load_from_speechbrain)
-
-    @classmethod
-    def from_module(cls, masknet: nn.Module) -> "SpeechBrainLayoutMaskNet | None":
-        """The same network as SpeechBrain's non-causal gLN `MaskNet` `masknet` (same weights), or None for other
-        variants (cLN, causal), which it does not cover."""
-        from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
-
-        if type(masknet) is not SpeechBrainMaskNet:
-            return None
-        first = next(iter(masknet.temporal_conv_net.children())).layers
-        if type(first.norm).__name__ != "GlobalLayerNorm" or first.DSconv.conv_0.padding != "same":
-            return None  # cLN or causal
-        indices = [tuple(map(int, name.split("_")[1:])) for name, _ in masknet.temporal_conv_net.named_children()]
-        sizes = dict(
-            N=masknet.layer_norm.gamma.shape[-1],
-            B=masknet.bottleneck_conv1x1.conv.out_channels,
-            H=first.conv.conv.out_channels,
-            P=first.DSconv.conv_0.conv.kernel_size[0],
-            X=1 + max(x for _, x in indices),
-            R=1 + max(r for r, _ in indices),
-            C=masknet.C,
-        )
-        ours = cls(**sizes, mask_nonlinear=masknet.mask_nonlinear).to(masknet.layer_norm.gamma.device)
-        ours.load_state_dict(masknet.state_dict())
-        return ours
 
 
 def _save_as_speechbrain(module, state_dict, prefix, local_metadata) -> None:

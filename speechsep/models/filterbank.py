@@ -1,11 +1,11 @@
 """SpeechBrain's learned encoder and decoder (`dual_path.Encoder` / `Decoder`), computed as matrix products.
 
-Same classes, same parameters, same outputs; only the forward differs. On a CPU, PyTorch runs a
-one-input-channel strided Conv1d and, much worse, a ConvTranspose1d through generic convolution kernels, and
-the decoder runs once per speaker in every step. Framing the waveform and multiplying by the filters
-(encoder), or multiplying by the filters and overlap-adding the frames (decoder), gives the same numbers,
-faster (bench/RESULTS.md, "Encoder / decoder").
-Checkpoints are interchangeable with SpeechBrain's, and `export.py` writes these modules as SpeechBrain's.
+Subclasses with the same constructor, parameters and outputs; only the forward differs. On a CPU, PyTorch runs
+a one-input-channel strided Conv1d and, much worse, a ConvTranspose1d through generic convolution kernels, and
+the decoder runs once per speaker in every step. Framing the waveform and multiplying by the filters (encoder),
+or multiplying by the filters and overlap-adding the frames (decoder), gives the same numbers, faster
+(bench/RESULTS.md, "Encoder / decoder"). The configs name these classes; checkpoints are interchangeable with
+SpeechBrain's, and exports name SpeechBrain's classes (`speechsep.models.speechbrain_classes`).
 """
 
 import torch
@@ -62,22 +62,6 @@ def encoder_hop(encoder: torch.nn.Module) -> int:
     """Samples between the frames of a learned encoder (SpeechBrain's: its Conv1d's stride, half a window)."""
     encoder = getattr(encoder, "module", encoder)  # under DDP, the wrapped module
     return int(encoder.conv1d.stride[0])
-
-
-def use_fast_filterbank(*modules: torch.nn.Module) -> int:
-    """Turns, in place, SpeechBrain's `dual_path.Encoder`/`Decoder` objects among `modules` into ours.
-
-    Ours are subclasses that add no parameters or state, so only the class changes: exported models name
-    SpeechBrain's classes (and need SpeechBrain alone), and separate.py still runs the faster forward.
-    Returns the number of modules changed.
-    """
-    faster = {dual_path.Encoder: Encoder, dual_path.Decoder: Decoder}
-    changed = 0
-    for module in modules:
-        if type(module) in faster:
-            module.__class__ = faster[type(module)]
-            changed += 1
-    return changed
 
 
 def shortest_input(encoder: torch.nn.Module, masknet: torch.nn.Module, longest: int = 1 << 20) -> int:

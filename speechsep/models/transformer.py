@@ -1,32 +1,21 @@
-"""A SepFormer transformer block that never materialises attention weights.
+"""SpeechBrain's transformer blocks with attention that never materialises its weights.
 
-SpeechBrain's `MultiheadAttention` asks `torch.nn.MultiheadAttention` for its attention
-weights on every call, which forces PyTorch's unfused path: every `[time, time]` attention
-matrix is computed, stored for the backward pass and averaged over heads, only for the
-SepFormer to throw it away. Asking for no weights lets PyTorch use
-`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU,
-a flash kernel on CPU) with the very same parameters.
+SpeechBrain's `MultiheadAttention` asks `torch.nn.MultiheadAttention` for its attention weights on every call,
+which forces PyTorch's unfused path: every `[time, time]` attention matrix is computed, stored for the backward
+pass and averaged over heads, only for the block to throw it away. Asking for no weights lets PyTorch use
+`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels) with the same parameters.
 
-`FastSBTransformerBlock` is a drop-in for SpeechBrain's `SBTransformerBlock`: same
-constructor, same parameters, same state_dict keys (SpeechBrain SepFormer checkpoints load
-unchanged), same outputs up to float rounding. Select it in a recipe's YAML with::
-
-    intra_model: !new:speechsep.models.transformer.FastSBTransformerBlock
-        num_layers: 8
-        d_model: 256
-        nhead: 8
-        d_ffn: 1024
-        dropout: 0
-        use_positional_encoding: True
-        norm_before: True
-
-`use_sdpa_attention` converts an already built model (e.g. an upstream `SepformerWrapper`
-or a pretrained separator) in place.
+`FastSBTransformerBlock` (SepFormer's block, `dual_path.SBTransformerBlock`) and
+`SBTransformerBlock_wnormandskip` (RE-SepFormer's, `resepformer.SBTransformerBlock_wnormandskip`) are
+subclasses of SpeechBrain's: same constructor, parameters and state_dict keys (SpeechBrain's checkpoints load
+unchanged), same outputs up to float rounding. The configs name them; naming SpeechBrain's class instead runs
+SpeechBrain's attention with the same weights.
 """
 
 import logging
 
 import torch
+from speechbrain.lobes.models import resepformer
 from speechbrain.lobes.models.dual_path import SBTransformerBlock
 from speechbrain.lobes.models.transformer.Transformer import TransformerEncoderLayer
 from speechbrain.nnet.attention import MultiheadAttention, PositionalwiseFeedForward
@@ -136,7 +125,7 @@ class PositionwiseFeedForward(nn.Module):
 def use_sdpa_attention(model: nn.Module) -> int:
     """Replaces, in place, the self-attention of every SpeechBrain transformer encoder layer
     in `model` by `SDPAMultiheadAttention`, and its feed-forward network by `PositionwiseFeedForward`,
-    keeping their parameters.
+    keeping their parameters. The fast blocks call it on their own layers as they are built.
 
     Only layers using SpeechBrain's regular `MultiheadAttention` ("regularMHA") are changed;
     other attention types (RelPosMHAXL, RoPEMHA, hypermixing) are left as they are. State-dict
@@ -231,17 +220,27 @@ class FastSBTransformerBlock(SBTransformerBlock):
             norm_before=norm_before,
             attention_type=attention_type,
         )
-        if use_sdpa_attention(self.mdl) == 0 and num_layers > 0:
-            logger.warning(
-                "FastSBTransformerBlock: attention_type=%r has no fused implementation, "
-                "using SpeechBrain's (expected 'regularMHA' to be accelerated)",
-                attention_type,
-            )
+        _fuse_attention(self, attention_type)
 
 
-def sepformer_block(fast_attention: bool = True, **kwargs) -> SBTransformerBlock:
-    """The SepFormer configs' intra/inter block: ours by default, SpeechBrain's with `fast_attention=False`.
+class SBTransformerBlock_wnormandskip(resepformer.SBTransformerBlock_wnormandskip):
+    """`resepformer.SBTransformerBlock_wnormandskip` (RE-SepFormer's block) whose attention never materialises its
+    weights; SpeechBrain's arguments, passed on as they are. Like `FastSBTransformerBlock`, only
+    `attention_type="regularMHA"` is accelerated. It keeps SpeechBrain's class name because SpeechBrain's
+    RE-SepFormer chooses how to call its segment blocks by that name."""
 
-    Both have the same parameters and state_dict keys, so a checkpoint trained with one loads into the other.
-    """
-    return FastSBTransformerBlock(**kwargs) if fast_attention else SBTransformerBlock(**kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _fuse_attention(self, kwargs.get("attention_type", "regularMHA"))
+
+
+def _fuse_attention(block: nn.Module, attention_type: str) -> None:
+    """The fused attention in a SpeechBrain block's transformer layers (`block.mdl`); a warning where none has
+    SpeechBrain's regular attention."""
+    if use_sdpa_attention(block.mdl) == 0 and len(block.mdl.layers) > 0:
+        logger.warning(
+            "%s: attention_type=%r has no fused implementation, using SpeechBrain's (expected 'regularMHA' to be "
+            "accelerated)",
+            type(block).__name__,
+            attention_type,
+        )

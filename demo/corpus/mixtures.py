@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechsep.corpus.options import (
+from demo.corpus.options import (
     BABBLE_TALKERS,
     BABBLE_UTTERANCES_PER_TALKER,
     MAX_AMPLITUDE,
@@ -20,8 +20,8 @@ from speechsep.corpus.options import (
     STREAM_PLAN,
     CorpusOptions,
 )
-from speechsep.corpus.synth_noise import random_noise
-from speechsep.corpus.utterances import read_float, to_pcm16, write_int16_wav
+from demo.corpus.synth_noise import random_noise
+from demo.corpus.utterances import read_float, to_pcm16, write_int16_wav
 from speechsep.data.loudness import normalize_loudness
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ pauses into utterances of a few seconds per speaker, and two speakers are mixed 
 dynamic-mixing `Wsj0Levels`), cut to the shorter utterance (`min` mode). The result is written as the test
 split of a custom tree with its manifest, which `train.py --test_only` scores:
 
-    python -m speechsep.corpus.recorded_mixtures RECORDINGS OUT --speaker-regex '^\\d+_([a-z]+)_'
+    python -m speechsep.data.recorded_mixtures RECORDINGS OUT --speaker-regex '^\\d+_([a-z]+)_'
     python train.py hparams/demo.yaml --test_only --skip_prep=True --test_data=OUT/test.csv \\
         --data_folder=OUT --results_folder=results/demo/recorded
 

@@ -13,8 +13,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from speechsep.corpus.espeak import EspeakSynth
-from speechsep.corpus.options import (
+from demo.corpus.espeak import EspeakSynth
+from demo.corpus.options import (
     MAX_AMPLITUDE,
     MAX_SYNTHESIS_ATTEMPTS,
     POOL_LOUDNESS,
@@ -25,9 +25,9 @@ from speechsep.corpus.options import (
     UTTERANCE_DURATION_RANGE,
     CorpusOptions,
 )
-from speechsep.corpus.sentences import make_sentence
-from speechsep.corpus.voice_variation import add_breath, colour_recording, warp_time
-from speechsep.corpus.voices import SyntheticSpeaker
+from demo.corpus.sentences import make_sentence
+from demo.corpus.voice_variation import add_breath, colour_recording, warp_time
+from demo.corpus.voices import SyntheticSpeaker
 from speechsep.data.loudness import normalize_loudness
 from speechsep.output_files import write_failed
 
@@ -133,7 +133,7 @@ def vary_utterance(
     """eSpeak NG's output at ``synth_rate`` made this speaker's and recorded, at ``sample_rate``.
 
     The speaker's vocal-tract scale, voice wobble and breath, then resampling, then this recording's colouring
-    (speechsep.corpus.voice_variation).
+    (demo.corpus.voice_variation).
     """
     waveform = warp_time(waveform.astype(np.float64), synth_rate, speaker.formant_scale, speaker.wobble, rng)
     if speaker.breath_db is not None:

@@ -5,8 +5,8 @@ eSpeak NG's variants share a few vocal tracts, hold their pitch perfectly steady
 produce no aspiration noise, and every file sounds as if recorded by the same ideal microphone. A separation
 model trained on them learns those regularities and fails on recorded speech. Each transform here undoes one,
 drawn per speaker (what belongs to a person) or per utterance (the microphone's colouring). The transformed
-utterance is the source: the clean single-speaker target that mixtures are made of. Rooms are left out: measured
-on real speech, reverberant sources made the demo model worse (docs/experiments.md).
+utterance is the source: the clean single-speaker target that mixtures are made of. Rooms are left out:
+reverberant sources made the demo model worse on real speech (docs/experiments.md).
 
 Every function takes its random draws from the generator it is given, so the corpus stays a function of its seed.
 """

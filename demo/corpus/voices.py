@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from speechsep.corpus.options import SPLITS, STREAM_SPEAKERS, CorpusOptions
-from speechsep.corpus.voice_variation import BREATH_DB_RANGE, FORMANT_SCALE_RANGE, WOBBLE_RANGE
+from demo.corpus.options import SPLITS, STREAM_SPEAKERS, CorpusOptions
+from demo.corpus.voice_variation import BREATH_DB_RANGE, FORMANT_SCALE_RANGE, WOBBLE_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class SyntheticSpeaker:
     pitch: int
     pitch_range: int
     rate: int
-    # what eSpeak NG cannot vary (speechsep.corpus.voice_variation)
+    # what eSpeak NG cannot vary (demo.corpus.voice_variation)
     formant_scale: float = 1.0
     wobble: float = 0.0
     breath_db: float | None = None  # None: no aspiration noise

@@ -1,12 +1,13 @@
-"""The embedded demo: synthesise the corpus (once), train a small model on the CPU, evaluate it, report.
+"""The demo that `make demo` runs: synthesise the corpus (once), train a small model on the CPU, evaluate it.
 
-    python -m speechsep.corpus.demo [--data-dir data] [--output-folder results/demo] [--any_train_override=value ...]
-    python -m speechsep.corpus.demo --recorded-speech RECORDINGS [--speaker-regex REGEX]   # + real voices
+    python -m demo [--data-dir data] [--output-folder results/demo] [--any_train_override=value ...]
+    python -m demo --recorded-speech RECORDINGS [--speaker-regex REGEX]   # + real voices
 
-This is what `make demo` runs. Rerunning reuses the corpus and resumes (or reuses) the training through
-the recipe's checkpoints. Extra `--key=value` arguments go to train.py, e.g. `--dynamic_mixing=True`.
-With `--recorded-speech`, the model is also scored on two-speaker mixtures built from that folder of real
-recordings (`speechsep.corpus.recorded_mixtures`), beside its synthetic test score.
+Run from the repository root: train.py runs as a script of the working directory, in its own process, as a user
+runs it. Rerunning reuses the corpus and resumes (or reuses) the training through the recipe's checkpoints.
+Extra `--key=value` arguments go to train.py, e.g. `--dynamic_mixing=True`. With `--recorded-speech`, the model
+is also scored on two-speaker mixtures built from that folder of real recordings
+(`speechsep.data.recorded_mixtures`), beside its synthetic test score.
 """
 
 import argparse
@@ -16,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from speechsep.corpus.recorded_mixtures import make_mixtures
-from speechsep.corpus.synth_corpus import synthesize_corpus
+from demo.corpus.synth_corpus import synthesize_corpus
+from speechsep.data.recorded_mixtures import make_mixtures
 from speechsep.evaluation.report import improvement_by_gender_pairing, make_figures
 from speechsep.output_files import write_text
 
-REPO = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = Path("train.py")  # relative: the demo runs from the repository root
 RECORDED_MIXTURES = 100
 # The whole demo (corpus, training, test) fits DEMO_MINUTES: training gets what the corpus left, less a reserve for
 # starting up and for the test stage, which run slower too when the machine is slow.
@@ -39,12 +40,13 @@ def training_budget(corpus_seconds: float, train_overrides: list[str]) -> list[s
 
 
 def train_py(config: Path, corpus: Path, output_folder: Path, *arguments: str) -> None:
+    """Run train.py in its own process, as a user runs it, so its logging and threads are its own."""
     command = [
-        sys.executable, str(REPO / "train.py"), str(config),
+        sys.executable, str(TRAIN_SCRIPT), str(config),
         f"--data_folder={corpus}", f"--output_folder={output_folder}", *arguments,
     ]  # fmt: skip
     print("Running:", " ".join(command), flush=True)
-    subprocess.run(command, cwd=REPO, check=True)
+    subprocess.run(command, check=True)
 
 
 def score_recorded_speech(
@@ -125,15 +127,19 @@ def summary_line(summary: dict, output_folder: Path) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data", help="where the corpus is (made once)")
-    parser.add_argument("--output-folder", type=Path, default=REPO / "results" / "demo")
-    parser.add_argument("--config", type=Path, default=REPO / "hparams" / "demo.yaml")
+    parser = argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the corpus is (made once)")
+    parser.add_argument("--output-folder", type=Path, default=Path("results/demo"))
+    parser.add_argument("--config", type=Path, default=Path("hparams/demo.yaml"))
     parser.add_argument("--recorded-speech", type=Path, default=None, help="a folder of real recordings to score on")
     parser.add_argument("--speaker-regex", default=None, help="speaker = first group of this regex on file stems")
-    args, train_overrides = parser.parse_known_args()
+    args, train_overrides = parser.parse_known_args(argv)
+    if not TRAIN_SCRIPT.is_file():
+        sys.exit(f"error: no {TRAIN_SCRIPT} in {Path.cwd()}; run the demo from the repository root: python -m demo")
     try:
         summary = run_demo(
             args.data_dir, args.output_folder, args.config, train_overrides, args.recorded_speech, args.speaker_regex
@@ -141,7 +147,3 @@ def main() -> None:
     except subprocess.CalledProcessError as err:
         sys.exit(f"error: training failed (exit status {err.returncode}); see {args.output_folder}/log.txt")
     print(summary_line(summary, args.output_folder))
-
-
-if __name__ == "__main__":
-    main()

@@ -28,16 +28,13 @@ process (a lock file beside the root, ``.MiniLibri<n>Mix.lock``, released when i
 
 Usage::
 
-    python -m speechsep.corpus.synth_corpus data/            # default size, ~1-2 min on 2 cores
-    python -m speechsep.corpus.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
+    python -m demo.corpus.synth_corpus data/            # the default size, what the demo trains on
+    python -m demo.corpus.synth_corpus data/ --size tiny --num-spks 3 --sample-rate 16000
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fnmatch
-import json
 import logging
 import multiprocessing
 import os
@@ -47,10 +44,16 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from speechsep.corpus.mixtures import MixturePlan, metadata_row, plan_mixtures, render_mixture
-from speechsep.corpus.options import (
-    GENERATOR_VERSION,
-    MANIFEST_NAME,
+from demo.corpus.corpus_folder import (
+    CorpusInUseError,
+    disk_megabytes,
+    manifest_identity,
+    prepare_root,
+    read_manifest,
+    write_manifest,
+)
+from demo.corpus.mixtures import MixturePlan, metadata_row, plan_mixtures, render_mixture
+from demo.corpus.options import (
     MIX_TYPES,
     SIZE_PRESETS,
     SPEAKERS_PER_PROCESS,
@@ -59,10 +62,10 @@ from speechsep.corpus.options import (
     CorpusOptions,
     corpus_root,
 )
-from speechsep.corpus.utterances import synthesize_speakers
-from speechsep.corpus.voices import design_speakers
+from demo.corpus.utterances import synthesize_speakers
+from demo.corpus.voices import design_speakers
 from speechsep.locking import LockHeld, acquire, release
-from speechsep.output_files import OutputError, is_temporary, write_csv, write_text
+from speechsep.output_files import OutputError, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +83,13 @@ _WORKER_IMPORTS = (
     "scipy.signal",
     "soundfile",
     "pyloudnorm",
-    "speechsep.corpus.espeak",
+    "demo.corpus.espeak",
     "speechsep.data.loudness",
-    "speechsep.corpus.sentences",
-    "speechsep.corpus.synth_noise",
-    "speechsep.corpus.voice_variation",
-    "speechsep.corpus.utterances",  # imports torch (through speechsep.data.audio): seconds per fresh worker
-    "speechsep.corpus.mixtures",
+    "demo.corpus.sentences",
+    "demo.corpus.synth_noise",
+    "demo.corpus.voice_variation",
+    "demo.corpus.utterances",  # imports torch (through speechsep.data.audio): seconds per fresh worker
+    "demo.corpus.mixtures",
 )
 
 
@@ -102,131 +105,6 @@ def _process_context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload(list(_WORKER_IMPORTS))
         return context
     return multiprocessing.get_context("spawn")
-
-
-class CorpusInUseError(FileExistsError):
-    """Another live process is generating the same corpus root."""
-
-
-def _read_manifest(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MANIFEST_NAME).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_manifest(root: Path, manifest: dict) -> None:
-    write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n", overwrite=True)
-
-
-def _manifest_identity(options: CorpusOptions, root: Path) -> dict:
-    return dict(
-        generator=__name__,
-        version=GENERATOR_VERSION,
-        root=str(root),
-        options=dataclasses.asdict(options),
-    )
-
-
-def _prepare_root(root: Path, identity: dict, overwrite: bool) -> bool:
-    """Decide what to do with an existing ``root``; True when it is already complete.
-
-    Complete with the same identity: keep. Complete with another: fail, or wipe when
-    ``overwrite``. Incomplete (an interrupted run): wipe. A folder without our manifest, or
-    with anything in it that the generator does not write, is never touched.
-    """
-    manifest = _read_manifest(root)
-    if manifest is not None:
-        complete = bool(manifest.get("complete"))
-        if complete and all(manifest.get(key) == value for key, value in identity.items()):
-            return True
-        if complete and not overwrite:
-            old_options = manifest.get("options", {})
-            differences = {
-                key: (old_options.get(key), value)
-                for key, value in identity["options"].items()
-                if old_options.get(key) != value
-            }
-            if manifest.get("root") != identity["root"]:
-                differences["root"] = (manifest.get("root"), identity["root"])
-            raise FileExistsError(
-                f"{root} holds a synthetic corpus made with other options (old, new: "
-                f"{differences or 'generator version'}); pass overwrite=True (--overwrite) to "
-                "replace it, or use another output_dir"
-            )
-        refuse_foreign_files(root)
-        logger.info("Replacing %s (%s)", root, "overwrite" if complete else "incomplete")
-        shutil.rmtree(root)
-    elif root.exists() and any(root.iterdir()):
-        raise FileExistsError(
-            f"{root} exists and is not a synthetic corpus (no {MANIFEST_NAME}): refusing to write into it"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    _write_manifest(root, dict(identity, complete=False))
-    return False
-
-
-# What a generation writes, as relative paths with shell-style patterns per part: its folders (and their
-# parents), and the files in them, whatever its options. ``metadata`` is a link to the metadata folder, or a copy.
-_TRACKS = ("s[0-9]*", "noise", *MIX_TYPES)
-_WAV_DIRS = [("wav*k", mode) for mode in ("min", "max")]
-_MIXTURE_FOLDERS = [(*wav_dir, folder) for wav_dir in _WAV_DIRS for folder in SPLIT_FOLDERS.values()]
-_OWN_FOLDERS = (
-    ("sources",),
-    *[("sources", split) for split in SPLITS],
-    *[("sources", split, "*") for split in SPLITS],
-    ("metadata",),
-    ("wav*k",),
-    *_WAV_DIRS,
-    *[(*wav_dir, "metadata") for wav_dir in _WAV_DIRS],
-    *_MIXTURE_FOLDERS,
-    *[(*folder, track) for folder in _MIXTURE_FOLDERS for track in _TRACKS],
-)
-_OWN_FILES = (
-    (MANIFEST_NAME,),
-    ("sources", "speakers.csv"),
-    ("sources", "utterances.csv"),
-    *[("sources", split, "*", "*.wav") for split in SPLITS],
-    ("metadata",),  # the link, when it points nowhere
-    ("metadata", "mixture_*.csv"),
-    *[(*wav_dir, "metadata", "mixture_*.csv") for wav_dir in _WAV_DIRS],
-    *[(*folder, track, "*.wav") for folder in _MIXTURE_FOLDERS for track in _TRACKS],
-)
-
-
-def _matches(parts: tuple[str, ...], patterns: Sequence[tuple[str, ...]]) -> bool:
-    return any(len(parts) == len(pattern) and all(map(fnmatch.fnmatchcase, parts, pattern)) for pattern in patterns)
-
-
-def foreign_files(root: Path) -> list[Path]:
-    """What under ``root`` a generation does not write (the user's notes, results, folders), sorted; a foreign
-    folder is listed, not what it holds."""
-    foreign = []
-    for folder, folders, files in os.walk(root):  # links are listed, not followed
-        relative = Path(folder).relative_to(root).parts
-        own_folders = [name for name in folders if _matches((*relative, name), _OWN_FOLDERS)]
-        foreign += [Path(folder, name) for name in folders if name not in own_folders]
-        foreign += [
-            Path(folder, name) for name in files if not (_matches((*relative, name), _OWN_FILES) or is_temporary(name))
-        ]
-        folders[:] = own_folders
-    return sorted(foreign)
-
-
-def refuse_foreign_files(root: Path, shown: int = 3) -> None:
-    """Raise FileExistsError naming the first few `foreign_files` of ``root``, which replacing it would remove."""
-    foreign = foreign_files(root)
-    if foreign:
-        names = ", ".join(str(path.relative_to(root)) for path in foreign[:shown])
-        more = f" and {len(foreign) - shown} more" if len(foreign) > shown else ""
-        raise FileExistsError(
-            f"{root} holds files the generator did not write ({names}{more}), which replacing it would remove: "
-            "move them out of it, or use another output_dir"
-        )
-
-
-def _disk_megabytes(root: Path) -> float:
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file()) / 1e6
 
 
 def _default_num_workers() -> int:
@@ -358,8 +236,8 @@ def synthesize_corpus(
 
 def _generate(root: Path, options: CorpusOptions, num_workers: int, overwrite: bool) -> Path:
     """`synthesize_corpus` once the root is this process's: reuse, replace or write the corpus."""
-    identity = _manifest_identity(options, root)
-    if _prepare_root(root, identity, overwrite):
+    identity = manifest_identity(options, root)
+    if prepare_root(root, identity, overwrite):
         logger.info("%s is complete for these options: nothing to do", root)
         return root
 
@@ -379,19 +257,19 @@ def _generate(root: Path, options: CorpusOptions, num_workers: int, overwrite: b
             split: round(sum(result["length"] for result in results[split]) / options.sample_rate / 3600, 3)
             for split in SPLITS
         },
-        megabytes=round(_disk_megabytes(root), 1),
+        megabytes=round(disk_megabytes(root), 1),
         seconds=round(seconds, 1),
         num_workers=num_workers,
     )
-    _write_manifest(root, dict(identity, complete=True, summary=summary))
+    write_manifest(root, dict(identity, complete=True, summary=summary))
     logger.info("Wrote %s in %.1f s", root, seconds)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``python -m speechsep.corpus.synth_corpus OUTPUT_DIR [options]``."""
+    """Command line: ``python -m demo.corpus.synth_corpus OUTPUT_DIR [options]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m speechsep.corpus.synth_corpus",
+        prog="python -m demo.corpus.synth_corpus",
         description="Generate an offline synthetic speech-separation corpus in the LibriMix "
         "layout (eSpeak NG speakers, synthetic noise).",
     )
@@ -434,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.exit(2, f"error: {error}\n")
     except OSError as error:  # a folder that cannot be made or removed (a failed write is an OutputError)
         parser.exit(1, f"error: {error}\n")
-    options = CorpusOptions(**(_read_manifest(root) or {})["options"])
-    summary = (_read_manifest(root) or {}).get("summary", {})
+    options = CorpusOptions(**(read_manifest(root) or {})["options"])
+    summary = (read_manifest(root) or {}).get("summary", {})
     print(f"Corpus:   {root}")
     print(f"Mixtures: {root / options.wav_dir}/{{{','.join(SPLIT_FOLDERS.values())}}}/")
     print(f"Metadata: {root / options.wav_dir / 'metadata'}")
@@ -448,6 +326,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     # Run through the importable module, so that workers pickle functions by their real name.
-    from speechsep.corpus.synth_corpus import main as _main
+    from demo.corpus.synth_corpus import main as _main
 
     _main()

@@ -41,7 +41,7 @@ BABBLE_UTTERANCES_PER_TALKER = 2
 # The order of a preset's sizes: mixtures per split, disjoint speakers per split, utterances per speaker.
 SIZE_KEYS = (*[f"num_{split}" for split in SPLITS], *[f"num_{split}_speakers" for split in SPLITS], "utts_per_speaker")
 SIZE_PRESETS: dict[str, dict[str, int]] = {
-    # For a ~10 minute CPU training demo: many speakers with few utterances each (docs/experiments.md).
+    # For the demo's time-boxed CPU training: many speakers with few utterances each (docs/experiments.md).
     "default": dict(zip(SIZE_KEYS, (3000, 150, 150, 480, 30, 30, 8), strict=True)),
     # For unit tests: seconds to generate.
     "tiny": dict(zip(SIZE_KEYS, (6, 3, 3, 4, 3, 3, 3), strict=True)),
