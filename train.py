@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import speechbrain as sb
 import torch
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -380,7 +381,13 @@ class Separation(sb.Brain):
 
         The rerun of the same command resumes at the next batch of this epoch (after the last, with its validation).
         """
-        self._save_intra_epoch_ckpt()
+        self.checkpointer.save_and_keep_only(  # what Brain saves when its intra-epoch checkpoint interval is reached
+            end_of_epoch=False,
+            num_to_keep=1,
+            ckpt_predicate=lambda checkpoint: INTRA_EPOCH_CKPT_FLAG in checkpoint.meta,
+            meta={INTRA_EPOCH_CKPT_FLAG: True},
+            verbosity=logging.DEBUG,
+        )
         request = self.stop_request  # asked again: the launcher may have gone since this process last looked
         reason = request.reason if request.requested else "stop requested on another process"
         raise StopRequested(f"{reason}: saved a checkpoint at epoch step {self.step}")

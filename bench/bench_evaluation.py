@@ -10,13 +10,14 @@ the scoring cost does not depend on the quality) on 4 s, 8 kHz speech-like mixtu
 """
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.bench_metrics import upstream_scores
+from bench.bench_metrics import public_api_scoring, upstream_scores
 from bench.markdown import section
 from speechsep.evaluation.metrics import separation_metrics
 from speechsep.inference.separation import separate_each
@@ -85,18 +86,26 @@ def run(quick: bool = False) -> str:
         brain = demo_separator(num_spks)
         pairs = test_set(num_spks, count)
         single_pass(brain, pairs[:2], 2)  # warm-up
-        ours_1 = single_pass(brain, pairs, 1)
-        ours_4 = single_pass(brain, pairs, 4)
+        ours_1 = ours_4 = public_1 = math.inf
+        for _ in range(3):  # best of three, interleaved with the public-API run of the same pass
+            ours_1 = min(ours_1, single_pass(brain, pairs, 1))
+            with public_api_scoring():
+                public_1 = min(public_1, single_pass(brain, pairs, 1))
+            ours_4 = min(ours_4, single_pass(brain, pairs, 4))
         upstream = upstream_two_passes(brain, pairs)
         rows.append(
-            f"| {num_spks} | {ours_1:.1f} | {ours_4:.1f} | {upstream:.1f} | {upstream / ours_1:.1f}x | {upstream / ours_4:.1f}x |"
+            f"| {num_spks} | {ours_1:.1f} | {ours_4:.1f} | {public_1:.1f} | {upstream:.1f} | {upstream / ours_1:.1f}x "
+            f"| {upstream / ours_4:.1f}x |"
         )
     return section(
         "## Evaluation: whole test set, one pass vs upstream's two passes",
         f"{count} mixtures of {SECONDS} s at {SAMPLE_RATE // 1000} kHz, demo model, CPU, "
         f"{torch.get_num_threads()} torch thread(s). Ours: one forward per utterance + one `separation_metrics` call per batch; "
-        "upstream: forward + loss for every mixture, then forward + 2 mir_eval calls + 2 PIT SI-SNR.",
-        "speakers | ours, batch 1 (s) | ours, batch 4 (s) | upstream two passes (s) | speed-up (batch 1) | speed-up (batch 4)",
+        "upstream: forward + loss for every mixture, then forward + 2 mir_eval calls + 2 PIT SI-SNR. Ours: best of three "
+        "runs; *public API*: ours with SDR from `fast_bss_eval.sdr_loss` instead of `speechsep.evaluation.bss_eval_fast` "
+        "(`bench.bench_metrics.public_api_scoring`), each run interleaved with ours.",
+        "speakers | ours, batch 1 (s) | ours, batch 4 (s) | ours with the public API, batch 1 (s) "
+        "| upstream two passes (s) | speed-up (batch 1) | speed-up (batch 4)",
         rows,
     )
 

@@ -10,18 +10,23 @@ SDRi) plus PIT SI-SNR twice; `separation_metrics` gives the same numbers in one 
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from unittest import mock
 
+import fast_bss_eval
 import numpy as np
 import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from bench.markdown import section
+from speechsep.evaluation import metrics
+from speechsep.evaluation.bss_eval_fast import SDR_CLAMP_DB, SDR_FILTER_LENGTH, SDR_LOAD_DIAG, unit_norm_signals
 from speechsep.evaluation.metrics import SDR_PERMUTATIONS, pit_sdr, separation_metrics
 from tests.speech import mask_separation_example
 
@@ -67,6 +72,117 @@ def time_upstream_scoring(utterances: Iterable[Utterance]) -> float:
     for utterance in utterances:
         upstream_scores(*utterance)
     return time.perf_counter() - start
+
+
+PUBLIC_API_OPTIONS = dict(filter_length=SDR_FILTER_LENGTH, clamp_db=SDR_CLAMP_DB, load_diag=SDR_LOAD_DIAG)
+
+
+def public_api_pairwise_sdr(
+    est_sources: torch.Tensor, sources: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`bss_eval_fast.pairwise_sdr` through fast_bss_eval's public API: `fast_bss_eval.sdr_loss` (pairwise, one
+    LU solve per reference) on the same padding-free unit-norm signals; [batch, num_est, num_spks] dB."""
+    refs, ests = unit_norm_signals(est_sources, sources, lengths)
+    return -fast_bss_eval.sdr_loss(ests, refs, pairwise=True, **PUBLIC_API_OPTIONS).transpose(1, 2)
+
+
+@contextlib.contextmanager
+def public_api_scoring() -> Iterator[None]:
+    """`separation_metrics` (default SDR permutation) scores SDR with `public_api_pairwise_sdr` meanwhile."""
+    with mock.patch.object(metrics, "pairwise_sdr", public_api_pairwise_sdr):
+        yield
+
+
+def public_api_sir_rule(est_sources: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pit_sdr(..., permutation="sir")` through `fast_bss_eval.bss_eval_sources` (mir_eval's permutation)."""
+    refs, ests = unit_norm_signals(est_sources, sources, None)
+    sdr, _, _, perm = fast_bss_eval.bss_eval_sources(refs, ests, **PUBLIC_API_OPTIONS)
+    return sdr, perm
+
+
+def _best_of_interleaved(functions: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
+    """Best milliseconds of each function over `rounds` rounds that call each once, in turn (the order
+    reversed every other round), so that a machine whose speed drifts slows them alike."""
+    best = {name: float("inf") for name in functions}
+    for round_index in range(rounds):
+        names = list(functions) if round_index % 2 == 0 else list(reversed(functions))
+        for name in names:
+            best[name] = min(best[name], 1000 * _seconds(functions[name])[0])
+    return best
+
+
+def _public_api_comparison(num_spks: int, count: int, batch_size: int) -> list[str]:
+    """Table rows: scoring time with the fast path vs fast_bss_eval's public API, same process, interleaved,
+    best of 5; checks that both give the same scores."""
+    utterances = _make_utterances(num_spks, count)
+    batches = [
+        [torch.cat(tensors) for tensors in zip(*utterances[start : start + batch_size])]
+        for start in range(0, count - batch_size + 1, batch_size)
+    ]
+    rows = []
+    for label, inputs, size in (("1", utterances, 1), (str(batch_size), batches, batch_size)):
+        fast, public, difference = [], [], 0.0
+        for mixture, sources, est_sources in inputs:
+            fast_rows = separation_metrics(mixture, sources, est_sources)
+            with public_api_scoring():
+                public_rows = separation_metrics(mixture, sources, est_sources)
+            difference = max(difference, *(abs(a["sdr"] - b["sdr"]) for a, b in zip(fast_rows, public_rows)))
+            best = _best_of_interleaved(
+                {
+                    "fast": lambda: separation_metrics(mixture, sources, est_sources),
+                    "public": lambda: _with_public_api(separation_metrics, mixture, sources, est_sources),
+                }
+            )
+            fast.append(best["fast"] / size)
+            public.append(best["public"] / size)
+        fast_ms, public_ms = statistics.median(fast), statistics.median(public)
+        rows.append(
+            f"| {num_spks} | `separation_metrics`, sdr rule | {label} | {fast_ms:.1f} | {public_ms:.1f} "
+            f"| {public_ms / fast_ms:.2f}x | {difference:.1e} |"
+        )
+    fast, public, difference = [], [], 0.0
+    for _, sources, est_sources in utterances:
+        sdr, perm = pit_sdr(est_sources, sources, permutation="sir")
+        public_sdr, public_perm = public_api_sir_rule(est_sources, sources)
+        assert torch.equal(perm, public_perm), "the two SIR rules picked different speaker orders"
+        difference = max(difference, (sdr - public_sdr).abs().max().item())
+        best = _best_of_interleaved(
+            {
+                "fast": lambda: pit_sdr(est_sources, sources, permutation="sir"),
+                "public": lambda: public_api_sir_rule(est_sources, sources),
+            }
+        )
+        fast.append(best["fast"])
+        public.append(best["public"])
+    fast_ms, public_ms = statistics.median(fast), statistics.median(public)
+    rows.append(
+        f"| {num_spks} | `pit_sdr`, sir rule (estimates only) | 1 | {fast_ms:.1f} | {public_ms:.1f} "
+        f"| {public_ms / fast_ms:.2f}x | {difference:.1e} |"
+    )
+    return rows
+
+
+def _with_public_api(function: Callable, *args) -> object:
+    with public_api_scoring():
+        return function(*args)
+
+
+def public_api_section(quick: bool = False) -> str:
+    """The measurement behind keeping `speechsep.evaluation.bss_eval_fast` (see docs/experiments.md)."""
+    count, batch_size = (2, 2) if quick else (8, 4)
+    rows = [row for num_spks in (2, 3) for row in _public_api_comparison(num_spks, count, batch_size)]
+    return section(
+        "### Fast path vs fast_bss_eval's public API",
+        f"The TEST stage's scoring with SDR from `speechsep.evaluation.bss_eval_fast` (Levinson recursion on "
+        f"fast_bss_eval's correlation helpers) vs from `fast_bss_eval.sdr_loss(pairwise=True)` (its public API, "
+        f"one LU solve per reference) on the same padding-free signals; and the SIR rule: `pit_sdr(permutation="
+        f'"sir")` vs `fast_bss_eval.bss_eval_sources`. {count} mask-separated {NUM_SAMPLES // SAMPLE_RATE} s '
+        f"{SAMPLE_RATE // 1000} kHz utterances, one process, each pair of calls interleaved (order alternating), "
+        f"best of 5 per utterance, median over utterances; CPU, {torch.get_num_threads()} torch thread(s). "
+        "Last column: largest |difference| of the scores.",
+        "speakers | scoring | batch | fast path (ms/utt) | public API (ms/utt) | public / fast | max diff (dB)",
+        rows,
+    )
 
 
 def _seconds(function: Callable[[], object]) -> tuple[float, object]:
@@ -196,7 +312,7 @@ def run(quick: bool = False) -> str:
         "| max diff (dB)",
         rows,
     )
-    return "\n".join([scoring, trained_model_agreement(limit=10 if quick else None)])
+    return "\n".join([scoring, public_api_section(quick), trained_model_agreement(limit=10 if quick else None)])
 
 
 if __name__ == "__main__":

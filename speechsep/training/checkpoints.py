@@ -1,18 +1,20 @@
-"""Crash-safe checkpoints: a drop-in replacement for SpeechBrain's Checkpointer.
+"""Crash-safe checkpoints: SpeechBrain's Checkpointer with atomic saves and a recovery that skips damaged ones.
 
 SpeechBrain writes a checkpoint in place: it creates `CKPT+<time>/`, writes `CKPT.yaml` first, then one file
 per recoverable. A kill -9, a node failure or a full disk in between leaves a folder that is listed and
 picked on the next start; and one truncated file or garbled `CKPT.yaml` makes every restart crash.
 
-`RobustCheckpointer` keeps SpeechBrain's layout, names, meta, keep-only logic and DDP handling, and changes
-three things:
+`RobustCheckpointer` keeps SpeechBrain's layout, names, meta, keep-only logic and DDP handling (it calls
+SpeechBrain's own `save_checkpoint`), and changes three things:
 
-- saving is atomic: a checkpoint is written into a hidden `.CKPT+<name>.partial/` folder next to its final
-  place (SpeechBrain lists only folders named `CKPT*`), `CKPT.yaml` last, flushed to disk, then renamed;
-  partial folders left by a crash are removed at the next save or recovery;
-- recovery falls back: a checkpoint that cannot be read is skipped with one warning and the next one in
-  `find_checkpoints` order is loaded; if none can be, nothing is recovered and training starts over;
-- a failed write (disk full, quota, read-only filesystem) removes the partial folder and raises a one-line
+- saving is atomic: SpeechBrain's `save_checkpoint` writes the checkpoint inside a hidden staging folder,
+  `.CKPT+<name>.partial/`, next to its final place (SpeechBrain lists only folders named `CKPT*`); it is
+  flushed to disk, then renamed to `CKPT+<name>/`. Staging folders left by a crash are removed at the next
+  save or recovery;
+- listing skips a checkpoint whose `CKPT.yaml` cannot be read (one warning), and recovery falls back: a
+  checkpoint that cannot be loaded is skipped with one warning and the next one in `find_checkpoints` order
+  is loaded; if none can be, nothing is recovered and training starts over;
+- a failed write (disk full, quota, read-only filesystem) removes the staging folder and raises a one-line
   `CheckpointWriteError`. Earlier checkpoints are untouched: `save_and_keep_only` deletes old checkpoints
   only once the new one is complete.
 
@@ -48,7 +50,7 @@ from speechsep.output_files import fsync_folder
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"  # `.CKPT+<name>.partial`: a checkpoint being written
+PARTIAL_SUFFIX = ".partial"  # `.CKPT+<name>.partial/`: the staging folder of a checkpoint being written
 REPLACED_SUFFIX = ".replaced"  # `.CKPT+<name>.replaced`: the old copy while a custom name is saved again
 REQUIRED_META = ("unixtime", "end-of-epoch")  # SpeechBrain writes both; sorting and loading need them
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
@@ -82,7 +84,7 @@ class RobustCheckpointer(Checkpointer):
     def save_checkpoint(
         self, meta: dict | None = None, end_of_epoch: bool = True, name: str | None = None, verbosity=logging.INFO
     ) -> Checkpoint | None:
-        """Save a checkpoint atomically: into a hidden partial folder, `CKPT.yaml` last, then renamed.
+        """Save a checkpoint atomically: SpeechBrain's `save_checkpoint` into a staging folder, then renamed.
 
         Same arguments and return value as SpeechBrain's. Under DDP every process runs the save hooks (the
         hooks decide who writes, as in SpeechBrain); the main process renames once all of them are done.
@@ -91,31 +93,28 @@ class RobustCheckpointer(Checkpointer):
         ------
         CheckpointWriteError
             If writing failed with an OSError, or a RuntimeError as torch.save raises for a full disk. The
-            partial folder is removed; earlier checkpoints are untouched.
+            staging folder is removed; earlier checkpoints are untouched.
         """
-        save_hooks = {key: self._save_hook(key, obj) for key, obj in self.recoverables.items()}  # fail early
-        saved_at = time.time()  # the meta's time is when the state was captured, as in SpeechBrain
-        partial = final = saved_meta = None
+        self._check_save_hooks()
+        staging = final = None
         try:
             if if_main_process():
                 self._remove_leftovers()
-                final = self._new_checkpoint_dirpath() if name is None else self._custom_checkpoint_dirpath(name)
-                partial = _hidden(final, PARTIAL_SUFFIX)
-                os.makedirs(partial)
-            partial, final = ddp_broadcast((partial, final), src=0)
-            for key, obj in self.recoverables.items():
-                save_hooks[key](obj, partial / f"{key}{PARAMFILE_EXT}")
+                final = self.checkpoints_dir / f"{CKPT_PREFIX}+{name or self._new_name()}"
+                staging = _hidden(final, PARTIAL_SUFFIX)
+            staging, final = ddp_broadcast((staging, final), src=0)
+            staged = self._staging_checkpointer(staging).save_checkpoint(
+                meta or {}, end_of_epoch, name=final.name.removeprefix(f"{CKPT_PREFIX}+"), verbosity=logging.DEBUG
+            )
             ddp_barrier()  # every process has written its part
             if if_main_process():
-                saved_meta = self._save_checkpoint_metafile(
-                    partial / METAFNAME, {"unixtime": saved_at, **(meta or {})}, end_of_epoch
-                )
-                _fsync_tree(partial)
-                _publish(partial, final)
+                _fsync_tree(staged.path)
+                _publish(staged.path, final)
+                os.rmdir(staging)
             ddp_barrier()  # every process sees the new folder before it lists or deletes checkpoints
-        except BaseException as error:  # KeyboardInterrupt and SystemExit too: no partial folder stays behind
-            if if_main_process() and partial is not None and partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+        except BaseException as error:  # KeyboardInterrupt and SystemExit too: no staging folder stays behind
+            if if_main_process() and staging is not None and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
             if isinstance(error, (OSError, RuntimeError)):
                 raise self._write_error(final, error) from error
             raise
@@ -124,17 +123,26 @@ class RobustCheckpointer(Checkpointer):
             return None
         ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
         logger.log(verbosity, f"Saved an {ckpt_type} checkpoint in {final}")
-        paramfiles = {key: final / f"{key}{PARAMFILE_EXT}" for key in self.recoverables}
-        return Checkpoint(final, saved_meta, paramfiles)
+        paramfiles = {key: final / path.name for key, path in staged.paramfiles.items()}
+        return Checkpoint(final, staged.meta, paramfiles)
 
-    def _save_hook(self, key: str, obj):
-        """The hook that saves `obj`: its custom hook, else the default for its type (as SpeechBrain picks)."""
-        if key in self.custom_save_hooks:
-            return self.custom_save_hooks[key]
-        hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
-        if hook is None:
-            raise RuntimeError(f"Don't know how to save recoverable {key!r} of {type(obj)}: register a save hook")
-        return hook
+    def _check_save_hooks(self) -> None:
+        """Raise RuntimeError (a configuration error, not a write error) for a recoverable nothing can save."""
+        for key, obj in self.recoverables.items():
+            if key not in self.custom_save_hooks and get_default_hook(obj, DEFAULT_SAVE_HOOKS) is None:
+                raise RuntimeError(f"Don't know how to save recoverable {key!r} of {type(obj)}: register a save hook")
+
+    def _new_name(self) -> str:
+        """A name as SpeechBrain gives one: the local time, and a number that makes it unique."""
+        stamp = time.strftime("%Y-%m-%d+%H-%M-%S")
+        number = 0
+        while (self.checkpoints_dir / f"{CKPT_PREFIX}+{stamp}+{number:02d}").exists():
+            number += 1
+        return f"{stamp}+{number:02d}"
+
+    def _staging_checkpointer(self, staging: pathlib.Path) -> Checkpointer:
+        """A SpeechBrain Checkpointer that saves the same recoverables, with the same hooks, into `staging`."""
+        return Checkpointer(staging, self.recoverables, custom_save_hooks=self.custom_save_hooks)
 
     def _write_error(self, final: pathlib.Path | None, error: BaseException) -> CheckpointWriteError:
         """A one-line error naming the checkpoint, the cause, and the previous checkpoint, which is intact."""
@@ -148,7 +156,7 @@ class RobustCheckpointer(Checkpointer):
         return write_error
 
     def _remove_leftovers(self) -> None:
-        """Remove partial folders left by a crash during a save; put back a checkpoint caught mid-replacement.
+        """Remove staging folders left by a crash during a save; put back a checkpoint caught mid-replacement.
 
         Never raises: a leftover that cannot be removed is hidden from listing anyway.
         """
@@ -169,19 +177,18 @@ class RobustCheckpointer(Checkpointer):
 
     # ----------------------------------------------------------------------------------------- loading
     def list_checkpoints(self) -> list[Checkpoint]:
-        """All checkpoints, skipping (with one warning each) those whose `CKPT.yaml` cannot be read."""
+        """All checkpoints (folders `CKPT*` holding a `CKPT.yaml`, as SpeechBrain lists them), skipping with one
+        warning each those whose `CKPT.yaml` cannot be read."""
         checkpoints = []
-        for ckpt_dir in self._list_checkpoint_dirs():
+        for ckpt_dir in sorted(self.checkpoints_dir.iterdir()):
+            if not (ckpt_dir.name.startswith(CKPT_PREFIX) and ckpt_dir.is_dir() and (ckpt_dir / METAFNAME).exists()):
+                continue
             try:
-                (checkpoint,) = self._construct_checkpoint_objects([ckpt_dir])
-                if not isinstance(checkpoint.meta, dict) or not all(key in checkpoint.meta for key in REQUIRED_META):
-                    raise ValueError(f"expected a mapping with keys {', '.join(REQUIRED_META)}")
+                checkpoints.append(_read_checkpoint(ckpt_dir))
             except (OSError, ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
                 if ckpt_dir not in self._reported_unreadable:
                     self._reported_unreadable.add(ckpt_dir)
                     logger.warning(f"Skipping checkpoint {ckpt_dir}: unreadable {METAFNAME} ({_describe(error)})")
-                continue
-            checkpoints.append(checkpoint)
         return checkpoints
 
     def load_checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -254,8 +261,8 @@ def _fsync_tree(folder: pathlib.Path) -> None:
     fsync_folder(folder)
 
 
-def _publish(partial: pathlib.Path, final: pathlib.Path) -> None:
-    """Rename the complete partial folder to its final name (atomic within one filesystem).
+def _publish(staged: pathlib.Path, final: pathlib.Path) -> None:
+    """Rename the complete staged checkpoint folder to its final name (atomic within one filesystem).
 
     A custom name saved again replaces the old folder, as SpeechBrain does: a folder cannot be renamed over a
     non-empty one, so the old one is first moved aside (and put back by `_remove_leftovers` if a crash comes
@@ -265,10 +272,20 @@ def _publish(partial: pathlib.Path, final: pathlib.Path) -> None:
     if final.exists():
         replaced = _hidden(final, REPLACED_SUFFIX)
         os.replace(final, replaced)
-    os.replace(partial, final)
+    os.replace(staged, final)
     fsync_folder(final.parent)
     if replaced is not None:
         shutil.rmtree(replaced)
+
+
+def _read_checkpoint(ckpt_dir: pathlib.Path) -> Checkpoint:
+    """The checkpoint in `ckpt_dir`: its meta and one parameter file per recoverable, as SpeechBrain reads them."""
+    with open(ckpt_dir / METAFNAME, encoding="utf-8") as file:
+        meta = yaml.safe_load(file)
+    if not isinstance(meta, dict) or not all(key in meta for key in REQUIRED_META):
+        raise ValueError(f"expected a mapping with keys {', '.join(REQUIRED_META)}")
+    paramfiles = {path.stem: path for path in ckpt_dir.iterdir() if path.suffix == PARAMFILE_EXT}
+    return Checkpoint(ckpt_dir, meta, paramfiles)
 
 
 def _check_not_truncated(path: pathlib.Path) -> None:

@@ -16,6 +16,7 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.run_opts import RunOptions
 
 from speechsep.errors import RecipeError
+from speechsep.training.speechbrain_internals import RunOptionsWithOverrides
 
 
 class ConfigError(RecipeError):
@@ -34,12 +35,12 @@ def override_value(value: str) -> str:
     return value
 
 
-class RecipeRunOptions(RunOptions):
+class RecipeRunOptions(RunOptionsWithOverrides):
     """SpeechBrain's run options, with the overrides made YAML key by key: SpeechBrain splits them at every
     `=` (`--output_folder=a=b` became `a b`) and pastes the values as they are (`a #2` became `a`)."""
 
     @staticmethod
-    def _convert_to_yaml(overrides: list[str]) -> str:
+    def overrides_to_yaml(overrides: list[str]) -> str:
         lines: list[list[str]] = []  # [key, value words...] per `--key=value` or `--key value...`
         for token in overrides:
             if token.startswith("--"):
