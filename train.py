@@ -60,7 +60,7 @@ from speechsep.training.experiment import (
     starting_model,
     stop_if_requested_before_work,
 )
-from speechsep.training.losses import pit_si_snr_loss, true_lengths
+from speechsep.training.losses import pit_si_snr_loss, threshold_by_loss, true_lengths
 from speechsep.training.random_state import RandomState, loader_generator
 from speechsep.training.run_folders import results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
@@ -348,28 +348,13 @@ class Separation(sb.Brain):
 
     # ---------------------------------------------------------------- training helpers
     def filter_loss(self, loss_per_example):
-        """Apply threshold-by-loss; return (mean loss, None) or (None, why the batch must be skipped).
-
-        Examples already separated better than `threshold` dB carry no useful gradient and are dropped from
-        the mean. A non-finite loss anywhere skips the batch: dropping just that example would hide a broken
-        input (and upstream's filter silently drops NaN but back-propagates -inf).
-        """
+        """Threshold-by-loss (`losses.threshold_by_loss`), counted in the epoch's statistics."""
         hp = self.hparams
-        keep = (
-            loss_per_example > hp.threshold
-            if hp.threshold_byloss
-            else torch.ones_like(loss_per_example, dtype=torch.bool)
-        )
+        threshold = hp.threshold if hp.threshold_byloss else None
+        loss, skip_reason, dropped = threshold_by_loss(loss_per_example, threshold, hp.loss_upper_lim)
         self.epoch_stats.examples_seen += loss_per_example.numel()
-        self.epoch_stats.examples_filtered += int((~keep).sum())
-        loss = loss_per_example[keep].mean() if keep.any() else None
-        if not torch.isfinite(loss_per_example).all():
-            return None, "non-finite loss"
-        if loss is None:
-            return None, f"every example below the threshold of {hp.threshold} dB"
-        if loss >= hp.loss_upper_lim:
-            return None, f"loss {loss.detach().item():.3g} >= loss_upper_lim {hp.loss_upper_lim}"
-        return loss, None
+        self.epoch_stats.examples_filtered += dropped
+        return loss, skip_reason
 
     @property
     def stop_requested(self) -> bool:

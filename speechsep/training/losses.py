@@ -91,3 +91,25 @@ def pit_si_snr_loss(
     """Per-example negative SI-SNR under the best permutation, shape [batch] (lower is better)."""
     best_score, _ = best_permutation(pairwise_si_snr(est_sources, sources, lengths))
     return -best_score
+
+
+def threshold_by_loss(
+    loss_per_example: torch.Tensor, threshold: float | None, upper_limit: float
+) -> tuple[torch.Tensor | None, str | None, int]:
+    """The mean loss of the examples worse than `threshold` dB (None: every example), or why to skip the batch;
+    returns (mean loss or None, skip reason or None, number of examples dropped).
+
+    Examples already separated better than the threshold carry no useful gradient. A non-finite loss anywhere
+    skips the batch: dropping just that example would hide a broken input (and upstream's filter silently drops
+    NaN but back-propagates -inf).
+    """
+    keep = loss_per_example > threshold if threshold is not None else torch.ones_like(loss_per_example, dtype=bool)
+    dropped = int((~keep).sum())
+    if not torch.isfinite(loss_per_example).all():
+        return None, "non-finite loss", dropped
+    if not keep.any():
+        return None, f"every example below the threshold of {threshold} dB", dropped
+    loss = loss_per_example[keep].mean()
+    if loss >= upper_limit:
+        return None, f"loss {loss.detach().item():.3g} >= loss_upper_lim {upper_limit}", dropped
+    return loss, None, dropped
