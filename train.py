@@ -32,9 +32,9 @@ from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.evaluation.results_folder import (
     PREVIOUS_TEST,
+    AudioExamples,
     TestStageError,
     set_aside_test_results,
-    write_audio_example,
     write_test_results,
 )
 from speechsep.inference.model_folder import HPARAMS_FILE, find_model
@@ -46,7 +46,6 @@ from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import load_record, parse_arguments
 from speechsep.training.distributed import (
     any_rank,
-    evaluation_position,
     gather_rows,
     is_launcher_main_process,
     shard_for_evaluation,
@@ -60,7 +59,7 @@ from speechsep.training.experiment import (
     starting_model,
     stop_if_requested_before_work,
 )
-from speechsep.training.losses import pit_si_snr_loss, threshold_by_loss, true_lengths
+from speechsep.training.losses import pit_si_snr_loss, threshold_by_loss
 from speechsep.training.random_state import RandomState, loader_generator
 from speechsep.training.run_folders import results_folder_is_separate
 from speechsep.training.run_lock import claim_output_folder
@@ -200,7 +199,8 @@ class Separation(sb.Brain):
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
             if self.hparams.save_audio:
-                self.save_audio(batch.id, predictions, perms)
+                p = predictions
+                self.audio_examples.write(batch.id, p.mixture, p.sources, p.est_sources, p.lengths, perms)
         return loss.mean().detach().cpu()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
@@ -223,7 +223,9 @@ class Separation(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
         self.eval_rows, self.test_rows = [], []
-        self.examples_tested, self.audio_saved = 0, 0  # by this process
+        hp = self.hparams
+        audio_dir = Path(hp.results_folder) / "audio"
+        self.audio_examples = AudioExamples(audio_dir, hp.sample_rate, hp.n_audio_to_save, self.test_set_size)
         if stage == sb.Stage.TRAIN and self.step == 0:
             self.epoch_stats.reset()
         elif stage == sb.Stage.TRAIN:
@@ -401,26 +403,6 @@ class Separation(sb.Brain):
             sdr_permutation=self.hparams.sdr_permutation,
             compute_pesq=getattr(self.hparams, "compute_pesq", False),  # runs recorded before it have none
         )
-
-    def save_audio(self, ids, predictions, perms):
-        """Write mixture, references and permutation-aligned plain-pass estimates of the first `n_audio_to_save`
-        examples of the test set.
-
-        Under DDP each process writes those of its share: together the same examples as a single process,
-        each written once (the sampler's repeats, past the end of the set, are not).
-        """
-        limit = self.hparams.n_audio_to_save
-        to_write = min(math.inf if limit is None else limit, self.test_set_size)  # the first examples of the set
-        audio_dir = Path(self.hparams.results_folder) / "audio"
-        audio_dir.mkdir(parents=True, exist_ok=True)
-        mixture, sources, est_sources = predictions.mixture, predictions.sources, predictions.est_sources
-        for b, (snt_id, length) in enumerate(zip(ids, true_lengths(predictions.lengths, mixture.shape[1]).tolist())):
-            position = evaluation_position(self.examples_tested)
-            self.examples_tested += 1
-            if position < to_write:
-                signals = mixture[b, :length], sources[b, :length], est_sources[b, :length]
-                write_audio_example(audio_dir, snt_id, *signals, perms[b], self.hparams.sample_rate)
-                self.audio_saved += 1
 
 
 def training_dataset(hparams):

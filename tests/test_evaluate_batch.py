@@ -22,7 +22,7 @@ def test_test_stage_saves_exactly_n_audio_to_save_examples_across_batches(tmp_pa
     brain.evaluate_batch(make_batch(batch_size=2, seed=1), sb.Stage.TEST)
     files = sorted(p.name for p in (tmp_path / "out" / "audio").iterdir())
     # batch ids are utt0, utt1 in both batches: utt0 and utt1 of the first, utt0 of the second (overwritten)
-    assert brain.audio_saved == 3
+    assert brain.audio_examples.saved == 3
     assert files == sorted(
         f"utt{b}_{name}.wav" for b in (0, 1) for name in ["mix", "source1", "source2", "source1hat", "source2hat"]
     )
@@ -33,14 +33,14 @@ def test_counter_is_reset_for_each_evaluation_run(tmp_path):
     for _ in range(2):
         start(brain, sb.Stage.TEST)
         brain.evaluate_batch(make_batch(batch_size=2), sb.Stage.TEST)
-        assert brain.audio_saved == 1
+        assert brain.audio_examples.saved == 1
 
 
 def test_null_n_audio_to_save_saves_every_example(tmp_path):
     brain = make_brain(tmp_path, n_audio_to_save=None)
     start(brain, sb.Stage.TEST)
     brain.evaluate_batch(make_batch(batch_size=3), sb.Stage.TEST)
-    assert brain.audio_saved == 3
+    assert brain.audio_examples.saved == 3
 
 
 def test_no_audio_is_written_outside_test(tmp_path):

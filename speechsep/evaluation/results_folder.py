@@ -8,6 +8,7 @@ checkpoint as if they scored it.
 
 import functools
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.inference.model_folder import HPARAMS_FILE
 from speechsep.output_files import write_file, write_text
+from speechsep.training.distributed import evaluation_position
+from speechsep.training.losses import true_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,31 @@ def write_audio_example(
             waveform = waveform / peak * PEAK_LIMIT
         write = functools.partial(write_pcm16, signal=waveform, sample_rate=sample_rate)
         write_file(audio_dir / f"{snt_id}_{name}.wav", write, overwrite=True)
+
+
+class AudioExamples:
+    """Writes the first `limit` examples (None: all) of a test set of `set_size` into `audio_dir`.
+
+    Under DDP each process writes those of its share: together the same examples as a single process, each
+    written once (the sampler's repeats, past the end of the set, are not).
+    """
+
+    def __init__(self, audio_dir: Path, sample_rate: int, limit: int | None, set_size: int | float = math.inf):
+        self.audio_dir, self.sample_rate = audio_dir, sample_rate
+        self.limit = min(math.inf if limit is None else limit, set_size)
+        self.tested, self.saved = 0, 0  # by this process
+
+    def write(self, snt_ids, mixture, sources, est_sources, lengths, perms) -> None:
+        """Write the batch's examples that are among the first ones: mixture [batch, time], sources and the plain
+        pass's est_sources [batch, time, num_spks], relative lengths [batch], perms: the estimate of each source."""
+        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        for b, (snt_id, length) in enumerate(zip(snt_ids, true_lengths(lengths, mixture.shape[1]).tolist())):
+            position = evaluation_position(self.tested)
+            self.tested += 1
+            if position < self.limit:
+                signals = mixture[b, :length], sources[b, :length], est_sources[b, :length]
+                write_audio_example(self.audio_dir, snt_id, *signals, perms[b], self.sample_rate)
+                self.saved += 1
 
 
 def outputs_of_test_stage(results_folder: Path) -> list[Path]:
