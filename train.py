@@ -68,8 +68,6 @@ from speechsep.training.statistics import EpochStatistics
 from speechsep.training.stop_signals import StopRequest, loader_workers_leave_stop_signals
 
 logger = logging.getLogger(__name__)
-MAIN_METRICS = ["sdr", "sdr_i", "si-snr", "si-snr_i"]
-TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
 
 
 class Predictions(NamedTuple):
@@ -193,9 +191,10 @@ class Separation(sb.Brain):
         self.eval_rows.extend({"snt_id": snt_id, "loss": float(value)} for snt_id, value in zip(batch.id, loss))
         if stage == sb.Stage.TEST:
             rows = self.score(predictions, predictions.est_sources, batch.id)
-            if predictions.est_sources_with_options is not None:  # beside the plain pass's scores, never instead
-                for row, scored in zip(rows, self.score(predictions, predictions.est_sources_with_options, batch.id)):
-                    row.update({f"{TEST_OPTIONS_PREFIX}{key}": scored[key] for key in MAIN_METRICS})
+            if predictions.est_sources_with_options is not None:
+                metrics.add_scores_with_options(
+                    rows, self.score(predictions, predictions.est_sources_with_options, batch.id)
+                )
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
             if self.hparams.save_audio:
@@ -280,12 +279,8 @@ class Separation(sb.Brain):
             if if_main_process():
                 test_record = self.hparams.test_record if self.test_only else None
                 write_test_results(Path(self.hparams.results_folder), test_rows, self.scored, test_record)
-            reported = [
-                key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + k for k in MAIN_METRICS)] if key in test_rows[0]
-            ]
-            means = {key: round(value["mean"], 3) for key, value in metrics.summarize(test_rows, reported).items()}
             label = {"epoch loaded" if key == "epoch" else key: value for key, value in self.scored.items()}
-            self.log_stats(stats_meta=label, test_stats=means)
+            self.log_stats(stats_meta=label, test_stats=metrics.main_means(test_rows))
 
     def log_stats(self, **stats):
         """`train_logger.log_stats`; a log file that cannot be written (a full disk) is an OutputError naming it."""

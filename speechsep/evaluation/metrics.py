@@ -234,6 +234,23 @@ def summarize(rows: Sequence[dict], keys: Sequence[str] | None = None) -> dict[s
     return summary
 
 
+MAIN_METRICS = ("sdr", "sdr_i", "si-snr", "si-snr_i")  # the test stage's headline scores
+TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
+
+
+def add_scores_with_options(rows: list[dict], rows_with_options: list[dict]) -> None:
+    """Add the main metrics of the estimates made with test-time options to `rows`, beside (never instead of)
+    the plain pass's, under `TEST_OPTIONS_PREFIX`."""
+    for row, scored in zip(rows, rows_with_options):
+        row.update({f"{TEST_OPTIONS_PREFIX}{key}": scored[key] for key in MAIN_METRICS})
+
+
+def main_means(rows: Sequence[dict]) -> dict[str, float]:
+    """The means of the main metrics (and of their test-time-options columns, where scored), to 3 decimals."""
+    keys = [key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + key for key in MAIN_METRICS)] if key in rows[0]]
+    return {key: round(value["mean"], 3) for key, value in summarize(rows, keys).items()}
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
