@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import speechbrain as sb
 import torch
-from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -30,39 +29,30 @@ from speechsep.data.layouts import SPLITS
 from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
-from speechsep.evaluation.results_folder import (
-    PREVIOUS_TEST,
-    AudioExamples,
-    TestStageError,
-    set_aside_test_results,
-    write_test_results,
-)
+from speechsep.evaluation.results_folder import AudioExamples, set_aside_test_results, write_test_results
 from speechsep.inference.model_folder import HPARAMS_FILE, find_model
 from speechsep.inference.separation import separate_each
-from speechsep.models.filterbank import encoder_hop, shortest_input
+from speechsep.models.filterbank import encoder_hop
 from speechsep.output_files import OutputError, write_text
 from speechsep.training import preflight
 from speechsep.training.budget import TrainingBudget
-from speechsep.training.config import load_record, parse_arguments
-from speechsep.training.distributed import (
-    any_rank,
-    gather_rows,
-    is_launcher_main_process,
-    shard_for_evaluation,
-    world_size,
-)
+from speechsep.training.distributed import any_rank, gather_rows, shard_for_evaluation
 from speechsep.training.experiment import (
     StopRequested,
-    create_experiment_directory,
+    checked_experiment,
     error_text,
-    exit_after_stop,
+    exit_if_untrained,
+    exit_on_stop,
+    exit_without_checkpoint,
+    log_effective_batch_size,
+    naming_earlier_test_results,
     starting_model,
+    stop_at_checkpoint,
     stop_if_requested_before_work,
+    stop_test_stage,
 )
 from speechsep.training.losses import pit_si_snr_loss, threshold_by_loss
 from speechsep.training.random_state import RandomState, loader_generator
-from speechsep.training.run_folders import results_folder_is_separate
-from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.schedulers import step_scheduler
 from speechsep.training.statistics import EpochStatistics
 from speechsep.training.stop_signals import StopRequest, loader_workers_leave_stop_signals
@@ -169,7 +159,7 @@ class Separation(sb.Brain):
             self.epoch_stats.loss_sum += float(loss)
             self.epoch_stats.batches += 1
         if stop:  # after counting: this batch is trained, and the resumed run starts after it
-            self.stop_at_checkpoint()
+            stop_at_checkpoint(self.checkpointer, self.stop_request, self.step)
         return loss if skip_reason is None else torch.tensor(0.0)
 
     @torch.no_grad()
@@ -178,13 +168,13 @@ class Separation(sb.Brain):
 
         A stop does not wait for the stage's end (a launcher's grace period may be shorter). During validation the
         checkpoint says that this epoch's training is done, and the resumed run validates it; during the test stage
-        nothing is written (`stop_test_stage`), and the resumed run tests again.
+        nothing is written (`experiment.stop_test_stage`), and the resumed run tests again.
         """
         if any_rank(self.stop_requested)[0]:  # one decision for every rank: each evaluates as many batches
             if stage == sb.Stage.TEST:
-                self.stop_test_stage()
+                stop_test_stage(self.stop_request, self.hparams.results_folder)
             self.step = self.epoch_steps  # SpeechBrain counts the validation batches in it
-            self.stop_at_checkpoint()
+            stop_at_checkpoint(self.checkpointer, self.stop_request, self.step)
         with self.evaluation_ctx:
             predictions = self.compute_forward(batch, stage)
         loss = self.compute_objectives(predictions, batch, stage)
@@ -358,32 +348,6 @@ class Separation(sb.Brain):
         """This process got SIGTERM/SIGUSR1 (preemption, time limit), or its torchrun launcher is gone."""
         return self.stop_request.requested
 
-    def stop_at_checkpoint(self):
-        """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and stop the run (main exits 0).
-
-        The rerun of the same command resumes at the next batch of this epoch (after the last, with its validation).
-        """
-        self.checkpointer.save_and_keep_only(  # what Brain saves when its intra-epoch checkpoint interval is reached
-            end_of_epoch=False,
-            num_to_keep=1,
-            ckpt_predicate=lambda checkpoint: INTRA_EPOCH_CKPT_FLAG in checkpoint.meta,
-            meta={INTRA_EPOCH_CKPT_FLAG: True},
-            verbosity=logging.DEBUG,
-        )
-        request = self.stop_request  # asked again: the launcher may have gone since this process last looked
-        reason = request.reason if request.requested else "stop requested on another process"
-        raise StopRequested(f"{reason}: saved a checkpoint at epoch step {self.step}")
-
-    def stop_test_stage(self):
-        """Preemption or time limit in the test stage: stop without test results (no partial ones; an earlier
-        test's stay set aside in `PREVIOUS_TEST`); the rerun of the same command, with nothing left to train,
-        tests again."""
-        request = self.stop_request
-        reason = request.reason if request.requested else "stop requested on another process"
-        previous = Path(self.hparams.results_folder, PREVIOUS_TEST)
-        kept = f"; the earlier ones are kept in {previous}" if previous.is_dir() else ""
-        raise StopRequested(f"{reason}: the test stage stopped, no test results written{kept}")
-
     # ---------------------------------------------------------------- test helpers
     def score(self, predictions, est_sources, snt_ids):
         """The test metrics of one set of estimates, one row per utterance."""
@@ -448,26 +412,8 @@ def prepare_experiment(argv):
     once they have all passed. Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError
     naming the culprit.
     """
-    hparams_file, run_opts, overrides = parse_arguments(argv)
+    hparams, run_opts, record, min_samples = checked_experiment(argv, __file__)
     test_only = run_opts["test_only"]
-    record, values = preflight.check_config(hparams_file, overrides, test_only)
-    if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
-        claim_output_folder(values["output_folder"])
-        if results_folder_is_separate(values):
-            claim_output_folder(values["results_folder"], "results_folder")
-    if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
-        preflight.check_same_experiment(values, record, test_only)
-
-    hparams = load_record(record, hparams_file)  # built from the record itself: what trains is what it says
-    preflight.check_built_model(hparams)
-    run_opts = preflight.usable_precisions(run_opts, hparams)
-
-    min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
-    if hparams["skip_prep"]:
-        preflight.check_manifests(hparams, test_only, min_samples)
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    create_experiment_directory(hparams["output_folder"], __file__)
     if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
         prepared = preflight.manifest_folder(hparams, test_only)
         run_on_main(
@@ -532,19 +478,11 @@ def train_and_test(argv):
     )
     separator.stop_request = stop_request
     stop_if_requested_before_work(stop_request, run_opts["test_only"])
-    logger.info(
-        f"Effective batch size: {hparams['batch_size']} per process x {world_size()} processes x "
-        f"{separator.grad_accumulation_factor} accumulation steps = "
-        f"{hparams['batch_size'] * world_size() * separator.grad_accumulation_factor}"
-    )
+    log_effective_batch_size(hparams["batch_size"], separator.grad_accumulation_factor)
     if run_opts["test_only"]:
-        if checkpointer is not None and checkpointer.recover_if_possible(max_key="si-snr") is None:
-            sys.exit(
-                f"error: --test_only needs a trained model, but no checkpoint in {hparams['save_folder']} loads "
-                "(to score another run's or a published model: --pretrained_separator=<folder>)"
-            )
+        exit_without_checkpoint(checkpointer, hparams["save_folder"])
     else:
-        try:
+        with exit_on_stop(checkpointer):
             separator.fit(
                 separator.hparams.epoch_counter,
                 train_data,
@@ -552,26 +490,13 @@ def train_and_test(argv):
                 train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
                 valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
             )
-        except StopRequested as stop:
-            exit_after_stop(stop, checkpointer)
-        if separator.optimizer_step == 0:  # an untrained model must not be reported as a result
-            sys.exit(
-                f"error: training made no optimizer step: every batch was skipped ({separator.nonfinite_count} "
-                "in the last epoch; the log says why); no test results written"
-            )
-    try:
+        exit_if_untrained(separator)
+    with exit_on_stop(checkpointer), naming_earlier_test_results(hparams["results_folder"]):
         separator.evaluate(
             test_data,
             max_key="si-snr",
             test_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_test"], test_data),
         )
-    except StopRequested as stop:
-        exit_after_stop(stop, checkpointer)
-    except (OSError, RecipeError) as err:
-        previous = Path(hparams["results_folder"], PREVIOUS_TEST)
-        if previous.is_dir():
-            raise TestStageError(f"{error_text(err)}; the earlier test results are kept in {previous}") from None
-        raise
     return separator
 
 

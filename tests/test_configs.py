@@ -88,11 +88,12 @@ def test_train_py_trains_the_classes_and_objects_the_config_builds(tmp_path, mon
     """train.py swaps nothing after loading: a config naming SpeechBrain's classes trains SpeechBrain's, and the
     checkpointer saves the very modules the config built."""
     import train
+    from speechsep.training import experiment
 
     text = (REPO / "hparams" / config).read_text()
     (tmp_path / config).write_text(with_speechbrain_classes(text) if classes == "speechbrain" else text)
     corpus = make_wsj0mix(tmp_path / "data", per_split=1)
-    monkeypatch.setattr(train, "create_experiment_directory", lambda folder, script: None)
+    monkeypatch.setattr(experiment, "create_experiment_directory", lambda folder, script: None)
     sizes = TINY_SEPFORMER if config.startswith("sepformer") else TINY_CONVTASNET
     argv = [str(tmp_path / config), f"--data_folder={corpus}", f"--output_folder={tmp_path / 'run'}"]
     hparams = train.prepare_experiment([*argv, *(f"--{key}={value}" for key, value in sizes.items())])[0]

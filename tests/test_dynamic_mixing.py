@@ -19,6 +19,7 @@ from speechsep.data import source_pool
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, LibriMixLevels, Wsj0Levels, dynamic_mixing_dataset
 from speechsep.data.rooms import ShoeboxRooms
 from speechsep.data.source_pool import AudioIndex, PoolError, SourcePool
+from speechsep.training import experiment
 from speechsep.training.config import ConfigError
 from speechsep.training.preflight import check_rebuilt_mixtures, check_values
 from tests.corpus_trees import make_wsj0mix
@@ -509,7 +510,7 @@ def test_a_training_run_warns_once_of_the_silent_files_it_leaves_out(tmp_path, m
     folder = write_pool(tmp_path / "sources")
     sf.write(folder / "spk00" / "spk00_0000.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
     corpus = make_wsj0mix(tmp_path / "data", per_split=1)
-    monkeypatch.setattr(train, "create_experiment_directory", lambda folder, script: None)
+    monkeypatch.setattr(experiment, "create_experiment_directory", lambda folder, script: None)
     argv = ["hparams/convtasnet.yaml", f"--data_folder={corpus}", f"--output_folder={tmp_path / 'run'}"]
     argv += [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
     with caplog.at_level("WARNING"):

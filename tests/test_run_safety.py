@@ -13,6 +13,7 @@ import torch
 
 import train
 from speechsep.errors import RecipeError
+from speechsep.training import experiment
 from speechsep.training.config import load_hparams, resolved_values
 from speechsep.training.preflight import TEST_ONLY_MANIFESTS
 from speechsep.training.run_lock import LOCK_FILE, claim_output_folder, release_output_folder
@@ -96,14 +97,14 @@ def test_a_missing_data_folder_is_reported_before_the_model_is_built(tmp_path, m
     def build_nothing(*args, **kwargs):
         raise AssertionError("the model was built before the data folder was checked")
 
-    monkeypatch.setattr(train, "load_record", build_nothing)
+    monkeypatch.setattr(experiment, "load_record", build_nothing)
     argv = ["hparams/sepformer.yaml", f"--data_folder={tmp_path / 'nowhere'}", f"--output_folder={tmp_path / 'out'}"]
     with pytest.raises(RecipeError, match="data_folder does not exist or is not a folder: .*nowhere"):
         train.prepare_experiment(argv)
 
 
 def test_a_kernel_size_whose_encoder_hop_is_zero_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "load_record", lambda *args, **kwargs: pytest.fail("the model was built"))
+    monkeypatch.setattr(experiment, "load_record", lambda *args, **kwargs: pytest.fail("the model was built"))
     argv = ["hparams/convtasnet.yaml", f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
     with pytest.raises(RecipeError) as refused:
         train.prepare_experiment([*argv, "--kernel_size=1"])
@@ -121,7 +122,7 @@ def test_fp16_without_cuda_trains_and_evaluates_in_bf16(tmp_path, monkeypatch, o
     def capture(run_opts):
         raise Initialised(run_opts)
 
-    monkeypatch.setattr(train.sb.utils.distributed, "ddp_init_group", capture)
+    monkeypatch.setattr(experiment.sb.utils.distributed, "ddp_init_group", capture)
     argv = ["hparams/convtasnet.yaml", f"--data_folder={tmp_path}", f"--output_folder={tmp_path / 'out'}"]
     with pytest.raises(Initialised) as initialised:
         train.prepare_experiment(

@@ -1,19 +1,29 @@
-"""A training run around its Brain: the experiment folder, the model it starts from, and how it ends early.
+"""A training run around its Brain: its checked config and folder, the model it starts from, how it ends early.
 
 `train.py`'s `main` calls these in order; they are here so that the script reads as the Brain and its wiring.
 """
 
+import contextlib
 import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import speechbrain as sb
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from speechsep.errors import RecipeError
+from speechsep.evaluation.results_folder import PREVIOUS_TEST, TestStageError
 from speechsep.inference.model_folder import build_model, check_format, find_model, load_pretrained
+from speechsep.models.filterbank import shortest_input
 from speechsep.output_files import write_file, write_text
-from speechsep.training.distributed import any_rank
+from speechsep.training import preflight
+from speechsep.training.config import load_record, parse_arguments
+from speechsep.training.distributed import any_rank, is_launcher_main_process, world_size
+from speechsep.training.run_folders import results_folder_is_separate
+from speechsep.training.run_lock import claim_output_folder
 from speechsep.training.stop_signals import StopRequest, record_stop_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -21,6 +31,32 @@ logger = logging.getLogger(__name__)
 
 class StopRequested(Exception):
     """A preemption or time-limit signal was honoured: the run is checkpointed and ends with exit status 0."""
+
+
+def checked_experiment(argv: list[str], script: str) -> tuple[dict, dict, str, int]:
+    """The config and options of the command line `argv`, checked before anything is built or written, then the
+    experiment folder (`script`: the training script it keeps a copy of). Returns (hparams, run_opts, the run's
+    record, the model's shortest input in samples); bad input raises RecipeError naming the culprit."""
+    hparams_file, run_opts, overrides = parse_arguments(argv)
+    test_only = run_opts["test_only"]
+    record, values = preflight.check_config(hparams_file, overrides, test_only)
+    if is_launcher_main_process():  # the other ranks of a DDP job follow their main process
+        claim_output_folder(values["output_folder"])
+        if results_folder_is_separate(values):
+            claim_output_folder(values["results_folder"], "results_folder")
+    if not (test_only and values["pretrained_separator"]):  # evaluating a folder uses none of the run's files
+        preflight.check_same_experiment(values, record, test_only)
+
+    hparams = load_record(record, hparams_file)  # built from the record itself: what trains is what it says
+    preflight.check_built_model(hparams)
+    run_opts = preflight.usable_precisions(run_opts, hparams)
+    min_samples = shortest_input(hparams["modules"]["encoder"], hparams["modules"]["masknet"])
+    if hparams["skip_prep"]:
+        preflight.check_manifests(hparams, test_only, min_samples)
+
+    sb.utils.distributed.ddp_init_group(run_opts)
+    create_experiment_directory(hparams["output_folder"], script)
+    return hparams, run_opts, record, min_samples
 
 
 def create_experiment_directory(folder: str, script: str) -> None:
@@ -90,3 +126,76 @@ def exit_after_stop(stop: StopRequested, checkpointer) -> None:
         record_stop_checkpoint(newest.path if newest is not None else None)
     logger.info(f"Stop requested: {stop}; exiting")
     sys.exit(0)
+
+
+def log_effective_batch_size(batch_size: int, accumulation: int) -> None:
+    """Log the examples behind one optimizer step: per process, processes, accumulation steps."""
+    logger.info(
+        f"Effective batch size: {batch_size} per process x {world_size()} processes x {accumulation} accumulation "
+        f"steps = {batch_size * world_size() * accumulation}"
+    )
+
+
+def stop_at_checkpoint(checkpointer, stop_request: StopRequest, step: int) -> NoReturn:
+    """Preemption or time limit (SIGTERM/SIGUSR1): save an intra-epoch checkpoint and stop the run (main exits 0);
+    the rerun of the same command resumes at the next batch of this epoch (after the last, with its validation)."""
+    checkpointer.save_and_keep_only(  # what Brain saves when its intra-epoch checkpoint interval is reached
+        end_of_epoch=False,
+        num_to_keep=1,
+        ckpt_predicate=lambda checkpoint: INTRA_EPOCH_CKPT_FLAG in checkpoint.meta,
+        meta={INTRA_EPOCH_CKPT_FLAG: True},
+        verbosity=logging.DEBUG,
+    )
+    raise StopRequested(f"{stop_reason(stop_request)}: saved a checkpoint at epoch step {step}")
+
+
+def stop_test_stage(stop_request: StopRequest, results_folder: str) -> NoReturn:
+    """Preemption or time limit in the test stage: stop without test results (no partial ones; an earlier test's
+    stay set aside in `PREVIOUS_TEST`); the rerun of the same command, with nothing left to train, tests again."""
+    previous = Path(results_folder, PREVIOUS_TEST)
+    kept = f"; the earlier ones are kept in {previous}" if previous.is_dir() else ""
+    raise StopRequested(f"{stop_reason(stop_request)}: the test stage stopped, no test results written{kept}")
+
+
+def stop_reason(stop_request: StopRequest) -> str:
+    """Asked again: the launcher may have gone since this process last looked."""
+    return stop_request.reason if stop_request.requested else "stop requested on another process"
+
+
+@contextlib.contextmanager
+def exit_on_stop(checkpointer):
+    """Exit 0 when the stage inside stops for a stop request (`exit_after_stop`)."""
+    try:
+        yield
+    except StopRequested as stop:
+        exit_after_stop(stop, checkpointer)
+
+
+@contextlib.contextmanager
+def naming_earlier_test_results(results_folder: str):
+    """A test stage's failure says where the earlier test results wait, when they were set aside."""
+    try:
+        yield
+    except (OSError, RecipeError) as err:
+        previous = Path(results_folder, PREVIOUS_TEST)
+        if previous.is_dir():
+            raise TestStageError(f"{error_text(err)}; the earlier test results are kept in {previous}") from None
+        raise
+
+
+def exit_without_checkpoint(checkpointer, save_folder: str) -> None:
+    """--test_only of the run's own model: exit with an error line when no checkpoint of it loads."""
+    if checkpointer is not None and checkpointer.recover_if_possible(max_key="si-snr") is None:
+        sys.exit(
+            f"error: --test_only needs a trained model, but no checkpoint in {save_folder} loads "
+            "(to score another run's or a published model: --pretrained_separator=<folder>)"
+        )
+
+
+def exit_if_untrained(brain: sb.Brain) -> None:
+    """Exit with an error line when training made no optimizer step: an untrained model is no result."""
+    if brain.optimizer_step == 0:
+        sys.exit(
+            f"error: training made no optimizer step: every batch was skipped ({brain.nonfinite_count} "
+            "in the last epoch; the log says why); no test results written"
+        )
