@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
 """Recipe for training a single-channel speech separation model (SepFormer, ConvTasNet) with SpeechBrain.
 
-One script for every corpus: WSJ0-2mix/3mix, WHAM!, WHAMR!, Libri2Mix/Libri3Mix, Aishell1Mix (clean or noisy)
-and custom trees, for separation or enhancement; the differences live in the YAML files under hparams/. The script
-is the Brain, the data pipeline and `main`; the checks before a run builds anything are in
-`speechsep.training.preflight`, the corpus layouts in `speechsep.data.layouts`.
+One script for every corpus (WSJ0-2mix/3mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix, custom trees), for separation or
+enhancement; the differences live in hparams/. The script is the Brain, the data pipeline and `main`; the run around
+them (checks, folders, stops) is in `speechsep.training.experiment`.
 
     python train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
     python train.py hparams/convtasnet-libri2mix.yaml --data_folder=/path/to/Libri2Mix --batch_size=2
@@ -25,32 +24,16 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from prepare_data import prepare_data
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
-from speechsep.data.layouts import SPLITS
 from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
-from speechsep.evaluation.results_folder import AudioExamples, set_aside_test_results, write_test_results
-from speechsep.inference.model_folder import HPARAMS_FILE, find_model
+from speechsep.evaluation import results_folder as results
+from speechsep.inference.model_folder import find_model
 from speechsep.inference.separation import separate_each
 from speechsep.models.filterbank import encoder_hop
-from speechsep.output_files import OutputError, write_text
-from speechsep.training import preflight
+from speechsep.training import experiment
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.distributed import any_rank, gather_rows, shard_for_evaluation
-from speechsep.training.experiment import (
-    StopRequested,
-    checked_experiment,
-    error_text,
-    exit_if_untrained,
-    exit_on_stop,
-    exit_without_checkpoint,
-    log_effective_batch_size,
-    naming_earlier_test_results,
-    starting_model,
-    stop_at_checkpoint,
-    stop_if_requested_before_work,
-    stop_test_stage,
-)
 from speechsep.training.losses import pit_si_snr_loss, threshold_by_loss
 from speechsep.training.random_state import RandomState, loader_generator
 from speechsep.training.schedulers import step_scheduler
@@ -71,12 +54,8 @@ class Predictions(NamedTuple):
 
 
 class Separation(sb.Brain):
-    """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules.
-
-    SpeechBrain's Brain with its hooks: `compute_forward` / `compute_objectives`, a `fit_batch` that adds
-    threshold-by-loss filtering and counted skips around SpeechBrain's `optimizers_step`, and evaluation that
-    writes every metric of the test set in one pass. The helpers follow the hooks.
-    """
+    """Trains and evaluates a mask-based separator made of `encoder`, `masknet` and `decoder` modules: SpeechBrain's
+    hooks, with threshold-by-loss and counted skips in `fit_batch`, and every test metric in one pass."""
 
     train_dataset = None
     test_set_size = math.inf  # until the test loader is made (batches evaluated directly, as in the tests)
@@ -97,13 +76,9 @@ class Separation(sb.Brain):
 
     # ---------------------------------------------------------------- the Brain's hooks
     def compute_forward(self, batch, stage):
-        """The estimates and the signals they are scored against (at TRAIN, the augmented ones).
-
-        TEST separates each utterance on its own, so that padding never changes a reported score, in one plain
-        pass (the headline scores) and, when test-time options are set, once more with them (reported beside).
-        VALID stays batched: its loss only ranks checkpoints and drives the schedule, where padding matters
-        little and one forward per utterance would cost much of the validation time.
-        """
+        """The estimates and the signals they are scored against (at TRAIN, the augmented ones). TEST separates each
+        utterance on its own, so that padding never changes a reported score (and again with test-time options);
+        VALID stays batched: its loss only ranks checkpoints and drives the schedule."""
         mixture, sources, lengths, noise = self.batch_signals(batch)
         if stage == sb.Stage.TRAIN:
             mixture, sources, lengths = self.augment(mixture, sources, lengths, noise)
@@ -136,7 +111,7 @@ class Separation(sb.Brain):
             loss, skip_reason = self.filter_loss(loss_per_example)
             # Every rank must take the same decisions: one rank skipping a backward would hang the others'
             # gradient all-reduce, and a preemption checkpoint is a collective save.
-            skip_elsewhere, stop = any_rank(skip_reason is not None, self.stop_requested)
+            skip_elsewhere, stop = any_rank(skip_reason is not None, self.stop_request.requested)
             if skip_elsewhere and skip_reason is None:
                 skip_reason = "skipped on another process"
             if skip_reason is None:
@@ -159,85 +134,73 @@ class Separation(sb.Brain):
             self.epoch_stats.loss_sum += float(loss)
             self.epoch_stats.batches += 1
         if stop:  # after counting: this batch is trained, and the resumed run starts after it
-            stop_at_checkpoint(self.checkpointer, self.stop_request, self.step)
+            experiment.stop_at_checkpoint(self.checkpointer, self.stop_request, self.step)
         return loss if skip_reason is None else torch.tensor(0.0)
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
-        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass.
-
-        A stop does not wait for the stage's end (a launcher's grace period may be shorter). During validation the
-        checkpoint says that this epoch's training is done, and the resumed run validates it; during the test stage
-        nothing is written (`experiment.stop_test_stage`), and the resumed run tests again.
-        """
-        if any_rank(self.stop_requested)[0]:  # one decision for every rank: each evaluates as many batches
+        """Loss for VALID; at TEST also every metric and the audio examples, in the same forward pass. A stop does not
+        wait for the stage's end (a launcher's grace period may be shorter): the resumed run validates (tests) again."""
+        if any_rank(self.stop_request.requested)[0]:  # one decision for every rank: each evaluates as many batches
             if stage == sb.Stage.TEST:
-                stop_test_stage(self.stop_request, self.hparams.results_folder)
+                experiment.stop_test_stage(self.stop_request, self.hparams.results_folder)
             self.step = self.epoch_steps  # SpeechBrain counts the validation batches in it
-            stop_at_checkpoint(self.checkpointer, self.stop_request, self.step)
+            experiment.stop_at_checkpoint(self.checkpointer, self.stop_request, self.step)
         with self.evaluation_ctx:
             predictions = self.compute_forward(batch, stage)
         loss = self.compute_objectives(predictions, batch, stage)
         self.eval_rows.extend({"snt_id": snt_id, "loss": float(value)} for snt_id, value in zip(batch.id, loss))
         if stage == sb.Stage.TEST:
-            rows = self.score(predictions, predictions.est_sources, batch.id)
-            if predictions.est_sources_with_options is not None:
-                metrics.add_scores_with_options(
-                    rows, self.score(predictions, predictions.est_sources_with_options, batch.id)
-                )
+            p, hp = predictions, self.hparams
+            rows = metrics.test_scores(
+                *(p.mixture, p.sources, p.est_sources, p.lengths, batch.id, p.est_sources_with_options),
+                compute_stoi=hp.compute_stoi,
+                sample_rate=hp.sample_rate,
+                sdr_permutation=hp.sdr_permutation,
+                compute_pesq=getattr(hp, "compute_pesq", False),  # runs recorded before it have none
+            )
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
-            if self.hparams.save_audio:
-                p = predictions
+            if hp.save_audio:
                 self.audio_examples.write(batch.id, p.mixture, p.sources, p.est_sources, p.lengths, perms)
         return loss.mean().detach().cpu()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the best checkpoint, as SpeechBrain does, noting which for the results; set an earlier test's
-        results aside (`set_aside_test_results`), so that a test stage that does not finish neither destroys them
-        nor leaves them looking like results of this checkpoint."""
+        """Load the best checkpoint, as SpeechBrain does, noting which for the results; set an earlier test's results
+        aside, so that a test stage that does not finish neither destroys them nor passes them off as its own."""
         hp = self.hparams
         if self.checkpointer is not None:
             checkpoint = self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
-            name = checkpoint.path.name if checkpoint is not None else None
-            # the epoch it ended, from its meta: its epoch counter is at the last epoch after a budget stop
-            epoch = checkpoint.meta.get("epoch") if checkpoint is not None else None
-            self.scored = {"epoch": epoch or hp.epoch_counter.current, "checkpoint": name}
+            self.scored = results.scored_checkpoint(checkpoint, hp.epoch_counter.current)
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
         # --test_only prepares its own manifest from its data_folder (`manifest_folder`): both say which test set
         self.scored.update(data_folder=str(hp.data_folder), test_data=str(hp.test_data), precision=self.eval_precision)
-        run_on_main(set_aside_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
+        run_on_main(results.set_aside_test_results, args=[Path(hp.results_folder)])  # before any rank writes audio
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the per-stage counters (they are checkpointed, so an intra-epoch resume keeps them)."""
         self.eval_rows, self.test_rows = [], []
         hp = self.hparams
-        audio_dir = Path(hp.results_folder) / "audio"
-        self.audio_examples = AudioExamples(audio_dir, hp.sample_rate, hp.n_audio_to_save, self.test_set_size)
-        if stage == sb.Stage.TRAIN and self.step == 0:
-            self.epoch_stats.reset()
-        elif stage == sb.Stage.TRAIN:
-            logger.info(f"Resuming epoch {epoch} after batch {self.step}")
+        self.audio_examples = results.AudioExamples(
+            hp.results_folder, hp.sample_rate, hp.n_audio_to_save, self.test_set_size
+        )
         self.pending_backwards = 0
-        if stage == sb.Stage.TRAIN:
-            self.budget.start_epoch()
-        if stage == sb.Stage.TRAIN and hasattr(self.train_dataset, "set_epoch"):
+        if stage != sb.Stage.TRAIN:
+            return
+        if self.step == 0:
+            self.epoch_stats.reset()
+        else:
+            logger.info(f"Resuming epoch {epoch} after batch {self.step}")
+        self.budget.start_epoch()
+        if hasattr(self.train_dataset, "set_epoch"):
             self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results.
-
-        VALID and TEST statistics are means over examples gathered from every rank, not the Brain's
-        running mean of batch means (which weighs a short last batch like a full one).
-        """
+        """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results. VALID and TEST
+        statistics are means over the examples of every rank (not the Brain's running mean of batch means)."""
         if stage == sb.Stage.TRAIN:
-            totals = self.epoch_stats.over_ranks()
-            self.train_stats = {
-                "si-snr": -totals.loss_sum / max(totals.batches, 1),
-                "skipped_batches": int(totals.batches_skipped),
-                "filtered_examples": round(totals.examples_filtered / max(totals.examples_seen, 1), 4),
-            }
+            self.train_stats = self.epoch_stats.over_ranks().logged()
             self.epoch_steps = self.step  # what a stop during validation saves
             return
 
@@ -245,48 +208,32 @@ class Separation(sb.Brain):
         mean_loss = sum(row["loss"] for row in rows) / max(len(rows), 1)
         stats = {"si-snr": -mean_loss, "examples": len(rows)}
         if stage == sb.Stage.VALID:
-            lr = self.optimizer.param_groups[0]["lr"]
+            meta = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             self.budget.end_epoch()  # by rank 0's clock on every rank: the same stop and schedule below
             progress = self.budget.next_epoch_ends_at() if self.budget.minutes else None
             step_scheduler(self.hparams.lr_scheduler, self.optimizer, epoch, mean_loss, progress)
-            if not self.budget.allows_another_epoch():  # the run is over: the checkpoint below says so
-                counter = self.hparams.epoch_counter
-                logger.info(
-                    f"Training budget of {self.budget.minutes} min: stopping after epoch {epoch} of {counter.limit} "
-                    f"({self.budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
-                )
-                counter.current = counter.limit  # the rerun trains no more; the meta's epoch is the one trained
+            experiment.end_if_budget_spent(self.budget, self.hparams.epoch_counter, epoch)  # before the checkpoint
             self.checkpointer.save_and_keep_only(
                 meta={"si-snr": stats["si-snr"], "epoch": epoch},
                 max_keys=["si-snr"],
                 num_to_keep=self.hparams.num_ckpts_to_keep,
             )  # before the epoch's log line: an epoch whose checkpoint failed is trained again, and logged once
-            self.log_stats(stats_meta={"epoch": epoch, "lr": lr}, train_stats=self.train_stats, valid_stats=stats)
-            if any_rank(self.stop_requested)[0]:
-                raise StopRequested(f"epoch {epoch} is checkpointed")
+            experiment.log_stats(
+                self.hparams.train_logger, stats_meta=meta, train_stats=self.train_stats, valid_stats=stats
+            )
+            if any_rank(self.stop_request.requested)[0]:
+                raise experiment.StopRequested(f"epoch {epoch} is checkpointed")
         else:
             test_rows = gather_rows(self.test_rows)
             if if_main_process():
                 test_record = self.hparams.test_record if self.test_only else None
-                write_test_results(Path(self.hparams.results_folder), test_rows, self.scored, test_record)
+                results.write_test_results(Path(self.hparams.results_folder), test_rows, self.scored, test_record)
             label = {"epoch loaded" if key == "epoch" else key: value for key, value in self.scored.items()}
-            self.log_stats(stats_meta=label, test_stats=metrics.main_means(test_rows))
-
-    def log_stats(self, **stats):
-        """`train_logger.log_stats`; a log file that cannot be written (a full disk) is an OutputError naming it."""
-        try:
-            self.hparams.train_logger.log_stats(**stats)
-        except OSError as err:
-            save_file = getattr(self.hparams.train_logger, "save_file", "the training log")
-            raise OutputError(f"cannot write {save_file}: {err.strerror or err}") from None
+            experiment.log_stats(self.hparams.train_logger, stats_meta=label, test_stats=metrics.main_means(test_rows))
 
     def make_dataloader(self, dataset, stage, **loader_kwargs):
-        """SpeechBrain's loaders, whose worker processes leave the stop signals to this one.
-
-        The training dataset is remembered (it is told the epoch before each epoch's workers start), and the size
-        of the test set (the audio examples are chosen among its examples). The loaders draw their workers' seeds
-        from a generator of their own, not from the checkpointed global one (`speechsep.training.random_state`).
-        """
+        """SpeechBrain's loaders, whose workers leave the stop signals to this process and draw their seeds from a
+        generator of their own (`random_state`); notes the training set (told each epoch) and the test set's size."""
         if stage == sb.Stage.TRAIN:
             self.train_dataset = dataset
         elif stage == sb.Stage.TEST:
@@ -323,9 +270,7 @@ class Separation(sb.Brain):
 
     def separate(self, mixture):
         """Encoder -> one mask per speaker -> decoder, through `self.modules` so DDP and --compile apply.
-
-        mixture: [batch, time] -> est_sources: [batch, time, num_spks], cropped/padded to the mixture length.
-        """
+        mixture: [batch, time] -> est_sources: [batch, time, num_spks], cropped/padded to the mixture length."""
         mixture_w = self.modules.encoder(mixture)  # [batch, N, frames]
         est_masks = self.modules.masknet(mixture_w)  # [num_spks, batch, N, frames]
         est_sources = torch.stack(
@@ -342,26 +287,6 @@ class Separation(sb.Brain):
         self.epoch_stats.examples_seen += loss_per_example.numel()
         self.epoch_stats.examples_filtered += dropped
         return loss, skip_reason
-
-    @property
-    def stop_requested(self) -> bool:
-        """This process got SIGTERM/SIGUSR1 (preemption, time limit), or its torchrun launcher is gone."""
-        return self.stop_request.requested
-
-    # ---------------------------------------------------------------- test helpers
-    def score(self, predictions, est_sources, snt_ids):
-        """The test metrics of one set of estimates, one row per utterance."""
-        return metrics.separation_metrics(
-            predictions.mixture,
-            predictions.sources,
-            est_sources.float(),
-            predictions.lengths,
-            snt_ids=snt_ids,
-            compute_stoi=self.hparams.compute_stoi,
-            sample_rate=self.hparams.sample_rate,
-            sdr_permutation=self.hparams.sdr_permutation,
-            compute_pesq=getattr(self.hparams, "compute_pesq", False),  # runs recorded before it have none
-        )
 
 
 def training_dataset(hparams):
@@ -392,10 +317,7 @@ def training_dataset(hparams):
 
 
 def dataio_prep(hparams, test_only=False, train=None):
-    """Build the train/valid/test datasets; `train`, where given, is the training set already made.
-
-    With `test_only`, only the test set (train and valid are None), e.g. to score a custom test manifest.
-    """
+    """The train/valid/test datasets (`train`: the training set already made); with `test_only`, the test set alone."""
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
     if test_only:
         return None, None, separation_dataset(hparams["test_data"], **common)
@@ -406,66 +328,40 @@ def dataio_prep(hparams, test_only=False, train=None):
 
 
 def prepare_experiment(argv):
-    """Everything before training that depends on the user's input: config, output folder, data.
-
-    Every check comes before anything is built or written; the run's record (`hyperparams.yaml`) is written
-    once they have all passed. Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError
-    naming the culprit.
-    """
-    hparams, run_opts, record, min_samples = checked_experiment(argv, __file__)
+    """Config, output folder and data, checked before anything is built or written; the run's record is written once
+    they all passed. Returns (hparams, run_opts, (train, valid, test)); bad input raises RecipeError naming it."""
+    hparams, run_opts, record, min_samples = experiment.checked_experiment(argv, __file__)
     test_only = run_opts["test_only"]
     if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
-        prepared = preflight.manifest_folder(hparams, test_only)
-        run_on_main(
-            prepare_data,
-            kwargs=dict(
-                data_folder=hparams["data_folder"],
-                save_folder=prepared,
-                num_spks=hparams["num_spks"],
-                sample_rate=hparams["sample_rate"],
-                mode=hparams["mixture_mode"],
-                librimix_train_subset=str(hparams["librimix_train_subset"]),
-                use_wham_noise=hparams["use_wham_noise"],
-                skip_bad_files=hparams["skip_bad_files"],
-                task=hparams.get("task", preflight.DEFAULT_TASK),
-                min_samples=min_samples,
-                splits=["test"] if test_only else SPLITS,
-            ),
-        )
-        if test_only and Path(hparams["test_data"]) == Path(hparams["save_folder"], "test.csv"):  # the config's own
-            hparams["test_data"] = str(prepared / "test.csv")
+        options = experiment.preparation_options(hparams, test_only, min_samples)
+        run_on_main(prepare_data, kwargs=options)
+        if test_only:
+            experiment.use_prepared_test_manifest(hparams, options["save_folder"])
     pool_dataset = None
     if hparams["dynamic_mixing"] and not test_only:  # the main process indexes (and resamples) the pool, once;
         pool_dataset = run_on_main(training_dataset, args=[hparams])  # every process gets the dataset it made
-    if test_only:  # written with the results it describes (TEST_RECORD); the training record stays as it was
-        hparams["test_record"] = record
-    elif if_main_process():
-        write_text(Path(hparams["output_folder"], HPARAMS_FILE), record, overwrite=True)
+    experiment.keep_record(hparams, record, test_only)
     return hparams, run_opts, dataio_prep(hparams, test_only, pool_dataset)
 
 
 def main(argv):
-    """Parse the command line, prepare the data, train, and evaluate on the test set.
-
-    A file that cannot be written (a full disk, a quota; each write removes what it left half-written) ends
-    the run with one `error:` line naming it, and so does any other OSError, instead of a traceback.
-    """
+    """Parse the command line, prepare the data, train, and evaluate on the test set. A file that cannot be written
+    (a full disk, a quota) ends the run with one `error:` line naming it, as does any other OSError."""
     logging.raiseExceptions = False  # a log file on a full disk: the error line below says so, once
     try:
         return train_and_test(argv)
     except (OSError, RecipeError) as err:  # CheckpointWriteError and OutputError too
-        sys.exit(f"error: {error_text(err)}")
+        sys.exit(f"error: {experiment.error_text(err)}")
 
 
 def train_and_test(argv):
     """`main` without its handling of write failures."""
-    # Preemption / time limit (SLURM sends SIGTERM, or SIGUSR1 with --signal): from the start a request, acted on
-    # where the run can stop (a checkpoint in training, at once before it: `stop_if_requested_before_work`).
+    # Preemption / time limit (SIGTERM, or SIGUSR1): a request from the start, acted on where the run can stop
     stop_request = StopRequest.for_this_process()
     stop_request.install_handlers()
     try:
         hparams, run_opts, (train_data, valid_data, test_data) = prepare_experiment(argv)
-        modules, checkpointer = starting_model(hparams, run_opts["test_only"])
+        modules, checkpointer = experiment.starting_model(hparams, run_opts["test_only"])
     except RecipeError as err:
         sys.exit(f"error: {err}")
 
@@ -477,12 +373,12 @@ def train_and_test(argv):
         checkpointer=checkpointer,
     )
     separator.stop_request = stop_request
-    stop_if_requested_before_work(stop_request, run_opts["test_only"])
-    log_effective_batch_size(hparams["batch_size"], separator.grad_accumulation_factor)
+    experiment.stop_if_requested_before_work(stop_request, run_opts["test_only"])
+    experiment.log_effective_batch_size(hparams["batch_size"], separator.grad_accumulation_factor)
     if run_opts["test_only"]:
-        exit_without_checkpoint(checkpointer, hparams["save_folder"])
+        experiment.exit_without_checkpoint(checkpointer, hparams["save_folder"])
     else:
-        with exit_on_stop(checkpointer):
+        with experiment.exit_on_stop(checkpointer):
             separator.fit(
                 separator.hparams.epoch_counter,
                 train_data,
@@ -490,8 +386,8 @@ def train_and_test(argv):
                 train_loader_kwargs={**hparams["dataloader_opts"], "collate_fn": PaddedBatch},
                 valid_loader_kwargs=shard_for_evaluation(hparams["dataloader_opts_valid"], valid_data),
             )
-        exit_if_untrained(separator)
-    with exit_on_stop(checkpointer), naming_earlier_test_results(hparams["results_folder"]):
+        experiment.exit_if_untrained(separator)
+    with experiment.exit_on_stop(checkpointer), experiment.naming_earlier_test_results(hparams["results_folder"]):
         separator.evaluate(
             test_data,
             max_key="si-snr",

@@ -218,7 +218,7 @@ def run_with_sigterm_before(patch: str, command_options: list[str], record) -> s
 def test_a_stop_signal_before_training_exits_0_without_a_checkpoint_or_a_stop_record(data_folder, tmp_path):
     """Signalled once the data and config are prepared, before the model is built."""
     output, record = tmp_path / "out", tmp_path / "stop_record"
-    patch = "train.starting_model = sigterm_before(train.starting_model)"
+    patch = "train.experiment.starting_model = sigterm_before(train.experiment.starting_model)"
     result = run_with_sigterm_before(patch, options(data_folder, output), record)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stop requested before training started: nothing to checkpoint" in result.stdout

@@ -238,11 +238,23 @@ MAIN_METRICS = ("sdr", "sdr_i", "si-snr", "si-snr_i")  # the test stage's headli
 TEST_OPTIONS_PREFIX = "with_test_options_"  # columns scored with test_shifts / test_mixture_consistency
 
 
-def add_scores_with_options(rows: list[dict], rows_with_options: list[dict]) -> None:
-    """Add the main metrics of the estimates made with test-time options to `rows`, beside (never instead of)
-    the plain pass's, under `TEST_OPTIONS_PREFIX`."""
-    for row, scored in zip(rows, rows_with_options):
-        row.update({f"{TEST_OPTIONS_PREFIX}{key}": scored[key] for key in MAIN_METRICS})
+def test_scores(
+    mixture: torch.Tensor,
+    sources: torch.Tensor,
+    est_sources: torch.Tensor,
+    lengths: torch.Tensor,
+    snt_ids: Sequence[str],
+    est_sources_with_options: torch.Tensor | None = None,
+    **options,
+) -> list[dict]:
+    """The test stage's rows: `separation_metrics` of the plain pass's estimates (scored in float32), and where
+    test-time options made other estimates, their main metrics beside (never instead), under `TEST_OPTIONS_PREFIX`."""
+    rows = separation_metrics(mixture, sources, est_sources.float(), lengths, snt_ids, **options)
+    if est_sources_with_options is not None:
+        scored = separation_metrics(mixture, sources, est_sources_with_options.float(), lengths, snt_ids, **options)
+        for row, with_options in zip(rows, scored):
+            row.update({f"{TEST_OPTIONS_PREFIX}{key}": with_options[key] for key in MAIN_METRICS})
+    return rows
 
 
 def main_means(rows: Sequence[dict]) -> dict[str, float]:

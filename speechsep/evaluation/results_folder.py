@@ -65,14 +65,16 @@ def write_audio_example(
 
 
 class AudioExamples:
-    """Writes the first `limit` examples (None: all) of a test set of `set_size` into `audio_dir`.
+    """Writes the first `limit` examples (None: all) of a test set of `set_size` into `results_folder/audio/`.
 
     Under DDP each process writes those of its share: together the same examples as a single process, each
     written once (the sampler's repeats, past the end of the set, are not).
     """
 
-    def __init__(self, audio_dir: Path, sample_rate: int, limit: int | None, set_size: int | float = math.inf):
-        self.audio_dir, self.sample_rate = audio_dir, sample_rate
+    def __init__(
+        self, results_folder: str | Path, sample_rate: int, limit: int | None, set_size: int | float = math.inf
+    ):
+        self.audio_dir, self.sample_rate = Path(results_folder) / "audio", sample_rate
         self.limit = min(math.inf if limit is None else limit, set_size)
         self.tested, self.saved = 0, 0  # by this process
 
@@ -87,6 +89,14 @@ class AudioExamples:
                 signals = mixture[b, :length], sources[b, :length], est_sources[b, :length]
                 write_audio_example(self.audio_dir, snt_id, *signals, perms[b], self.sample_rate)
                 self.saved += 1
+
+
+def scored_checkpoint(checkpoint, current_epoch: int) -> dict:
+    """What test results say they score: the checkpoint's name and the epoch it ended, from its meta (the epoch
+    counter is at the last epoch after a budget stop)."""
+    if checkpoint is None:
+        return {"epoch": current_epoch, "checkpoint": None}
+    return {"epoch": checkpoint.meta.get("epoch") or current_epoch, "checkpoint": checkpoint.path.name}
 
 
 def outputs_of_test_stage(results_folder: Path) -> list[Path]:

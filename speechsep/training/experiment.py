@@ -14,12 +14,14 @@ import speechbrain as sb
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from speechsep.data.layouts import SPLITS
 from speechsep.errors import RecipeError
 from speechsep.evaluation.results_folder import PREVIOUS_TEST, TestStageError
-from speechsep.inference.model_folder import build_model, check_format, find_model, load_pretrained
+from speechsep.inference.model_folder import HPARAMS_FILE, build_model, check_format, find_model, load_pretrained
 from speechsep.models.filterbank import shortest_input
-from speechsep.output_files import write_file, write_text
+from speechsep.output_files import OutputError, write_file, write_text
 from speechsep.training import preflight
+from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import load_record, parse_arguments
 from speechsep.training.distributed import any_rank, is_launcher_main_process, world_size
 from speechsep.training.run_folders import results_folder_is_separate
@@ -57,6 +59,39 @@ def checked_experiment(argv: list[str], script: str) -> tuple[dict, dict, str, i
     sb.utils.distributed.ddp_init_group(run_opts)
     create_experiment_directory(hparams["output_folder"], script)
     return hparams, run_opts, record, min_samples
+
+
+def preparation_options(hparams: dict, test_only: bool, min_samples: int) -> dict:
+    """`prepare_data`'s keyword arguments for this run; with `test_only`, the test manifest alone, into the folder
+    `preflight.manifest_folder` gives it."""
+    return dict(
+        data_folder=hparams["data_folder"],
+        save_folder=preflight.manifest_folder(hparams, test_only),
+        num_spks=hparams["num_spks"],
+        sample_rate=hparams["sample_rate"],
+        mode=hparams["mixture_mode"],
+        librimix_train_subset=str(hparams["librimix_train_subset"]),
+        use_wham_noise=hparams["use_wham_noise"],
+        skip_bad_files=hparams["skip_bad_files"],
+        task=hparams.get("task", preflight.DEFAULT_TASK),
+        min_samples=min_samples,
+        splits=["test"] if test_only else SPLITS,
+    )
+
+
+def use_prepared_test_manifest(hparams: dict, save_folder: Path) -> None:
+    """--test_only: the config's own test manifest is the one just prepared in `save_folder` (a custom one stays)."""
+    if Path(hparams["test_data"]) == Path(hparams["save_folder"], "test.csv"):
+        hparams["test_data"] = str(Path(save_folder) / "test.csv")
+
+
+def keep_record(hparams: dict, record: str, test_only: bool) -> None:
+    """Write the run's record (`hyperparams.yaml`) once every check passed; that of a --test_only evaluation is
+    written with the results it describes (`TEST_RECORD`), and the training record stays as it was."""
+    if test_only:
+        hparams["test_record"] = record
+    elif if_main_process():
+        write_text(Path(hparams["output_folder"], HPARAMS_FILE), record, overwrite=True)
 
 
 def create_experiment_directory(folder: str, script: str) -> None:
@@ -199,3 +234,23 @@ def exit_if_untrained(brain: sb.Brain) -> None:
             f"error: training made no optimizer step: every batch was skipped ({brain.nonfinite_count} "
             "in the last epoch; the log says why); no test results written"
         )
+
+
+def end_if_budget_spent(budget: TrainingBudget, epoch_counter, epoch: int) -> None:
+    """When another epoch would not fit the training budget, the run is over: the epoch counter is set at its limit,
+    so that the checkpoint saved next says so (the rerun trains no more; the meta's epoch is the one trained)."""
+    if not budget.allows_another_epoch():
+        logger.info(
+            f"Training budget of {budget.minutes} min: stopping after epoch {epoch} of {epoch_counter.limit} "
+            f"({budget.spent_seconds / 60:.1f} min spent; another epoch would not fit)"
+        )
+        epoch_counter.current = epoch_counter.limit
+
+
+def log_stats(train_logger, **stats) -> None:
+    """`train_logger.log_stats`; a log file that cannot be written (a full disk) is an OutputError naming it."""
+    try:
+        train_logger.log_stats(**stats)
+    except OSError as err:
+        save_file = getattr(train_logger, "save_file", "the training log")
+        raise OutputError(f"cannot write {save_file}: {err.strerror or err}") from None

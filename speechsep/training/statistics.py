@@ -35,6 +35,14 @@ class EpochStatistics:
         totals = sum_over_ranks(*(getattr(self, field.name) for field in fields))
         return EpochStatistics(**{field.name: type(field.default)(total) for field, total in zip(fields, totals)})
 
+    def logged(self) -> dict:
+        """The epoch's train statistics as logged: SI-SNR in dB, skipped batches, the share of filtered examples."""
+        return {
+            "si-snr": -self.loss_sum / max(self.batches, 1),
+            "skipped_batches": int(self.batches_skipped),
+            "filtered_examples": round(self.examples_filtered / max(self.examples_seen, 1), 4),
+        }
+
     @mark_as_saver
     def save(self, path: str | Path) -> None:
         totals = self.over_ranks()
