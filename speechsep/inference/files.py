@@ -1,6 +1,5 @@
 """Separating audio files (`separate.py`): any sample rate (resampled to the model's) and channel count (mixed
-down), one 16-bit WAV per speaker, levels that match the mixture (or peak-normalised), never clipped, never
-written over an existing file.
+down), one 16-bit WAV per speaker, levels that match the mixture (or peak-normalised), never clipped or overwritten.
 """
 
 import dataclasses
