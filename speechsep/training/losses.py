@@ -2,7 +2,8 @@
 
 SpeechBrain's `get_si_snr_with_pitwrapper` treats the padding of a batch as signal: a short example padded
 to the longest one gets its mean and energy diluted. Here every example is measured on its own length, with
-SpeechBrain's EPS conventions, so unpadded examples give exactly SpeechBrain's numbers.
+SpeechBrain's EPS conventions, so unpadded examples give exactly SpeechBrain's numbers. `threshold_by_loss` is
+the training step's filter of the per-example losses.
 """
 
 import itertools
