@@ -132,9 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         "--only", default=None, help="comma-separated benchmark names, e.g. models (for bench_models.py)"
     )
     parser.add_argument(
-        "--output", type=Path, default=BENCH_DIR / "RESULTS.md", help="report path (default bench/RESULTS.md)"
+        "--output",
+        type=Path,
+        default=None,
+        help="report path (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md, never the committed one)",
     )
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = BENCH_DIR / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
 
     names = available_benchmarks()
     if args.only:
@@ -146,17 +151,21 @@ def main(argv: list[str] | None = None) -> None:
 
     command = shlex.join(["python", "-m", "bench.run_all", *(argv if argv is not None else sys.argv[1:])])
     gpu_line = gpu_results_line(args.output)
-    kept = report_sections(args.output.read_text()) if args.only and args.output.is_file() else {}
+    earlier = args.output.read_text() if args.only and args.output.is_file() else ""
+    kept = report_sections(earlier)
     sections = dict(kept)  # the earlier report's sections, each replaced when its benchmark runs again
     for name in names:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
         sections[name] = run_benchmark(name, args.quick)
-    extra_lines = [gpu_line] if gpu_line else []
-    if kept:
-        extra_lines.append("- Only the sections named were rerun; each section's last line says when it was written")
+    if kept:  # the earlier header stays (it says how the other sections were made), with this rerun added
+        when = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}"
+        top = earlier[: earlier.find("\n## ") + 1].rstrip("\n")
+        top += f"\n- {when}: `{command}`; only the sections named were rerun, each section's last line says when\n"
+    else:
+        top = header(command, (gpu_line,) if gpu_line else ())
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join([header(command, tuple(extra_lines)), *sections.values()]))
+    args.output.write_text("\n".join([top, *sections.values()]))
     print(f"wrote {args.output}", file=sys.stderr)
 
 
