@@ -348,3 +348,27 @@ def test_ddp_ranks_keep_complete_checkpoints_and_fall_back_alike(tmp_path):
     assert len(kept) == 2 and all(name.startswith("CKPT+") for name in kept)
     # epoch 3's model file was cut short: both ranks fell back to epoch 2
     assert [(tmp_path / f"recovered_epoch_rank{rank}.txt").read_text() for rank in (0, 1)] == ["2", "2"]
+
+
+def test_optimizer_state_of_another_parameter_layout_is_one_error_line_not_a_failed_step(tmp_path):
+    """SpeechBrain's Conv-TasNet MaskNet and FastMaskNet share weights but not parameter shapes: Adam's moments of
+    one would load into the other (torch compares no shapes) and fail at the first step with a traceback."""
+    from speechbrain.lobes.models.conv_tasnet import MaskNet as SpeechBrainMaskNet
+
+    from speechsep.models.conv_tasnet import FastMaskNet
+    from speechsep.training.checkpoints import CheckpointMismatchError
+
+    sizes = dict(N=8, B=8, H=8, P=3, X=2, R=1, C=2)
+
+    def trained(masknet_class) -> dict:
+        torch.manual_seed(0)
+        masknet = masknet_class(**sizes)
+        optimizer = torch.optim.Adam(masknet.parameters())
+        masknet(torch.rand(1, 8, 20)).sum().backward()
+        optimizer.step()
+        return {"masknet": masknet, "optimizer": optimizer}
+
+    RobustCheckpointer(tmp_path, trained(FastMaskNet)).save_checkpoint()
+    with pytest.raises(CheckpointMismatchError, match=r"optimizer state .* shape \[8\], now \[1, 1, 8\]"):
+        RobustCheckpointer(tmp_path, trained(SpeechBrainMaskNet)).recover_if_possible()
+    assert RobustCheckpointer(tmp_path, trained(FastMaskNet)).recover_if_possible() is not None  # its own class

@@ -34,6 +34,7 @@ import shutil
 import time
 import zipfile
 
+import torch
 import yaml
 from speechbrain.utils.checkpoints import (
     CKPT_PREFIX,
@@ -46,6 +47,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
 
+from speechsep.errors import RecipeError
 from speechsep.output_files import fsync_folder
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ MISMATCH_MESSAGES = (
     "doesn't match the size of optimizer's group",
     "different number of parameter groups",
 )
+
+
+class CheckpointMismatchError(RecipeError):
+    """A checkpoint whose optimizer state was saved for parameters of other shapes: another class of the model."""
 
 
 class CheckpointWriteError(OSError):
@@ -201,6 +207,8 @@ class RobustCheckpointer(Checkpointer):
             if key in checkpoint.paramfiles:
                 _check_not_truncated(pathlib.Path(checkpoint.paramfiles[key]))
         super().load_checkpoint(checkpoint)
+        for optimizer in [obj for obj in self.recoverables.values() if isinstance(obj, torch.optim.Optimizer)]:
+            _check_optimizer_fits(optimizer, checkpoint)
 
     def recover_if_possible(
         self, importance_key=None, max_key: str | None = None, min_key: str | None = None, ckpt_predicate=None
@@ -233,6 +241,8 @@ class RobustCheckpointer(Checkpointer):
             try:
                 self.load_checkpoint(checkpoint)
                 return checkpoint
+            except CheckpointMismatchError:
+                raise
             except Exception as error:
                 if any(message in str(error) for message in MISMATCH_MESSAGES):
                     raise RuntimeError(
@@ -245,6 +255,22 @@ class RobustCheckpointer(Checkpointer):
             "nothing recovered, training starts over"
         )
         return None
+
+
+def _check_optimizer_fits(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    """torch loads an optimizer's state without comparing shapes; a state saved for another parameter layout of the
+    same weights (SpeechBrain's Conv-TasNet MaskNet vs FastMaskNet) would fail at the first step, with a traceback."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for value in optimizer.state.get(parameter, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != parameter.shape:
+                    raise CheckpointMismatchError(
+                        f"checkpoint {checkpoint.path} holds optimizer state for a parameter of shape "
+                        f"{list(value.shape)}, now {list(parameter.shape)}: the run trained another class of this "
+                        "model (runs before 2026-12-07 trained speechsep.models.conv_tasnet.FastMaskNet under "
+                        "SpeechBrain's MaskNet name); resume with the class it trained (e.g. the config in hparams/), "
+                        "or fine-tune from its weights into a new output_folder with --pretrained_separator"
+                    )
 
 
 def _hidden(final: pathlib.Path, suffix: str) -> pathlib.Path:
