@@ -13,7 +13,7 @@ from speechsep.data.layouts import DataPreparationError
 from speechsep.data.manifests import separation_dataset
 from speechsep.errors import RecipeError
 from speechsep.training.losses import pit_si_snr_loss
-from tests.corpus_trees import make_wsj0mix
+from tests.corpus_trees import make_librimix, make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET
 
 
@@ -225,3 +225,15 @@ def test_custom_test_manifest_naming_a_missing_file_is_one_line(corpus, tmp_path
     )
     missing = corpus / "wav8k/min/tt/mix/gone.wav"
     assert last_line(result) == f"error: {manifest} line 2 (ID a): mix_wav file not found: {missing}"
+
+
+@pytest.mark.slow
+def test_enhancement_of_a_noisy_corpus_without_its_noise_is_refused_before_the_run_folder_is_made(tmp_path):
+    """The corpus-and-task rule is a preflight check: nothing built, nothing written into output_folder."""
+    data_folder = make_librimix(tmp_path / "corpus", per_split=1)
+    output_folder = tmp_path / "run"
+    result = run_train(
+        f"--data_folder={data_folder}", f"--output_folder={output_folder}", "--task=enhancement", "--num_spks=1"
+    )
+    assert last_line(result) == "error: task=enhancement removes noise: it needs use_wham_noise=True (mix_single)"
+    assert not output_folder.exists()

@@ -95,6 +95,25 @@ def _rate_folder_layout(rate_folder: Path) -> str | None:
     return None
 
 
+def check_task_fits_layout(data_folder: Path, layout: str, task: str, use_wham_noise: bool) -> None:
+    """The corpus has the mixtures `task` needs: the enhancement tasks' are the noisy ones, which WSJ0Mix lacks;
+    a custom tree has no clean mixtures for task=enhancement_both."""
+    if task != "separation" and layout == "wsj0mix":
+        raise DataPreparationError(
+            f"{data_folder} is WSJ0Mix, which has no {'single-speaker ' if task == 'enhancement' else ''}noisy "
+            f"mixtures for task={task} (WHAM!, WHAMR!, LibriMix and Aishell1Mix have them in {MIXTURE_FOLDERS[task, True]})"
+        )
+    if task == "enhancement_both" and layout == "custom":
+        raise DataPreparationError(
+            f"{data_folder} is a custom tree, which has no clean mixtures for task=enhancement_both: "
+            "put each mixture's target in source1 and set task=enhancement"
+        )
+    if layout != "custom" and (task, use_wham_noise) not in MIXTURE_FOLDERS:
+        raise DataPreparationError(
+            f"task={task} removes noise: it needs use_wham_noise=True ({MIXTURE_FOLDERS[task, True]})"
+        )
+
+
 def split_folders(
     data_folder: Path,
     layout: str,
@@ -106,16 +125,7 @@ def split_folders(
     task: str,
 ) -> dict[str, list[SplitFolders]]:
     """Map each of train/valid/test to the folders that hold its signals, per the layout's conventions."""
-    if task != "separation" and layout == "wsj0mix":
-        raise DataPreparationError(
-            f"{data_folder} is WSJ0Mix, which has no {'single-speaker ' if task == 'enhancement' else ''}noisy "
-            f"mixtures for task={task} (WHAM!, WHAMR!, LibriMix and Aishell1Mix have them in {MIXTURE_FOLDERS[task, True]})"
-        )
-    if task == "enhancement_both" and layout == "custom":
-        raise DataPreparationError(
-            f"{data_folder} is a custom tree, which has no clean mixtures for task=enhancement_both: "
-            "put each mixture's target in source1 and set task=enhancement"
-        )
+    check_task_fits_layout(data_folder, layout, task, use_wham_noise)
     if layout == "custom":
         return {
             split: [
@@ -143,10 +153,6 @@ def split_folders(
             for split, sub in WSJ0MIX_SPLITS.items()
         }
 
-    if (task, use_wham_noise) not in MIXTURE_FOLDERS:  # the enhancement tasks' mixtures are the noisy ones
-        raise DataPreparationError(
-            f"task={task} removes noise: it needs use_wham_noise=True ({MIXTURE_FOLDERS[task, True]})"
-        )
     mixture_folder = MIXTURE_FOLDERS[task, use_wham_noise]
     source_suffix = ""
     if layout in ("wham", "whamr"):

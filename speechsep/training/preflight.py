@@ -21,7 +21,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from speechsep.data.audio_checks import AudioRequirements
 from speechsep.data.dynamic_mixing import DynamicMixingDataset
-from speechsep.data.layouts import REVERBERANT_LAYOUTS, DataPreparationError, detect_layout
+from speechsep.data.layouts import REVERBERANT_LAYOUTS, DataPreparationError, check_task_fits_layout, detect_layout
 from speechsep.data.manifests import check_manifest_audio, write_manifest_without, write_skipped_list
 from speechsep.data.rooms import ROOM_DISTRIBUTIONS
 from speechsep.errors import RecipeError
@@ -209,7 +209,7 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
     those dynamic mixing makes with `dm_rooms`, are reverberant and their targets anechoic, so speed perturbation
     or a random shift (which rebuild the mixture from the targets) would train on anechoic inputs, and test
     estimates cannot sum to a WHAMR! mixture. An enhancement task on a custom tree without noise/ would train
-    on its clean target as the input."""
+    on its clean target as the input. The corpus must also have the mixtures the task needs."""
     rebuilding = [] if test_only else [key for key in ("use_speedperturb", "use_rand_shift") if values.get(key)]
     if rebuilding and values["dynamic_mixing"] and values.get("dm_rooms"):
         _refuse_rebuilding(rebuilding, f"dm_rooms={values['dm_rooms']} makes reverberant mixtures of anechoic targets")
@@ -219,6 +219,8 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
         layout = detect_layout(Path(str(values["data_folder"])))
     except DataPreparationError:  # reported by prepare_data, in its turn
         return
+    data_folder = Path(str(values["data_folder"]))
+    check_task_fits_layout(data_folder, layout, values.get("task", DEFAULT_TASK), values["use_wham_noise"])
     options = rebuilding + (["test_mixture_consistency"] if values.get("test_mixture_consistency") else [])
     if layout in REVERBERANT_LAYOUTS and options:
         _refuse_rebuilding(options, "WHAMR!'s mixtures are reverberant and its targets anechoic")
