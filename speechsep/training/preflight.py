@@ -220,7 +220,7 @@ def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
     except DataPreparationError:  # reported by prepare_data, in its turn
         return
     data_folder = Path(str(values["data_folder"]))
-    check_task_fits_layout(data_folder, layout, values.get("task", DEFAULT_TASK), values["use_wham_noise"])
+    check_task_fits_layout(data_folder, layout, values.get("task", DEFAULT_TASK), values.get("use_wham_noise", False))
     options = rebuilding + (["test_mixture_consistency"] if values.get("test_mixture_consistency") else [])
     if layout in REVERBERANT_LAYOUTS and options:
         _refuse_rebuilding(options, "WHAMR!'s mixtures are reverberant and its targets anechoic")
