@@ -13,7 +13,8 @@ import speechbrain
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from speechsep.training.config import load_hparams
+from speechsep.training.config import load_hparams, resolved_yaml
+from tests.corpus_trees import voice
 from tests.speech import speech_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,3 +146,101 @@ def limit_file_size(limit: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
+
+
+# ---------------------------------------------------------------- separation: recordings, a stand-in run and model
+SAMPLE_RATE = 8000  # of the recordings below and of the tiny models
+
+
+def save_tiny_sepformer_run(run: Path) -> Path:
+    """A tiny SepFormer run folder saved as train.py saves one (no training), with two checkpoints: the best is
+    the older, for export and best-checkpoint selection."""
+    values = {"data_folder": str(run / "data"), "output_folder": str(run), **TINY_SEPFORMER}
+    overrides = "\n".join(f"{key}: {json.dumps(value)}" for key, value in values.items())
+    hparams = load_hparams(REPO / "hparams" / "sepformer.yaml", overrides)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "hyperparams.yaml").write_text(resolved_yaml(REPO / "hparams" / "sepformer.yaml", overrides))
+    checkpointer = hparams["checkpointer"]
+    checkpointer.save_checkpoint(meta={"si-snr": 5.0}, name="best")
+    with torch.no_grad():
+        for parameter in hparams["modules"]["masknet"].parameters():
+            parameter.add_(0.1)
+    checkpointer.save_checkpoint(meta={"si-snr": 1.0}, name="latest")
+    return run
+
+
+def two_speaker_recording(seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same two speakers (pitch ~110 Hz and ~220 Hz) over many 1.5 s utterances with short pauses.
+
+    Returns mixture [time] and sources [time, 2].
+    """
+    rng = np.random.default_rng(seed)
+    num_samples = int(seconds * SAMPLE_RATE)
+    sources = np.zeros((num_samples, 2), dtype=np.float32)
+    for k, f0 in enumerate((110.0, 220.0)):
+        start = int(rng.integers(0, SAMPLE_RATE // 2))
+        while start < num_samples:
+            length = min(int(1.5 * SAMPLE_RATE), num_samples - start)
+            sources[start : start + length, k] = voice(rng, length, SAMPLE_RATE, f0) * rng.uniform(0.5, 1.5)
+            start += length + int(rng.integers(0, SAMPLE_RATE // 4))
+    sources = torch.from_numpy(sources)
+    return sources.sum(dim=1), sources
+
+
+def write_recording(path: Path, signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    sf.write(path, signal, sample_rate, subtype="FLOAT")
+    return path
+
+
+def write_recordings(folder: Path) -> Path:
+    """Two short mono 8 kHz recordings in `folder`."""
+    folder.mkdir()
+    for seed in range(2):
+        write_recording(folder / f"talk{seed}.wav", two_speaker_recording(2.0, seed)[0].numpy())
+    return folder
+
+
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("error:")]
+
+
+class OracleSeparator:
+    """Returns the true sources of each window, in a window-dependent order and at window-dependent gains.
+
+    A tiny trained model does not separate speakers, so only a perfect separator can show that chunking keeps
+    each speaker on one track and restores levels: any error is then the chunking's.
+
+    It finds where a window starts in the recording from its first samples of sound, so it does not rely on
+    being called in order or on where windows start. It records the shapes it was given.
+    """
+
+    KEY = 64  # samples of sound that tell where they are (the recordings' random voices never repeat them)
+
+    def __init__(self, mixture: torch.Tensor, sources: torch.Tensor, seed: int = 0):
+        self.mixture, self.sources = mixture, sources
+        sound = mixture[: mixture.shape[0] - self.KEY].nonzero()[:, 0].tolist()
+        self.positions = {self._key(mixture[position:]): position for position in sound}
+        self.rng = np.random.default_rng(seed)
+        self.input_shapes = []
+
+    def _key(self, samples: torch.Tensor) -> bytes:
+        return samples[: self.KEY].numpy().tobytes()
+
+    def _sources_of(self, window: torch.Tensor) -> torch.Tensor:
+        sources = torch.zeros(window.shape[0], 2)  # silence for a silent window
+        if window.any():
+            first_sound = int(window.nonzero()[0, 0])
+            start = self.positions[self._key(window[first_sound:])] - first_sound
+            piece = self.sources[start : start + window.shape[0]]
+            sources[: piece.shape[0]] = piece
+        return sources
+
+    def separate_batch(self, mixtures: torch.Tensor) -> torch.Tensor:
+        self.input_shapes.append(tuple(mixtures.shape))
+        outputs = []
+        for window in mixtures:
+            sources = self._sources_of(window)
+            order = torch.from_numpy(self.rng.permutation(2))
+            gains = torch.from_numpy(self.rng.uniform(0.1, 10.0, 2)).float()
+            outputs.append(sources[:, order] * gains)
+        return torch.stack(outputs)
