@@ -13,6 +13,7 @@ import speechbrain
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
+from speechsep.data.dynamic_mixing import DynamicMixingDataset, dynamic_mixing_dataset
 from speechsep.training.config import load_hparams, resolved_yaml
 from tests.corpus_trees import voice
 from tests.speech import speech_like
@@ -244,3 +245,65 @@ class OracleSeparator:
             gains = torch.from_numpy(self.rng.uniform(0.1, 10.0, 2)).float()
             outputs.append(sources[:, order] * gains)
         return torch.stack(outputs)
+
+
+# ---------------------------------------------------------------- dynamic mixing: tiny pools of steady voices
+SEGMENT_LEN = 4000  # 0.5 s
+SPEAKER_F0S = [150.0, 200.0, 250.0, 300.0, 350.0, 400.0]  # every speaker is recognisable by its pitch
+
+
+# ------------------------------------------------------------------ tiny pools
+def steady_voice(f0: float, seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speech-like audio (tests/speech.py) at a steady pitch `f0`, voiced throughout, at an RMS of 0.1."""
+    signal = speech_like(int(seconds * sample_rate), sample_rate, np.random.default_rng(seed), f0, 0.0, pauses=False)
+    return (0.1 * signal).astype(np.float32)
+
+
+def librispeech_name(speaker: int, utterance: int) -> str:
+    return f"{100 + speaker}/{2000 + speaker}/{100 + speaker}-{2000 + speaker}-{utterance:04d}.flac"
+
+
+def wsj0_name(speaker: int, utterance: int) -> str:
+    return f"01{speaker}/01{speaker}c02{utterance:02d}.wav"
+
+
+def speaker_folders_name(speaker: int, utterance: int) -> str:
+    return f"spk{speaker:02d}/spk{speaker:02d}_{utterance:04d}.wav"
+
+
+def write_pool(
+    root: Path,
+    name=speaker_folders_name,
+    num_speakers: int = 5,
+    num_utterances: int = 3,
+    seconds: float = 1.0,
+    sample_rate: int = SAMPLE_RATE,
+    silent: bool = False,
+) -> Path:
+    for speaker in range(num_speakers):
+        for utterance in range(num_utterances):
+            path = root / name(speaker, utterance)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seed = 100 * speaker + utterance
+            audio = steady_voice(SPEAKER_F0S[speaker], seconds, seed, sample_rate)
+            sf.write(path, np.zeros_like(audio) if silent else audio, sample_rate)
+    return root
+
+
+def write_noise(root: Path, seconds: float = 2.0, num_files: int = 2) -> Path:
+    root.mkdir(parents=True)
+    for number in range(num_files):
+        noise = 0.05 * np.random.default_rng(number).standard_normal(int(seconds * SAMPLE_RATE))
+        sf.write(root / f"noise_{number}.wav", noise.astype(np.float32), SAMPLE_RATE)
+    return root
+
+
+def make_dataset(tmp_path: Path, noise: bool = False, pool_options=None, **options) -> DynamicMixingDataset:
+    settings = dict(num_spks=2, segment_len=SEGMENT_LEN, epoch_len=8, level_scheme="wsj0")
+    settings.update(options)
+    return dynamic_mixing_dataset(
+        write_pool(tmp_path / "sources", **(pool_options or {})),
+        sample_rate=SAMPLE_RATE,
+        noise_folder=write_noise(tmp_path / "noise") if noise else None,
+        **settings,
+    )
