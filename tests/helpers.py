@@ -1,5 +1,6 @@
 """Plain helpers for the tests: tiny model sizes, a tiny Separation brain and batches of speech-like mixtures."""
 
+import csv
 import json
 import resource
 import signal
@@ -307,3 +308,8 @@ def make_dataset(tmp_path: Path, noise: bool = False, pool_options=None, **optio
         noise_folder=write_noise(tmp_path / "noise") if noise else None,
         **settings,
     )
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
