@@ -15,7 +15,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from speechsep.data.dynamic_mixing import DynamicMixingDataset, dynamic_mixing_dataset
-from speechsep.training.config import load_hparams, resolved_yaml
+from speechsep.training.config import load_hparams, parse_arguments, record_yaml, resolved_values, resolved_yaml
 from tests.corpus_trees import voice
 from tests.speech import speech_like
 
@@ -313,3 +313,15 @@ def make_dataset(tmp_path: Path, noise: bool = False, pool_options=None, **optio
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- run folders
+def fake_run(folder: Path, *overrides: str) -> dict:
+    """A tiny run's folder as train.py leaves one (its record and a checkpoint folder); returns its values."""
+    config = REPO / "hparams" / "convtasnet.yaml"
+    tiny = [f"--{key}={value}" for key, value in TINY_CONVTASNET.items()]
+    text = parse_arguments([str(config), f"--output_folder={folder}", "--data_folder=/data", *tiny, *overrides])[2]
+    record = record_yaml(config, text)
+    (folder / "save" / "CKPT+1").mkdir(parents=True)
+    (folder / "hyperparams.yaml").write_text(record)
+    return resolved_values(record)
