@@ -181,3 +181,4 @@ def test_a_flac_without_a_length_in_its_header_is_indexed_at_its_length_and_read
     pool = SourcePool.from_folder(folder, SAMPLE_RATE, cache_dir=tmp_path / "cache")
     index = pool.files.rel_paths.index(stream.relative_to(folder).as_posix())
     assert pool.files.num_frames[index] == SAMPLE_RATE // 2
+    assert sf.info(pool.files.paths[index]).frames == SAMPLE_RATE // 2  # a copy whose header says so
