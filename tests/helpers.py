@@ -1,4 +1,5 @@
-"""Plain helpers for the tests: tiny model sizes, a tiny Separation brain and batches of speech-like mixtures."""
+"""Plain helpers shared by test modules: tiny models and brains, speech-like batches and recordings, stand-in
+separators and runs, tiny dynamic-mixing pools."""
 
 import csv
 import json
@@ -253,7 +254,6 @@ SEGMENT_LEN = 4000  # 0.5 s
 SPEAKER_F0S = [150.0, 200.0, 250.0, 300.0, 350.0, 400.0]  # every speaker is recognisable by its pitch
 
 
-# ------------------------------------------------------------------ tiny pools
 def steady_voice(f0: float, seconds: float, seed: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Speech-like audio (tests/speech.py) at a steady pitch `f0`, voiced throughout, at an RMS of 0.1."""
     signal = speech_like(int(seconds * sample_rate), sample_rate, np.random.default_rng(seed), f0, 0.0, pauses=False)
@@ -310,7 +310,9 @@ def make_dataset(tmp_path: Path, noise: bool = False, pool_options=None, **optio
     )
 
 
-def read_csv(path):
+# ---------------------------------------------------------------- manifests
+def read_csv(path) -> list[dict]:
+    """The rows of a manifest written by prepare_data.py."""
     with open(path) as f:
         return list(csv.DictReader(f))
 

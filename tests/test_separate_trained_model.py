@@ -15,9 +15,7 @@ import export
 import separate
 from speechsep.evaluation.metrics import pit_si_snr
 from speechsep.inference.model_folder import load_separator
-from speechsep.inference.separation import (
-    separate_long,
-)
+from speechsep.inference.separation import separate_long
 from speechsep.training.config import load_hparams
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import (
