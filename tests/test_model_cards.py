@@ -1,7 +1,6 @@
 """Model folders and cards match their model: num_spks checks, and the scores of the exported checkpoint only."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -86,7 +85,3 @@ def test_the_model_card_names_the_scored_checkpoint_and_shows_no_scores_of_anoth
     assert "| SI-SNRi |" not in card
     assert f"None for this checkpoint: the run's test results score CKPT+older, not the exported {checkpoint}" in card
     assert "(`train.py <run>/hyperparams.yaml --output_folder=<run> --test_only` scores it)" in card  # a copy's too
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))

@@ -2,7 +2,6 @@
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -172,7 +171,3 @@ def test_a_second_corpus_generation_into_the_same_folder_refuses_and_leaves_the_
     finally:
         release(lock)
     assert (root / "synth_corpus.json").read_text() == '{"complete": false}'
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))

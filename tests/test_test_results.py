@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 import speechbrain as sb
@@ -150,7 +149,3 @@ def test_an_epoch_is_logged_only_once_its_checkpoint_is_saved(tmp_path, monkeypa
         brain.on_stage_end(sb.Stage.VALID, 1.0, epoch=2)
     log = tmp_path / "out" / "train_log.txt"
     assert "epoch: 2" not in (log.read_text() if log.exists() else "")  # the rerun trains and logs it once
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))
