@@ -1,5 +1,7 @@
 """The recipe configs: stock HyperPyYAML, upstream defaults, overrides, and the config loader's rules."""
 
+import logging
+
 import pytest
 import ruamel.yaml
 import torch
@@ -14,7 +16,7 @@ from speechsep.models.filterbank import encoder_hop
 from speechsep.models.speechbrain_classes import OUR_CLASSES, with_speechbrain_classes
 from speechsep.models.transformer import FastSBTransformerBlock, SDPAMultiheadAttention
 from speechsep.training.config import ConfigError, load_hparams, record_yaml, resolved_values, resolved_yaml
-from speechsep.training.preflight import check_same_experiment
+from speechsep.training.preflight import check_config, check_same_experiment
 from tests.corpus_trees import make_wsj0mix
 from tests.helpers import REPO, TINY_CONVTASNET, TINY_SEPFORMER
 
@@ -304,3 +306,16 @@ def test_demo_trains_in_bf16_only_where_the_cpu_computes_it_natively(monkeypatch
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert load("demo.yaml", data_folder="/data/MiniLibri2Mix")["precision"] == expected
+
+
+def test_a_record_with_the_former_fast_attention_key_is_run_with_a_warning_that_the_classes_decide(tmp_path, caplog):
+    """Such a record names SpeechBrain's blocks: they run as named, and the user learns how to get the fused ones."""
+    config = tmp_path / "hyperparams.yaml"
+    config.write_text(
+        with_speechbrain_classes((REPO / "hparams" / "sepformer.yaml").read_text()) + "fast_attention: True\n"
+    )
+    (tmp_path / "data").mkdir()
+    overrides = f"data_folder: {tmp_path / 'data'}\noutput_folder: {tmp_path / 'run'}\n"
+    with caplog.at_level(logging.WARNING, logger="speechsep.training.preflight"):
+        check_config(str(config), overrides, test_only=False)
+    assert "fast_attention is no longer read" in caplog.text and "FastSBTransformerBlock" in caplog.text

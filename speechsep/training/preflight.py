@@ -167,6 +167,11 @@ def check_config(hparams_file: str, overrides: str, test_only: bool) -> tuple[st
     record = record_yaml(hparams_file, overrides)
     values = resolved_values(record)
     check_values(values)
+    if "fast_attention" in values:  # a record of a run from before the configs named the classes that run
+        logger.warning(
+            "fast_attention is no longer read: the classes the config names run (for fused attention, "
+            "speechsep.models.transformer.FastSBTransformerBlock instead of SpeechBrain's SBTransformerBlock)"
+        )
     check_record_is_of_this_run(hparams_file, values, overridden_keys(overrides))
     check_results_folder(values)
     check_inputs(values, test_only)
