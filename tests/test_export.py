@@ -14,13 +14,7 @@ from speechsep.inference.model_folder import ModelFolderError, find_model, load_
 from tests.helpers import (
     REPO,
     error_lines,
-    save_tiny_sepformer_run,
 )
-
-
-@pytest.fixture(scope="module")
-def sepformer_run(tmp_path_factory) -> Path:
-    return save_tiny_sepformer_run(tmp_path_factory.mktemp("sepformer") / "run")
 
 
 def test_run_folder_uses_the_checkpoint_with_the_best_si_snr(sepformer_run):

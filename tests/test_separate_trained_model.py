@@ -23,7 +23,6 @@ from tests.helpers import (
     SAMPLE_RATE,
     TINY_CONVTASNET,
     error_lines,
-    save_tiny_sepformer_run,
     two_speaker_recording,
     write_recordings,
 )
@@ -48,11 +47,6 @@ def convtasnet_run(tmp_path_factory) -> Path:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run"
-
-
-@pytest.fixture(scope="module")
-def sepformer_run(tmp_path_factory) -> Path:
-    return save_tiny_sepformer_run(tmp_path_factory.mktemp("sepformer") / "run")
 
 
 def recipe_estimates(run: Path, mixture: torch.Tensor) -> torch.Tensor:

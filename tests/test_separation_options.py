@@ -13,15 +13,9 @@ from speechsep.inference.model_folder import load_separator
 from tests.helpers import (
     SAMPLE_RATE,
     error_lines,
-    save_tiny_sepformer_run,
     write_recordings,
 )
 from tests.published_models import write_published_folder
-
-
-@pytest.fixture(scope="module")
-def sepformer_run(tmp_path_factory) -> Path:
-    return save_tiny_sepformer_run(tmp_path_factory.mktemp("sepformer") / "run")
 
 
 @pytest.fixture
