@@ -179,6 +179,21 @@ def test_fine_tuning_a_different_architecture_names_the_first_mismatch(tmp_path)
         starting_model(hparams, test_only=False)
 
 
+def test_fine_tuning_from_a_variant_with_the_same_weight_shapes_is_refused(tmp_path):
+    """A cLN Conv-TasNet's weights have the gLN one's names and shapes, not its function."""
+    from speechsep.training.experiment import starting_model
+
+    folder = write_published_folder(tmp_path / "model", kind="convtasnet")
+    sizes = dict(N_encoder_out=16, kernel_size=16, B=8, H=16, P=3, X=2, R=1)
+    hparams = tiny_hparams(tmp_path, "convtasnet.yaml", pretrained_separator=str(folder), **sizes)
+    starting_model(hparams, test_only=False)  # the folder's gLN network: the config's
+    config = folder / "hyperparams.yaml"
+    config.write_text(config.read_text().replace("norm_type: gLN", "norm_type: cLN"))
+    hparams = tiny_hparams(tmp_path, "convtasnet.yaml", pretrained_separator=str(folder), **sizes)
+    with pytest.raises(ModelFolderError, match="with the same weights its mask network computes other masks"):
+        starting_model(hparams, test_only=False)
+
+
 def test_fine_tuning_needs_the_folders_speaker_count(tmp_path):
     from speechsep.training.experiment import starting_model
 

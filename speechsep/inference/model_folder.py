@@ -9,10 +9,9 @@ Three kinds of folder hold a model, and every entry point that takes a model (`s
   `hyperparams.yaml` declares the modules under any top-level names and lists them in `modules:`, and its
   `pretrainer` names the weight files (`loadables`, optionally `paths`).
 
-The two last are the same thing to this module: a self-contained inference config plus weight files. A run is
-reduced to that pair by `inference_config`, which keeps only the model. SpeechBrain's classes that the project
-computes faster are built as the project's (`speechsep.models.speechbrain_classes`), same weights. Nothing is ever
-downloaded.
+The two last are a self-contained inference config plus weight files; `inference_config` reduces a run to that
+pair. SpeechBrain's classes that the project computes faster are built as the project's
+(`speechsep.models.speechbrain_classes`), same weights. Nothing is ever downloaded.
 """
 
 import dataclasses
@@ -73,11 +72,9 @@ def _has_score(checkpoint) -> bool:
 
 
 def _best_checkpoint(save_dir: Path):
-    """The checkpoint of highest `si-snr` meta under a run's save folder (a SpeechBrain Checkpoint).
-
-    Listed as training lists them (`RobustCheckpointer`): a checkpoint whose `CKPT.yaml` cannot be read is
-    skipped with a warning, and one whose score is not a number is left out.
-    """
+    """The checkpoint of highest `si-snr` meta under a run's save folder (a SpeechBrain Checkpoint), listed as
+    training lists them (`RobustCheckpointer`: an unreadable `CKPT.yaml` is skipped with a warning); one whose
+    score is not a number is left out."""
     checkpoint = RobustCheckpointer(save_dir).find_checkpoint(max_key=CHECKPOINT_KEY, ckpt_predicate=_has_score)
     if checkpoint is None:
         raise ModelFolderError(
@@ -286,11 +283,9 @@ def _first_mismatch(name: str, folder_state: dict, config_state: dict) -> str | 
 
 
 def load_pretrained(modules: dict[str, torch.nn.Module], model_dir: str | Path, num_spks: int, sample_rate: int) -> str:
-    """Copy a model folder's encoder, masknet and decoder weights into `modules` (a config's, same architecture).
-
-    Raises ModelFolderError naming the speaker count, sample rate or first weight key / shape that differs.
-    Returns the folder's description, for the log.
-    """
+    """Copy a model folder's encoder, masknet and decoder weights into `modules` (a config's, same architecture);
+    the folder's description, for the log. A ModelFolderError names the speaker count, sample rate, first weight
+    key / shape that differs, or masks that differ with the same weights."""
     source = find_model(model_dir)
     check_format(source, num_spks, sample_rate)
     model = build_model(source, fast=False)
@@ -301,7 +296,23 @@ def load_pretrained(modules: dict[str, torch.nn.Module], model_dir: str | Path, 
             raise ModelFolderError(f"{source.description} does not match the config's architecture: {mismatch}")
     for name in MODULE_NAMES:
         modules[name].load_state_dict(states[name])
+    probe = torch.randn(1, sample_rate, generator=torch.Generator().manual_seed(0))  # one second
+    if not torch.allclose(_masks(modules, probe), _masks(model.modules, probe), rtol=1e-3, atol=1e-4):
+        raise ModelFolderError(
+            f"{source.description} does not match the config's architecture: with the same weights its mask network "
+            f"computes other masks (e.g. another Conv-TasNet norm_type or causal): compare its {HPARAMS_FILE}"
+        )
     return source.description
+
+
+def _masks(modules: dict[str, torch.nn.Module], mixture: torch.Tensor) -> torch.Tensor:
+    """The mask network's output for `mixture` [batch, time], computed in eval mode without a gradient."""
+    encoder, masknet = modules["encoder"], modules["masknet"]
+    modes = encoder.training, masknet.training
+    with torch.no_grad():
+        masks = masknet.eval()(encoder.eval()(mixture))
+    encoder.train(modes[0]), masknet.train(modes[1])
+    return masks
 
 
 # ==================================================================== exporting
