@@ -84,7 +84,7 @@ class RobustCheckpointer(Checkpointer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._reported_unreadable: set[pathlib.Path] = set()  # warn once per broken folder, not per listing
+        self._reported_broken: set[pathlib.Path] = set()  # warn once per broken folder, not per listing
 
     # ------------------------------------------------------------------------------------------ saving
     def save_checkpoint(
@@ -192,8 +192,8 @@ class RobustCheckpointer(Checkpointer):
             try:
                 checkpoints.append(_read_checkpoint(ckpt_dir))
             except (OSError, ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
-                if ckpt_dir not in self._reported_unreadable:
-                    self._reported_unreadable.add(ckpt_dir)
+                if ckpt_dir not in self._reported_broken:
+                    self._reported_broken.add(ckpt_dir)
                     logger.warning(f"Skipping checkpoint {ckpt_dir}: unreadable {METAFNAME} ({_describe(error)})")
         return checkpoints
 
@@ -249,7 +249,9 @@ class RobustCheckpointer(Checkpointer):
                         f"Checkpoint {checkpoint.path} does not fit the current model or optimizer "
                         f"({_describe(error)}): the configuration changed since it was saved"
                     ) from error
-                logger.warning(f"Could not load checkpoint {checkpoint.path} ({_describe(error)}); skipping it")
+                if checkpoint.path not in self._reported_broken:  # a --test_only run recovers twice
+                    self._reported_broken.add(checkpoint.path)
+                    logger.warning(f"Could not load checkpoint {checkpoint.path} ({_describe(error)}); skipping it")
         logger.warning(
             f"None of the {len(candidates)} checkpoints in {self.checkpoints_dir} could be loaded: "
             "nothing recovered, training starts over"
