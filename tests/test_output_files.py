@@ -160,6 +160,7 @@ def test_train_py_on_a_full_disk_stops_with_one_error_line_and_leaves_no_partial
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: Could not write checkpoint {output / 'save' / 'CKPT+'}"), result.stderr[-2000:]
+    assert f"files of at most {limit} bytes (ulimit -f)" in last_line  # torch's own words do not say why
     assert [path.name for path in (output / "save").iterdir() if "CKPT" in path.name] == []
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import resource
 import shutil
 import time
 import zipfile
@@ -155,7 +156,7 @@ class RobustCheckpointer(Checkpointer):
         previous = self.find_checkpoint()
         kept = f"the previous checkpoint {previous.path} is intact" if previous else "there is no earlier checkpoint"
         write_error = CheckpointWriteError(
-            f"Could not write checkpoint {final or self.checkpoints_dir} ({_describe(error)}); "
+            f"Could not write checkpoint {final or self.checkpoints_dir} ({_describe(error)}{_file_size_limit()}); "
             f"its partial folder is discarded and {kept}"
         )
         write_error.errno = getattr(error, "errno", None)
@@ -325,6 +326,13 @@ def _check_not_truncated(path: pathlib.Path) -> None:
             zipfile.ZipFile(file).close()
         except zipfile.BadZipFile as error:
             raise EOFError(f"{path.name} is cut short: {error}") from error
+
+
+def _file_size_limit() -> str:
+    """`, files of at most N bytes (ulimit -f)` where this process has such a limit: torch's writer reports a
+    write cut short by it only as positions that do not match."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "" if limit == resource.RLIM_INFINITY else f", files of at most {limit} bytes (ulimit -f)"
 
 
 def _describe(error: BaseException) -> str:
