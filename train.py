@@ -171,6 +171,8 @@ class Separation(sb.Brain):
         hp = self.hparams
         if self.checkpointer is not None:
             checkpoint = self.checkpointer.recover_if_possible(max_key=max_key, min_key=min_key)
+            if checkpoint is None and self.test_only:
+                experiment.exit_without_checkpoint(hp.save_folder)
             self.scored = results.scored_checkpoint(checkpoint, hp.epoch_counter.current)
         else:  # --test_only --pretrained_separator: the folder's own model
             self.scored = {"model": find_model(hp.pretrained_separator).description}
@@ -375,9 +377,7 @@ def train_and_test(argv):
     separator.stop_request = stop_request
     experiment.stop_if_requested_before_work(stop_request, run_opts["test_only"])
     experiment.log_effective_batch_size(hparams["batch_size"], separator.grad_accumulation_factor)
-    if run_opts["test_only"]:
-        experiment.exit_without_checkpoint(checkpointer, hparams["save_folder"])
-    else:
+    if not run_opts["test_only"]:
         with experiment.exit_on_stop(checkpointer):
             separator.fit(
                 separator.hparams.epoch_counter,

@@ -218,13 +218,12 @@ def naming_earlier_test_results(results_folder: str):
         raise
 
 
-def exit_without_checkpoint(checkpointer, save_folder: str) -> None:
-    """--test_only of the run's own model: exit with an error line when no checkpoint of it loads."""
-    if checkpointer is not None and checkpointer.recover_if_possible(max_key="si-snr") is None:
-        sys.exit(
-            f"error: --test_only needs a trained model, but no checkpoint in {save_folder} loads "
-            "(to score another run's or a published model: --pretrained_separator=<folder>)"
-        )
+def exit_without_checkpoint(save_folder: str) -> NoReturn:
+    """--test_only of the run's own model when no checkpoint of it loads: exit with an error line."""
+    sys.exit(
+        f"error: --test_only needs a trained model, but no checkpoint in {save_folder} loads "
+        "(to score another run's or a published model: --pretrained_separator=<folder>)"
+    )
 
 
 def exit_if_untrained(brain: sb.Brain) -> None:
