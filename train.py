@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
 """Recipe for training a single-channel speech separation model (SepFormer, ConvTasNet) with SpeechBrain.
 
-One script for every corpus (WSJ0-2mix/3mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix, custom trees), for separation or
-enhancement; the differences live in hparams/. The script is the Brain, the data pipeline and `main`; the run around
-them (checks, folders, stops) is in `speechsep.training.experiment`.
+One script for every corpus (WSJ0-2mix/3mix, WHAM!, WHAMR!, LibriMix, Aishell1Mix, custom trees, folders of
+recordings of single talkers), for separation or enhancement; the differences live in hparams/. The script is the
+Brain, the data pipeline and `main`; the run around them (checks, folders, stops) is in `speechsep.training.experiment`.
 
-    python train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
-    python train.py hparams/convtasnet-libri2mix.yaml --data_folder=/path/to/Libri2Mix --batch_size=2
-    torchrun --nproc_per_node=4 train.py hparams/sepformer.yaml --data_folder=...
+    torchrun --nproc_per_node=4 train.py hparams/sepformer.yaml --data_folder=/path/to/wsj0-mix/2speakers
+    python train.py hparams/recordings.yaml --source_folder=/path/to/talkers   # <speaker>/<recording>.wav
 """
 
 import logging
@@ -25,6 +24,7 @@ from prepare_data import prepare_data
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.data.manifests import separation_dataset
+from speechsep.data.speaker_corpus import corpus_arguments, prepare_speaker_corpus
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.evaluation import results_folder as results
@@ -323,10 +323,8 @@ def dataio_prep(hparams, test_only=False, train=None):
     common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
     if test_only:
         return None, None, separation_dataset(hparams["test_data"], **common)
-    if train is None:
-        train = training_dataset(hparams)
-    valid = separation_dataset(hparams["valid_data"], **common)
-    return train, valid, separation_dataset(hparams["test_data"], **common)
+    train = training_dataset(hparams) if train is None else train
+    return train, *(separation_dataset(hparams[key], **common) for key in ("valid_data", "test_data"))
 
 
 def prepare_experiment(argv):
@@ -335,6 +333,8 @@ def prepare_experiment(argv):
     hparams, run_opts, record, min_samples = experiment.checked_experiment(argv, __file__)
     test_only = run_opts["test_only"]
     if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
+        if hparams.get("source_folder"):  # recordings of single talkers: split by talker, valid/test mixtures made
+            run_on_main(prepare_speaker_corpus, kwargs=corpus_arguments(hparams))
         options = experiment.preparation_options(hparams, test_only, min_samples)
         run_on_main(prepare_data, kwargs=options)
         if test_only:

@@ -50,10 +50,18 @@ def test_every_config_has_upstream_training_defaults(config):
 ALL_CONFIGS = sorted(path.name for path in (REPO / "hparams").glob("*.yaml"))
 
 
+def stock_overrides(config: str, tmp_path) -> dict:
+    """The paths a config leaves to the command line (hparams/recordings.yaml: its recordings folder)."""
+    overrides = {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "out")}
+    if config == "recordings.yaml":
+        overrides["source_folder"] = str(tmp_path / "recordings")
+    return overrides
+
+
 @pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_every_config_loads_with_stock_hyperpyyaml_and_builds_its_modules(config, tmp_path):
     with open(REPO / "hparams" / config) as stream:
-        hp = load_hyperpyyaml(stream, {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "out")})
+        hp = load_hyperpyyaml(stream, stock_overrides(config, tmp_path))
     assert set(hp["modules"]) == {"encoder", "masknet", "decoder"}
     assert all(isinstance(module, torch.nn.Module) for module in hp["modules"].values())
     mixture = torch.randn(1, 800)
@@ -71,7 +79,7 @@ def test_every_config_builds_the_projects_classes_where_it_has_them(config, tmp_
     """What stock HyperPyYAML builds is what trains: no SpeechBrain class that the project computes faster is
     left to be replaced after loading, and no SpeechBrain attention layer that ours would fuse."""
     with open(REPO / "hparams" / config) as stream:
-        hp = load_hyperpyyaml(stream, {"data_folder": str(tmp_path / "data")})
+        hp = load_hyperpyyaml(stream, stock_overrides(config, tmp_path))
     assert type(hp["modules"]["encoder"]) is filterbank.Encoder and type(hp["modules"]["decoder"]) is filterbank.Decoder
     modules = [module for top in hp["modules"].values() for module in top.modules()]
     assert not [class_name(module) for module in modules if class_name(module) in OUR_CLASSES]
@@ -167,6 +175,14 @@ OWN_KEYS = {
         "lr_scheduler",
         "train_budget_minutes",
     },
+}
+RECORDINGS_KEYS = {"source_folder", "speaker_regex", "valid_source_folder", "test_source_folder", "corpus_folder"}
+RECORDINGS_KEYS |= {"valid_speakers", "test_speakers", "valid_mixtures", "test_mixtures", "min_speaker_seconds"}
+OWN_KEYS["recordings.yaml"] = (OWN_KEYS["demo.yaml"] - {"dm_level_scheme", "N_epochs", "test_shifts"}) | {
+    *RECORDINGS_KEYS,
+    "corpus_seed",
+    "data_folder",
+    "use_speedperturb",
 }
 SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size"}
 

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 PAUSE_SECONDS = (0.1, 0.4)  # between the recordings strung into one utterance
 UTTERANCE_SECONDS = (3.0, 5.0)
+LONG_RECORDING_SECONDS = 30.0  # longer recordings are not read whole: a random stretch of this length
 
 
 class RecordingsError(RecipeError):
@@ -61,8 +62,14 @@ def recordings_by_speaker(folder: Path, speaker_regex: str | None = None) -> dic
     return dict(speakers)
 
 
-def _read(path: Path, sample_rate: int) -> np.ndarray:
-    signal, rate = sf.read(path, dtype="float32", always_2d=True)
+def _read(path: Path, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A recording, or a random stretch of `LONG_RECORDING_SECONDS` of a longer one (a talk, an audiobook)."""
+    info = sf.info(path)
+    start, frames = 0, info.frames
+    if frames > LONG_RECORDING_SECONDS * info.samplerate:
+        frames = int(LONG_RECORDING_SECONDS * info.samplerate)
+        start = int(rng.integers(0, info.frames - frames + 1))
+    signal, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
     signal = signal.mean(axis=1)
     if rate != sample_rate:
         signal = torchaudio.functional.resample(torch.from_numpy(signal), rate, sample_rate).numpy()
@@ -74,7 +81,7 @@ def utterance(rng: np.random.Generator, recordings: list[Path], sample_rate: int
     target = int(rng.uniform(*UTTERANCE_SECONDS) * sample_rate)
     pieces, length = [], 0
     while length < target:
-        piece = _read(recordings[int(rng.integers(len(recordings)))], sample_rate)
+        piece = _read(recordings[int(rng.integers(len(recordings)))], sample_rate, rng)
         pause = np.zeros(int(rng.uniform(*PAUSE_SECONDS) * sample_rate), dtype=np.float32)
         pieces += [piece, pause]
         length += len(piece) + len(pause)
@@ -89,43 +96,51 @@ def make_mixtures(
     speaker_regex: str | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write `num_mixtures` two-speaker mixtures and their sources; returns the test manifest's path."""
+    """Write `num_mixtures` two-speaker test mixtures and their sources; returns the test manifest's path."""
     speakers = recordings_by_speaker(Path(recordings_folder), speaker_regex)
+    return write_mixtures(speakers, output_folder, "test", num_mixtures, sample_rate, num_spks=2, seed=seed)
+
+
+def write_mixtures(
+    speakers: dict[str, list[Path]],
+    output_folder: str | Path,
+    split: str,
+    num_mixtures: int,
+    sample_rate: int,
+    num_spks: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Write `num_mixtures` mixtures of `num_spks` distinct speakers of `speakers` (name -> recordings) into
+    `<output_folder>/<split>/{mixture,source1,...}/` with the manifest `<output_folder>/<split>.csv`; returns it."""
     names = sorted(speakers)
     output_folder = Path(output_folder)
-    folders = {name: output_folder / "test" / name for name in ("mixture", "source1", "source2")}
+    signal_names = ["mixture", *(f"source{k}" for k in range(1, num_spks + 1))]
+    folders = {name: output_folder / split / name for name in signal_names}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     levels = Wsj0Levels()
     rows = []
     for index in range(num_mixtures):
-        first, second = rng.choice(len(names), size=2, replace=False)
-        sources = [utterance(rng, speakers[names[k]], sample_rate) for k in (first, second)]
+        chosen = rng.choice(len(names), size=num_spks, replace=False)
+        sources = [utterance(rng, speakers[names[k]], sample_rate) for k in chosen]
         length = min(len(source) for source in sources)
         sources = [source[:length] for source in sources]
         gains, _ = levels.gains(rng, sources, None)
         sources = [source * gain for source, gain in zip(sources, gains)]
         mixture = np.sum(sources, axis=0)
         scale = min(1.0, PEAK_LIMIT / max(float(np.abs(mixture).max()), 1e-9))
-        mixture_id = f"{index:05d}_{names[first]}_{names[second]}"
-        paths = {}
-        for name, signal in (("mixture", mixture), ("source1", sources[0]), ("source2", sources[1])):
-            paths[name] = folders[name] / f"{mixture_id}.wav"
+        mixture_id = "_".join([f"{index:05d}", *(names[k] for k in chosen)])
+        row = {"ID": mixture_id, "duration": round(length / sample_rate, 4)}
+        for name, signal in zip(signal_names, [mixture, *sources]):
+            path = folders[name] / f"{mixture_id}.wav"
             write = functools.partial(write_pcm16, signal=torch.from_numpy(signal * scale), sample_rate=sample_rate)
-            write_file(paths[name], write, overwrite=True)
-        rows.append(
-            {
-                "ID": mixture_id,
-                "duration": round(length / sample_rate, 4),
-                "mix_wav": str(paths["mixture"].resolve()),
-                "s1_wav": str(paths["source1"].resolve()),
-                "s2_wav": str(paths["source2"].resolve()),
-            }
-        )
-    manifest = output_folder / "test.csv"
+            write_file(path, write, overwrite=True)
+            row["mix_wav" if name == "mixture" else f"s{name[len('source'):]}_wav"] = str(path.resolve())
+        rows.append(row)
+    manifest = output_folder / f"{split}.csv"
     write_csv(manifest, rows, overwrite=True)  # last: a manifest lists only files written whole
-    logger.info(f"{num_mixtures} mixtures of {len(names)} speakers in {output_folder}; manifest {manifest}")
+    logger.info(f"{num_mixtures} mixtures of {len(names)} speakers in {output_folder / split}; manifest {manifest}")
     return manifest
 
 

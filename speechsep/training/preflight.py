@@ -13,6 +13,7 @@ training rather than after.
 import dataclasses
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -61,6 +62,13 @@ def _is_path(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
+def _is_regex_with_group(value) -> bool:
+    try:
+        return isinstance(value, str) and re.compile(value).groups >= 1
+    except re.error:
+        return False
+
+
 def _one_of(choices) -> tuple:
     """A value check for `choices` and its description, `a, b or c` (None as `null`)."""
     names = ["null" if choice is None else str(choice) for choice in choices]
@@ -74,6 +82,7 @@ PATH_KEYS = (
     *("data_folder", "train_data", "valid_data", "test_data"),
 )
 OPTIONAL_PATH_KEYS = ("base_folder_dm", "noise_folder_dm", "pretrained_separator")  # null: none
+RECORDINGS_PATH_KEYS = ("source_folder", "valid_source_folder", "test_source_folder")  # hparams/recordings.yaml
 # key -> (test of its value, what it must be)
 VALUE_CHECKS = {
     "N_epochs": (lambda v: _is_int(v, 0), "a whole number of epochs, 0 or more"),
@@ -97,6 +106,16 @@ VALUE_CHECKS = {
     "dm_rooms": (lambda v: v in ROOMS, "null (no room) or " + " or ".join(ROOMS[1:])),
     "sdr_permutation": _one_of(SDR_PERMUTATIONS),
     "task": _one_of(TASKS),
+    "speaker_regex": (lambda v: v is None or _is_regex_with_group(v), "null or a regular expression with a group"),
+    "valid_speakers": (lambda v: _is_number(v) and 0 < v < 1, "a fraction of the talkers, between 0 and 1"),
+    "test_speakers": (lambda v: _is_number(v) and 0 < v < 1, "a fraction of the talkers, between 0 and 1"),
+    "valid_mixtures": (lambda v: _is_int(v, 1), "a whole number of mixtures, at least 1"),
+    "test_mixtures": (lambda v: _is_int(v, 1), "a whole number of mixtures, at least 1"),
+    "min_speaker_seconds": (lambda v: _is_number(v) and v >= 0, "a number of seconds, 0 or more"),
+    "corpus_seed": (lambda v: _is_int(v, 0), "a whole number, 0 or more"),
+    **{
+        key: (lambda v: v is None or _is_path(v), "null or a path (a non-empty string)") for key in RECORDINGS_PATH_KEYS
+    },
     **{key: (_is_path, "a path (a non-empty string)") for key in PATH_KEYS},
     **{key: (lambda v: v is None or _is_path(v), "null or a path (a non-empty string)") for key in OPTIONAL_PATH_KEYS},
 }
@@ -198,10 +217,15 @@ def check_inputs(values: dict, test_only: bool) -> None:
     check_num_spks(values["num_spks"], values.get("task", DEFAULT_TASK))
     if not test_only and values["N_epochs"] < 1:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
-    if not values["skip_prep"] and not Path(str(values["data_folder"])).is_dir():
+    making_corpus = bool(values.get("source_folder")) and not values["skip_prep"]  # data_folder made from it
+    for key in RECORDINGS_PATH_KEYS if making_corpus else ():
+        if values[key] and not Path(str(values[key])).is_dir():
+            raise RecipeError(f"{key} does not exist or is not a folder: {values[key]}")
+    if not values["skip_prep"] and not making_corpus and not Path(str(values["data_folder"])).is_dir():
         raise RecipeError(f"data_folder does not exist or is not a folder: {values['data_folder']}")
     check_rebuilt_mixtures(values, test_only)
-    if values["dynamic_mixing"] and not test_only and not Path(str(values["base_folder_dm"])).is_dir():
+    base_folder_dm = Path(str(values["base_folder_dm"]))
+    if values["dynamic_mixing"] and not test_only and not making_corpus and not base_folder_dm.is_dir():
         raise RecipeError(f"base_folder_dm does not exist or is not a folder: {values['base_folder_dm']}")
     if values["pretrained_separator"]:
         check_format(find_model(values["pretrained_separator"]), values["num_spks"], values["sample_rate"])
