@@ -21,10 +21,10 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from prepare_data import prepare_data
+from speechsep.data import speaker_corpus
 from speechsep.data.augment import fit_length, perturb_sources
 from speechsep.data.dynamic_mixing import dynamic_mixing_dataset
 from speechsep.data.manifests import separation_dataset
-from speechsep.data.speaker_corpus import corpus_arguments, prepare_speaker_corpus
 from speechsep.errors import RecipeError
 from speechsep.evaluation import metrics
 from speechsep.evaluation import results_folder as results
@@ -333,8 +333,8 @@ def prepare_experiment(argv):
     hparams, run_opts, record, min_samples = experiment.checked_experiment(argv, __file__)
     test_only = run_opts["test_only"]
     if not hparams["skip_prep"]:  # with --test_only too, the test manifest alone
-        if hparams.get("source_folder"):  # recordings of single talkers: split by talker, valid/test mixtures made
-            run_on_main(prepare_speaker_corpus, kwargs=corpus_arguments(hparams))
+        if "source_folder" in hparams:  # recordings of single talkers: split by talker, valid/test mixtures made
+            run_on_main(speaker_corpus.prepare_for_run, args=[hparams, test_only])
         options = experiment.preparation_options(hparams, test_only, min_samples)
         run_on_main(prepare_data, kwargs=options)
         if test_only:

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from speechsep.data.speaker_corpus import (
     TRAIN_SOURCES,
     CorpusOptions,
     SpeakerCorpusError,
+    prepare_for_run,
     prepare_speaker_corpus,
     split_speakers,
 )
@@ -99,10 +101,12 @@ def test_a_corpus_of_other_recordings_or_options_or_a_folder_that_is_no_corpus_i
     source = write_talkers(tmp_path / "recordings")
     corpus = prepare_speaker_corpus(source, tmp_path / "corpus", OPTIONS)
     record = (corpus / RECORD_FILE).read_text()
-    with pytest.raises(SpeakerCorpusError, match=r"options.test_mixtures differ.*give another corpus_folder"):
+    with pytest.raises(SpeakerCorpusError, match=r"\(options.test_mixtures: 6 -> 7\).*give another corpus_folder"):
         prepare_speaker_corpus(source, corpus, CorpusOptions(valid_mixtures=4, test_mixtures=7, min_speaker_seconds=1))
     sf.write(source / "talker00" / "new.wav", steady_voice(110.0, 1.0, seed=9), SAMPLE_RATE)
-    with pytest.raises(SpeakerCorpusError, match=r"other recordings or options \(source_folder differ"):
+    with pytest.raises(
+        SpeakerCorpusError, match=r"other recordings or options \(source_folder: 24 -> 25 audio files\)"
+    ):
         prepare_speaker_corpus(source, corpus, OPTIONS)
     assert (corpus / RECORD_FILE).read_text() == record
     mine = tmp_path / "my_data"
@@ -125,10 +129,14 @@ def test_speakers_from_a_regex_on_flat_file_names_and_valid_test_talkers_from_fo
     split = split_of(corpus)
     assert split["train"] | split["valid"] == {f"talker{k:02d}" for k in range(4)}
     assert len(split["valid"]) == 2 and len(split["test"]) == 8
-    with pytest.raises(
-        SpeakerCorpusError, match=r"talker\(s\) other00, .* in both source_folder and valid_source_folder"
-    ):
-        prepare_speaker_corpus(held_out, tmp_path / "corpus2", options, valid_source_folder=held_out)
+    overlapping = write_talkers(tmp_path / "overlapping", num_talkers=3, flat=True)
+    with pytest.raises(SpeakerCorpusError, match=r"talker\(s\) talker00, .* in both source_folder and valid_source"):
+        prepare_speaker_corpus(train, tmp_path / "corpus2", options, valid_source_folder=overlapping)
+    with pytest.raises(SpeakerCorpusError, match=r"test_source_folder .*held_out is inside valid_source_folder"):
+        prepare_speaker_corpus(train, tmp_path / "corpus3", options, held_out, held_out)
+    with pytest.raises(SpeakerCorpusError, match=r"valid_source_folder .*train/v is inside source_folder"):
+        prepare_speaker_corpus(train, tmp_path / "corpus4", options, write_talkers(train / "v", 3, flat=True))
+    assert not list(tmp_path.glob("corpus[234]"))
 
 
 def test_bad_recordings_folders_are_one_line_each(tmp_path, caplog):
@@ -141,16 +149,21 @@ def test_bad_recordings_folders_are_one_line_each(tmp_path, caplog):
     fails(tmp_path / "missing", r"missing does not exist or is not a folder")
     (tmp_path / "empty" / "talker").mkdir(parents=True)
     (tmp_path / "empty" / "talker" / "notes.txt").write_text("no audio")
-    fails(tmp_path / "empty", r"holds no audio files")
+    fails(tmp_path / "empty", r"No .wav/.flac/.ogg files under .*empty")
     one = write_talkers(tmp_path / "one", num_talkers=1)
-    fails(one, r"gives the \w+ split 1 talker\(s\).* need 2 \(1 such talker\(s\) in all; .* at least 6")
+    fails(one, r"source_folder .*one gives the \w+ split 1 talker\(s\).* need 2 \(.* of one folder needs 6 talkers\)")
     flat = write_talkers(tmp_path / "flat", num_talkers=6, flat=True)
     fails(flat, r"0_talker00_0.wav is not in a speaker folder: .*or give speaker_regex")
     regex = CorpusOptions(speaker_regex=r"^([0-9]+)-")
-    fails(flat, r"0_talker00_0.wav does not match speaker_regex '\^\(\[0-9\]\+\)-', whose first group", regex)
+    fails(flat, r"0_talker00_0.wav: speaker_regex '\^\(\[0-9\]\+\)-' does not match it, or its first group", regex)
+    fails(
+        flat,
+        r"0_talker00_0.wav: .* or its first group \(the talker\) matches nothing",
+        CorpusOptions(speaker_regex="^(x)?"),
+    )
     broken = write_talkers(tmp_path / "broken", num_talkers=6)
     (broken / "talker03" / "bad.wav").write_bytes(b"RIFF not really a wave file")
-    fails(broken, r"talker03/bad.wav.* \(in .*broken\): remove or replace it")
+    fails(broken, r"talker03/bad.wav.* \(in source_folder\): remove or replace it")
 
     short = write_talkers(tmp_path / "short", num_talkers=7)
     for path in (short / "talker05").iterdir():
@@ -158,8 +171,9 @@ def test_bad_recordings_folders_are_one_line_each(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         corpus = prepare_speaker_corpus(short, tmp_path / "short_corpus", OPTIONS)
     assert "Leaving out 1 talker(s)" in caplog.text and "less than 1 s of audio" in caplog.text
-    assert "talker05" not in set().union(*split_of(corpus).values())
-    assert json.loads((corpus / RECORD_FILE).read_text())["talkers"] == {"valid": 2, "test": 2, "train": 2}
+    assert split_of(corpus)["left out"] == {"talker05"}  # listed, with its seconds, in no split
+    assert "talker05" not in split_of(corpus)["train"] | split_of(corpus)["valid"] | split_of(corpus)["test"]
+    assert json.loads((corpus / RECORD_FILE).read_text())["contents"]["talkers"] == {"valid": 2, "test": 2, "train": 2}
 
 
 MAKE_CORPUS = """
@@ -216,7 +230,7 @@ def test_training_on_a_recordings_folder_resumes_after_a_kill_without_remaking_i
     assert final_brain_state(output)["optimizer_step"] == 20
     assert {path: path.stat().st_mtime_ns for path in (output / "corpus" / "test").rglob("*.wav")} == test_mixtures
     results = read_csv(output / "test_results.csv")
-    assert len(results) == 3  # two mixtures and the mean
+    assert len(results) == 2
 
 
 @pytest.mark.parametrize(
@@ -230,12 +244,16 @@ def test_training_on_a_recordings_folder_resumes_after_a_kill_without_remaking_i
         ("--test_speakers=1.5", r"test_speakers is 1.5; expected a fraction of the talkers, between 0 and 1"),
         ("--valid_mixtures=0", r"valid_mixtures is 0; expected a whole number of mixtures, at least 1"),
         ("--source_folder=/no/such/folder", r"source_folder does not exist or is not a folder: /no/such/folder"),
+        ("--dynamic_mixing=False", r"the corpus holds no training mixtures\): set dynamic_mixing=True"),
+        ("--corpus_folder=SOURCE/corpus", r"corpus_folder .*recordings/corpus is inside source_folder"),
+        ("--output_folder=SOURCE/run", r"folder .*recordings/run(/corpus)? is inside source_folder"),
     ],
 )
 def test_the_recordings_config_refuses_bad_values_in_one_line_before_anything_is_written(tmp_path, override, message):
     source = write_talkers(tmp_path / "recordings", num_talkers=6)
     options = [f"--source_folder={source}", f"--output_folder={tmp_path / 'run'}"]
-    options = [option for option in options if option.split("=")[0] != override.split("=")[0]] + [override]
+    options = [option for option in options if option.split("=")[0] != override.split("=")[0]]
+    options.append(override.replace("SOURCE", str(source)))
     command = [sys.executable, "train.py", "hparams/recordings.yaml", *options]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
@@ -259,3 +277,72 @@ def test_long_recordings_give_held_out_mixtures_from_stretches_of_them_without_b
     assert frames_read and max(frames_read) == 30 * SAMPLE_RATE
     durations = [sf.info(path).duration for path in (corpus / "test" / "mixture").iterdir()]
     assert len(durations) == 6 and all(3.0 <= duration <= 5.0 for duration in durations)
+
+
+def test_two_runs_making_one_corpus_at_once_both_use_the_one_made_whole(tmp_path):
+    source = write_talkers(tmp_path / "recordings", num_talkers=6)
+    corpus = tmp_path / "corpus"
+    script = MAKE_CORPUS.replace("test_mixtures=100000", "test_mixtures=40")
+    command = [sys.executable, "-c", script, str(source), str(corpus)]
+    processes = [subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], errors
+    assert len(list((corpus / "test" / "mixture").iterdir())) == 40
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus", "recordings"]
+
+
+def test_linked_speaker_folders_are_followed_and_hidden_silent_or_other_format_files_left_out(tmp_path, caplog):
+    source = write_talkers(tmp_path / "recordings", num_talkers=6)
+    elsewhere = write_talkers(tmp_path / "elsewhere", num_talkers=8)
+    (source / "talker07").symlink_to(elsewhere / "talker07", target_is_directory=True)
+    hidden = source / ".Trash-1000" / "files"
+    hidden.mkdir(parents=True)
+    sf.write(hidden / "old.wav", steady_voice(300.0, 2.0, seed=3), SAMPLE_RATE)
+    sf.write(source / "talker01" / "silent.wav", np.zeros(8000, dtype=np.float32), SAMPLE_RATE)
+    (source / "talker02" / "take.mp3").write_bytes(b"ID3")
+    with caplog.at_level(logging.WARNING):
+        corpus = prepare_speaker_corpus(source, tmp_path / "corpus", OPTIONS)
+    talkers = set().union(*split_of(corpus).values())
+    assert talkers == {f"talker{k:02d}" for k in (0, 1, 2, 3, 4, 5, 7)}
+    assert "Leaving out 1 silent file(s)" in caplog.text and "silent.wav" in caplog.text
+    assert "Leaving out 1 file(s)" in caplog.text and "take.mp3: convert them" in caplog.text
+    nan = write_talkers(tmp_path / "nan", num_talkers=6)
+    sf.write(nan / "talker04" / "nan.wav", np.full(800, np.nan, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(SpeakerCorpusError, match=r"talker04/nan.wav.*\(in source_folder\): remove or replace it"):
+        prepare_speaker_corpus(nan, tmp_path / "nan_corpus", OPTIONS)
+
+
+def test_a_corpus_that_lost_files_is_refused_and_an_empty_folder_made_beforehand_is_used(tmp_path):
+    source = write_talkers(tmp_path / "recordings")
+    (tmp_path / "corpus").mkdir()
+    corpus = prepare_speaker_corpus(source, tmp_path / "corpus", OPTIONS)
+    next((corpus / "test" / "source2").iterdir()).unlink()
+    with pytest.raises(SpeakerCorpusError, match=r"is incomplete \(test/source2 holds 5 of its 6 files\): delete it"):
+        prepare_speaker_corpus(source, corpus, OPTIONS)
+    shutil.rmtree(corpus / TRAIN_SOURCES / sorted(split_of(corpus)["train"])[0])
+    with pytest.raises(SpeakerCorpusError, match=r"is incomplete \(train_sources holds 14 of its 16 files\)"):
+        prepare_speaker_corpus(source, corpus, OPTIONS)
+
+
+def run_hparams(tmp_path, source, **overrides) -> dict:
+    values = {"source_folder": str(source), "corpus_folder": str(tmp_path / "run" / "corpus")}
+    values |= {"save_folder": str(tmp_path / "run" / "save"), "output_folder": str(tmp_path / "run")}
+    values |= {"valid_source_folder": None, "test_source_folder": None, "corpus_seed": 0}
+    values |= {key: getattr(OPTIONS, key) for key in ("num_spks", "sample_rate", "speaker_regex")}
+    values |= {key: getattr(OPTIONS, key) for key in ("valid_speakers", "test_speakers", "min_speaker_seconds")}
+    return values | {"valid_mixtures": 4, "test_mixtures": 6} | overrides
+
+
+def test_checkpoints_are_tied_to_their_corpus_and_a_test_uses_the_corpus_as_it_is(tmp_path):
+    source = write_talkers(tmp_path / "recordings")
+    prepare_for_run(run_hparams(tmp_path, source), test_only=False)
+    (tmp_path / "run" / "save" / "CKPT+1").mkdir()
+    sf.write(source / "talker00" / "new.wav", steady_voice(110.0, 1.0, seed=9), SAMPLE_RATE)
+    prepare_for_run(run_hparams(tmp_path, source), test_only=True)  # the test mixtures are fixed: used as they are
+    with pytest.raises(SpeakerCorpusError, match=r"other recordings or options"):
+        prepare_for_run(run_hparams(tmp_path, source), test_only=False)
+    shutil.rmtree(tmp_path / "run" / "corpus")  # as that error suggests: the new corpus splits the talkers anew
+    with pytest.raises(
+        SpeakerCorpusError, match=r"checkpoints in .*run were trained on another corpus .*another output"
+    ):
+        prepare_for_run(run_hparams(tmp_path, source, corpus_seed=1), test_only=False)

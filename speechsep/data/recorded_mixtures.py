@@ -70,7 +70,7 @@ def _read(path: Path, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         frames = int(LONG_RECORDING_SECONDS * info.samplerate)
         start = int(rng.integers(0, info.frames - frames + 1))
     signal, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    signal = signal.mean(axis=1)
+    signal = signal[:, 0]  # the first channel, as dynamic mixing reads it
     if rate != sample_rate:
         signal = torchaudio.functional.resample(torch.from_numpy(signal), rate, sample_rate).numpy()
     return signal
@@ -130,7 +130,7 @@ def write_mixtures(
         sources = [source * gain for source, gain in zip(sources, gains)]
         mixture = np.sum(sources, axis=0)
         scale = min(1.0, PEAK_LIMIT / max(float(np.abs(mixture).max()), 1e-9))
-        mixture_id = "_".join([f"{index:05d}", *(names[k] for k in chosen)])
+        mixture_id = "_".join([f"{index:05d}", *(names[k][:40] for k in chosen)])  # a file name of a few talkers
         row = {"ID": mixture_id, "duration": round(length / sample_rate, 4)}
         for name, signal in zip(signal_names, [mixture, *sources]):
             path = folders[name] / f"{mixture_id}.wav"

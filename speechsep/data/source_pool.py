@@ -48,6 +48,7 @@ class PoolError(RecipeError):
     """A source or noise folder that cannot serve dynamic mixing; the message names the folder."""
 
 SILENCE_RMS = 1e-4  # -80 dBFS: quieter signals keep their level instead of being amplified to a target
+OTHER_AUDIO_EXTENSIONS = (".aif", ".aiff", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".au", ".caf", ".w64", ".sph")
 EXPECTED_LAYOUTS = (
     "a LibriSpeech split (<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac), "
     "WSJ0 si_tr_s (<spk>/<spk>xxxxx.wav) or speaker folders (<speaker>/<utterance>.wav)"
@@ -58,7 +59,7 @@ EXPECTED_LAYOUTS = (
 # Indexing audio folders (with a cache of frame counts and of resampled copies)
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, order=True)
-class _ScannedFile:
+class ScannedFile:
     rel_path: str  # POSIX path relative to the scanned folder
     size: int
     mtime_ns: int
@@ -89,24 +90,32 @@ def _walk_without_loops(folder: Path):
         yield dirpath, dirnames, filenames
 
 
-def _scan_audio_files(folder: Path) -> list[_ScannedFile]:
+def scan_audio_files(folder: Path, role: str = "in the pool") -> list[ScannedFile]:
     """Audio files under `folder` (links followed, but not round a loop), sorted so that every process agrees on
-    the order."""
+    the order. Files in other audio formats are left out with one warning; a file that cannot be read (a FIFO, a
+    dangling link, a name that is not UTF-8) is one error line naming it and its `role`."""
     if not folder.is_dir():
         raise PoolError(f"Audio folder {folder} does not exist or is not a folder")
-    scanned = []
+    scanned, other_formats = [], []
     for dirpath, _, filenames in _walk_without_loops(folder):
         for name in filenames:
-            if is_audio_name(name):
-                path = Path(dirpath, name)
-                problem = file_problem(path)  # before anything opens it: a FIFO would block the reader
-                if problem is None and not _is_utf8(str(path)):
-                    problem = "its name is not UTF-8, which the index is written in"
-                if problem:
-                    raise PoolError(f"{path} in the pool: {problem}; remove or replace it")
-                stat = path.stat()
-                rel_path = path.relative_to(folder).as_posix()
-                scanned.append(_ScannedFile(rel_path, stat.st_size, stat.st_mtime_ns))
+            if not is_audio_name(name):
+                other_formats += [Path(dirpath, name)] if Path(name).suffix.lower() in OTHER_AUDIO_EXTENSIONS else []
+                continue
+            path = Path(dirpath, name)
+            problem = file_problem(path)  # before anything opens it: a FIFO would block the reader
+            if problem is None and not _is_utf8(str(path)):
+                problem = "its name is not UTF-8, which the index is written in"
+            if problem:
+                raise PoolError(f"{path} {role}: {problem}; remove or replace it")
+            stat = path.stat()
+            rel_path = path.relative_to(folder).as_posix()
+            scanned.append(ScannedFile(rel_path, stat.st_size, stat.st_mtime_ns))
+    if other_formats:
+        logger.warning(
+            f"Leaving out {len(other_formats)} file(s) of {folder} in formats other than {'/'.join(AUDIO_EXTENSIONS)}, "
+            f"e.g. {other_formats[0]}: convert them to use them"
+        )
     if not scanned:
         raise PoolError(f"No {'/'.join(AUDIO_EXTENSIONS)} files under {folder}")
     return sorted(scanned)
@@ -194,13 +203,13 @@ class AudioIndex:
     ) -> AudioIndex:
         """Index every .wav/.flac file under `folder` (see `build`)."""
         folder = Path(folder)
-        return cls.build(folder, _scan_audio_files(folder), sample_rate, cache_dir)
+        return cls.build(folder, scan_audio_files(folder), sample_rate, cache_dir)
 
     @classmethod
     def build(
         cls,
         folder: Path,
-        scanned: Sequence[_ScannedFile],
+        scanned: Sequence[ScannedFile],
         sample_rate: int,
         cache_dir: str | Path | None,
     ) -> AudioIndex:
@@ -251,7 +260,7 @@ def _usable(folder: Path, rows: dict[str, dict[str, int]]) -> list[str]:
 
 
 def _index_row(
-    folder: Path, file: _ScannedFile, sample_rate: int, cache: _FolderCache | None
+    folder: Path, file: ScannedFile, sample_rate: int, cache: _FolderCache | None
 ) -> dict[str, int]:
     """What the index keeps of one file; a file at another rate (or without a length in its header) is copied
     into the cache first, resampled."""
@@ -281,7 +290,7 @@ def _index_row(
 
 
 def _is_current(
-    row: dict[str, int] | None, file: _ScannedFile, sample_rate: int, cache: _FolderCache | None
+    row: dict[str, int] | None, file: ScannedFile, sample_rate: int, cache: _FolderCache | None
 ) -> bool:
     """Whether a cached row still describes `file`: same size and time, resampled copy (if any) present."""
     if row is None or (row["size"], row["mtime_ns"]) != (file.size, file.mtime_ns):
@@ -345,7 +354,7 @@ class SourcePool:
         is resampled once into `cache_dir`, which also keeps the frame counts for the next run.
         """
         folder = Path(folder)
-        scanned = _scan_audio_files(folder)
+        scanned = scan_audio_files(folder)
         layout, speaker_ids = _detect_speakers(folder, [file.rel_path for file in scanned])
         speaker_of = dict(zip((file.rel_path for file in scanned), speaker_ids))
         files = AudioIndex.build(folder, scanned, sample_rate, cache_dir)

@@ -3,16 +3,17 @@
 `hparams/recordings.yaml` trains from any folder of recordings of one talker each (speaker folders, or a speaker
 regex on the file names) by dynamic mixing. This module turns that folder into what the recipe reads, once:
 
-    <corpus_folder>/speakers.csv                  every talker, its split, its files and seconds
+    <corpus_folder>/speakers.csv                  every talker: its split, files and seconds (or why it is left out)
     <corpus_folder>/train_sources/<speaker>/...   links to the training talkers' files: the dynamic-mixing pool
     <corpus_folder>/{valid,test}/{mixture,source1,...}/  fixed mixtures of the held-out talkers (a custom tree)
-    <corpus_folder>/corpus.json                   what it was made from; written last
+    <corpus_folder>/corpus.json                   what it was made from and what it holds; written last
 
 Talkers, never utterances, are split: each talker's place in the order of sha1(seed, name) decides, so the split
 depends on the names alone (not on the file system's order), and the held-out talkers are never trained on. The
-valid and test talkers may instead come from folders of their own. The folder is built under a hidden name and
-renamed into place whole, so a run killed while making it leaves nothing that looks finished; a later run reuses
-it as it is (scores stay comparable between runs) and refuses one made from other recordings or options.
+valid and test talkers may instead come from folders of their own, which must not overlap the others. The folder
+is built under a hidden name and renamed into place whole, so a run killed while making it leaves nothing that
+looks finished; a later run reuses it as it is (scores stay comparable between runs) and refuses one made from
+other recordings or options, or one that lost files. A run's checkpoints are tied to the corpus they trained on.
 """
 
 from __future__ import annotations
@@ -24,21 +25,22 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path, PurePosixPath
 
-from speechsep.data.audio import is_audio_name
-from speechsep.data.audio_checks import AudioCheckError, read_header
+from speechsep.data.audio_checks import AudioCheckError, SilentAudioError, check_samples, read_header
 from speechsep.data.recorded_mixtures import write_mixtures
+from speechsep.data.source_pool import PoolError, scan_audio_files
 from speechsep.errors import RecipeError
-from speechsep.locking import folder_locked
-from speechsep.output_files import csv_content, text_content, write_files
+from speechsep.locking import LockHeld, folder_locked
+from speechsep.output_files import csv_content, text_content, write_files, write_text
 
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "corpus.json"
 SPEAKERS_FILE = "speakers.csv"
 TRAIN_SOURCES = "train_sources"
+RUN_RECORD = "speaker_corpus.json"  # in a run's save folder: the corpus its checkpoints trained on
 HELD_OUT = ("valid", "test")
 
 
@@ -61,75 +63,105 @@ class CorpusOptions:
     seed: int = 0
 
 
-def corpus_arguments(hparams: dict) -> dict:
-    """`prepare_speaker_corpus`'s keyword arguments from a config's values (hparams/recordings.yaml)."""
-    options = CorpusOptions(
-        num_spks=hparams["num_spks"],
-        sample_rate=hparams["sample_rate"],
-        speaker_regex=hparams["speaker_regex"],
-        valid_speakers=hparams["valid_speakers"],
-        test_speakers=hparams["test_speakers"],
-        valid_mixtures=hparams["valid_mixtures"],
-        test_mixtures=hparams["test_mixtures"],
-        min_speaker_seconds=hparams["min_speaker_seconds"],
-        seed=hparams["corpus_seed"],
-    )
-    return dict(
-        source_folder=hparams["source_folder"],
-        corpus_folder=hparams["corpus_folder"],
-        options=options,
-        valid_source_folder=hparams["valid_source_folder"],
-        test_source_folder=hparams["test_source_folder"],
-    )
+def prepare_for_run(hparams: dict, test_only: bool) -> None:
+    """The corpus of a run of hparams/recordings.yaml: made or checked, and tied to the run's checkpoints; a test of
+    a run whose corpus exists uses it as it is (its recordings may have moved on since)."""
+    corpus_folder = Path(hparams["corpus_folder"])
+    if test_only and (corpus_folder / RECORD_FILE).is_file():
+        logger.info(f"Testing on the test mixtures of {corpus_folder} as they are")
+        return
+    keys = {field.name: field.name for field in fields(CorpusOptions)} | {"seed": "corpus_seed"}
+    options = CorpusOptions(**{name: hparams[key] for name, key in keys.items()})
+    given = {name: hparams[f"{name}_source_folder"] for name in HELD_OUT}
+    prepare_speaker_corpus(hparams["source_folder"], corpus_folder, options, given["valid"], given["test"])
+    _tie_to_run(corpus_folder, Path(hparams["save_folder"]), hparams["output_folder"])
+
+
+def check_folders(folders: dict[str, str | Path | None], corpus_folder: str | Path, output_folder=None) -> None:
+    """The recordings folders (`source_folder`, `valid_source_folder`, ...: path or None) hold none of one another,
+    and none holds the corpus or the run's outputs (which would be read as recordings the next time)."""
+    resolved = {key: Path(folder).resolve() for key, folder in folders.items() if folder}
+    written = {"corpus_folder": corpus_folder, "output_folder": output_folder}
+    for key, folder in resolved.items():
+        for other, path in [*resolved.items(), *((k, Path(p).resolve()) for k, p in written.items() if p)]:
+            if other != key and (path == folder or folder in path.parents):
+                raise SpeakerCorpusError(
+                    f"{other} {path} is inside {key} {folder}: held-out talkers would be trained on, or written "
+                    "files read as recordings; give folders that do not hold one another"
+                )
 
 
 # ---------------------------------------------------------------------------------------------- finding talkers
-def find_speakers(folder: Path, speaker_regex: str | None, min_seconds: float) -> dict[str, list[Path]]:
-    """Every audio file under `folder` grouped by talker (the file's folder, or the regex's first group on its
-    name); talkers with less than `min_seconds` of audio are left out with one warning. Unreadable files, a
-    folder without audio or names the regex does not match are one error line."""
-    if not folder.is_dir():
-        raise SpeakerCorpusError(f"{folder} does not exist or is not a folder")
-    pattern = re.compile(speaker_regex) if speaker_regex else None
-    files: dict[str, list[Path]] = defaultdict(list)
-    seconds: dict[str, float] = defaultdict(float)
-    for path in sorted(p for p in folder.rglob("*") if is_audio_name(p) and not p.name.startswith(".")):
-        if pattern is None:  # the top folder under `folder` (LibriSpeech: <speaker>/<chapter>/<file>)
-            parts = path.relative_to(folder).parts
-            speaker = parts[0] if len(parts) > 1 else None
-            if speaker is None:
-                raise SpeakerCorpusError(
-                    f"{path} is not in a speaker folder: put each talker's files in a folder of its own "
-                    "(<speaker>/<file>), or give speaker_regex, whose first group is the talker in the file name"
-                )
-        else:
-            match = pattern.search(path.stem)
-            if match is None or not match.groups():
-                raise SpeakerCorpusError(
-                    f"{path.name} does not match speaker_regex {speaker_regex!r}, whose first group must be the talker"
-                )
-            speaker = match.group(1)
+def find_speakers(folder: Path, key: str, options: CorpusOptions) -> tuple[dict[str, list[Path]], dict[str, float]]:
+    """The usable audio files under `folder` (links followed; hidden files and folders skipped) by talker (the
+    folder under `folder`, or the regex's first group on the file name), and each talker's seconds. Silent files
+    are left out with one warning, as are talkers with less than `min_speaker_seconds` (their seconds are kept).
+    A file that cannot be read, NaN samples, a folder without audio or a name without a talker: one error line."""
+    if not Path(folder).is_dir():
+        raise SpeakerCorpusError(f"{key} {folder} does not exist or is not a folder")
+    try:
+        scanned = scan_audio_files(Path(folder), role=f"in {key}")
+    except PoolError as err:
+        raise SpeakerCorpusError(str(err)) from None
+    pattern = re.compile(options.speaker_regex) if options.speaker_regex else None
+    files, seconds = defaultdict(list), defaultdict(float)
+    silent, upsampled = [], []
+    for scanned_file in scanned:
+        parts = PurePosixPath(scanned_file.rel_path).parts
+        if any(part.startswith(".") for part in parts):
+            continue
+        path = Path(folder, *parts)
+        speaker = _speaker_of(path, parts, pattern, options.speaker_regex)
         try:
             header = read_header(path)
+            check_samples(path, is_reference=True, first_channel_only=True)  # the channel mixtures are made of
+        except SilentAudioError:
+            silent.append(path)
+            continue
         except AudioCheckError as err:
-            raise SpeakerCorpusError(f"{err} (in {folder}): remove or replace it") from None
+            raise SpeakerCorpusError(f"{err} (in {key}): remove or replace it") from None
+        upsampled += [path] if header.sample_rate < options.sample_rate else []
         files[speaker].append(path)
         seconds[speaker] += header.frames / header.sample_rate
+    if silent:
+        logger.warning(f"Leaving out {len(silent)} silent file(s) of {folder} (first channel all 0), e.g. {silent[0]}")
+    if upsampled:
+        logger.warning(
+            f"{len(upsampled)} file(s) of {folder} are at a lower rate than sample_rate={options.sample_rate}, e.g. "
+            f"{upsampled[0]}: they are upsampled, and hold nothing above half their own rate"
+        )
     if not files:
-        raise SpeakerCorpusError(f"{folder} holds no audio files (.wav, .flac, ...)")
-    short = sorted(speaker for speaker in files if seconds[speaker] < min_seconds)
+        raise SpeakerCorpusError(f"{key} {folder} holds no usable audio files (.wav, .flac, .ogg)")
+    short = sorted(speaker for speaker in files if seconds[speaker] < options.min_speaker_seconds)
     if short:
         logger.warning(
-            f"Leaving out {len(short)} talker(s) of {folder} with less than {min_seconds:g} s of audio "
+            f"Leaving out {len(short)} talker(s) of {folder} with less than {options.min_speaker_seconds:g} s of audio "
             f"(min_speaker_seconds): {', '.join(short[:10])}{' ...' if len(short) > 10 else ''}"
         )
-    return {speaker: files[speaker] for speaker in sorted(files) if speaker not in short}
+    return {speaker: files[speaker] for speaker in sorted(files) if speaker not in short}, dict(seconds)
+
+
+def _speaker_of(path: Path, parts: tuple[str, ...], pattern: re.Pattern | None, speaker_regex: str | None) -> str:
+    if pattern is None:  # the top folder (LibriSpeech: <speaker>/<chapter>/<file>)
+        if len(parts) == 1:
+            raise SpeakerCorpusError(
+                f"{path} is not in a speaker folder: put each talker's files in a folder of its own "
+                "(<speaker>/<file>), or give speaker_regex, whose first group is the talker in the file name"
+            )
+        return parts[0]
+    match = pattern.search(path.stem)
+    if match is None or not match.groups() or not match.group(1):
+        raise SpeakerCorpusError(
+            f"{path.name}: speaker_regex {speaker_regex!r} does not match it, or its first group (the talker) "
+            "matches nothing"
+        )
+    return match.group(1)
 
 
 def split_speakers(speakers: list[str], options: CorpusOptions, splits: tuple[str, ...] = HELD_OUT) -> dict:
     """`splits` (some of valid, test) each get their fraction of `speakers` (at least num_spks), in the order of
     sha1(seed, name); train gets the rest. Deterministic, disjoint, independent of the order given."""
-    order = sorted(speakers, key=lambda name: hashlib.sha1(f"{options.seed}/{name}".encode()).hexdigest())
+    order = sorted(speakers, key=lambda name: hashlib.sha1(f"{options.seed}/{name}".encode(errors="replace")).digest())
     split = {}
     for name in splits:
         fraction = getattr(options, f"{name}_speakers")
@@ -148,114 +180,176 @@ def prepare_speaker_corpus(
     test_source_folder: str | Path | None = None,
 ) -> Path:
     """Make `corpus_folder` from the recordings (see the module docstring), or check that the one there was made
-    from these recordings with these options; returns it. Two processes at once: one makes it, the other waits."""
+    from these recordings with these options and is whole; returns it. Two processes at once: one makes it, the
+    other waits for it."""
     corpus_folder = Path(corpus_folder)
-    given = {"valid": valid_source_folder, "test": test_source_folder}
-    record = _corpus_record(Path(source_folder), options, given)
-    corpus_folder.parent.mkdir(parents=True, exist_ok=True)
-    with folder_locked(corpus_folder.parent):
+    folders = {"source": source_folder, "valid": valid_source_folder, "test": test_source_folder}
+    check_folders({f"{name}_folder" if name == "source" else f"{name}_source_folder": path
+                   for name, path in folders.items()}, corpus_folder)  # fmt: skip
+    record = _corpus_record(folders, options)
+    try:
+        corpus_folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpeakerCorpusError(f"corpus_folder {corpus_folder} cannot be made: {err.strerror or err}") from None
+    with _locked(corpus_folder.parent, corpus_folder):
+        if corpus_folder.is_dir() and not any(corpus_folder.iterdir()):
+            corpus_folder.rmdir()  # an empty folder made beforehand
         if corpus_folder.exists():
             _check_same_corpus(corpus_folder, record)
             return corpus_folder
         staging = corpus_folder.parent / f".{corpus_folder.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while making it (the lock is ours)
         try:
-            _write_corpus(staging, Path(source_folder), options, given, record)
+            _write_corpus(staging, folders, options, record)
             os.rename(staging, corpus_folder)
+        except OSError as err:
+            raise SpeakerCorpusError(f"corpus_folder {corpus_folder} cannot be made: {err.strerror or err}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return corpus_folder
 
 
-def _write_corpus(staging: Path, source_folder: Path, options: CorpusOptions, given: dict, record: dict) -> None:
-    speakers = find_speakers(source_folder, options.speaker_regex, options.min_speaker_seconds)
-    held_out = {
-        name: find_speakers(Path(folder), options.speaker_regex, options.min_speaker_seconds)
-        for name, folder in given.items()
-        if folder
-    }
-    for name, talkers in held_out.items():
-        shared = sorted(set(talkers) & set(speakers))
+def _locked(folder: Path, corpus_folder: Path):
+    """The lock on the corpus folder's parent, saying so when another process holds it (it is making a corpus)."""
+    try:
+        with folder_locked(folder, wait=False):
+            pass
+    except LockHeld:
+        logger.info(f"Waiting for another process making a corpus in {folder} (for {corpus_folder.name})")
+    return folder_locked(folder)
+
+
+def _write_corpus(staging: Path, folders: dict, options: CorpusOptions, record: dict) -> None:
+    keys = {"source": "source_folder", "valid": "valid_source_folder", "test": "test_source_folder"}
+    found = {name: find_speakers(Path(folder), keys[name], options) for name, folder in folders.items() if folder}
+    names = {name: set(talkers) for name, (talkers, _) in found.items()}
+    for first, second in (("source", "valid"), ("source", "test"), ("valid", "test")):
+        shared = sorted(names.get(first, set()) & names.get(second, set()))
         if shared:
             raise SpeakerCorpusError(
-                f"talker(s) {', '.join(shared[:5])} are in both source_folder and {name}_source_folder: "
-                "held-out talkers must not be trained on"
+                f"talker(s) {', '.join(shared[:5])} are in both {keys[first]} and {keys[second]}: "
+                "the talkers of train, valid and test must differ"
             )
-    split = split_speakers(sorted(speakers), options, tuple(name for name in HELD_OUT if name not in held_out))
+    speakers = found["source"][0]
+    split = split_speakers(sorted(speakers), options, tuple(name for name in HELD_OUT if name not in found))
     recordings = {name: {speaker: speakers[speaker] for speaker in split[name]} for name in split}
-    recordings.update(held_out)
+    recordings.update({name: found[name][0] for name in HELD_OUT if name in found})
     for name, talkers in recordings.items():
+        origin = keys[name] if name in found else keys["source"]
         if len(talkers) < options.num_spks:
             raise SpeakerCorpusError(
-                f"{source_folder} gives the {name} split {len(talkers)} talker(s) with at least "
-                f"{options.min_speaker_seconds:g} s of audio, but mixtures of num_spks={options.num_spks} need "
-                f"{options.num_spks} ({len(speakers)} such talker(s) in all; a train/valid/test split needs at least "
-                f"{3 * options.num_spks}, or give valid_source_folder and test_source_folder)"
-            )
+                f"{origin} {folders['source' if origin == keys['source'] else name]} gives the {name} split "
+                f"{len(talkers)} talker(s) with at least {options.min_speaker_seconds:g} s of usable audio, but "
+                f"mixtures of num_spks={options.num_spks} need {options.num_spks}"
+                + (f" (a train/valid/test split of one folder needs {3 * options.num_spks} talkers)" if name not in found else "")
+            )  # fmt: skip
     staging.mkdir(parents=True)
+    links = 0
     for speaker, paths in recordings["train"].items():
         folder = staging / TRAIN_SOURCES / speaker
         folder.mkdir(parents=True)
-        for path in paths:
-            link = folder / "__".join(path.relative_to(source_folder).parts)
-            link.symlink_to(path.resolve())
+        for index, path in enumerate(paths):
+            (folder / f"{index:05d}_{path.stem[:80]}{path.suffix}").symlink_to(path.resolve())
+        links += len(paths)
     for name in HELD_OUT:
         count = getattr(options, f"{name}_mixtures")
         seed = options.seed * 2 + HELD_OUT.index(name)  # valid and test draw differently
         manifest = write_mixtures(recordings[name], staging, name, count, options.sample_rate, options.num_spks, seed)
         manifest.unlink()  # it names the staging folder: the recipe's manifests are made from the tree
+    seconds = {speaker: value for _, talker_seconds in found.values() for speaker, value in talker_seconds.items()}
     rows = [
-        {"speaker": speaker, "split": name, "files": len(paths)}
+        {"speaker": speaker, "split": name, "files": len(paths), "seconds": round(seconds[speaker], 2)}
         for name, talkers in recordings.items()
         for speaker, paths in sorted(talkers.items())
     ]
-    counts = {name: len(talkers) for name, talkers in recordings.items()}
-    logger.info(f"Talkers of {source_folder}, split by speaker: {counts}")
+    used = {row["speaker"] for row in rows}
+    rows += [{"speaker": s, "split": "left out", "files": "", "seconds": round(seconds[s], 2)} for s in sorted(seconds)
+             if s not in used]  # fmt: skip
+    contents = {name: len(talkers) for name, talkers in recordings.items()}
+    logger.info(f"Talkers of {folders['source']}, split by speaker: {contents}")
+    contents = {"talkers": contents, "train_links": links}
     write_files(
         {
             staging / SPEAKERS_FILE: csv_content(rows),
-            staging / RECORD_FILE: text_content(json.dumps({**record, "talkers": counts}, indent=1)),
+            staging / RECORD_FILE: text_content(json.dumps({**record, "contents": contents}, indent=1)),
         }
     )
 
 
-def _corpus_record(source_folder: Path, options: CorpusOptions, given: dict) -> dict:
+def _corpus_record(folders: dict, options: CorpusOptions) -> dict:
     """What the corpus is made from: the folders, their files (names, sizes, times) and the options."""
-    folders = {"source_folder": source_folder, **{f"{name}_source_folder": path for name, path in given.items()}}
     record = {"options": asdict(options)}
-    for key, folder in folders.items():
+    for name, folder in folders.items():
+        key = "source_folder" if name == "source" else f"{name}_source_folder"
         if folder is None:
             record[key] = None
             continue
-        folder = Path(folder)
-        if not folder.is_dir():
+        if not Path(folder).is_dir():
             raise SpeakerCorpusError(f"{key} {folder} does not exist or is not a folder")
-        listing = hashlib.sha1()
-        count = 0
-        for path in sorted(p for p in folder.rglob("*") if is_audio_name(p)):
-            status = path.stat()
-            listing.update(f"{path.relative_to(folder)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
-            count += 1
-        record[key] = {"path": str(folder.resolve()), "audio_files": count, "listing_sha1": listing.hexdigest()}
+        try:
+            scanned = scan_audio_files(Path(folder), role=f"in {key}")
+        except PoolError as err:
+            raise SpeakerCorpusError(str(err)) from None
+        listing = hashlib.sha1("".join(f"{f.rel_path}\0{f.size}\0{f.mtime_ns}\n" for f in scanned).encode())
+        record[key] = {"path": str(Path(folder).resolve()), "audio_files": len(scanned), "listing_sha1": listing.hexdigest()}
     return record
 
 
 def _check_same_corpus(corpus_folder: Path, record: dict) -> None:
-    """Refuse a corpus folder made from other recordings or options (or that is no corpus at all)."""
+    """Refuse a corpus folder made from other recordings or options, one that lost files, or no corpus at all."""
     try:
         found = json.loads((corpus_folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
+        contents = found.pop("contents")
+    except (OSError, ValueError, KeyError):
         raise SpeakerCorpusError(
             f"corpus_folder {corpus_folder} exists but holds no speaker corpus ({RECORD_FILE}): "
             "choose another corpus_folder"
         ) from None
-    found.pop("talkers", None)
     found_options = found.get("options") or {}
-    differences = [f"options.{key}" for key in record["options"] if found_options.get(key) != record["options"][key]]
-    differences += [key for key in record if key != "options" and found.get(key) != record[key]]
+    differences = [
+        f"options.{key}: {found_options.get(key)} -> {value}"
+        for key, value in record["options"].items()
+        if found_options.get(key) != value
+    ]
+    for key in record.keys() - {"options"}:
+        before, now = found.get(key) or {}, record[key] or {}
+        if before != now:
+            count = f"{before.get('audio_files')} -> {now.get('audio_files')} audio files"
+            same_count = before.get("audio_files") == now.get("audio_files")
+            differences.append(f"{key}: {'names, sizes or times of its files changed' if same_count else count}")
     if differences:
         raise SpeakerCorpusError(
-            f"corpus_folder {corpus_folder} was made from other recordings or options ({', '.join(differences)} "
-            "differ): its valid/test mixtures are kept so that scores stay comparable; give another corpus_folder "
-            "to make a new corpus, or delete that one"
+            f"corpus_folder {corpus_folder} was made from other recordings or options ({'; '.join(differences)}): "
+            "its valid/test mixtures are kept so that scores stay comparable; give another corpus_folder to make a "
+            "new corpus, or delete that one"
         )
+    _check_whole(corpus_folder, record["options"], contents)
+
+
+def _check_whole(corpus_folder: Path, options: dict, contents: dict) -> None:
+    """Every file the corpus was made with is still there."""
+    expected = {Path(TRAIN_SOURCES): contents["train_links"]}
+    for name in HELD_OUT:
+        signals = ["mixture", *(f"source{k}" for k in range(1, options["num_spks"] + 1))]
+        expected.update({Path(name, signal): options[f"{name}_mixtures"] for signal in signals})
+    for folder, count in expected.items():
+        path = corpus_folder / folder
+        found = sum(1 for p in path.rglob("*") if not p.is_dir()) if path.is_dir() else 0
+        if found != count:
+            raise SpeakerCorpusError(
+                f"corpus_folder {corpus_folder} is incomplete ({folder} holds {found} of its {count} files): "
+                "delete it to make it again"
+            )
+
+
+def _tie_to_run(corpus_folder: Path, save_folder: Path, output_folder: str) -> None:
+    """Refuse to go on with checkpoints trained on another corpus; note this one for the next run."""
+    record = (corpus_folder / RECORD_FILE).read_text()
+    run_record = save_folder / RUN_RECORD
+    if run_record.is_file() and run_record.read_text() != record and any(save_folder.glob("CKPT+*")):
+        raise SpeakerCorpusError(
+            f"the checkpoints in {output_folder} were trained on another corpus than {corpus_folder} (another split "
+            f"or other mixtures; {run_record} describes theirs): restore that corpus, or train in another output_folder"
+        )
+    save_folder.mkdir(parents=True, exist_ok=True)
+    write_text(run_record, record, overwrite=True)

@@ -25,6 +25,7 @@ from speechsep.data.dynamic_mixing import DynamicMixingDataset
 from speechsep.data.layouts import REVERBERANT_LAYOUTS, DataPreparationError, check_task_fits_layout, detect_layout
 from speechsep.data.manifests import check_manifest_audio, write_manifest_without, write_skipped_list
 from speechsep.data.rooms import ROOM_DISTRIBUTIONS
+from speechsep.data.speaker_corpus import check_folders
 from speechsep.errors import RecipeError
 from speechsep.evaluation.metrics import SDR_PERMUTATIONS
 from speechsep.inference.model_folder import HPARAMS_FILE, check_format, find_model
@@ -218,9 +219,8 @@ def check_inputs(values: dict, test_only: bool) -> None:
     if not test_only and values["N_epochs"] < 1:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     making_corpus = bool(values.get("source_folder")) and not values["skip_prep"]  # data_folder made from it
-    for key in RECORDINGS_PATH_KEYS if making_corpus else ():
-        if values[key] and not Path(str(values[key])).is_dir():
-            raise RecipeError(f"{key} does not exist or is not a folder: {values[key]}")
+    if making_corpus:
+        check_recordings_folders(values, test_only)
     if not values["skip_prep"] and not making_corpus and not Path(str(values["data_folder"])).is_dir():
         raise RecipeError(f"data_folder does not exist or is not a folder: {values['data_folder']}")
     check_rebuilt_mixtures(values, test_only)
@@ -231,6 +231,20 @@ def check_inputs(values: dict, test_only: bool) -> None:
         check_format(find_model(values["pretrained_separator"]), values["num_spks"], values["sample_rate"])
     for key in ("output_folder", "results_folder", "save_folder"):
         check_writable(values[key], key)
+
+
+def check_recordings_folders(values: dict, test_only: bool) -> None:
+    """hparams/recordings.yaml: its recordings folders exist and hold none of one another nor the run's outputs, and
+    the run trains by dynamic mixing of them (its corpus has no training mixtures)."""
+    for key in RECORDINGS_PATH_KEYS:
+        if values[key] and not Path(str(values[key])).is_dir():
+            raise RecipeError(f"{key} does not exist or is not a folder: {values[key]}")
+    check_folders({key: values[key] for key in RECORDINGS_PATH_KEYS}, values["corpus_folder"], values["output_folder"])
+    if not values["dynamic_mixing"] and not test_only:
+        raise ConfigError(
+            "source_folder's training talkers are mixed on the fly (the corpus holds no training mixtures): "
+            "set dynamic_mixing=True"
+        )
 
 
 def check_rebuilt_mixtures(values: dict, test_only: bool) -> None:
