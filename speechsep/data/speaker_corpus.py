@@ -42,6 +42,7 @@ SPEAKERS_FILE = "speakers.csv"
 TRAIN_SOURCES = "train_sources"
 RUN_RECORD = "speaker_corpus.json"  # in a run's save folder: the corpus its checkpoints trained on
 HELD_OUT = ("valid", "test")
+FOLDER_KEYS = {"source": "source_folder", "valid": "valid_source_folder", "test": "test_source_folder"}
 
 
 class SpeakerCorpusError(RecipeError):
@@ -97,12 +98,7 @@ def find_speakers(folder: Path, key: str, options: CorpusOptions) -> tuple[dict[
     folder under `folder`, or the regex's first group on the file name), and each talker's seconds. Silent files
     are left out with one warning, as are talkers with less than `min_speaker_seconds` (their seconds are kept).
     A file that cannot be read, NaN samples, a folder without audio or a name without a talker: one error line."""
-    if not Path(folder).is_dir():
-        raise SpeakerCorpusError(f"{key} {folder} does not exist or is not a folder")
-    try:
-        scanned = scan_audio_files(Path(folder), role=f"in {key}")
-    except PoolError as err:
-        raise SpeakerCorpusError(str(err)) from None
+    scanned = _scan(folder, key)
     pattern = re.compile(options.speaker_regex) if options.speaker_regex else None
     files, seconds = defaultdict(list), defaultdict(float)
     silent, upsampled = [], []
@@ -139,6 +135,16 @@ def find_speakers(folder: Path, key: str, options: CorpusOptions) -> tuple[dict[
             f"(min_speaker_seconds): {', '.join(short[:10])}{' ...' if len(short) > 10 else ''}"
         )
     return {speaker: files[speaker] for speaker in sorted(files) if speaker not in short}, dict(seconds)
+
+
+def _scan(folder: str | Path, key: str) -> list:
+    """The audio files of a recordings folder (`source_pool.scan_audio_files`); errors name the folder's key."""
+    if not Path(folder).is_dir():
+        raise SpeakerCorpusError(f"{key} {folder} does not exist or is not a folder")
+    try:
+        return scan_audio_files(Path(folder), role=f"in {key}")
+    except PoolError as err:
+        raise SpeakerCorpusError(str(err)) from None
 
 
 def _speaker_of(path: Path, parts: tuple[str, ...], pattern: re.Pattern | None, speaker_regex: str | None) -> str:
@@ -184,8 +190,7 @@ def prepare_speaker_corpus(
     other waits for it."""
     corpus_folder = Path(corpus_folder)
     folders = {"source": source_folder, "valid": valid_source_folder, "test": test_source_folder}
-    check_folders({f"{name}_folder" if name == "source" else f"{name}_source_folder": path
-                   for name, path in folders.items()}, corpus_folder)  # fmt: skip
+    check_folders({FOLDER_KEYS[name]: path for name, path in folders.items()}, corpus_folder)
     record = _corpus_record(folders, options)
     try:
         corpus_folder.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +225,7 @@ def _locked(folder: Path, corpus_folder: Path):
 
 
 def _write_corpus(staging: Path, folders: dict, options: CorpusOptions, record: dict) -> None:
-    keys = {"source": "source_folder", "valid": "valid_source_folder", "test": "test_source_folder"}
+    keys = FOLDER_KEYS
     found = {name: find_speakers(Path(folder), keys[name], options) for name, folder in folders.items() if folder}
     names = {name: set(talkers) for name, (talkers, _) in found.items()}
     for first, second in (("source", "valid"), ("source", "test"), ("valid", "test")):
@@ -280,18 +285,17 @@ def _corpus_record(folders: dict, options: CorpusOptions) -> dict:
     """What the corpus is made from: the folders, their files (names, sizes, times) and the options."""
     record = {"options": asdict(options)}
     for name, folder in folders.items():
-        key = "source_folder" if name == "source" else f"{name}_source_folder"
+        key = FOLDER_KEYS[name]
         if folder is None:
             record[key] = None
             continue
-        if not Path(folder).is_dir():
-            raise SpeakerCorpusError(f"{key} {folder} does not exist or is not a folder")
-        try:
-            scanned = scan_audio_files(Path(folder), role=f"in {key}")
-        except PoolError as err:
-            raise SpeakerCorpusError(str(err)) from None
+        scanned = _scan(folder, key)
         listing = hashlib.sha1("".join(f"{f.rel_path}\0{f.size}\0{f.mtime_ns}\n" for f in scanned).encode())
-        record[key] = {"path": str(Path(folder).resolve()), "audio_files": len(scanned), "listing_sha1": listing.hexdigest()}
+        record[key] = {
+            "path": str(Path(folder).resolve()),
+            "audio_files": len(scanned),
+            "listing_sha1": listing.hexdigest(),
+        }
     return record
 
 
