@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -89,9 +90,11 @@ def test_the_corpus_holds_held_out_talkers_only_in_valid_and_test_and_training_l
 def test_a_rerun_reuses_the_mixtures_without_rewriting_them_and_another_folder_gets_the_same_ones(tmp_path):
     source = write_talkers(tmp_path / "recordings")
     corpus = prepare_speaker_corpus(source, tmp_path / "corpus", OPTIONS)
-    written = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in corpus.rglob("*.wav")}
+    written = {path: (path.lstat().st_ino, path.lstat().st_mtime_ns) for path in corpus.rglob("*.wav")}
+    for path in source.rglob("*.wav"):  # a copy without its times, a touch: the same recordings
+        os.utime(path, ns=(1, 1))
     prepare_speaker_corpus(source, tmp_path / "corpus", OPTIONS)
-    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in corpus.rglob("*.wav")} == written
+    assert {path: (path.lstat().st_ino, path.lstat().st_mtime_ns) for path in corpus.rglob("*.wav")} == written
     other = prepare_speaker_corpus(source, tmp_path / "other", OPTIONS)  # another run: the very same mixtures
     for path in (corpus / "test").rglob("*.wav"):
         assert (other / path.relative_to(corpus)).read_bytes() == path.read_bytes()
@@ -151,7 +154,10 @@ def test_bad_recordings_folders_are_one_line_each(tmp_path, caplog):
     (tmp_path / "empty" / "talker" / "notes.txt").write_text("no audio")
     fails(tmp_path / "empty", r"No .wav/.flac/.ogg files under .*empty")
     one = write_talkers(tmp_path / "one", num_talkers=1)
-    fails(one, r"source_folder .*one gives the \w+ split 1 talker\(s\).* need 2 \(.* of one folder needs 6 talkers\)")
+    fails(
+        one,
+        r"source_folder .*one gives the \w+ split 1 talker\(s\).* need 2 \(2 talkers for each split it is divided into\)",
+    )
     flat = write_talkers(tmp_path / "flat", num_talkers=6, flat=True)
     fails(flat, r"0_talker00_0.wav is not in a speaker folder: .*or give speaker_regex")
     regex = CorpusOptions(speaker_regex=r"^([0-9]+)-")
@@ -190,6 +196,7 @@ def test_a_corpus_killed_while_being_made_leaves_nothing_that_looks_finished_and
     partial_test = tmp_path / ".corpus.partial" / "test" / "mixture"
     while not (partial_test.is_dir() and len(os.listdir(partial_test)) >= 3):  # a few test mixtures written
         assert process.poll() is None, "the corpus was made before it could be killed"
+        time.sleep(0.01)  # a poll, not a timing: the kill waits for the files
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not corpus.exists()
@@ -259,7 +266,7 @@ def test_the_recordings_config_refuses_bad_values_in_one_line_before_anything_is
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert re.search(message, last_line), result.stderr[-2000:]
-    assert not (tmp_path / "run" / "corpus").exists()
+    assert not (tmp_path / "run" / "corpus").exists() and not {"corpus", "run"} & set(os.listdir(source))
 
 
 def test_long_recordings_give_held_out_mixtures_from_stretches_of_them_without_being_read_whole(tmp_path, monkeypatch):
@@ -317,10 +324,13 @@ def test_a_corpus_that_lost_files_is_refused_and_an_empty_folder_made_beforehand
     (tmp_path / "corpus").mkdir()
     corpus = prepare_speaker_corpus(source, tmp_path / "corpus", OPTIONS)
     next((corpus / "test" / "source2").iterdir()).unlink()
-    with pytest.raises(SpeakerCorpusError, match=r"is incomplete \(test/source2 holds 5 of its 6 files\): delete it"):
+    with pytest.raises(
+        SpeakerCorpusError,
+        match=r"does not hold what it was made with \(test/source2 holds 5 files, made with 6\): delete it",
+    ):
         prepare_speaker_corpus(source, corpus, OPTIONS)
     shutil.rmtree(corpus / TRAIN_SOURCES / sorted(split_of(corpus)["train"])[0])
-    with pytest.raises(SpeakerCorpusError, match=r"is incomplete \(train_sources holds 14 of its 16 files\)"):
+    with pytest.raises(SpeakerCorpusError, match=r"\(train_sources holds 14 files, made with 16\)"):
         prepare_speaker_corpus(source, corpus, OPTIONS)
 
 
@@ -339,6 +349,8 @@ def test_checkpoints_are_tied_to_their_corpus_and_a_test_uses_the_corpus_as_it_i
     (tmp_path / "run" / "save" / "CKPT+1").mkdir()
     sf.write(source / "talker00" / "new.wav", steady_voice(110.0, 1.0, seed=9), SAMPLE_RATE)
     prepare_for_run(run_hparams(tmp_path, source), test_only=True)  # the test mixtures are fixed: used as they are
+    with pytest.raises(SpeakerCorpusError, match=r"\(options.test_mixtures: 6 -> 50\)"):
+        prepare_for_run(run_hparams(tmp_path, source, test_mixtures=50), test_only=True)
     with pytest.raises(SpeakerCorpusError, match=r"other recordings or options"):
         prepare_for_run(run_hparams(tmp_path, source), test_only=False)
     shutil.rmtree(tmp_path / "run" / "corpus")  # as that error suggests: the new corpus splits the talkers anew

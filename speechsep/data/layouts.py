@@ -39,7 +39,7 @@ LAYOUTS = (
         "Aishell1Mix  <data_folder>/wav{8k,16k}/{min,max}/{train,dev,test}/"
         "{mix_clean,mix_both,mix_single,s1,s2[,s3],noise}/*.wav"
     ),
-    "custom    <data_folder>/{train,valid,test}/{mixture,source1[,source2,source3][,noise]}/*.wav",
+    "custom    <data_folder>/{train,valid,test}/{mixture,source1[,source2,source3][,noise]}/*.wav (train/: not with dynamic mixing)",
 )
 
 

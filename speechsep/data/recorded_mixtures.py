@@ -26,6 +26,7 @@ import torch
 import torchaudio
 
 from speechsep.data.audio import PEAK_LIMIT, is_audio_name, write_pcm16
+from speechsep.data.audio_checks import read_header
 from speechsep.data.dynamic_mixing import Wsj0Levels
 from speechsep.errors import RecipeError
 from speechsep.output_files import write_csv, write_file
@@ -46,8 +47,9 @@ def recordings_by_speaker(folder: Path, speaker_regex: str | None = None) -> dic
     pattern = re.compile(speaker_regex) if speaker_regex else None
     speakers: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_audio_name(p)):
-        if pattern is None:
-            speaker = path.parent.name
+        if pattern is None:  # the top folder (LibriSpeech: <speaker>/<chapter>/<file>)
+            parts = path.relative_to(folder).parts
+            speaker = parts[0] if len(parts) > 1 else Path(folder).name
         else:
             match = pattern.search(path.stem)
             if match is None:
@@ -64,11 +66,11 @@ def recordings_by_speaker(folder: Path, speaker_regex: str | None = None) -> dic
 
 def _read(path: Path, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """A recording, or a random stretch of `LONG_RECORDING_SECONDS` of a longer one (a talk, an audiobook)."""
-    info = sf.info(path)
-    start, frames = 0, info.frames
-    if frames > LONG_RECORDING_SECONDS * info.samplerate:
-        frames = int(LONG_RECORDING_SECONDS * info.samplerate)
-        start = int(rng.integers(0, info.frames - frames + 1))
+    header = read_header(path)  # a stream without its length in the header is measured
+    start, frames = 0, header.frames
+    if frames > LONG_RECORDING_SECONDS * header.sample_rate:
+        frames = int(LONG_RECORDING_SECONDS * header.sample_rate)
+        start = int(rng.integers(0, header.frames - frames + 1))
     signal, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
     signal = signal[:, 0]  # the first channel, as dynamic mixing reads it
     if rate != sample_rate:

@@ -3,7 +3,7 @@
 `hparams/recordings.yaml` trains from any folder of recordings of one talker each (speaker folders, or a speaker
 regex on the file names) by dynamic mixing. This module turns that folder into what the recipe reads, once:
 
-    <corpus_folder>/speakers.csv                  every talker: its split, files and seconds (or why it is left out)
+    <corpus_folder>/speakers.csv                  every talker: its split, files and seconds (`left out`: too short)
     <corpus_folder>/train_sources/<speaker>/...   links to the training talkers' files: the dynamic-mixing pool
     <corpus_folder>/{valid,test}/{mixture,source1,...}/  fixed mixtures of the held-out talkers (a custom tree)
     <corpus_folder>/corpus.json                   what it was made from and what it holds; written last
@@ -28,6 +28,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
+from speechsep.data.audio import AUDIO_EXTENSIONS
 from speechsep.data.audio_checks import AudioCheckError, SilentAudioError, check_samples, read_header
 from speechsep.data.recorded_mixtures import write_mixtures
 from speechsep.data.source_pool import PoolError, scan_audio_files
@@ -68,14 +69,16 @@ def prepare_for_run(hparams: dict, test_only: bool) -> None:
     """The corpus of a run of hparams/recordings.yaml: made or checked, and tied to the run's checkpoints; a test of
     a run whose corpus exists uses it as it is (its recordings may have moved on since)."""
     corpus_folder = Path(hparams["corpus_folder"])
-    if test_only and (corpus_folder / RECORD_FILE).is_file():
-        logger.info(f"Testing on the test mixtures of {corpus_folder} as they are")
-        return
     keys = {field.name: field.name for field in fields(CorpusOptions)} | {"seed": "corpus_seed"}
     options = CorpusOptions(**{name: hparams[key] for name, key in keys.items()})
-    given = {name: hparams[f"{name}_source_folder"] for name in HELD_OUT}
-    prepare_speaker_corpus(hparams["source_folder"], corpus_folder, options, given["valid"], given["test"])
-    _tie_to_run(corpus_folder, Path(hparams["save_folder"]), hparams["output_folder"])
+    if test_only and (corpus_folder / RECORD_FILE).is_file():
+        _check_same_corpus(corpus_folder, {"options": asdict(options)})  # the options; the recordings may have moved
+        logger.info(f"Testing on the test mixtures of {corpus_folder} as they are")
+    else:
+        given = {name: hparams[f"{name}_source_folder"] for name in HELD_OUT}
+        prepare_speaker_corpus(hparams["source_folder"], corpus_folder, options, given["valid"], given["test"])
+    if not hparams.get("pretrained_separator"):  # the run's own checkpoints: trained on this corpus
+        _tie_to_run(corpus_folder, Path(hparams["save_folder"]), hparams["output_folder"])
 
 
 def check_folders(folders: dict[str, str | Path | None], corpus_folder: str | Path, output_folder=None) -> None:
@@ -93,19 +96,18 @@ def check_folders(folders: dict[str, str | Path | None], corpus_folder: str | Pa
 
 
 # ---------------------------------------------------------------------------------------------- finding talkers
-def find_speakers(folder: Path, key: str, options: CorpusOptions) -> tuple[dict[str, list[Path]], dict[str, float]]:
-    """The usable audio files under `folder` (links followed; hidden files and folders skipped) by talker (the
+def find_speakers(folder: Path, key: str, scanned: list, options: CorpusOptions) -> tuple[dict, dict[str, float]]:
+    """The usable audio files of `folder` (`scanned` by `_scan`; hidden ones skipped) by talker (the
     folder under `folder`, or the regex's first group on the file name), and each talker's seconds. Silent files
     are left out with one warning, as are talkers with less than `min_speaker_seconds` (their seconds are kept).
     A file that cannot be read, NaN samples, a folder without audio or a name without a talker: one error line."""
-    scanned = _scan(folder, key)
     pattern = re.compile(options.speaker_regex) if options.speaker_regex else None
     files, seconds = defaultdict(list), defaultdict(float)
     silent, upsampled = [], []
     for scanned_file in scanned:
-        parts = PurePosixPath(scanned_file.rel_path).parts
-        if any(part.startswith(".") for part in parts):
+        if _is_hidden(scanned_file.rel_path):
             continue
+        parts = PurePosixPath(scanned_file.rel_path).parts
         path = Path(folder, *parts)
         speaker = _speaker_of(path, parts, pattern, options.speaker_regex)
         try:
@@ -127,7 +129,7 @@ def find_speakers(folder: Path, key: str, options: CorpusOptions) -> tuple[dict[
             f"{upsampled[0]}: they are upsampled, and hold nothing above half their own rate"
         )
     if not files:
-        raise SpeakerCorpusError(f"{key} {folder} holds no usable audio files (.wav, .flac, .ogg)")
+        raise SpeakerCorpusError(f"{key} {folder} holds no usable audio files ({', '.join(AUDIO_EXTENSIONS)})")
     short = sorted(speaker for speaker in files if seconds[speaker] < options.min_speaker_seconds)
     if short:
         logger.warning(
@@ -166,7 +168,8 @@ def _speaker_of(path: Path, parts: tuple[str, ...], pattern: re.Pattern | None, 
 
 def split_speakers(speakers: list[str], options: CorpusOptions, splits: tuple[str, ...] = HELD_OUT) -> dict:
     """`splits` (some of valid, test) each get their fraction of `speakers` (at least num_spks), in the order of
-    sha1(seed, name); train gets the rest. Deterministic, disjoint, independent of the order given."""
+    sha1(seed, name); train gets the rest. Deterministic, disjoint, independent of the order given; a talker added
+    to the folder can move another across the splits' borders, so each corpus records the folder it was made from."""
     order = sorted(speakers, key=lambda name: hashlib.sha1(f"{options.seed}/{name}".encode(errors="replace")).digest())
     split = {}
     for name in splits:
@@ -191,12 +194,13 @@ def prepare_speaker_corpus(
     corpus_folder = Path(corpus_folder)
     folders = {"source": source_folder, "valid": valid_source_folder, "test": test_source_folder}
     check_folders({FOLDER_KEYS[name]: path for name, path in folders.items()}, corpus_folder)
-    record = _corpus_record(folders, options)
     try:
         corpus_folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SpeakerCorpusError(f"corpus_folder {corpus_folder} cannot be made: {err.strerror or err}") from None
     with _locked(corpus_folder.parent, corpus_folder):
+        scans = {name: _scan(folder, FOLDER_KEYS[name]) for name, folder in folders.items() if folder}
+        record = _corpus_record(folders, scans, options)
         if corpus_folder.is_dir() and not any(corpus_folder.iterdir()):
             corpus_folder.rmdir()  # an empty folder made beforehand
         if corpus_folder.exists():
@@ -205,7 +209,7 @@ def prepare_speaker_corpus(
         staging = corpus_folder.parent / f".{corpus_folder.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while making it (the lock is ours)
         try:
-            _write_corpus(staging, folders, options, record)
+            _write_corpus(staging, folders, scans, options, record)
             os.rename(staging, corpus_folder)
         except OSError as err:
             raise SpeakerCorpusError(f"corpus_folder {corpus_folder} cannot be made: {err.strerror or err}") from None
@@ -224,9 +228,9 @@ def _locked(folder: Path, corpus_folder: Path):
     return folder_locked(folder)
 
 
-def _write_corpus(staging: Path, folders: dict, options: CorpusOptions, record: dict) -> None:
+def _write_corpus(staging: Path, folders: dict, scans: dict, options: CorpusOptions, record: dict) -> None:
     keys = FOLDER_KEYS
-    found = {name: find_speakers(Path(folder), keys[name], options) for name, folder in folders.items() if folder}
+    found = {name: find_speakers(Path(folders[name]), keys[name], scans[name], options) for name in scans}
     names = {name: set(talkers) for name, (talkers, _) in found.items()}
     for first, second in (("source", "valid"), ("source", "test"), ("valid", "test")):
         shared = sorted(names.get(first, set()) & names.get(second, set()))
@@ -246,7 +250,7 @@ def _write_corpus(staging: Path, folders: dict, options: CorpusOptions, record: 
                 f"{origin} {folders['source' if origin == keys['source'] else name]} gives the {name} split "
                 f"{len(talkers)} talker(s) with at least {options.min_speaker_seconds:g} s of usable audio, but "
                 f"mixtures of num_spks={options.num_spks} need {options.num_spks}"
-                + (f" (a train/valid/test split of one folder needs {3 * options.num_spks} talkers)" if name not in found else "")
+                + (f" ({options.num_spks} talkers for each split it is divided into)" if name not in found else "")
             )  # fmt: skip
     staging.mkdir(parents=True)
     links = 0
@@ -281,22 +285,23 @@ def _write_corpus(staging: Path, folders: dict, options: CorpusOptions, record: 
     )
 
 
-def _corpus_record(folders: dict, options: CorpusOptions) -> dict:
-    """What the corpus is made from: the folders, their files (names, sizes, times) and the options."""
+def _corpus_record(folders: dict, scans: dict, options: CorpusOptions) -> dict:
+    """What the corpus is made from: the options, the folders and their audio files (names and sizes: a copy that
+    changes the files' times, or a touch, is the same recordings)."""
     record = {"options": asdict(options)}
     for name, folder in folders.items():
-        key = FOLDER_KEYS[name]
         if folder is None:
-            record[key] = None
+            record[FOLDER_KEYS[name]] = None
             continue
-        scanned = _scan(folder, key)
-        listing = hashlib.sha1("".join(f"{f.rel_path}\0{f.size}\0{f.mtime_ns}\n" for f in scanned).encode())
-        record[key] = {
-            "path": str(Path(folder).resolve()),
-            "audio_files": len(scanned),
-            "listing_sha1": listing.hexdigest(),
-        }
+        used = [file for file in scans[name] if not _is_hidden(file.rel_path)]
+        listing = "".join(f"{file.rel_path}\0{file.size}\n" for file in used).encode(errors="replace")
+        files = {"audio_files": len(used), "listing_sha1": hashlib.sha1(listing).hexdigest()}
+        record[FOLDER_KEYS[name]] = {"path": str(Path(folder).resolve()), **files}
     return record
+
+
+def _is_hidden(rel_path: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(rel_path).parts)
 
 
 def _check_same_corpus(corpus_folder: Path, record: dict) -> None:
@@ -304,12 +309,13 @@ def _check_same_corpus(corpus_folder: Path, record: dict) -> None:
     try:
         found = json.loads((corpus_folder / RECORD_FILE).read_text())
         contents = found.pop("contents")
-    except (OSError, ValueError, KeyError):
+        found_options = dict(found["options"])
+        train_links = int(contents["train_links"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise SpeakerCorpusError(
             f"corpus_folder {corpus_folder} exists but holds no speaker corpus ({RECORD_FILE}): "
             "choose another corpus_folder"
         ) from None
-    found_options = found.get("options") or {}
     differences = [
         f"options.{key}: {found_options.get(key)} -> {value}"
         for key, value in record["options"].items()
@@ -317,32 +323,37 @@ def _check_same_corpus(corpus_folder: Path, record: dict) -> None:
     ]
     for key in record.keys() - {"options"}:
         before, now = found.get(key) or {}, record[key] or {}
-        if before != now:
-            count = f"{before.get('audio_files')} -> {now.get('audio_files')} audio files"
-            same_count = before.get("audio_files") == now.get("audio_files")
-            differences.append(f"{key}: {'names, sizes or times of its files changed' if same_count else count}")
+        if before.get("path") != now.get("path"):
+            differences.append(f"{key}: {before.get('path')} -> {now.get('path')}")
+        elif before.get("audio_files") != now.get("audio_files"):
+            differences.append(f"{key}: {before.get('audio_files')} -> {now.get('audio_files')} audio files")
+        elif before != now:
+            differences.append(f"{key}: names or sizes of its files changed")
     if differences:
         raise SpeakerCorpusError(
             f"corpus_folder {corpus_folder} was made from other recordings or options ({'; '.join(differences)}): "
             "its valid/test mixtures are kept so that scores stay comparable; give another corpus_folder to make a "
             "new corpus, or delete that one"
         )
-    _check_whole(corpus_folder, record["options"], contents)
+    _check_whole(corpus_folder, found_options, train_links)
 
 
-def _check_whole(corpus_folder: Path, options: dict, contents: dict) -> None:
-    """Every file the corpus was made with is still there."""
-    expected = {Path(TRAIN_SOURCES): contents["train_links"]}
+def _check_whole(corpus_folder: Path, options: dict, train_links: int) -> None:
+    """Every file the corpus was made with is still there (links to the training talkers, held-out .wav files)."""
+    expected = {Path(TRAIN_SOURCES): train_links}
     for name in HELD_OUT:
         signals = ["mixture", *(f"source{k}" for k in range(1, options["num_spks"] + 1))]
         expected.update({Path(name, signal): options[f"{name}_mixtures"] for signal in signals})
     for folder, count in expected.items():
         path = corpus_folder / folder
-        found = sum(1 for p in path.rglob("*") if not p.is_dir()) if path.is_dir() else 0
+        pattern = "*" if folder.name == TRAIN_SOURCES else "*.wav"
+        found = (
+            sum(1 for p in path.rglob(pattern) if not p.is_dir() and not p.name.startswith(".")) if path.is_dir() else 0
+        )
         if found != count:
             raise SpeakerCorpusError(
-                f"corpus_folder {corpus_folder} is incomplete ({folder} holds {found} of its {count} files): "
-                "delete it to make it again"
+                f"corpus_folder {corpus_folder} does not hold what it was made with ({folder} holds {found} files, "
+                f"made with {count}): delete it to make it again"
             )
 
 

@@ -219,6 +219,8 @@ def check_inputs(values: dict, test_only: bool) -> None:
     if not test_only and values["N_epochs"] < 1:
         raise ConfigError("N_epochs is 0: nothing would be trained (--test_only evaluates without training)")
     making_corpus = bool(values.get("source_folder")) and not values["skip_prep"]  # data_folder made from it
+    corpus_made = Path(str(values.get("corpus_folder")), "corpus.json").is_file()
+    making_corpus &= not (test_only and corpus_made)  # a test uses the corpus there as it is
     if making_corpus:
         check_recordings_folders(values, test_only)
     if not values["skip_prep"] and not making_corpus and not Path(str(values["data_folder"])).is_dir():
