@@ -244,14 +244,14 @@ def _write_corpus(staging: Path, folders: dict, scans: dict, options: CorpusOpti
     recordings = {name: {speaker: speakers[speaker] for speaker in split[name]} for name in split}
     recordings.update({name: found[name][0] for name in HELD_OUT if name in found})
     for name, talkers in recordings.items():
-        origin = keys[name] if name in found else keys["source"]
+        origin = name if name in found else "source"  # the folder that gave the split its talkers
         if len(talkers) < options.num_spks:
+            divided = f" ({options.num_spks} talkers for each split it is divided into)" if origin == "source" else ""
             raise SpeakerCorpusError(
-                f"{origin} {folders['source' if origin == keys['source'] else name]} gives the {name} split "
-                f"{len(talkers)} talker(s) with at least {options.min_speaker_seconds:g} s of usable audio, but "
-                f"mixtures of num_spks={options.num_spks} need {options.num_spks}"
-                + (f" ({options.num_spks} talkers for each split it is divided into)" if name not in found else "")
-            )  # fmt: skip
+                f"{keys[origin]} {folders[origin]} gives the {name} split {len(talkers)} talker(s) with at least "
+                f"{options.min_speaker_seconds:g} s of usable audio, but mixtures of num_spks={options.num_spks} "
+                f"need {options.num_spks}{divided}"
+            )
     staging.mkdir(parents=True)
     links = 0
     for speaker, paths in recordings["train"].items():
@@ -272,8 +272,8 @@ def _write_corpus(staging: Path, folders: dict, scans: dict, options: CorpusOpti
         for speaker, paths in sorted(talkers.items())
     ]
     used = {row["speaker"] for row in rows}
-    rows += [{"speaker": s, "split": "left out", "files": "", "seconds": round(seconds[s], 2)} for s in sorted(seconds)
-             if s not in used]  # fmt: skip
+    left_out = sorted(set(seconds) - used)
+    rows += [{"speaker": s, "split": "left out", "files": "", "seconds": round(seconds[s], 2)} for s in left_out]
     contents = {name: len(talkers) for name, talkers in recordings.items()}
     logger.info(f"Talkers of {folders['source']}, split by speaker: {contents}")
     contents = {"talkers": contents, "train_links": links}
