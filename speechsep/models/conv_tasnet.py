@@ -10,6 +10,11 @@ output, and it builds each global layer norm from many element-wise operations. 
   of PReLU (whose backward is slow in PyTorch), zero padding (which lets `depthwise_conv` run the dilated
   convolutions as shifted multiply-adds), and softmax masks normalised over the speakers. Its checkpoints are its
   own; SpeechBrain cannot load them.
+
+`MaskNet` also has a causal form (`causal=True`, `norm_type="cLN"`, zero padding): each dilated convolution reads
+the current and past frames only, each norm one frame, so frame t of the masks depends on frames up to t alone, and
+`MaskNet.step` computes the masks of new frames from a cache of the past (`speechsep.inference.streaming`).
+SpeechBrain's causal MaskNet is another function (its causal convolutions skip the current frame), not covered here.
 """
 
 import re
@@ -22,6 +27,7 @@ from speechsep.errors import RecipeError
 
 ACTIVATIONS = {"prelu": nn.PReLU, "relu": nn.ReLU}
 PADDINGS = ("zeros", "reflect")
+NORM_TYPES = ("gLN", "cLN")
 EPS = 1e-8  # SpeechBrain's layer-norm epsilon
 
 
@@ -32,19 +38,21 @@ def _activation(name: str) -> nn.Module:
 
 
 class ChannelNorm(nn.Module):
-    """cLN: each frame normalised over its channels, on [batch, channels, frames]."""
+    """cLN: each frame normalised over its channels, on [batch, channels, frames]. The output is made contiguous
+    again: the convolutions after it would otherwise run on a transposed layout, slower in both passes."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.norm = nn.LayerNorm(channels, eps=EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
 
-def _shifted_taps(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """sum_k weight[:, k] * x[..., t + (k - P // 2) * dilation], zero outside [0, frames); weight is [C, P]."""
-    frames, center = x.shape[-1], weight.shape[1] // 2
+def _shifted_taps(x: torch.Tensor, weight: torch.Tensor, dilation: int, center: int) -> torch.Tensor:
+    """sum_k weight[:, k] * x[..., t + (k - center) * dilation], zero outside [0, frames); weight is [C, P].
+    `center` P // 2: the centred ("same") convolution; P - 1: the causal one."""
+    frames = x.shape[-1]
     y = x * weight[:, center, None]
     for k in range(weight.shape[1]):
         offset = (k - center) * dilation
@@ -63,16 +71,17 @@ class _DepthwiseConv(torch.autograd.Function):
     and fill a zero tensor per tap."""
 
     @staticmethod
-    def forward(ctx, x, weight, dilation):
+    def forward(ctx, x, weight, dilation, center):
         ctx.save_for_backward(x, weight)
-        ctx.dilation = dilation
-        return _shifted_taps(x, weight, dilation)
+        ctx.dilation, ctx.center = dilation, center
+        return _shifted_taps(x, weight, dilation, center)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
-        dilation, frames, center = ctx.dilation, x.shape[-1], weight.shape[1] // 2
-        grad_x = _shifted_taps(grad_y, weight.flip(1), dilation) if ctx.needs_input_grad[0] else None
+        dilation, frames, center = ctx.dilation, x.shape[-1], ctx.center
+        mirrored = weight.shape[1] - 1 - center
+        grad_x = _shifted_taps(grad_y, weight.flip(1), dilation, mirrored) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
             taps = []
@@ -85,38 +94,59 @@ class _DepthwiseConv(torch.autograd.Function):
                 else:
                     taps.append(torch.linalg.vecdot(grad_y[..., -offset:], x[..., : frames + offset]).sum(0))
             grad_weight = torch.stack(taps, 1)
-        return grad_x, grad_weight, None
+        return grad_x, grad_weight, None, None
 
 
-def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """`conv(x)` for a bias-free depthwise nn.Conv1d with zero "same" padding, computed on a CPU as shifted
-    multiply-adds, which beat oneDNN's depthwise kernels there (docs/experiments.md); elsewhere (GPU) the conv."""
+def depthwise_conv(x: torch.Tensor, conv: nn.Conv1d, causal: bool = False) -> torch.Tensor:
+    """The zero-padded convolution of a bias-free depthwise nn.Conv1d, frames in = frames out: centred ("same",
+    `conv(x)` with its padding) or `causal` (`conv` unpadded after dilation * (P - 1) zeros on the left). On a CPU
+    computed as shifted multiply-adds, which beat oneDNN's depthwise kernels there (docs/experiments.md)."""
+    kernel_size, dilation = conv.kernel_size[0], conv.dilation[0]
     if x.device.type != "cpu":
-        return conv(x)
+        return conv(F.pad(x, (dilation * (kernel_size - 1), 0))) if causal else conv(x)
     weight = conv.weight[:, 0]
     if torch.is_autocast_enabled("cpu"):  # in autocast's precision, as it runs the conv
         dtype = torch.get_autocast_dtype("cpu")
         x, weight = x.to(dtype), weight.to(dtype)
-    return _DepthwiseConv.apply(x, weight, conv.dilation[0])
+    return _DepthwiseConv.apply(x, weight, dilation, kernel_size - 1 if causal else kernel_size // 2)
+
+
+def _norm(norm_type: str, channels: int) -> nn.Module:
+    """gLN: statistics over channels and frames (the whole input); cLN: over each frame's channels."""
+    if norm_type not in NORM_TYPES:
+        raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+    return nn.GroupNorm(1, channels, eps=EPS) if norm_type == "gLN" else ChannelNorm(channels)
 
 
 class TemporalBlock(nn.Module):
-    """1x1 conv B->H, activation, gLN, dilated depthwise conv, activation, gLN, 1x1 conv H->B, residual."""
+    """1x1 conv B->H, activation, norm, dilated depthwise conv, activation, norm, 1x1 conv H->B, residual."""
 
-    def __init__(self, B: int, H: int, P: int, dilation: int, activation: str, padding: str):
+    def __init__(
+        self,
+        B: int,
+        H: int,
+        P: int,
+        dilation: int,
+        activation: str,
+        padding: str,
+        norm_type: str = "gLN",
+        causal: bool = False,
+    ):
         super().__init__()
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.causal = causal
+        self.past_frames = dilation * (P - 1)  # what the causal convolution reads before the current frame
         self.pad = dilation * (P - 1) // 2
         self.reflect = padding == "reflect"
         self.conv_in = nn.Conv1d(B, H, 1, bias=False)
         self.act_in = _activation(activation)
-        self.norm_in = nn.GroupNorm(1, H, eps=EPS)
+        self.norm_in = _norm(norm_type, H)
         self.depthwise = nn.Conv1d(
-            H, H, P, dilation=dilation, groups=H, bias=False, padding=0 if self.reflect else self.pad
+            H, H, P, dilation=dilation, groups=H, bias=False, padding=0 if self.reflect or causal else self.pad
         )
         self.act_depthwise = _activation(activation)
-        self.norm_depthwise = nn.GroupNorm(1, H, eps=EPS)
+        self.norm_depthwise = _norm(norm_type, H)
         self.conv_out = nn.Conv1d(H, B, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,16 +154,45 @@ class TemporalBlock(nn.Module):
         if self.reflect:
             y = self.depthwise(F.pad(y, (self.pad, self.pad), mode="reflect"))
         else:
-            y = depthwise_conv(y, self.depthwise)
-        y = self.norm_depthwise(self.act_depthwise(y))
-        return x + self.conv_out(y)
+            y = depthwise_conv(y, self.depthwise, self.causal)
+        return x + self._after_depthwise(y)
+
+    def _after_depthwise(self, y: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.norm_depthwise(self.act_depthwise(y)))
+
+    def step(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The causal block on new frames, channels last: x [batch, frames, B] given `past` [batch, past_frames, H],
+        the depthwise convolution's last input frames (zeros before the stream's start) -> (output, the new past).
+
+        The same function as `forward`, written for a few frames at a time: matrix products and per-frame norms
+        on [frames, channels] rows, and the dilated taps as slices of the past, so that a chunk of a stream costs
+        a few dozen small operations."""
+        y = _frames_last(self.norm_in, _frames_last(self.act_in, F.linear(x, self.conv_in.weight[:, :, 0])))
+        y = torch.cat([past, y], dim=1)
+        frames, dilation = x.shape[1], self.depthwise.dilation[0]
+        taps = self.depthwise.weight[:, 0, :]  # [H, P]; tap k reads (P - 1 - k) * dilation frames back
+        out = y[:, :frames] * taps[:, 0]
+        for k in range(1, taps.shape[1]):
+            out = out.addcmul(y[:, k * dilation : k * dilation + frames], taps[:, k])
+        out = _frames_last(self.norm_depthwise, _frames_last(self.act_depthwise, out))
+        return x + F.linear(out, self.conv_out.weight[:, :, 0]), y[:, y.shape[1] - self.past_frames :]
+
+
+def _frames_last(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's activation or cLN on channels-last x [batch, frames, channels]."""
+    if isinstance(module, ChannelNorm):
+        return module.norm(x)
+    if isinstance(module, nn.PReLU):  # one slope, or one per channel (the last dimension here)
+        return torch.where(x >= 0, x, x * module.weight)
+    return module(x)  # elementwise
 
 
 class MaskNet(nn.Module):
     """Temporal convolutional network estimating one mask per speaker from the encoder's output.
 
     Arguments follow the paper and SpeechBrain: N encoder channels, B bottleneck channels, H channels inside a
-    block, P kernel size, X blocks per repeat (dilations 1 ... 2^(X-1)), R repeats, C speakers.
+    block, P kernel size, X blocks per repeat (dilations 1 ... 2^(X-1)), R repeats, C speakers, the blocks'
+    norm_type (gLN or cLN) and whether their convolutions are causal (which needs cLN: gLN reads the whole input).
     Input [batch, N, frames]; output [C, batch, N, frames], as SpeechBrain's MaskNet.
     """
 
@@ -151,26 +210,64 @@ class MaskNet(nn.Module):
         activation: str = "prelu",
         padding: str = "reflect",
         mask_nonlinear: str = "relu",
+        norm_type: str = "gLN",
+        causal: bool = False,
     ):
         super().__init__()
         if mask_nonlinear not in ("relu", "softmax"):
             raise ValueError(f"mask_nonlinear must be relu or softmax, got {mask_nonlinear!r}")
-        if P % 2 == 0:
+        if P % 2 == 0 and not causal:
             raise ValueError(f"the kernel size P must be odd to keep the number of frames, got {P}")
+        if causal and (norm_type != "cLN" or padding != "zeros"):
+            raise ValueError(
+                f"a causal MaskNet needs norm_type cLN and padding zeros (got {norm_type!r}, {padding!r}): gLN and "
+                "reflection read frames after the current one"
+            )
         self.C = C
         self.mask_nonlinear = mask_nonlinear
+        self.causal = causal
         self.layer_norm = ChannelNorm(N)
         self.bottleneck = nn.Conv1d(N, B, 1, bias=False)
         self.blocks = nn.Sequential(
-            *[TemporalBlock(B, H, P, 2**x, activation, padding) for _ in range(R) for x in range(X)]
+            *[TemporalBlock(B, H, P, 2**x, activation, padding, norm_type, causal) for _ in range(R) for x in range(X)]
         )
         self.mask_conv = nn.Conv1d(B, C * N, 1, bias=False)
 
     def forward(self, mixture_w: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames = mixture_w.shape
-        score = self.mask_conv(self.blocks(self.bottleneck(self.layer_norm(mixture_w))))
-        score = score.view(batch, self.C, channels, frames).transpose(0, 1)
+        return self._masks(self.blocks(self.bottleneck(self.layer_norm(mixture_w))), mixture_w.shape)
+
+    def _masks(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        batch, channels, frames = shape
+        score = self.mask_conv(y).view(batch, self.C, channels, frames).transpose(0, 1)
         return F.softmax(score, dim=self.SOFTMAX_DIM) if self.mask_nonlinear == "softmax" else F.relu(score)
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames that frame t of the masks depends on: t itself and this many minus one before it (causal), or
+        as many around it (non-causal)."""
+        return 1 + sum(block.past_frames for block in self.blocks)
+
+    def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
+        """The causal network's memory before a stream's first frame: zeros, one tensor per block (what the
+        causal convolutions pad with)."""
+        if not self.causal:
+            raise ValueError("only a causal MaskNet computes frame by frame")
+        weight = self.bottleneck.weight
+        return [weight.new_zeros(batch, block.past_frames, block.depthwise.in_channels) for block in self.blocks]
+
+    def step(self, mixture_w: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The masks of new frames [batch, N, frames] of a stream whose past is `state` (`initial_state`, then
+        what the previous step returned): (masks [C, batch, N, frames], the new state). Steps over a stream's
+        frames in pieces of any size compute `forward` of the whole, to float rounding."""
+        batch, channels, frames = mixture_w.shape
+        y = F.linear(self.layer_norm.norm(mixture_w.transpose(1, 2)), self.bottleneck.weight[:, :, 0])
+        new_state = []
+        for block, past in zip(self.blocks, state):
+            y, past = block.step(y, past)
+            new_state.append(past)
+        score = F.linear(y, self.mask_conv.weight[:, :, 0]).view(batch, frames, self.C, channels).permute(2, 0, 3, 1)
+        masks = F.softmax(score, dim=self.SOFTMAX_DIM) if self.mask_nonlinear == "softmax" else F.relu(score)
+        return masks, new_state
 
 
 # SpeechBrain's parameter names -> ours: the layers outside the blocks, then the parts of each block.
