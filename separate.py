@@ -16,11 +16,23 @@ temporary names, then named while --output-dir is locked; of two runs writing th
 fails with an `error:` line (with --overwrite, one's set replaces the other's whole). With --overwrite, the
 input's earlier tracks beyond this model's speaker count are removed too: its tracks are one model's set.
 Folders searched for inputs skip the tracks written by earlier runs (and --output-dir when it lies inside one).
+
+With --stream, a causal model (hparams/demo-causal.yaml, hparams/convtasnet-causal.yaml) separates each input
+chunk by chunk (--chunk-ms), as a live input would be, at the model's sample rate:
+
+    python separate.py --model results/demo-causal --stream --output-dir separated call.wav
+    arecord -t raw -f S16_LE -r 8000 -c 1 | python separate.py --model results/demo-causal --stream \
+        --raw-rate 8000 --output-dir - - | aplay -t raw -f S16_LE -r 8000 -c 2
+
+`-` as the input reads raw 16-bit mono PCM from stdin (its rate given by --raw-rate), and `--output-dir -` writes
+raw 16-bit PCM to stdout, one interleaved channel per speaker, each chunk as soon as it is separated.
 """
 
 import argparse
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +41,7 @@ from speechsep.data.audio_checks import printable
 from speechsep.errors import RecipeError
 from speechsep.inference.files import FileSeparator, SeparationOptions, expand_inputs, input_failure
 from speechsep.inference.model_folder import load_separator
+from speechsep.inference.stream_files import StreamingFileSeparator, StreamOptions
 from speechsep.output_files import OutputError, check_target
 from speechsep.training.hardware import PRECISIONS, check_device, inference_precision
 
@@ -38,26 +51,32 @@ logger = logging.getLogger("separate")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults = SeparationOptions()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or glob patterns")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="audio files, folders or glob patterns; - : stdin (with --stream)"
+    )
     parser.add_argument(
         "--model", required=True, help="training output folder, export.py folder or SpeechBrain model folder"
     )
-    parser.add_argument("--output-dir", required=True, help="where <stem>_s1.wav, <stem>_s2.wav, ... are written")
+    parser.add_argument(
+        "--output-dir",
+        required=True,
+        help="where <stem>_s1.wav, <stem>_s2.wav, ... are written; - : stdout (with INPUT -)",
+    )
     parser.add_argument(
         "--window",
         type=float,
-        default=defaults.window,
+        default=None,
         help="longest stretch separated at once, in seconds; longer inputs go in windows spread evenly over them "
-        "(default %(default)s, chosen by measurement: bench/RESULTS.md)",
+        f"(default {defaults.window:g}, chosen by measurement: bench/RESULTS.md)",
     )
     parser.add_argument(
         "--hop",
         type=float,
-        default=defaults.hop,
-        help="seconds between window starts, at most; window - hop (at least 0.1 s) are cross-faded (default %(default)s)",
+        default=None,
+        help=f"seconds between window starts, at most; window - hop (at least 0.1 s) are cross-faded (default {defaults.hop:g})",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass (default %(default)s)"
+        "--batch-size", type=int, default=None, help=f"windows per forward pass (default {defaults.batch_size})"
     )
     parser.add_argument(
         "--output-rate",
@@ -74,9 +93,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--shifts",
         type=int,
-        default=defaults.shifts,
+        default=None,
         help="average the estimates over this many sub-hop delays of the input: a cheap ensemble, "
-        "that many times slower (the demo reports its test scores with 8; default %(default)s)",
+        f"that many times slower (the demo reports its test scores with 8; default {defaults.shifts})",
     )
     parser.add_argument(
         "--mixture-consistency",
@@ -91,11 +110,56 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="what the model computes in (autocast); auto: bf16 on CPUs and GPUs that compute it natively, fp16 "
         "on other GPUs, else fp32 (default %(default)s)",
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="separate chunk by chunk as a live input (causal models only); INPUT - reads raw PCM from stdin",
+    )
+    parser.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=None,
+        help=f"with --stream: milliseconds of input handed over at a time (default {StreamOptions.chunk_ms:g})",
+    )
+    parser.add_argument(
+        "--raw-rate", type=int, default=None, help="with INPUT -: the sample rate of the raw 16-bit mono PCM on stdin"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads the model computes with (default: PyTorch's; 1 with --stream, whose chunks are too small "
+        "to share out: bench/RESULTS.md)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     parser.add_argument("--quiet", action="store_true", help="only errors")
     return parser.parse_args(argv)
+
+
+def separate_stdin(separator: StreamingFileSeparator, raw_rate: int) -> int:
+    """Raw PCM from stdin to stdout through the model; the exit status."""
+    if raw_rate != separator.sample_rate:
+        logger.error(
+            f"error: stdin is {raw_rate} Hz (--raw-rate), and the model separates {separator.sample_rate} Hz: "
+            f"resample before the pipe (e.g. sox -t raw -e signed -b 16 -c 1 -r {raw_rate} - -t raw -r "
+            f"{separator.sample_rate} -)"
+        )
+        return 2
+    started = time.perf_counter()
+    try:
+        num_samples, clipped = separator.separate_pipe(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        logger.error("error: stdout was closed before the end of the stream")
+        return 1
+    elapsed = time.perf_counter() - started
+    seconds = num_samples / separator.sample_rate
+    logger.info(f"stdin: {seconds:.1f} s separated in {elapsed:.1f} s")
+    if clipped:
+        logger.warning(f"{clipped} output samples were beyond the 16-bit range and clipped")
+    return 0
 
 
 def output_problem(path: Path, outputs: list[Path], inputs: set[Path], written_by: dict, overwrite: bool) -> str | None:
@@ -113,6 +177,46 @@ def output_problem(path: Path, outputs: list[Path], inputs: set[Path], written_b
     return None
 
 
+def stream_problem(args: argparse.Namespace) -> str | None:
+    """Why the stream options contradict each other or the others, or None."""
+    stdin, stdout = "-" in args.inputs, args.output_dir == "-"
+    if not args.stream:
+        for flag, given in (
+            ("--chunk-ms", args.chunk_ms is not None),
+            ("--raw-rate", args.raw_rate is not None),
+            ("INPUT - (stdin)", stdin),
+            ("--output-dir - (stdout)", stdout),
+        ):
+            if given:
+                return f"{flag} goes with --stream"
+        return None
+    offline = [
+        flag
+        for flag, given in (
+            ("--window", args.window is not None),
+            ("--hop", args.hop is not None),
+            ("--batch-size", args.batch_size is not None),
+            ("--shifts", args.shifts is not None),
+            ("--mixture-consistency", args.mixture_consistency),
+        )
+        if given
+    ]
+    if offline:
+        return (
+            f"--stream separates each chunk as it comes, and {', '.join(offline)} work on the whole input: drop "
+            f"{'it' if len(offline) == 1 else 'them'} or --stream"
+        )
+    if stdin and len(args.inputs) > 1:
+        return "INPUT - (stdin) is a stream of its own: give it alone"
+    if stdin != stdout:
+        return "stdin (INPUT -) is separated to stdout (--output-dir -), and only there: give both or neither"
+    if stdin and args.raw_rate is None:
+        return "raw PCM on stdin has no header: give its sample rate with --raw-rate"
+    if stdout and args.normalize == "peak":
+        return "--normalize peak needs each track's peak over the whole input, which a stream to stdout never has"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Separate every input; returns the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -120,21 +224,42 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else logging.INFO
     for name in ("separate", "speechsep"):
         logging.getLogger(name).setLevel(level)
+    problem = stream_problem(args)
+    if problem:
+        logger.error(f"error: {problem}")
+        return 2
+    if args.threads is not None and args.threads < 1:
+        logger.error(f"error: --threads must be at least 1, got {args.threads}")
+        return 2
+    if args.threads or args.stream:
+        torch.set_num_threads(args.threads or 1)
     try:
+        defaults = SeparationOptions()
         options = SeparationOptions(
-            window=args.window,
-            hop=args.hop,
-            batch_size=args.batch_size,
+            window=defaults.window if args.window is None else args.window,
+            hop=defaults.hop if args.hop is None else args.hop,
+            batch_size=defaults.batch_size if args.batch_size is None else args.batch_size,
             output_rate=args.output_rate,
             normalize=args.normalize,
             progress=False if args.no_progress else None,
-            shifts=args.shifts,
+            shifts=defaults.shifts if args.shifts is None else args.shifts,
             mixture_consistency=args.mixture_consistency,
             precision=args.precision,
         )
+        if args.stream:
+            chunk_ms = StreamOptions.chunk_ms if args.chunk_ms is None else args.chunk_ms
+            stream_options = StreamOptions(chunk_ms=chunk_ms, precision=args.precision, normalize=args.normalize)
         device = check_device(args.device)
         inference_precision(args.precision, device)  # refused before the model is loaded, not after
-        separator = FileSeparator(load_separator(args.model, device=device), options)
+        model = load_separator(args.model, device=device)
+        if args.stream:
+            separator = StreamingFileSeparator(model, stream_options)
+            logger.info(
+                f"Streaming in {stream_options.chunk_ms:g} ms chunks; the model's algorithmic latency is "
+                f"{separator.latency_ms:g} ms"
+            )
+        else:
+            separator = FileSeparator(model, options)
         logger.info(
             f"Computing in {separator.precision} on {device}"
             + (" (--precision auto)" if args.precision == "auto" else "")
@@ -142,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         logger.error(f"error: {err}")
         return 2
+    if args.output_dir == "-":
+        return separate_stdin(separator, args.raw_rate)
 
     try:  # before any separation: a folder that cannot be created fails now, not after an hour of work
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,21 @@ def _name_group(
         raise
 
 
+@contextlib.contextmanager
+def scratch_file(target: str | Path) -> Iterator[Path]:
+    """A new hidden file beside `target`, named as this module's temporary files (a later write of `target`
+    removes it if this process is killed), for content made piece by piece before the named files are written
+    from it; removed on leaving, whatever happens."""
+    target = Path(target)
+    _remove_stale_temporaries(target)
+    temporary = _create_temporary(target)
+    try:
+        yield temporary
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
 def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     """`write_file` of a UTF-8 text."""
     return write_file(path, text_content(text), overwrite)

@@ -88,7 +88,7 @@ def test_every_config_builds_the_projects_classes_where_it_has_them(config, tmp_
         for module in modules
         if isinstance(module, TransformerEncoderLayer) and isinstance(module.self_att, MultiheadAttention)
     ]
-    if "convtasnet" in config:
+    if "convtasnet" in config and "causal" not in config:
         assert type(hp["modules"]["masknet"]) is FastMaskNet
 
 
@@ -176,6 +176,8 @@ OWN_KEYS = {
         "train_budget_minutes",
     },
 }
+OWN_KEYS["demo-causal.yaml"] = OWN_KEYS["demo.yaml"]
+OWN_KEYS["convtasnet-causal.yaml"] = OWN_KEYS["convtasnet.yaml"]
 RECORDINGS_KEYS = {"source_folder", "speaker_regex", "valid_source_folder", "test_source_folder", "corpus_folder"}
 RECORDINGS_KEYS |= {"valid_speakers", "test_speakers", "valid_mixtures", "test_mixtures", "min_speaker_seconds"}
 OWN_KEYS["recordings.yaml"] = (OWN_KEYS["demo.yaml"] - {"dm_level_scheme", "N_epochs", "test_shifts"}) | {
@@ -313,6 +315,19 @@ def test_demo_masknet_is_the_channels_first_one_with_the_demo_sizes():
     assert isinstance(masknet, MaskNet) and masknet is hp["modules"]["masknet"]
     assert len(masknet.blocks) == 3 * hp["R"] and masknet.bottleneck.out_channels == hp["B"]
     assert isinstance(masknet.blocks[0].act_in, torch.nn.ReLU) and not masknet.blocks[0].reflect
+
+
+@pytest.mark.parametrize(
+    "config, activation, blocks", [("demo-causal.yaml", "relu", 14), ("convtasnet-causal.yaml", "prelu", 24)]
+)
+def test_causal_configs_build_the_causal_network_at_the_demo_and_the_paper_size(config, activation, blocks):
+    """Same sizes as their non-causal counterparts (demo.yaml, convtasnet.yaml), causal convolutions and cLN."""
+    masknet = load(config, data_folder="/data/MiniLibri2Mix")["MaskNet"]
+    counterpart = load(config.replace("-causal", ""), data_folder="/data/MiniLibri2Mix")["MaskNet"]
+    assert type(masknet) is MaskNet and masknet.causal and len(masknet.blocks) == blocks
+    assert sum(p.numel() for p in masknet.parameters()) == sum(p.numel() for p in counterpart.parameters())
+    assert isinstance(masknet.blocks[0].act_in, torch.nn.ReLU if activation == "relu" else torch.nn.PReLU)
+    assert type(masknet.blocks[0].norm_in).__name__ == "ChannelNorm"
 
 
 @pytest.mark.parametrize(

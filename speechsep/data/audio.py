@@ -5,6 +5,7 @@ corpus writes its own integer samples (`demo.corpus.synth_corpus`) so that its m
 """
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import soundfile as sf
@@ -21,21 +22,23 @@ def is_audio_name(name: str | Path) -> bool:
 
 def write_pcm16(
     path: str | Path,
-    signal: torch.Tensor,
+    signal: torch.Tensor | Iterable[torch.Tensor],
     sample_rate: int,
     gain: float = 1.0,
     block_samples: int = 1 << 20,
     software: str | None = None,
 ) -> None:
-    """Write a mono float signal [time] times `gain` as 16-bit PCM, block by block (no full-size copy).
+    """Write a mono float signal [time] (or its consecutive blocks, from an iterable) times `gain` as 16-bit PCM,
+    block by block (no full-size copy).
 
     Samples beyond [-1, 1] are clipped and NaN is written as 0: callers that must not clip scale first.
     `software`, if given, is stored in the file's metadata (WAV: the INFO chunk's ISFT), to recognise it later.
     Callers pass a temporary path of `speechsep.output_files`, which names the file once it is complete.
     """
-    signal = signal.detach().float().cpu()
+    if isinstance(signal, torch.Tensor):
+        signal = torch.split(signal.detach().float().cpu(), block_samples)
     with sf.SoundFile(os.fsencode(path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16") as audio:
         if software:
             audio.software = software
-        for block in torch.split(signal, block_samples):
+        for block in signal:
             audio.write((block * gain).nan_to_num(0.0).clamp(-1.0, 1.0).numpy())

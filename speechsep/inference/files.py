@@ -210,16 +210,12 @@ class FileSeparator:
 
     def output_paths(self, path: Path, output_dir: Path) -> list[Path]:
         """Where the tracks of one input go: `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ..."""
-        return [Path(output_dir) / f"{Path(path).stem}_s{k + 1}.wav" for k in range(self.num_spks)]
+        return track_paths(path, output_dir, self.num_spks)
 
     def separate_file(self, path: str | Path, output_dir: str | Path, overwrite: bool = False) -> SeparatedFile:
-        """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file: all of them or none.
-
-        Without `overwrite`, the names are created exclusively, so that another process writing them at the
-        same time cannot have its tracks mixed with these. With it, they replace the earlier ones while the
-        folder is locked (`write_files`), and earlier tracks of this input beyond this model's speaker count are
-        removed in the same step: the input's tracks are always one model's whole set. Raises AudioInputError for an unreadable or empty
-        file, and `speechsep.output_files.OutputError` if a track name is taken or cannot be written.
+        """Write `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ... for one input file: all of them or none
+        (`write_tracks`). Raises AudioInputError for an unreadable or empty file, and
+        `speechsep.output_files.OutputError` if a track name is taken or cannot be written.
         """
         path, output_dir = Path(path), Path(output_dir)
         started = time.perf_counter()
@@ -244,40 +240,59 @@ class FileSeparator:
         if output_rate != self.sample_rate:
             est_sources = resample(est_sources.T, self.sample_rate, output_rate).T[:num_input_samples]
         low, high = torch.aminmax(est_sources, dim=0)
-        peaks = torch.maximum(high, -low)  # [num_spks], without a full-size copy
-        if self.options.normalize == "peak":
-            gains = PEAK_LIMIT / peaks.clamp(min=1e-8)
-        else:
-            gains = torch.ones_like(peaks)
-            peak = float(peaks.max())
-            if peak > 1.0:  # never clip: every track down by the same factor, so their balance is kept
-                logger.info(
-                    f"{printable(path.name)}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB "
-                    "to avoid clipping"
-                )
-                gains /= peak
-
-        output_dir.mkdir(parents=True, exist_ok=True)
-        outputs = self.output_paths(path, output_dir)
-        writers = {
-            output: functools.partial(
-                _write_track, signal=est_sources[:, k], sample_rate=output_rate, gain=float(gains[k])
-            )
-            for k, output in enumerate(outputs)
-        }
-        removed: list[Path] = []
-
-        def superseded() -> list[Path]:  # called with the folder locked: no other run names tracks meanwhile
-            removed.extend(earlier_tracks_beyond(output_dir, path.stem, self.num_spks))
-            return removed
-
-        write_files(writers, overwrite, superseded if overwrite else None)
-        if removed:
-            logger.info(
-                f"{printable(path.name)}: removed {', '.join(printable(track.name) for track in removed)}, tracks of "
-                f"an earlier model with more speakers (this one separates {self.num_spks})"
-            )
+        gains = track_gains(torch.maximum(high, -low), self.options.normalize, path)  # peaks without a full copy
+        writers = [
+            functools.partial(_write_track, signal=est_sources[:, k], sample_rate=output_rate, gain=float(gains[k]))
+            for k in range(self.num_spks)
+        ]
+        outputs = write_tracks(path, output_dir, writers, overwrite)
         return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
+
+
+def track_paths(path: Path, output_dir: Path, num_spks: int) -> list[Path]:
+    """Where the tracks of one input go: `<output_dir>/<stem>_s1.wav`, `<stem>_s2.wav`, ..."""
+    return [Path(output_dir) / f"{Path(path).stem}_s{k + 1}.wav" for k in range(num_spks)]
+
+
+def track_gains(peaks: torch.Tensor, normalize: str, path: Path) -> torch.Tensor:
+    """The gain of each track [num_spks] from its peak: "peak", each peaks at PEAK_LIMIT; "mixture", the level
+    as it is, unless a track would clip: then every track down by the same factor, so their balance is kept."""
+    if normalize == "peak":
+        return PEAK_LIMIT / peaks.clamp(min=1e-8)
+    gains = torch.ones_like(peaks)
+    peak = float(peaks.max())
+    if peak > 1.0:
+        logger.info(
+            f"{printable(path.name)}: estimates peak at {peak:.2f}, scaled down by {20 * math.log10(peak):.1f} dB "
+            "to avoid clipping"
+        )
+        gains /= peak
+    return gains
+
+
+def write_tracks(path: Path, output_dir: Path, writers: list, overwrite: bool) -> list[Path]:
+    """Write an input's tracks with their `writers` (one per speaker, see `speechsep.output_files`): all or none.
+
+    Without `overwrite`, the names are created exclusively, so that another process writing them at the same
+    time cannot have its tracks mixed with these. With it, they replace the earlier ones while the folder is
+    locked, and earlier tracks of this input beyond this model's speaker count are removed in the same step: the
+    input's tracks are always one model's whole set. -> the tracks' paths.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    outputs = track_paths(path, output_dir, len(writers))
+    removed: list[Path] = []
+
+    def superseded() -> list[Path]:  # called with the folder locked: no other run names tracks meanwhile
+        removed.extend(earlier_tracks_beyond(output_dir, path.stem, len(writers)))
+        return removed
+
+    write_files(dict(zip(outputs, writers)), overwrite, superseded if overwrite else None)
+    if removed:
+        logger.info(
+            f"{printable(path.name)}: removed {', '.join(printable(track.name) for track in removed)}, tracks of "
+            f"an earlier model with more speakers (this one separates {len(writers)})"
+        )
+    return outputs
 
 
 def _write_track(path: Path, signal: torch.Tensor, sample_rate: int, gain: float) -> None:

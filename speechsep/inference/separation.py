@@ -37,10 +37,17 @@ def match_mixture_level(est_sources: torch.Tensor, mixture: torch.Tensor, ridge:
     estimates = est_sources.double()
     gram = estimates.transpose(1, 2) @ estimates  # [batch, num_spks, num_spks]
     target = (estimates.transpose(1, 2) @ mixture.double().unsqueeze(-1)).squeeze(-1)  # [batch, num_spks]
+    gains = least_squares_gains(gram, target, ridge)  # [batch, num_spks]
+    return (estimates * gains.unsqueeze(1)).to(est_sources.dtype)
+
+
+def least_squares_gains(gram: torch.Tensor, target: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+    """The gains g solving (gram + loading) g = target: gram [batch, num_spks, num_spks] of the estimates' inner
+    products, target [batch, num_spks] of their inner products with the mixture, loading as `match_mixture_level`
+    says. -> [batch, num_spks]"""
     energy = gram.diagonal(dim1=-2, dim2=-1)  # [batch, num_spks]
     loading = ridge * energy + 1e-9 * energy.mean(dim=-1, keepdim=True) + 1e-30
-    gains = torch.linalg.solve(gram + torch.diag_embed(loading), target)  # [batch, num_spks]
-    return (estimates * gains.unsqueeze(1)).to(est_sources.dtype)
+    return torch.linalg.solve(gram + torch.diag_embed(loading), target)
 
 
 def align_to_previous(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
