@@ -108,7 +108,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=PRECISIONS,
         default=defaults.precision,
         help="what the model computes in (autocast); auto: bf16 on CPUs and GPUs that compute it natively, fp16 "
-        "on other GPUs, else fp32 (default %(default)s)",
+        "on other GPUs, else fp32; with --stream, fp32 on CPUs (default %(default)s)",
     )
     parser.add_argument(
         "--stream",

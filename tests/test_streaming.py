@@ -124,6 +124,15 @@ def test_streaming_the_paper_sized_causal_config_equals_it_offline(tmp_path):
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streaming_on_a_gpu_equals_the_offline_model_there(causal_run):
+    separator = load_separator(causal_run, device="cuda")
+    mixture = two_speaker_recording(1.0)[0]
+    got = streamed(separator.mods, mixture, iter(lambda: 80, None), device="cuda")
+    expected = offline(separator, mixture.cuda()).cpu()
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 def test_a_stream_keeps_a_bounded_state_however_long_it_runs(causal_run):
     stream = StreamSeparator(load_separator(causal_run).mods)
     sizes = []

@@ -33,7 +33,8 @@ from speechsep.inference.files import (
     track_paths,
     write_tracks,
 )
-from speechsep.inference.streaming import MODULE_ROLES, RunningLevel, StreamingError, StreamSeparator, streaming_refusal
+from speechsep.inference.model_config import MODULE_NAMES
+from speechsep.inference.streaming import RunningLevel, StreamingError, StreamSeparator, streaming_refusal
 from speechsep.models.filterbank import encoder_hop
 from speechsep.output_files import scratch_file, write_failed
 from speechsep.training.hardware import PRECISIONS, PrecisionError, inference_precision
@@ -67,7 +68,7 @@ class StreamingFileSeparator:
 
     def __init__(self, separator: SepformerSeparation, options: StreamOptions | None = None):
         self.options = options or StreamOptions()
-        self.modules = {name: separator.mods[name] for name in MODULE_ROLES}
+        self.modules = {name: separator.mods[name] for name in MODULE_NAMES}
         refusal = streaming_refusal(self.modules)
         if refusal:
             raise StreamingError(f"this model cannot separate a stream: {refusal}")

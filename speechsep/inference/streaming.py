@@ -22,6 +22,7 @@ import torch
 from speechbrain.lobes.models import dual_path
 
 from speechsep.errors import RecipeError
+from speechsep.inference.model_config import MODULE_NAMES
 from speechsep.inference.separation import least_squares_gains
 from speechsep.models.conv_tasnet import MaskNet
 from speechsep.training.hardware import autocast
@@ -33,7 +34,7 @@ class StreamingError(RecipeError):
 
 def streaming_refusal(modules: dict[str, torch.nn.Module]) -> str | None:
     """Why a model (encoder, masknet, decoder) cannot be separated as a stream, or None if it can."""
-    encoder, masknet, decoder = (getattr(modules[name], "module", modules[name]) for name in MODULE_ROLES)
+    encoder, masknet, decoder = (getattr(modules[name], "module", modules[name]) for name in MODULE_NAMES)
     if not isinstance(masknet, MaskNet) or not masknet.causal:
         kind = type(masknet).__name__
         detail = "a non-causal Conv-TasNet (its layer norms or convolutions read later frames)"
@@ -53,9 +54,6 @@ def streaming_refusal(modules: dict[str, torch.nn.Module]) -> str | None:
     return None
 
 
-MODULE_ROLES = ("encoder", "masknet", "decoder")
-
-
 class StreamSeparator:
     """A causal separator's stream state: `push` chunks of mixture samples, `finish` once at the end.
 
@@ -67,7 +65,7 @@ class StreamSeparator:
         refusal = streaming_refusal(modules)
         if refusal:
             raise StreamingError(f"this model cannot stream: {refusal}")
-        self.encoder, self.masknet, self.decoder = (modules[name].eval() for name in MODULE_ROLES)
+        self.encoder, self.masknet, self.decoder = (modules[name].eval() for name in MODULE_NAMES)
         self.num_spks = self.masknet.C
         self.window = int(self.encoder.conv1d.kernel_size[0])
         self.hop = int(self.encoder.conv1d.stride[0])
