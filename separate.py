@@ -21,7 +21,7 @@ With --stream, a causal model (hparams/demo-causal.yaml, hparams/convtasnet-caus
 chunk by chunk (--chunk-ms), as a live input would be, at the model's sample rate:
 
     python separate.py --model results/demo-causal --stream --output-dir separated call.wav
-    arecord -t raw -f S16_LE -r 8000 -c 1 | python separate.py --model results/demo-causal --stream \
+    arecord -t raw -f S16_LE -r 8000 -c 1 | python separate.py --model results/demo-causal --stream \\
         --raw-rate 8000 --output-dir - - | aplay -t raw -f S16_LE -r 8000 -c 2
 
 `-` as the input reads raw 16-bit mono PCM from stdin (its rate given by --raw-rate), and `--output-dir -` writes
@@ -31,8 +31,8 @@ raw 16-bit PCM to stdout, one interleaved channel per speaker, each chunk as soo
 import argparse
 import logging
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -140,6 +140,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def separate_stdin(separator: StreamingFileSeparator, raw_rate: int) -> int:
     """Raw PCM from stdin to stdout through the model; the exit status."""
+    for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+        if stream is None:
+            logger.error(f"error: {name} is closed: INPUT - and --output-dir - need it open")
+            return 2
+        if stream.isatty():
+            logger.error(f"error: {name} is a terminal, and the stream is raw 16-bit PCM: use a pipe or a file")
+            return 2
     if raw_rate != separator.sample_rate:
         logger.error(
             f"error: stdin is {raw_rate} Hz (--raw-rate), and the model separates {separator.sample_rate} Hz: "
@@ -147,16 +154,16 @@ def separate_stdin(separator: StreamingFileSeparator, raw_rate: int) -> int:
             f"{separator.sample_rate} -)"
         )
         return 2
-    started = time.perf_counter()
     try:
         num_samples, clipped = separator.separate_pipe(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
         logger.error("error: stdout was closed before the end of the stream")
         return 1
-    elapsed = time.perf_counter() - started
-    seconds = num_samples / separator.sample_rate
-    logger.info(f"stdin: {seconds:.1f} s separated in {elapsed:.1f} s")
+    except RecipeError as err:
+        logger.error(f"error: {err}")
+        return 1
+    logger.info(f"stdin: {num_samples / separator.sample_rate:.1f} s of audio separated")
     if clipped:
         logger.warning(f"{clipped} output samples were beyond the 16-bit range and clipped")
     return 0
@@ -203,8 +210,9 @@ def stream_problem(args: argparse.Namespace) -> str | None:
     ]
     if offline:
         return (
-            f"--stream separates each chunk as it comes, and {', '.join(offline)} work on the whole input: drop "
-            f"{'it' if len(offline) == 1 else 'them'} or --stream"
+            f"--stream separates each chunk as it comes, and {', '.join(offline)} "
+            f"{'needs' if len(offline) == 1 else 'need'} the whole input: drop {'it' if len(offline) == 1 else 'them'} "
+            "or --stream"
         )
     if stdin and len(args.inputs) > 1:
         return "INPUT - (stdin) is a stream of its own: give it alone"
@@ -212,18 +220,42 @@ def stream_problem(args: argparse.Namespace) -> str | None:
         return "stdin (INPUT -) is separated to stdout (--output-dir -), and only there: give both or neither"
     if stdin and args.raw_rate is None:
         return "raw PCM on stdin has no header: give its sample rate with --raw-rate"
+    if args.raw_rate is not None and not stdin:
+        return "--raw-rate is the rate of raw PCM on stdin (INPUT -); audio files say their own rate"
+    if args.raw_rate is not None and args.raw_rate <= 0:
+        return f"--raw-rate must be a positive number of samples per second, got {args.raw_rate}"
     if stdout and args.normalize == "peak":
         return "--normalize peak needs each track's peak over the whole input, which a stream to stdout never has"
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Separate every input; returns the exit status."""
+    """Separate every input; returns the exit status. SIGTERM (a scheduler's or `timeout`'s stop) ends the run as
+    Ctrl-C does: the current input's temporary files are removed, and the exit status says which signal."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     level = logging.WARNING if args.quiet else logging.INFO
     for name in ("separate", "speechsep"):
         logging.getLogger(name).setLevel(level)
+    received = [signal.SIGINT]
+
+    def stop(signum, frame):
+        received[0] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return separate_all(args)
+    except KeyboardInterrupt:
+        done = "what was separated so far is on stdout" if args.output_dir == "-" else "tracks written are whole"
+        logger.error(f"error: stopped by {signal.Signals(received[0]).name}: {done}, nothing is half-written")
+        return 128 + received[0]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def separate_all(args: argparse.Namespace) -> int:
+    """What `main` does once the arguments are read."""
     problem = stream_problem(args)
     if problem:
         logger.error(f"error: {problem}")
@@ -255,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.stream:
             separator = StreamingFileSeparator(model, stream_options)
             logger.info(
-                f"Streaming in {stream_options.chunk_ms:g} ms chunks; the model's algorithmic latency is "
-                f"{separator.latency_ms:g} ms"
+                f"Streaming in chunks of {separator.chunk} samples ({1000 * separator.chunk / separator.sample_rate:g} "
+                f"ms); the model's algorithmic latency is {separator.latency_ms:g} ms"
             )
         else:
             separator = FileSeparator(model, options)

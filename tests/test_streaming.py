@@ -169,10 +169,9 @@ def test_the_running_level_brings_scaled_estimates_to_the_mixtures_level():
 
 
 # ---------------------------------------------------------------- separate.py --stream
-def run_separate(*arguments, **kwargs):
-    return subprocess.run(
-        [sys.executable, "separate.py", *map(str, arguments)], cwd=REPO, capture_output=True, timeout=120, **kwargs
-    )
+def run_separate(*arguments, stdout=subprocess.PIPE, **kwargs):
+    command = [sys.executable, "separate.py", *map(str, arguments)]
+    return subprocess.run(command, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, timeout=120, **kwargs)
 
 
 def test_separate_py_streams_a_file_into_the_tracks_a_stream_gives(causal_run, tmp_path):
@@ -207,6 +206,28 @@ def test_separate_py_pipes_raw_pcm_from_stdin_to_stdout_as_it_comes(causal_run):
     assert np.abs(out / 32768 - np.clip(expected, -1, 32767 / 32768)).max() <= 1.5 / 32768
 
 
+def test_stdout_that_cannot_take_the_stream_and_a_file_on_stdin_are_one_line_each(causal_run, tmp_path):
+    arguments = ["--model", causal_run, "--stream", "--raw-rate", SAMPLE_RATE, "--output-dir", "-", "-"]
+    with open("/dev/full", "wb") as full:
+        result = run_separate(*arguments, input=np.zeros(8000, dtype="<i2").tobytes(), stdout=full)
+    assert result.returncode == 1
+    assert [line for line in result.stderr.decode().splitlines() if line.startswith("error:")] == [
+        "error: cannot write to stdout: No space left on device"
+    ]
+    write_recording(tmp_path / "talk.wav", two_speaker_recording(0.5)[0].numpy())
+    result = run_separate(*arguments, input=(tmp_path / "talk.wav").read_bytes())
+    assert result.returncode == 1 and result.stdout == b""
+    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stdin holds a WAV file, not raw PCM" in errors[0]
+
+
+def test_the_tracks_level_does_not_depend_on_the_chunk_size(causal_run):
+    streamer = StreamingFileSeparator(load_separator(causal_run), StreamOptions(precision="fp32"))
+    mixture = two_speaker_recording(2.0)[0]
+    outputs = [torch.cat(list(streamer.separate_chunks(torch.split(mixture, size)))) for size in (80, 37, 1000)]
+    assert all((output - outputs[0]).abs().max() <= 1e-5 * outputs[0].abs().max() for output in outputs[1:])
+
+
 def test_a_live_pipe_gets_each_chunk_before_the_next_one_is_sent(causal_run):
     """What a live input sees: output comes back while stdin is still open."""
     arguments = ["--model", causal_run, "--stream", "--raw-rate", SAMPLE_RATE, "--chunk-ms", 100]
@@ -231,8 +252,11 @@ def test_a_live_pipe_gets_each_chunk_before_the_next_one_is_sent(causal_run):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--stream", "--shifts", "2", "x.wav"], "--shifts work on the whole input: drop it or --stream"),
-        (["--stream", "--window", "3", "--mixture-consistency", "x.wav"], "--window, --mixture-consistency work"),
+        (["--stream", "--shifts", "2", "x.wav"], "--shifts needs the whole input: drop it or --stream"),
+        (["--stream", "--window", "3", "--mixture-consistency", "x.wav"], "--window, --mixture-consistency need"),
+        (["--stream", "--raw-rate", "8000", "x.wav"], "--raw-rate is the rate of raw PCM on stdin (INPUT -)"),
+        (["--stream", "--raw-rate", "0", "--output-dir", "-", "-"], "--raw-rate must be a positive number"),
+        (["--stream", "--chunk-ms", "1e12", "x.wav"], "--chunk-ms must lie in (0, 10000], got 1000000000000.0"),
         (["-"], "INPUT - (stdin) goes with --stream"),
         (["--chunk-ms", "20", "x.wav"], "--chunk-ms goes with --stream"),
         (["--stream", "--raw-rate", "8000", "-"], "stdin (INPUT -) is separated to stdout (--output-dir -), and only"),
@@ -285,18 +309,27 @@ def test_a_stream_that_cannot_be_written_leaves_no_track_and_no_scratch_file(cau
     assert list(out.iterdir()) == []
 
 
-def test_a_stream_killed_midway_leaves_no_track_and_the_next_run_clears_its_scratch_file(causal_run, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stream_stopped_midway_leaves_no_track_and_the_next_run_clears_its_scratch_file(causal_run, tmp_path, stop):
+    """SIGTERM (to the process group, as schedulers send it) removes the scratch file at once; after a SIGKILL
+    the next write of the same tracks does."""
     write_recording(tmp_path / "long.wav", np.tile(two_speaker_recording(2.0)[0].numpy(), 60))  # two minutes
     out = tmp_path / "out"
     command = [sys.executable, "separate.py", "--model", str(causal_run), "--stream", "--output-dir", str(out)]
-    process = subprocess.Popen([*command, str(tmp_path / "long.wav")], cwd=REPO, start_new_session=True)
+    process = subprocess.Popen(
+        [*command, str(tmp_path / "long.wav")], cwd=REPO, start_new_session=True, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 60
     while not (out.is_dir() and any(is_temporary(path) for path in out.iterdir())):
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert [path for path in out.iterdir() if not is_temporary(path)] == []
+    os.killpg(process.pid, stop)
+    stderr = process.communicate()[1].decode()
+    left = list(out.iterdir())
+    if stop == signal.SIGTERM:
+        assert process.returncode == 128 + signal.SIGTERM and left == []
+        assert "error: stopped by SIGTERM: tracks written are whole, nothing is half-written" in stderr
+    assert [path for path in left if not is_temporary(path)] == []
     write_recording(tmp_path / "long.wav", two_speaker_recording(0.5)[0].numpy())
     assert separate.main([*command[2:], str(tmp_path / "long.wav")]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["long_s1.wav", "long_s2.wav"]

@@ -24,6 +24,7 @@ from speechbrain.inference.separation import SepformerSeparation
 
 from speechsep.data.audio import write_pcm16
 from speechsep.data.audio_checks import read_blocks, read_header
+from speechsep.errors import RecipeError
 from speechsep.inference.files import (
     SEPARATED_BY,
     AudioInputError,
@@ -44,6 +45,13 @@ logger = logging.getLogger(__name__)
 PCM16_SCALE = 32768.0  # 16-bit samples <-> floats in [-1, 1)
 LEVEL_SECONDS = 2.0  # the past that `RunningLevel` fits the estimates' level on
 SCRATCH_BLOCK = 1 << 16  # samples per block when the tracks are written from the scratch file
+SCRATCH_FORMAT = "W64"  # 64-bit sizes: a WAV scratch file would be read back cut at 4 GiB (18 h at 8 kHz)
+MAX_CHUNK_MS = 10_000.0  # a longer chunk is no stream
+FILE_MAGIC = {b"RIFF": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg"}  # what raw PCM never starts with
+
+
+class StdoutError(RecipeError):
+    """The separated stream could not be written to stdout."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +63,8 @@ class StreamOptions:
     normalize: str = "mixture"  # "mixture": the mixture's level, from the past; "peak" (files only): 0.9 peaks
 
     def __post_init__(self):
-        if not (math.isfinite(self.chunk_ms) and self.chunk_ms > 0):
-            raise SeparationOptionsError(f"--chunk-ms must be a positive number, got {self.chunk_ms}")
+        if not (math.isfinite(self.chunk_ms) and 0 < self.chunk_ms <= MAX_CHUNK_MS):
+            raise SeparationOptionsError(f"--chunk-ms must lie in (0, {MAX_CHUNK_MS:g}], got {self.chunk_ms}")
         if self.precision not in PRECISIONS:
             raise SeparationOptionsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.normalize not in ("mixture", "peak"):
@@ -129,7 +137,12 @@ class StreamingFileSeparator:
         peaks = torch.zeros(self.num_spks)
         with scratch_file(outputs[0]) as scratch:
             with sf.SoundFile(
-                os.fsencode(scratch), "w", samplerate=self.sample_rate, channels=self.num_spks, subtype="FLOAT"
+                os.fsencode(scratch),
+                "w",
+                samplerate=self.sample_rate,
+                channels=self.num_spks,
+                subtype="FLOAT",
+                format=SCRATCH_FORMAT,
             ) as estimates:
                 for est_sources in self.separate_chunks(_file_chunks(path, self.chunk)):
                     if est_sources.shape[0]:
@@ -154,8 +167,13 @@ class StreamingFileSeparator:
             num_samples += est_sources.shape[0]
             clipped += int((est_sources.abs() > 1.0).sum())
             pcm = (est_sources * PCM16_SCALE).round().clamp(-PCM16_SCALE, PCM16_SCALE - 1).to(torch.int16)
-            writer.write(pcm.numpy().astype("<i2").tobytes())  # row-major [time, num_spks]: interleaved
-            writer.flush()
+            try:
+                writer.write(pcm.numpy().astype("<i2").tobytes())  # row-major [time, num_spks]: interleaved
+                writer.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as err:  # a full disk, a file size limit
+                raise StdoutError(f"cannot write to stdout: {err.strerror or err}") from None
         return num_samples, clipped
 
 
@@ -175,9 +193,16 @@ def _file_chunks(path: Path, chunk: int) -> Iterator[torch.Tensor]:
 
 def _pcm_chunks(reader: BinaryIO, chunk: int) -> Iterator[torch.Tensor]:
     """Raw 16-bit little-endian samples from `reader`, `chunk` at a time (the last one shorter), as floats; an
-    odd last byte is left out with a warning."""
+    odd last byte is left out with a warning. A stream that starts as an audio file is refused."""
+    first = True
     while True:
         data = reader.read(2 * chunk)
+        if first and data[:4] in FILE_MAGIC:
+            raise AudioInputError(
+                f"stdin holds a {FILE_MAGIC[data[:4]]} file, not raw PCM: give the file's name instead of -, or "
+                "decode it to raw 16-bit mono PCM first (e.g. sox FILE -t raw -e signed -b 16 -c 1 -)"
+            )
+        first = False
         if len(data) % 2:
             more = reader.read(1)
             data += more

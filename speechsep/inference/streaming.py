@@ -119,24 +119,39 @@ class StreamSeparator:
 
 
 class RunningLevel:
-    """Gains that bring each estimate to the mixture's level, from the past and present only.
+    """Gains that bring each estimate to the mixture's level, from the past alone.
 
     The least-squares fit of the mixture by the estimates' weighted sum (`least_squares_gains`, as the offline
-    `match_mixture_level`), over an exponentially weighted past of time constant `seconds`, updated every chunk.
+    `match_mixture_level`) over an exponentially weighted past of time constant `seconds`, updated at the end of
+    every block of `block_seconds` of the stream: a block's gains come from the blocks before it, so they do not
+    depend on how the stream is cut into chunks. Until the first block ends, the estimates pass as they are.
     """
 
-    def __init__(self, num_spks: int, sample_rate: int, seconds: float = 2.0):
-        self.decay_per_sample = math.exp(-1.0 / (seconds * sample_rate))
+    def __init__(self, num_spks: int, sample_rate: int, seconds: float = 2.0, block_seconds: float = 0.01):
+        self.block = max(1, round(block_seconds * sample_rate))
+        self.decay_per_block = math.exp(-self.block / (seconds * sample_rate))
         self.gram = torch.zeros(num_spks, num_spks, dtype=torch.float64)
         self.target = torch.zeros(num_spks, dtype=torch.float64)
+        self.gains = torch.ones(num_spks, dtype=torch.float64)
+        self._block_gram, self._block_target = torch.zeros_like(self.gram), torch.zeros_like(self.target)
+        self._in_block = 0  # samples of the current block seen so far
 
     def __call__(self, est_sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         """est_sources [time, num_spks] and the mixture samples they separate [time] -> rescaled estimates."""
-        if est_sources.shape[0] == 0:
-            return est_sources
-        estimates = est_sources.double()
-        decay = self.decay_per_sample ** est_sources.shape[0]
-        self.gram = decay * self.gram + estimates.T @ estimates
-        self.target = decay * self.target + estimates.T @ mixture.double()
-        gains = least_squares_gains(self.gram.unsqueeze(0), self.target.unsqueeze(0))[0]
-        return (estimates * gains).float()
+        estimates, mixture = est_sources.double(), mixture.double()
+        pieces, start = [], 0
+        while start < estimates.shape[0]:
+            end = min(start + self.block - self._in_block, estimates.shape[0])
+            piece = estimates[start:end]
+            pieces.append(piece * self.gains)
+            self._block_gram += piece.T @ piece
+            self._block_target += piece.T @ mixture[start:end]
+            self._in_block += end - start
+            start = end
+            if self._in_block == self.block:
+                self.gram = self.decay_per_block * self.gram + self._block_gram
+                self.target = self.decay_per_block * self.target + self._block_target
+                self.gains = least_squares_gains(self.gram.unsqueeze(0), self.target.unsqueeze(0))[0]
+                self._block_gram.zero_(), self._block_target.zero_()
+                self._in_block = 0
+        return torch.cat(pieces).float() if pieces else est_sources.float()
