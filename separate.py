@@ -33,6 +33,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -241,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(signum, frame):
         received[0] = signum
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one (schedulers send several) spares the cleanup
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
+    threads = torch.get_num_threads()
     try:
         return separate_all(args)
     except KeyboardInterrupt:
@@ -251,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.error(f"error: stopped by {signal.Signals(received[0]).name}: {done}, nothing is half-written")
         return 128 + received[0]
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        torch.set_num_threads(threads)  # main() called from Python leaves the caller's setting as it was
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def separate_all(args: argparse.Namespace) -> int:

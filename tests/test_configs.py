@@ -320,7 +320,7 @@ def test_demo_masknet_is_the_channels_first_one_with_the_demo_sizes():
 @pytest.mark.parametrize(
     "config, activation, blocks", [("demo-causal.yaml", "relu", 14), ("convtasnet-causal.yaml", "prelu", 24)]
 )
-def test_causal_configs_build_the_causal_network_at_the_demo_and_the_paper_size(config, activation, blocks):
+def test_causal_configs_build_the_causal_network_at_the_demo_and_the_recipe_size(config, activation, blocks):
     """Same sizes as their non-causal counterparts (demo.yaml, convtasnet.yaml), causal convolutions and cLN."""
     masknet = load(config, data_folder="/data/MiniLibri2Mix")["MaskNet"]
     counterpart = load(config.replace("-causal", ""), data_folder="/data/MiniLibri2Mix")["MaskNet"]
@@ -328,6 +328,22 @@ def test_causal_configs_build_the_causal_network_at_the_demo_and_the_paper_size(
     assert sum(p.numel() for p in masknet.parameters()) == sum(p.numel() for p in counterpart.parameters())
     assert isinstance(masknet.blocks[0].act_in, torch.nn.ReLU if activation == "relu" else torch.nn.PReLU)
     assert type(masknet.blocks[0].norm_in).__name__ == "ChannelNorm"
+
+
+@pytest.mark.parametrize(
+    "config, differing",
+    [
+        (
+            "demo-causal.yaml",
+            {"experiment_name", "output_folder", "test_shifts", "test_mixture_consistency", "MaskNet"},
+        ),
+        ("convtasnet-causal.yaml", {"experiment_name", "MaskNet"}),
+    ],
+)
+def test_causal_configs_are_their_counterparts_but_for_the_mask_network(config, differing):
+    causal, counterpart = as_text(config), as_text(config.replace("-causal", ""))
+    assert set(causal) == set(counterpart)
+    assert {key for key in causal if causal[key] != counterpart[key]} == differing
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,43 @@ def test_a_causal_masknet_never_reads_later_frames_and_steps_through_any_pieces_
     assert [tuple(past.shape) for past in state] == [(2, 2 * 2**x, 12) for _ in range(2) for x in range(3)]
 
 
+def test_a_causal_config_trains_every_parameter_and_has_the_receptive_field_docs_say(tmp_path):
+    """One training step of hparams/demo-causal.yaml at its size, through the causal taps and the cLN backward."""
+    from speechsep.training.losses import pit_si_snr_loss
+
+    hparams = load_hparams(REPO / "hparams" / "demo-causal.yaml", {"data_folder": str(tmp_path)})
+    modules = hparams["modules"]
+    assert modules["masknet"].receptive_field == 509  # docs/streaming.md: about 2 s at 4 ms a frame
+    _, sources = two_speaker_recording(0.5)
+    mixture_w = modules["encoder"](sources.sum(dim=1, keepdim=True).T)
+    masks = modules["masknet"](mixture_w)
+    est_sources = torch.stack([modules["decoder"](mixture_w * mask) for mask in masks], dim=-1)
+    pit_si_snr_loss(est_sources[:, : sources.shape[0]], sources.unsqueeze(0)).mean().backward()
+    for name, module in modules.items():
+        for parameter_name, parameter in module.named_parameters():
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), (name, parameter_name)
+            assert parameter.grad.abs().sum() > 0, (name, parameter_name)
+
+
+def test_only_a_causal_masknet_steps():
+    masknet = MaskNet(16, 8, 12, 3, 3, 1, 2, padding="zeros")
+    with pytest.raises(ValueError, match="only a causal MaskNet computes frame by frame"):
+        masknet.step(torch.rand(1, 16, 4), [])
+
+
+def test_separate_py_called_from_python_leaves_the_threads_and_the_sigterm_handler_as_they_were(causal_run, tmp_path):
+    write_recording(tmp_path / "talk.wav", two_speaker_recording(0.3)[0].numpy())
+    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    assert (
+        separate.main(
+            ["--model", str(causal_run), "--stream", "--output-dir", str(tmp_path / "out")]
+            + [str(tmp_path / "talk.wav")]
+        )
+        == 0
+    )
+    assert torch.get_num_threads() == threads and signal.getsignal(signal.SIGTERM) is handler
+
+
 def test_a_causal_masknet_needs_per_frame_norms_and_zero_padding():
     for norm_type, padding in (("gLN", "zeros"), ("cLN", "reflect")):
         with pytest.raises(ValueError, match="a causal MaskNet needs norm_type cLN and padding zeros"):
@@ -115,7 +152,7 @@ def test_streaming_equals_the_offline_model_for_any_chunk_sizes(causal_run, seed
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
-def test_streaming_the_paper_sized_causal_config_equals_it_offline(tmp_path):
+def test_streaming_the_recipe_sized_causal_config_equals_it_offline(tmp_path):
     run = save_causal_run(tmp_path / "run", "convtasnet-causal.yaml", N_encoder_out=64, B=16, H=32, X=4, R=2)
     separator = load_separator(run)
     mixture = two_speaker_recording(0.7)[0]

@@ -47,7 +47,7 @@ LEVEL_SECONDS = 2.0  # the past that `RunningLevel` fits the estimates' level on
 SCRATCH_BLOCK = 1 << 16  # samples per block when the tracks are written from the scratch file
 SCRATCH_FORMAT = "W64"  # 64-bit sizes: a WAV scratch file would be read back cut at 4 GiB (18 h at 8 kHz)
 MAX_CHUNK_MS = 10_000.0  # a longer chunk is no stream
-FILE_MAGIC = {b"RIFF": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg"}  # what raw PCM never starts with
+FILE_MAGIC = {b"RIFF": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg"}  # headers of files piped in by mistake
 
 
 class StdoutError(RecipeError):
@@ -59,7 +59,7 @@ class StreamOptions:
     """How inputs are streamed."""
 
     chunk_ms: float = 10.0  # the input is handed over in chunks of this many milliseconds
-    precision: str = "auto"  # what the model computes in: as `inference_precision`, but "auto" is fp32 on CPUs
+    precision: str = "auto"  # what the model computes in (`inference_precision`); "auto" is fp32 for a stream
     normalize: str = "mixture"  # "mixture": the mixture's level, from the past; "peak" (files only): 0.9 peaks
 
     def __post_init__(self):
@@ -79,7 +79,7 @@ class StreamingFileSeparator:
         self.modules = {name: separator.mods[name] for name in MODULE_NAMES}
         refusal = streaming_refusal(self.modules)
         if refusal:
-            raise StreamingError(f"this model cannot separate a stream: {refusal}")
+            raise StreamingError(f"this model cannot stream: {refusal}")
         self.sample_rate = int(separator.hparams.sample_rate)
         self.num_spks = int(separator.hparams.num_spks)
         self.chunk = round(self.options.chunk_ms * self.sample_rate / 1000)
@@ -93,14 +93,13 @@ class StreamingFileSeparator:
             )
         self.device = str(getattr(separator, "device", "cpu"))
         precision = self.options.precision
-        if precision == "auto" and torch.device(self.device).type == "cpu":
-            precision = "fp32"  # a chunk's products are too small for bf16 to pay on a CPU (bench/RESULTS.md)
+        if precision == "auto":  # a chunk's products are too small for bf16 to pay (bench/RESULTS.md), and fp32
+            precision = "fp32"  # streams are the offline model's output
         try:
             self.precision = inference_precision(precision, self.device)
         except PrecisionError as err:
             raise SeparationOptionsError(str(err)) from None
-        stream = StreamSeparator(self.modules, self.precision, self.device)
-        self.latency_ms = 1000 * stream.latency_samples / self.sample_rate
+        self.latency_ms = 1000 * StreamSeparator(self.modules).latency_samples / self.sample_rate
         self._said: set[str] = set()
 
     def output_paths(self, path: Path, output_dir: Path) -> list[Path]:
@@ -133,9 +132,9 @@ class StreamingFileSeparator:
             self._said.add("mono")
             logger.info(f"Mixing {header.channels}-channel inputs down to mono")
         output_dir.mkdir(parents=True, exist_ok=True)
-        outputs = track_paths(path, output_dir, self.num_spks)
+        first_track = track_paths(path, output_dir, self.num_spks)[0]
         peaks = torch.zeros(self.num_spks)
-        with scratch_file(outputs[0]) as scratch:
+        with scratch_file(first_track) as scratch:
             with sf.SoundFile(
                 os.fsencode(scratch),
                 "w",
@@ -150,13 +149,13 @@ class StreamingFileSeparator:
                     try:
                         estimates.write(est_sources.numpy())
                     except (OSError, RuntimeError) as err:  # a full disk, a file size limit
-                        raise write_failed(outputs[0], err) from None
+                        raise write_failed(first_track, err) from None
             gains = track_gains(peaks, self.options.normalize, path)
             writers = [
                 functools.partial(_write_channel, scratch=scratch, channel=k, sample_rate=self.sample_rate, gain=gain)
                 for k, gain in enumerate(gains.tolist())
             ]
-            write_tracks(path, output_dir, writers, overwrite)
+            outputs = write_tracks(path, output_dir, writers, overwrite)
         return SeparatedFile(outputs, header.frames / header.sample_rate, time.perf_counter() - started)
 
     def separate_pipe(self, reader: BinaryIO, writer: BinaryIO) -> tuple[int, int]:

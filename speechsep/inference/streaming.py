@@ -7,8 +7,9 @@ twice, memory does not grow with the stream), the decoder's overlap-add with the
 next one. Concatenated, its outputs are what the same model computes offline on the whole input (encoder, mask
 network and decoder on every frame, zeros after the last whole frame), to float rounding.
 
-A sample leaves at most one encoder window (minus a sample) after it came in: the frame that completes it ends
-there (`latency_samples`, the algorithmic latency); a chunk adds its own length, as it is handed over whole.
+A sample leaves at most one encoder window minus one sample after it came in, once the frame that completes
+it has all its samples (`latency_samples`: the window, the algorithmic latency as usually counted); a chunk adds
+its own length, as it is handed over whole. In fp32, outputs equal the offline model's to float rounding.
 Only causal models stream: a Conv-TasNet `MaskNet` built with `causal: True` (cLN norms, zero padding); every
 other mask network needs frames after the current one and is refused with the reason.
 
@@ -65,7 +66,9 @@ class StreamSeparator:
         refusal = streaming_refusal(modules)
         if refusal:
             raise StreamingError(f"this model cannot stream: {refusal}")
-        self.encoder, self.masknet, self.decoder = (modules[name].eval() for name in MODULE_NAMES)
+        self.encoder, self.masknet, self.decoder = (
+            getattr(modules[name], "module", modules[name]).eval() for name in MODULE_NAMES
+        )
         self.num_spks = self.masknet.C
         self.window = int(self.encoder.conv1d.kernel_size[0])
         self.hop = int(self.encoder.conv1d.stride[0])
@@ -78,7 +81,8 @@ class StreamSeparator:
 
     @property
     def latency_samples(self) -> int:
-        """The algorithmic latency: the encoder's window, the most a sample waits for the frame that ends it."""
+        """The algorithmic latency: the encoder's window (a sample waits at most one sample less for the frame
+        that completes it)."""
         return self.window
 
     @torch.inference_mode()
@@ -122,19 +126,29 @@ class RunningLevel:
     """Gains that bring each estimate to the mixture's level, from the past alone.
 
     The least-squares fit of the mixture by the estimates' weighted sum (`least_squares_gains`, as the offline
-    `match_mixture_level`) over an exponentially weighted past of time constant `seconds`, updated at the end of
-    every block of `block_seconds` of the stream: a block's gains come from the blocks before it, so they do not
-    depend on how the stream is cut into chunks. Until the first block ends, the estimates pass as they are.
+    `match_mixture_level`) over an exponentially weighted past of time constant `seconds`, refitted at the end of
+    every block of `block_seconds`: over the next block the gains move linearly from the previous fit to this
+    one, so they never jump, and they do not depend on how the stream is cut into chunks. The first fit waits
+    for `warmup_seconds` of the stream (a few milliseconds of speech fit badly); until then the gains are 1.
     """
 
-    def __init__(self, num_spks: int, sample_rate: int, seconds: float = 2.0, block_seconds: float = 0.01):
+    def __init__(
+        self,
+        num_spks: int,
+        sample_rate: int,
+        seconds: float = 2.0,
+        block_seconds: float = 0.01,
+        warmup_seconds: float = 0.1,
+    ):
         self.block = max(1, round(block_seconds * sample_rate))
+        self.warmup_blocks = math.ceil(warmup_seconds * sample_rate / self.block)
         self.decay_per_block = math.exp(-self.block / (seconds * sample_rate))
         self.gram = torch.zeros(num_spks, num_spks, dtype=torch.float64)
         self.target = torch.zeros(num_spks, dtype=torch.float64)
-        self.gains = torch.ones(num_spks, dtype=torch.float64)
+        self.gains = self.previous_gains = torch.ones(num_spks, dtype=torch.float64)
         self._block_gram, self._block_target = torch.zeros_like(self.gram), torch.zeros_like(self.target)
         self._in_block = 0  # samples of the current block seen so far
+        self._blocks = 0  # blocks seen so far
 
     def __call__(self, est_sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         """est_sources [time, num_spks] and the mixture samples they separate [time] -> rescaled estimates."""
@@ -143,15 +157,22 @@ class RunningLevel:
         while start < estimates.shape[0]:
             end = min(start + self.block - self._in_block, estimates.shape[0])
             piece = estimates[start:end]
-            pieces.append(piece * self.gains)
+            ramp = torch.arange(self._in_block + 1, self._in_block + 1 + end - start, dtype=torch.float64) / self.block
+            gains = torch.lerp(self.previous_gains, self.gains, ramp.unsqueeze(1))  # [samples, num_spks]
+            pieces.append(piece * gains)
             self._block_gram += piece.T @ piece
             self._block_target += piece.T @ mixture[start:end]
             self._in_block += end - start
             start = end
             if self._in_block == self.block:
-                self.gram = self.decay_per_block * self.gram + self._block_gram
-                self.target = self.decay_per_block * self.target + self._block_target
-                self.gains = least_squares_gains(self.gram.unsqueeze(0), self.target.unsqueeze(0))[0]
-                self._block_gram.zero_(), self._block_target.zero_()
-                self._in_block = 0
+                self._end_block()
         return torch.cat(pieces).float() if pieces else est_sources.float()
+
+    def _end_block(self) -> None:
+        self.gram = self.decay_per_block * self.gram + self._block_gram
+        self.target = self.decay_per_block * self.target + self._block_target
+        self._block_gram, self._block_target = torch.zeros_like(self.gram), torch.zeros_like(self.target)
+        self._in_block, self._blocks = 0, self._blocks + 1
+        self.previous_gains = self.gains
+        if self._blocks >= self.warmup_blocks:
+            self.gains = least_squares_gains(self.gram.unsqueeze(0), self.target.unsqueeze(0))[0]

@@ -238,13 +238,15 @@ class MaskNet(nn.Module):
 
     def _masks(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         batch, channels, frames = shape
-        score = self.mask_conv(y).view(batch, self.C, channels, frames).transpose(0, 1)
+        return self._nonlinear(self.mask_conv(y).view(batch, self.C, channels, frames).transpose(0, 1))
+
+    def _nonlinear(self, score: torch.Tensor) -> torch.Tensor:
         return F.softmax(score, dim=self.SOFTMAX_DIM) if self.mask_nonlinear == "softmax" else F.relu(score)
 
     @property
     def receptive_field(self) -> int:
-        """Frames that frame t of the masks depends on: t itself and this many minus one before it (causal), or
-        as many around it (non-causal)."""
+        """How many frames frame t of the masks depends on, t included: the past ones for a causal network; for
+        a non-causal one, as many spread around t."""
         return 1 + sum(block.past_frames for block in self.blocks)
 
     def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
@@ -258,7 +260,9 @@ class MaskNet(nn.Module):
     def step(self, mixture_w: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The masks of new frames [batch, N, frames] of a stream whose past is `state` (`initial_state`, then
         what the previous step returned): (masks [C, batch, N, frames], the new state). Steps over a stream's
-        frames in pieces of any size compute `forward` of the whole, to float rounding."""
+        frames in pieces of any size compute `forward` of the whole, to float rounding (in fp32)."""
+        if not self.causal:
+            raise ValueError("only a causal MaskNet computes frame by frame")
         batch, channels, frames = mixture_w.shape
         y = F.linear(self.layer_norm.norm(mixture_w.transpose(1, 2)), self.bottleneck.weight[:, :, 0])
         new_state = []
@@ -266,8 +270,7 @@ class MaskNet(nn.Module):
             y, past = block.step(y, past)
             new_state.append(past)
         score = F.linear(y, self.mask_conv.weight[:, :, 0]).view(batch, frames, self.C, channels).permute(2, 0, 3, 1)
-        masks = F.softmax(score, dim=self.SOFTMAX_DIM) if self.mask_nonlinear == "softmax" else F.relu(score)
-        return masks, new_state
+        return self._nonlinear(score), new_state
 
 
 # SpeechBrain's parameter names -> ours: the layers outside the blocks, then the parts of each block.
