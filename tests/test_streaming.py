@@ -323,7 +323,7 @@ def test_model_and_input_errors_of_a_stream_are_one_line_each(causal_run, tmp_pa
     assert separate.main(["--model", str(causal_run), "--stream", *out, str(tmp_path / "wide.wav")]) == 1
     lines = error_lines(caplog)
     assert len(lines) == 3
-    assert "this model cannot separate a stream: its mask network is a non-causal Conv-TasNet" in lines[0]
+    assert "this model cannot stream: its mask network is a non-causal Conv-TasNet" in lines[0]
     assert "--chunk-ms 0.5 is 4 samples at the model's 8000 Hz, less than one hop of its encoder" in lines[1]
     assert "16000 Hz, and --stream takes the model's 8000 Hz" in lines[2]
     caplog.clear()
