@@ -203,6 +203,8 @@ def test_the_running_level_brings_scaled_estimates_to_the_mixtures_level():
     out = torch.cat([level(scaled[i : i + 80], mixture[i : i + 80]) for i in range(0, mixture.shape[0], 80)])
     tail = slice(3 * SAMPLE_RATE, None)  # once the past holds a few seconds
     assert torch.allclose(out[tail], sources[tail], atol=1e-3 * sources.abs().max())
+    assert torch.equal(out[: level.block], torch.zeros(level.block, 2))  # nothing tells the level yet
+    assert out.abs().max() <= 2 * sources.abs().max()  # the raw scale (40x) never comes through
 
 
 # ---------------------------------------------------------------- separate.py --stream

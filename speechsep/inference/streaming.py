@@ -128,27 +128,19 @@ class RunningLevel:
     The least-squares fit of the mixture by the estimates' weighted sum (`least_squares_gains`, as the offline
     `match_mixture_level`) over an exponentially weighted past of time constant `seconds`, refitted at the end of
     every block of `block_seconds`: over the next block the gains move linearly from the previous fit to this
-    one, so they never jump, and they do not depend on how the stream is cut into chunks. The first fit waits
-    for `warmup_seconds` of the stream (a few milliseconds of speech fit badly); until then the gains are 1.
+    one, so they never jump, and they do not depend on how the stream is cut into chunks. The first block is
+    silent (nothing tells the estimates' level yet: a model's raw output can be a thousand times the mixture's),
+    and the second fades in.
     """
 
-    def __init__(
-        self,
-        num_spks: int,
-        sample_rate: int,
-        seconds: float = 2.0,
-        block_seconds: float = 0.01,
-        warmup_seconds: float = 0.1,
-    ):
+    def __init__(self, num_spks: int, sample_rate: int, seconds: float = 2.0, block_seconds: float = 0.01):
         self.block = max(1, round(block_seconds * sample_rate))
-        self.warmup_blocks = math.ceil(warmup_seconds * sample_rate / self.block)
         self.decay_per_block = math.exp(-self.block / (seconds * sample_rate))
         self.gram = torch.zeros(num_spks, num_spks, dtype=torch.float64)
         self.target = torch.zeros(num_spks, dtype=torch.float64)
-        self.gains = self.previous_gains = torch.ones(num_spks, dtype=torch.float64)
+        self.gains = self.previous_gains = torch.zeros(num_spks, dtype=torch.float64)
         self._block_gram, self._block_target = torch.zeros_like(self.gram), torch.zeros_like(self.target)
         self._in_block = 0  # samples of the current block seen so far
-        self._blocks = 0  # blocks seen so far
 
     def __call__(self, est_sources: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         """est_sources [time, num_spks] and the mixture samples they separate [time] -> rescaled estimates."""
@@ -172,7 +164,6 @@ class RunningLevel:
         self.gram = self.decay_per_block * self.gram + self._block_gram
         self.target = self.decay_per_block * self.target + self._block_target
         self._block_gram, self._block_target = torch.zeros_like(self.gram), torch.zeros_like(self.target)
-        self._in_block, self._blocks = 0, self._blocks + 1
+        self._in_block = 0
         self.previous_gains = self.gains
-        if self._blocks >= self.warmup_blocks:
-            self.gains = least_squares_gains(self.gram.unsqueeze(0), self.target.unsqueeze(0))[0]
+        self.gains = least_squares_gains(self.gram.unsqueeze(0), self.target.unsqueeze(0))[0]
