@@ -117,6 +117,9 @@ def test_a_corpus_of_other_recordings_or_options_or_a_folder_that_is_no_corpus_i
     with pytest.raises(SpeakerCorpusError, match=r"exists but holds no speaker corpus"):
         prepare_speaker_corpus(source, mine, OPTIONS)
     assert (mine / "keep").is_dir()
+    (mine / RECORD_FILE).write_text('{"options": {}}')  # a record of another version, or damaged
+    with pytest.raises(SpeakerCorpusError, match=r"its corpus.json is not a record this version reads"):
+        prepare_speaker_corpus(source, mine, OPTIONS)
 
 
 def test_speakers_from_a_regex_on_flat_file_names_and_valid_test_talkers_from_folders_of_their_own(tmp_path):

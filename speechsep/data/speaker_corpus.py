@@ -312,9 +312,15 @@ def _check_same_corpus(corpus_folder: Path, record: dict) -> None:
         found_options = dict(found["options"])
         train_links = int(contents["train_links"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        unreadable = (corpus_folder / RECORD_FILE).is_file()
         raise SpeakerCorpusError(
-            f"corpus_folder {corpus_folder} exists but holds no speaker corpus ({RECORD_FILE}): "
-            "choose another corpus_folder"
+            f"corpus_folder {corpus_folder} exists but "
+            + (
+                f"its {RECORD_FILE} is not a record this version reads (damaged, or written by an older one)"
+                if unreadable
+                else f"holds no speaker corpus ({RECORD_FILE})"
+            )
+            + ": choose another corpus_folder"
         ) from None
     differences = [
         f"options.{key}: {found_options.get(key)} -> {value}"
