@@ -85,15 +85,20 @@ class AudioFolder:
 
 
 def _check_item(
-    mixture: Path, sources: list[AudioFolder], noise: AudioFolder | None, requirements: AudioRequirements
+    mixture: Path,
+    sources: list[AudioFolder],
+    noise: AudioFolder | None,
+    requirements: AudioRequirements,
+    min_talkers: int | None = None,
 ) -> tuple[float, list[Path]]:
     """Validate one mixture and its sources (`speechsep.data.audio_checks`); return (duration in s, [mixture,
-    sources..., noise]). A mixture that cannot be opened (a broken link) is named before its sources are looked for."""
+    sources..., noise]). A mixture that cannot be opened (a broken link) is named before its sources are looked for.
+    With `min_talkers`, only that many sources must hold a talker: the others may be silent (fewer talkers)."""
     try:
         check_file(mixture)
         source_paths = [folder.file_for(mixture) for folder in sources]
         paths = [mixture, *source_paths] + ([noise.file_for(mixture)] if noise is not None else [])
-        frames = check_example(paths, source_paths, requirements)
+        frames = check_example(paths, source_paths[:min_talkers], requirements)
     except AudioCheckError as err:
         raise DataPreparationError(str(err)) from None
     return frames / requirements.sample_rate, paths
@@ -105,6 +110,7 @@ def _manifest_rows(
     data_folder: Path,
     requirements: AudioRequirements,
     skipped: list[dict] | None,
+    min_talkers: int | None = None,
 ) -> list[dict]:
     """Walk one split and return its CSV rows; bad items go to `skipped` when it is not None."""
     rows = []
@@ -130,7 +136,7 @@ def _manifest_rows(
 
         def check(mixture, sources=sources, noise=noise):
             try:
-                return _check_item(mixture, sources, noise, requirements)
+                return _check_item(mixture, sources, noise, requirements, min_talkers)
             except DataPreparationError as err:
                 if skipped is None:
                     raise
@@ -186,6 +192,7 @@ class PrepareOptions:
     task: str = DEFAULT_TASK
     min_samples: int = 1
     splits: list[str] = field(default_factory=lambda: list(SPLITS))  # a --test_only run prepares "test" alone
+    min_talkers: int | None = None  # sources beyond this many may be silent (mixtures of fewer talkers)
 
 
 def _manifests_are_current(options_path: Path, options: PrepareOptions, fingerprint: dict) -> bool:
@@ -197,6 +204,7 @@ def _manifests_are_current(options_path: Path, options: PrepareOptions, fingerpr
         logger.info(f"{options_path} is unreadable; regenerating the manifests in {save_folder}")
         return False
     stored_fingerprint = stored.pop("tree", None)
+    stored.setdefault("min_talkers", None)  # manifests written before it: every source holds a talker
     if stored != asdict(options):
         logger.info(f"Data options changed since the manifests in {save_folder} were written; regenerating")
         return False
@@ -223,11 +231,13 @@ def prepare_data(
     task: str = DEFAULT_TASK,
     min_samples: int = 1,
     splits: Sequence[str] = SPLITS,
+    min_talkers: int | None = None,
 ) -> dict[str, Path]:
     """Write `<save_folder>/<split>.csv` for each of `splits` of the tree in `data_folder`; return their paths.
 
     `min_samples`: the model's shortest input (`speechsep.models.filterbank.shortest_input`); shorter mixtures
-    are bad items, found now rather than when the test stage reaches them after training. The manifests, the
+    are bad items, found now rather than when the test stage reaches them after training. `min_talkers`: for a model
+    trained on fewer talkers than its outputs, the sources beyond that many may be silent (no talker). The manifests, the
     list of skipped items and `prepare_options.json` are written as one group (`output_files.write_files`):
     a failed write leaves the previous ones as they were, which do not match the new options or tree.
     """
@@ -252,6 +262,7 @@ def prepare_data(
         task,
         min_samples,
         splits,
+        min_talkers,
     )
     folders = split_folders(
         data_folder, layout, num_spks, sample_rate, mode, str(librimix_train_subset), use_wham_noise, task
@@ -267,7 +278,10 @@ def prepare_data(
 
     skipped: list[dict] | None = [] if skip_bad_files else None
     requirements = AudioRequirements(sample_rate=sample_rate, mono=True, min_samples=min_samples)
-    manifests = {split: _manifest_rows(split, folders[split], data_folder, requirements, skipped) for split in splits}
+    manifests = {
+        split: _manifest_rows(split, folders[split], data_folder, requirements, skipped, min_talkers)
+        for split in splits
+    }
     for split, rows in manifests.items():
         if not rows:
             raise DataPreparationError(f"no usable mixtures for the {split} split in {data_folder}")

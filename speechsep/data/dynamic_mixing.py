@@ -155,7 +155,9 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
 
     Mixture `index` of the current epoch is drawn from an RNG seeded by (seed, epoch, index):
     `num_spks` distinct speakers (uniformly over speakers), one utterance of each (uniformly over its
-    utterances), a random crop of `segment_len` samples of each. Utterances shorter than the segment
+    utterances), a random crop of `segment_len` samples of each. With `talker_counts` (e.g. [1, 2, 3] for a model
+    of num_spks=3 outputs), each mixture first draws how many talkers it holds (`talker_count_weights`: the
+    relative frequency of each count; None, all alike); the sources beyond that count are zero. Utterances shorter than the segment
     are zero-padded at a random offset; noise files shorter than it are looped. Optional speed
     perturbation resamples each source by a factor drawn from `speed_perturb` (percent; 105 = 5 %
     faster) before cropping. Levels follow `level_scheme` ("wsj0" or "librimix", see `Wsj0Levels` and
@@ -186,11 +188,17 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         speed_perturb: Sequence[int] | None = None,
         seed: int = 0,
         rooms: str | None = None,
+        talker_counts: Sequence[int] | None = None,
+        talker_count_weights: Sequence[float] | None = None,
     ):
-        if len(pool.speakers) < num_spks:
+        self.talker_counts, self.talker_count_probabilities = talker_count_distribution(
+            num_spks, talker_counts, talker_count_weights
+        )
+        most_talkers = max(self.talker_counts)
+        if len(pool.speakers) < most_talkers:
             raise PoolError(
                 f"{pool.folder} holds {len(pool.speakers)} speakers ({pool.layout} layout) but mixtures "
-                f"need num_spks={num_spks} distinct speakers"
+                f"need {most_talkers} distinct speakers"
             )
         for name, value in (("num_spks", num_spks), ("segment_len", segment_len), ("epoch_len", epoch_len)):
             if value < 1:
@@ -245,7 +253,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.epoch_len:
             raise IndexError(f"Mixture index {index} is outside [0, {self.epoch_len})")
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        speakers = rng.choice(len(self.pool.speakers), size=self.num_spks, replace=False)
+        num_talkers = self.num_spks
+        if len(self.talker_counts) > 1 or num_talkers != self.talker_counts[0]:
+            num_talkers = int(rng.choice(self.talker_counts, p=self.talker_count_probabilities))
+        speakers = rng.choice(len(self.pool.speakers), size=num_talkers, replace=False)
         utterances = [self._read_utterance(rng, speaker) for speaker in speakers]  # [<= segment_len] each
         noise = self._read_noise(rng) if self.noise_files is not None else None  # [segment_len]
         gains, noise_gain = self.levels.gains(rng, utterances, noise)
@@ -258,8 +269,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             noise *= np.float32(noise_gain)
         room, images = None, sources  # images: the sources as the mixture holds them, [num_spks, time]
         if self.rooms is not None:  # drawn last, so that the dry mixtures are those of a run without rooms
-            room = self.rooms.draw(rng, self.num_spks)
-            sources, images = room_images(room, sources, self.sample_rate)
+            room = self.rooms.draw(rng, num_talkers)
+            talkers, talker_images = room_images(room, sources[:num_talkers], self.sample_rate)
+            sources, images = np.zeros_like(sources), np.zeros_like(sources)
+            sources[:num_talkers], images[:num_talkers] = talkers, talker_images
 
         mixture = _sum_signals(images, noise)
         peak = max(np.abs(signal).max() for signal in (mixture, sources, images, noise) if signal is not None)
@@ -291,6 +304,40 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         start = rng.integers(0, max(num_frames - self.segment_len, 0) + 1)
         noise = read_mono(self.noise_files.paths[file_index], start, min(self.segment_len, num_frames))
         return np.resize(noise, self.segment_len)
+
+
+def talker_count_distribution(
+    num_spks: int, talker_counts: Sequence[int] | None, weights: Sequence[float] | None
+) -> tuple[list[int], list[float]]:
+    """The talker counts a mixture may hold and their probabilities; ValueError naming what is wrong with them.
+    None: every mixture holds `num_spks` talkers."""
+    if talker_counts is None:
+        if weights is not None:
+            raise ValueError("talker_count_weights goes with talker_counts")
+        return [num_spks], [1.0]
+    counts = list(talker_counts) if isinstance(talker_counts, (list, tuple)) else [talker_counts]
+    if not isinstance(talker_counts, (list, tuple)) or not counts or any(
+        isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in counts
+    ):
+        raise ValueError(f"talker_counts must be a list of whole numbers of talkers, got {talker_counts}")
+    if any(not 1 <= c <= num_spks for c in counts) or len(set(counts)) != len(counts):
+        raise ValueError(
+            f"talker_counts {counts} must be distinct counts from 1 to num_spks={num_spks} (the model's outputs)"
+        )
+    if weights is None:
+        return [int(c) for c in counts], [1.0 / len(counts)] * len(counts)
+    if not isinstance(weights, (list, tuple)):
+        raise ValueError(f"talker_count_weights must be a list of numbers, one per talker count, got {weights!r}")
+    weights = list(weights)
+    if len(weights) != len(counts):
+        raise ValueError(
+            f"talker_count_weights has {len(weights)} values for the {len(counts)} talker_counts {counts}: one each"
+        )
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights) or (
+        not 0 < sum(weights) < math.inf
+    ):
+        raise ValueError(f"talker_count_weights {weights} must be finite, non-negative and not all zero")
+    return [int(c) for c in counts], [w / sum(weights) for w in weights]
 
 
 def dynamic_mixing_dataset(

@@ -1,6 +1,7 @@
 """Reading mixtures and their sources from the CSV manifests written by `prepare_data.py`."""
 
 import csv
+from collections.abc import Sequence
 import hashlib
 import logging
 import os
@@ -39,6 +40,12 @@ def signal_names(num_spks: int, with_noise: bool) -> list[str]:
     return ["mix"] + [f"s{k}" for k in range(1, num_spks + 1)] + (["noise"] if with_noise else [])
 
 
+def optional_columns(num_spks: int, min_talkers: int | None) -> list[str]:
+    """The source columns a manifest may leave out or empty: those beyond `min_talkers` (None: none may be)."""
+    first = num_spks if min_talkers is None else min_talkers
+    return [f"s{k}_wav" for k in range(first + 1, num_spks + 1)]
+
+
 class SegmentReader:
     """Reads one example's signals, the same segment of each file.
 
@@ -71,6 +78,9 @@ class SegmentReader:
             start = self.crop_start(example_id, frames)
         signals = []
         for path in paths:
+            if not path:  # a source column left empty: no talker, silent over the mixture (read first)
+                signals.append(torch.zeros_like(signals[0]))
+                continue
             signal = read_segment(path, start, self.segment_len)
             if signal.shape[1] != 1:
                 raise ValueError(f"{path} has {signal.shape[1]} channels, expected mono")
@@ -103,8 +113,10 @@ def read_manifest(csv_path: Path, data_root: str, columns: list[str]) -> dict[st
     return _read_rows(csv_path, data_root, columns)[0]
 
 
-def _read_rows(csv_path: Path, data_root: str, columns: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
-    """`read_manifest`'s rows, and the CSV line of each ID."""
+def _read_rows(
+    csv_path: Path, data_root: str, columns: list[str], optional: Sequence[str] = ()
+) -> tuple[dict[str, dict], dict[str, int]]:
+    """`read_manifest`'s rows, and the CSV line of each ID; `optional` columns may be absent or empty (read as "")."""
     if not csv_path.is_file():
         raise ManifestError(f"manifest not found: {csv_path}")
     rows_by_id: dict[str, dict] = {}
@@ -124,10 +136,12 @@ def _read_rows(csv_path: Path, data_root: str, columns: list[str]) -> tuple[dict
                 )
             line_by_id[example_id] = reader.line_num
             where = f"{csv_path} line {reader.line_num} (ID {example_id})"
-            rows_by_id[example_id] = _parse_row(row, data_root, [c for c in columns if c != "ID"], where)
+            parsed = _parse_row(row, data_root, [c for c in columns if c != "ID"], where)
+            rows_by_id[example_id] = parsed | {column: parsed.get(column) or "" for column in optional}
     if not rows_by_id:
         raise ManifestError(f"{csv_path} lists no examples")
-    _check_files_exist(csv_path, rows_by_id, line_by_id, [column for column in columns if column.endswith("_wav")])
+    path_columns = [column for column in [*columns, *optional] if column.endswith("_wav")]
+    _check_files_exist(csv_path, rows_by_id, line_by_id, path_columns, optional)
     return rows_by_id, line_by_id
 
 
@@ -139,6 +153,7 @@ def check_manifest_audio(
     requirements: AudioRequirements,
     ids_name_files: bool = False,
     skip_bad: bool = False,
+    min_talkers: int | None = None,
 ) -> dict[str, str]:
     """Check every row's audio as prepare_data.py checks a tree's (`speechsep.data.audio_checks.check_example`):
     for manifests written by hand or by another tool (`skip_prep`), so that a wrong rate, a stereo file, a source
@@ -146,17 +161,20 @@ def check_manifest_audio(
     training, not a crash in a loader (for the test set, after training). `ids_name_files`: the IDs name the
     files written for each example (the test set's audio examples), so they must be safe file names.
     `skip_bad`: return the reason of each bad row by ID instead of failing on the first (none usable still fails).
+    `min_talkers`: the sources beyond that many may be silent, empty or absent (mixtures of fewer talkers).
     """
     csv_path = Path(csv_path)
     names = signal_names(num_spks, with_noise)
-    rows_by_id, line_by_id = _read_rows(csv_path, data_root, ["ID"] + [f"{name}_wav" for name in names])
+    optional = optional_columns(num_spks, min_talkers)
+    required = ["ID"] + [f"{name}_wav" for name in names if f"{name}_wav" not in optional]
+    rows_by_id, line_by_id = _read_rows(csv_path, data_root, required, optional)
 
     def problem(example_id: str) -> str | None:
         if ids_name_files and (reason := name_problem(example_id)):
             return f"ID {reason}"
         row = rows_by_id[example_id]
-        paths = [row[f"{name}_wav"] for name in names]
-        references = [row[f"{name}_wav"] for name in names if name.startswith("s")]
+        paths = [row[f"{name}_wav"] for name in names if row[f"{name}_wav"]]
+        references = [row[f"{name}_wav"] for name in names if name.startswith("s")][:min_talkers]
         try:
             check_example(paths, references, requirements)
         except AudioCheckError as err:
@@ -203,10 +221,20 @@ def _parse_row(row: dict, data_root: str, columns: list[str], where: str) -> dic
 
 
 def _check_files_exist(
-    csv_path: Path, rows_by_id: dict[str, dict], line_by_id: dict[str, int], path_columns: list[str]
+    csv_path: Path,
+    rows_by_id: dict[str, dict],
+    line_by_id: dict[str, int],
+    path_columns: list[str],
+    optional: Sequence[str] = (),
 ) -> None:
-    """Fail naming the first missing file now, not when a loader reaches it (for the test set: after training)."""
-    entries = [(example_id, column, row[column]) for example_id, row in rows_by_id.items() for column in path_columns]
+    """Fail naming the first missing file now, not when a loader reaches it (for the test set: after training); an
+    `optional` column may be empty (no talker)."""
+    entries = [
+        (example_id, column, row[column])
+        for example_id, row in rows_by_id.items()
+        for column in path_columns
+        if row[column] or column not in optional
+    ]
     with ThreadPoolExecutor(max_workers=16) as pool:  # one stat each; threads hide a network file system's latency
         exists = list(pool.map(os.path.isfile, [path for _, _, path in entries]))
     for (example_id, column, path), is_file in zip(entries, exists):
@@ -223,11 +251,15 @@ def separation_dataset(
     segment_len: int | None = None,
     random_crop: bool = False,
     seed: int = 0,
+    min_talkers: int | None = None,
 ) -> SeparationDataset:
     """A dataset over a manifest, providing `id`, `mix_sig`, `s1_sig`, ... (and `noise_sig`); with `random_crop`,
-    crops of `segment_len` samples drawn from (`seed`, epoch, example ID)."""
+    crops of `segment_len` samples drawn from (`seed`, epoch, example ID). With `min_talkers`, the source columns
+    beyond that many may be absent or empty: those sources are zero (no talker)."""
     names = signal_names(num_spks, with_noise)
-    rows_by_id = read_manifest(Path(csv_path), data_root, ["ID"] + [f"{name}_wav" for name in names])
+    optional = optional_columns(num_spks, min_talkers)
+    required = ["ID"] + [f"{name}_wav" for name in names if f"{name}_wav" not in optional]
+    rows_by_id = _read_rows(Path(csv_path), data_root, required, optional)[0]
     segment_reader = SegmentReader(segment_len, random_crop, seed)
     dataset = SeparationDataset(rows_by_id, segment_reader)
     dataset.add_dynamic_item(

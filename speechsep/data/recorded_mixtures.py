@@ -15,6 +15,7 @@ Deterministic for a seed; mixtures that would peak above the peak limit are scal
 
 import argparse
 import functools
+from collections.abc import Sequence
 import logging
 import re
 from collections import defaultdict
@@ -111,9 +112,13 @@ def write_mixtures(
     sample_rate: int,
     num_spks: int = 2,
     seed: int = 0,
+    talker_counts: Sequence[int] | None = None,
 ) -> Path:
     """Write `num_mixtures` mixtures of `num_spks` distinct speakers of `speakers` (name -> recordings) into
-    `<output_folder>/<split>/{mixture,source1,...}/` with the manifest `<output_folder>/<split>.csv`; returns it."""
+    `<output_folder>/<split>/{mixture,source1,...}/` with the manifest `<output_folder>/<split>.csv`; returns it.
+    With `talker_counts`, the mixtures hold each of those counts of talkers in turn (as many of each); the sources
+    beyond a mixture's count are written silent, so that every mixture has `num_spks` source files."""
+    counts = list(talker_counts) if talker_counts else [num_spks]
     names = sorted(speakers)
     output_folder = Path(output_folder)
     signal_names = ["mixture", *(f"source{k}" for k in range(1, num_spks + 1))]
@@ -124,12 +129,13 @@ def write_mixtures(
     levels = Wsj0Levels()
     rows = []
     for index in range(num_mixtures):
-        chosen = rng.choice(len(names), size=num_spks, replace=False)
+        chosen = rng.choice(len(names), size=counts[index % len(counts)], replace=False)
         sources = [utterance(rng, speakers[names[k]], sample_rate) for k in chosen]
         length = min(len(source) for source in sources)
         sources = [source[:length] for source in sources]
         gains, _ = levels.gains(rng, sources, None)
         sources = [source * gain for source, gain in zip(sources, gains)]
+        sources += [np.zeros(length, dtype=np.float32)] * (num_spks - len(chosen))  # no talker
         mixture = np.sum(sources, axis=0)
         scale = min(1.0, PEAK_LIMIT / max(float(np.abs(mixture).max()), 1e-9))
         mixture_id = "_".join([f"{index:05d}", *(names[k][:40] for k in chosen)])  # a file name of a few talkers

@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 
 from speechsep.data.audio import AUDIO_EXTENSIONS
@@ -63,6 +63,7 @@ class CorpusOptions:
     test_mixtures: int = 300
     min_speaker_seconds: float = 3.0
     seed: int = 0
+    talker_counts: list[int] | None = None  # the valid/test mixtures hold each of these counts in turn (None: num_spks)
 
 
 def prepare_for_run(hparams: dict, test_only: bool) -> None:
@@ -70,7 +71,9 @@ def prepare_for_run(hparams: dict, test_only: bool) -> None:
     a run whose corpus exists uses it as it is (its recordings may have moved on since)."""
     corpus_folder = Path(hparams["corpus_folder"])
     keys = {field.name: field.name for field in fields(CorpusOptions)} | {"seed": "corpus_seed"}
-    options = CorpusOptions(**{name: hparams[key] for name, key in keys.items()})
+    options = CorpusOptions(**{name: hparams[key] for name, key in keys.items() if key != "talker_counts"})
+    if hparams.get("talker_counts") is not None:  # configs of a fixed number of talkers have none
+        options = replace(options, talker_counts=list(hparams["talker_counts"]))
     if test_only and (corpus_folder / RECORD_FILE).is_file():
         _check_same_corpus(corpus_folder, {"options": asdict(options)})  # the options; the recordings may have moved
         logger.info(f"Testing on the test mixtures of {corpus_folder} as they are")
@@ -263,7 +266,9 @@ def _write_corpus(staging: Path, folders: dict, scans: dict, options: CorpusOpti
     for name in HELD_OUT:
         count = getattr(options, f"{name}_mixtures")
         seed = options.seed * 2 + HELD_OUT.index(name)  # valid and test draw differently
-        manifest = write_mixtures(recordings[name], staging, name, count, options.sample_rate, options.num_spks, seed)
+        manifest = write_mixtures(
+            recordings[name], staging, name, count, options.sample_rate, options.num_spks, seed, options.talker_counts
+        )
         manifest.unlink()  # it names the staging folder: the recipe's manifests are made from the tree
     seconds = {speaker: value for _, talker_seconds in found.values() for speaker, value in talker_seconds.items()}
     rows = [

@@ -76,6 +76,7 @@ def preparation_options(hparams: dict, test_only: bool, min_samples: int) -> dic
         task=hparams.get("task", preflight.DEFAULT_TASK),
         min_samples=min_samples,
         splits=["test"] if test_only else [s for s in SPLITS if s != "train" or not hparams["dynamic_mixing"]],
+        min_talkers=preflight.min_talkers(hparams),
     )
 
 

@@ -21,7 +21,7 @@ import torch
 from speechbrain.utils.distributed import if_main_process
 
 from speechsep.data.audio_checks import AudioRequirements
-from speechsep.data.dynamic_mixing import DynamicMixingDataset
+from speechsep.data.dynamic_mixing import DynamicMixingDataset, talker_count_distribution
 from speechsep.data.layouts import REVERBERANT_LAYOUTS, DataPreparationError, check_task_fits_layout, detect_layout
 from speechsep.data.manifests import check_manifest_audio, write_manifest_without, write_skipped_list
 from speechsep.data.rooms import ROOM_DISTRIBUTIONS
@@ -160,6 +160,39 @@ def check_values(values: dict) -> None:
         raise ConfigError(
             "test_mixture_consistency needs mixtures of speech alone; it cannot be used with use_wham_noise"
         )
+    check_talker_counts(values)
+
+
+def check_talker_counts(values: dict) -> None:
+    """talker_counts (the numbers of talkers a mixture may hold, for a model of num_spks outputs), its weights and
+    talker_loss agree with each other and with num_spks and the task."""
+    counts, weights = values.get("talker_counts"), values.get("talker_count_weights")
+    if counts is None and weights is None:
+        if values.get("talker_loss") is not None:
+            raise ConfigError("talker_loss goes with talker_counts (the numbers of talkers a mixture may hold)")
+        return
+    try:
+        talker_count_distribution(values.get("num_spks", 2), counts, weights)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if values.get("task", DEFAULT_TASK) != "separation":
+        raise ConfigError(f"talker_counts is for separation; task={values['task']} has one target per mixture")
+    if "talker_loss" not in values:
+        raise ConfigError(
+            "talker_counts needs a talker_loss (e.g. !name:speechsep.training.losses.talker_loss): the outputs left "
+            "without a talker must be scored"
+        )
+    if values.get("test_mixture_consistency"):
+        raise ConfigError(
+            "test_mixture_consistency shares what the estimates leave out among every output, the silent ones too: "
+            "it cannot be used with talker_counts"
+        )
+
+
+def min_talkers(values: dict) -> int | None:
+    """The fewest talkers a mixture of this run may hold, when fewer than num_spks may (talker_counts), else None."""
+    counts = values.get("talker_counts")
+    return min(counts) if counts else None
 
 
 def check_num_spks(num_spks: int, task: str = DEFAULT_TASK) -> None:
@@ -349,6 +382,7 @@ def check_manifests(hparams: dict, test_only: bool, min_samples: int) -> None:
             requirements,
             ids_name_files=key == "test_data",
             skip_bad=hparams["skip_bad_files"],
+            min_talkers=min_talkers(hparams),
         )
         if bad:
             usable = manifest_folder(hparams, test_only) / f"{key}_usable.csv"
