@@ -31,7 +31,7 @@ from speechsep.evaluation import results_folder as results
 from speechsep.inference.model_folder import find_model
 from speechsep.inference.separation import separate_each
 from speechsep.models.filterbank import encoder_hop
-from speechsep.training import experiment
+from speechsep.training import experiment, preflight
 from speechsep.training.budget import TrainingBudget
 from speechsep.training.distributed import any_rank, gather_rows, shard_for_evaluation
 from speechsep.training.losses import pit_si_snr_loss, threshold_by_loss
@@ -98,8 +98,13 @@ class Separation(sb.Brain):
         return Predictions(est_sources, sources, mixture, lengths, est_sources_with_options)
 
     def compute_objectives(self, predictions, batch, stage):
-        """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]."""
-        return pit_si_snr_loss(predictions.est_sources, predictions.sources, predictions.lengths)
+        """Per-example negative SI-SNR under the best permutation, padding excluded: shape [batch]. Configs for
+        mixtures of fewer talkers than outputs name their `talker_loss` (`speechsep.training.losses.talker_loss`)."""
+        est_sources, sources, lengths = predictions.est_sources, predictions.sources, predictions.lengths
+        talker_loss = getattr(self.hparams, "talker_loss", None)  # configs of a fixed number of talkers have none
+        if talker_loss is None:
+            return pit_si_snr_loss(est_sources, sources, lengths)
+        return talker_loss(est_sources, sources, predictions.mixture, lengths)
 
     def fit_batch(self, batch):
         """One training step with threshold-by-loss filtering and skipping of unusable batches."""
@@ -158,6 +163,7 @@ class Separation(sb.Brain):
                 sample_rate=hp.sample_rate,
                 sdr_permutation=hp.sdr_permutation,
                 compute_pesq=getattr(hp, "compute_pesq", False),  # runs recorded before it have none
+                variable_talkers=getattr(hp, "talker_counts", None) is not None,
             )
             perms = [row.pop("perm") for row in rows]
             self.test_rows.extend(rows)
@@ -306,6 +312,8 @@ def training_dataset(hparams):
             speed_perturb=hparams["dm_speed_perturb"],
             seed=hparams["seed"],
             rooms=hparams.get("dm_rooms"),  # runs recorded before dm_rooms have none
+            talker_counts=hparams.get("talker_counts"),  # configs of a fixed number of talkers have none
+            talker_count_weights=hparams.get("talker_count_weights"),
         )
     return separation_dataset(
         hparams["train_data"],
@@ -315,12 +323,18 @@ def training_dataset(hparams):
         segment_len=hparams["training_signal_len"],
         random_crop=True,
         seed=hparams["seed"],
+        min_talkers=preflight.min_talkers(hparams),
     )
 
 
 def dataio_prep(hparams, test_only=False, train=None):
     """The train/valid/test datasets (`train`: the training set already made); with `test_only`, the test set alone."""
-    common = dict(data_root=hparams["data_folder"], num_spks=hparams["num_spks"], with_noise=hparams["use_wham_noise"])
+    common = dict(
+        data_root=hparams["data_folder"],
+        num_spks=hparams["num_spks"],
+        with_noise=hparams["use_wham_noise"],
+        min_talkers=preflight.min_talkers(hparams),
+    )
     if test_only:
         return None, None, separation_dataset(hparams["test_data"], **common)
     train = training_dataset(hparams) if train is None else train

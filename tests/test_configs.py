@@ -55,6 +55,8 @@ def stock_overrides(config: str, tmp_path) -> dict:
     overrides = {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "out")}
     if config == "recordings.yaml":
         overrides["source_folder"] = str(tmp_path / "recordings")
+    if config == "convtasnet-talkers.yaml":
+        overrides.update({f"{split}source_folder": str(tmp_path / split) for split in ("", "valid_", "test_")})
     return overrides
 
 
@@ -88,7 +90,7 @@ def test_every_config_builds_the_projects_classes_where_it_has_them(config, tmp_
         for module in modules
         if isinstance(module, TransformerEncoderLayer) and isinstance(module.self_att, MultiheadAttention)
     ]
-    if "convtasnet" in config and "causal" not in config:
+    if "convtasnet" in config and "causal" not in config and "talkers" not in config:  # those: the demo's MaskNet
         assert type(hp["modules"]["masknet"]) is FastMaskNet
 
 
@@ -186,6 +188,9 @@ OWN_KEYS["recordings.yaml"] = (OWN_KEYS["demo.yaml"] - {"dm_level_scheme", "N_ep
     "data_folder",
     "use_speedperturb",
 }
+TALKER_COUNT_KEYS = {"num_spks", "talker_counts", "talker_count_weights", "talker_loss", "MaskNet"}
+OWN_KEYS["demo-talkers.yaml"] = OWN_KEYS["recordings.yaml"] | TALKER_COUNT_KEYS | {"dm_level_scheme", "N_epochs"}
+OWN_KEYS["convtasnet-talkers.yaml"] = OWN_KEYS["demo-talkers.yaml"] | {"N_encoder_out", "dm_epoch_len", "N_epochs"}
 SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size"}
 
 

@@ -22,8 +22,10 @@ values (-80 dB SI-SNR from SpeechBrain's EPS, -/+ `SDR_CLAMP_DB` SDR) instead of
 """
 
 import functools
+import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,8 +34,16 @@ import torch
 from scipy import stats
 
 from speechsep.evaluation.bss_eval_fast import check_signals, pairwise_bss_eval, pairwise_sdr
+from speechsep.inference.counting import CountingRule, count_talkers, relative_levels
+from speechsep.inference.separation import match_mixture_level
 from speechsep.output_files import csv_content, text_content, write_files
-from speechsep.training.losses import best_permutation, length_mask, pairwise_si_snr
+from speechsep.training.losses import (
+    active_references,
+    best_permutation,
+    length_mask,
+    pairwise_si_snr,
+    true_lengths,
+)
 
 
 def _take(scores: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -159,6 +169,82 @@ def separation_metrics(
     return rows
 
 
+def talker_metrics(
+    mixture: torch.Tensor,
+    sources: torch.Tensor,
+    est_sources: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    snt_ids: Sequence[str] | None = None,
+    sample_rate: int | None = None,
+    counting_rule: CountingRule | None = None,
+    **options,
+) -> list[dict]:
+    """`separation_metrics` for mixtures of fewer talkers than outputs: each utterance is scored on the references
+    that hold a talker (`active_references`) against the outputs that match them best, and gets `talkers` (how many
+    it holds), `talkers_found` (how many `speechsep.inference.counting` finds in the estimates, as separate.py
+    does) and `silent_output_db` (the loudest of the other outputs relative to the mixture; NaN when none is left),
+    both on the estimates brought to the mixture's level as separate.py writes them (`match_mixture_level`).
+    Per-reference columns run to the number of outputs (NaN beyond the talkers). Where the mixture is its one
+    talker alone, improvements are undefined (NaN): the mixture is already the source."""
+    if sample_rate is None:
+        raise ValueError("talker_metrics needs sample_rate (to count the talkers in the estimates)")
+    batch, time, num_outputs = est_sources.shape
+    rows = []
+    for b, num_samples in enumerate(true_lengths(lengths, time).tolist() if lengths is not None else [time] * batch):
+        mix, refs, ests = (
+            mixture[b : b + 1, :num_samples],
+            sources[b : b + 1, :num_samples],
+            est_sources[b : b + 1, :num_samples],
+        )
+        active = active_references(refs)[0].nonzero().flatten().tolist()
+        if not active:
+            snt = f" {snt_ids[b]}" if snt_ids is not None else ""
+            raise ValueError(f"test mixture{snt} has no talker: every reference is silent")
+        refs = refs[..., active]
+        pairwise = pairwise_si_snr(ests, refs, dtype=torch.float64)[0]  # [num_outputs, talkers]
+        chosen = max(
+            itertools.permutations(range(num_outputs), len(active)),
+            key=lambda outputs: float(pairwise[list(outputs), range(len(active))].sum()),
+        )
+        row = separation_metrics(
+            mix,
+            refs,
+            ests[..., list(chosen)],
+            None,
+            None if snt_ids is None else [snt_ids[b]],
+            sample_rate=sample_rate,
+            **options,
+        )[0]
+        if len(active) == 1 and torch.allclose(mix[0], refs[0, :, 0], rtol=0, atol=1e-7):
+            row.update({key: math.nan for key in row if key.endswith("_i") or "_i_s" in key})
+        row = _per_reference(row, active, num_outputs)
+        others = [k for k in range(num_outputs) if k not in chosen]
+        heard = match_mixture_level(ests, mix)[0].cpu()  # as separate.py writes them: at the mixture's level
+        levels = relative_levels(heard.double().numpy(), mix[0].double().cpu().numpy())
+        perm, spare = [None] * num_outputs, iter(others)
+        for reference in range(num_outputs):  # reference k -> its estimate; a silent reference gets a spare output
+            perm[reference] = chosen[active.index(reference)] if reference in active else next(spare)
+        row["perm"] = tuple(perm)
+        row["talkers"] = len(active)
+        row["talkers_found"] = count_talkers(heard, mix[0], sample_rate, counting_rule).talkers
+        row["silent_output_db"] = max((levels[k] for k in others), default=math.nan)
+        rows.append(row)
+    return rows
+
+
+def _per_reference(row: dict, active: list[int], num_outputs: int) -> dict:
+    """A row scored on the active references only (`_s1` ... for each in turn) with its per-reference columns put
+    back at each reference's number, NaN for the silent ones, in reference order."""
+    per_reference = re.compile(r"^(.*)_s(\d+)$")
+    names = list(dict.fromkeys(m.group(1) for key in row if (m := per_reference.match(key))))
+    result = {key: value for key, value in row.items() if not per_reference.match(key)}
+    for name in names:
+        for reference in range(num_outputs):
+            value = row[f"{name}_s{active.index(reference) + 1}"] if reference in active else math.nan
+            result[f"{name}_s{reference + 1}"] = value
+    return result
+
+
 def _score_each(
     score: Callable[[np.ndarray, np.ndarray], float],
     mixture: torch.Tensor,
@@ -215,7 +301,11 @@ def summarize(rows: Sequence[dict], keys: Sequence[str] | None = None) -> dict[s
     summary = {}
     for key in keys:
         values = np.array([row[key] for row in rows], dtype=np.float64)
+        values = values[~np.isnan(values)]  # undefined for some rows (an improvement over a one-talker mixture)
         count = len(values)
+        if count == 0:
+            summary[key] = {"mean": None, "median": None, "std": None, "ci95_low": None, "ci95_high": None, "count": 0}
+            continue
         mean = float(values.mean())
         std = float(values.std(ddof=1)) if count > 1 else 0.0
         if count > 1:
@@ -245,13 +335,16 @@ def test_scores(
     lengths: torch.Tensor,
     snt_ids: Sequence[str],
     est_sources_with_options: torch.Tensor | None = None,
+    variable_talkers: bool = False,
     **options,
 ) -> list[dict]:
     """The test stage's rows: `separation_metrics` of the plain pass's estimates (scored in float32), and where
-    test-time options made other estimates, their main metrics beside (never instead), under `TEST_OPTIONS_PREFIX`."""
-    rows = separation_metrics(mixture, sources, est_sources.float(), lengths, snt_ids, **options)
+    test-time options made other estimates, their main metrics beside (never instead), under `TEST_OPTIONS_PREFIX`.
+    `variable_talkers`: mixtures may hold fewer talkers than outputs (`talker_metrics`)."""
+    score = talker_metrics if variable_talkers else separation_metrics
+    rows = score(mixture, sources, est_sources.float(), lengths, snt_ids, **options)
     if est_sources_with_options is not None:
-        scored = separation_metrics(mixture, sources, est_sources_with_options.float(), lengths, snt_ids, **options)
+        scored = score(mixture, sources, est_sources_with_options.float(), lengths, snt_ids, **options)
         for row, with_options in zip(rows, scored):
             row.update({f"{TEST_OPTIONS_PREFIX}{key}": with_options[key] for key in MAIN_METRICS})
     return rows
@@ -260,7 +353,7 @@ def test_scores(
 def main_means(rows: Sequence[dict]) -> dict[str, float]:
     """The means of the main metrics (and of their test-time-options columns, where scored), to 3 decimals."""
     keys = [key for key in [*MAIN_METRICS, *(TEST_OPTIONS_PREFIX + key for key in MAIN_METRICS)] if key in rows[0]]
-    return {key: round(value["mean"], 3) for key, value in summarize(rows, keys).items()}
+    return {key: round(value["mean"], 3) for key, value in summarize(rows, keys).items() if value["mean"] is not None}
 
 
 def _is_number(value: object) -> bool:

@@ -158,7 +158,7 @@ def render(
         lines += [f"On the test set {test_set}, {count} mixtures:", ""]
         lines += ["| metric | mean (dB) | 95% CI |", "|---|---|---|"]
         for key, name in SCORES:
-            if key in scores:
+            if key in scores and scores[key]["mean"] is not None:
                 score = scores[key]
                 low, high = score.get("ci95_low"), score.get("ci95_high")
                 interval = f"{low:.2f} .. {high:.2f}" if low is not None and high is not None else "n/a"

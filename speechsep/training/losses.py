@@ -86,6 +86,70 @@ def best_permutation(pairwise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return best_score, perms[best]
 
 
+def active_references(sources: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Which references hold a talker: [batch, num_spks] bool. A reference that is zero over the whole example is
+    no talker (dynamic mixing's and the manifests' convention for mixtures of fewer talkers than outputs)."""
+    batch, time, _ = sources.shape
+    mask = length_mask(lengths, batch, time, sources.device, sources.dtype).unsqueeze(-1)
+    return (sources * mask).abs().amax(dim=1) > 0
+
+
+def relative_level_db(
+    est_sources: torch.Tensor, mixture: torch.Tensor, lengths: torch.Tensor | None = None, floor_db: float | None = None
+) -> torch.Tensor:
+    """Energy of each estimate relative to the mixture's, in dB: [batch, num_spks]. With `floor_db` (positive), no
+    lower than -floor_db, and flat there: an output already that far below the mixture earns nothing more, and gets no
+    gradient (a vanishing one would still be followed at full step by Adam, until the output is silent for every
+    input: docs/talker-counting.md)."""
+    with torch.autocast(device_type=est_sources.device.type, enabled=False):
+        batch, time, _ = est_sources.shape
+        mask = length_mask(lengths, batch, time, est_sources.device, torch.float64)
+        est_energy = (est_sources.double() * mask.unsqueeze(-1)).pow(2).sum(dim=1)  # [batch, num_spks]
+        mixture_energy = (mixture.double() * mask).pow(2).sum(dim=1, keepdim=True) + EPS  # [batch, 1]
+        ratio = est_energy / mixture_energy
+        floor = 10 ** (-floor_db / 10) if floor_db is not None else EPS
+        return (10 * torch.log10(ratio.clamp(min=floor))).to(torch.promote_types(est_sources.dtype, torch.float32))
+
+
+def mixture_gain(est_sources: torch.Tensor, mixture: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The one gain per example [batch, 1] that brings the sum of the estimates closest to the mixture (least squares):
+    the estimates' common scale, which a decoder is free to get wrong, while their levels relative to one another count."""
+    with torch.autocast(device_type=est_sources.device.type, enabled=False):
+        batch, time, _ = est_sources.shape
+        mask = length_mask(lengths, batch, time, est_sources.device, torch.float64)
+        total = est_sources.double().sum(dim=-1) * mask  # [batch, time]
+        gain = (total * mixture.double()).sum(dim=1, keepdim=True) / (total.pow(2).sum(dim=1, keepdim=True) + EPS)
+        return gain.to(torch.promote_types(est_sources.dtype, torch.float32))
+
+
+def talker_loss(
+    est_sources: torch.Tensor,
+    sources: torch.Tensor,
+    mixture: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    si_snr_max_db: float = 30.0,
+    silence_floor_db: float = 40.0,
+    silence_weight: float = 1.0,
+) -> torch.Tensor:
+    """Per-example loss [batch] for mixtures of fewer talkers than outputs (lower is better), under the best
+    permutation: each talker's output scored by its SI-SNR, at most `si_snr_max_db`; each output left without a talker
+    by its level relative to the mixture, down to `silence_floor_db` (`relative_level_db`), weighted by
+    `silence_weight`; averaged over the outputs. References that are zero hold no talker (`active_references`).
+
+    The levels are taken once the estimates are brought to the mixture's scale together (`mixture_gain`: one gain for
+    all, which a decoder is free to get wrong). Both bounds are flat: past them nothing is earned and no gradient
+    flows, so that Adam does not drive an output to silence for every input (what the variants measured in
+    docs/talker-counting.md did).
+    """
+    est_sources = est_sources * mixture_gain(est_sources, mixture, lengths).unsqueeze(-1)
+    pairwise = pairwise_si_snr(est_sources, sources, lengths).clamp(max=si_snr_max_db)
+    silence = -relative_level_db(est_sources, mixture, lengths, silence_floor_db)  # [batch, num_est]
+    active = active_references(sources, lengths).unsqueeze(1)  # [batch, 1, num_ref]
+    silence = silence_weight * silence.unsqueeze(-1).to(pairwise.dtype)
+    best_score, _ = best_permutation(torch.where(active, pairwise, silence))
+    return -best_score
+
+
 def pit_si_snr_loss(
     est_sources: torch.Tensor, sources: torch.Tensor, lengths: torch.Tensor | None = None
 ) -> torch.Tensor:
