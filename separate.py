@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Separate your own recordings with a trained model: one file per speaker for every input.
+"""Separate your own recordings with a trained model: one file per talker for every input.
 
     python separate.py --model results/sepformer-wsj0mix/1234 --output-dir separated meeting.flac calls/
     python separate.py --model exported_model --output-dir out "recordings/**/*.wav" --output-rate input
@@ -14,8 +14,17 @@ overwritten: an output that exists already is an error for its input unless --ov
 would replace an input always is. An input's tracks are written whole and all together, or not at all: under
 temporary names, then named while --output-dir is locked; of two runs writing the same names at once, one
 fails with an `error:` line (with --overwrite, one's set replaces the other's whole). With --overwrite, the
-input's earlier tracks beyond this model's speaker count are removed too: its tracks are one model's set.
+input's earlier tracks beyond the ones this run writes are removed too: its tracks are one run's set.
 Folders searched for inputs skip the tracks written by earlier runs (and --output-dir when it lies inside one).
+
+Only the tracks that hold a talker are written, as `<stem>_s1.wav`, `<stem>_s2.wav`, ... in the model's order: a
+model of K outputs given fewer talkers leaves some outputs near silence or splits a voice between them, and each
+stretch of the input is checked for both (speechsep.inference.counting; a copy of a voice is added back to it).
+`--keep-all-tracks` writes all K; `--talkers N` the N loudest, uncounted. For every input separated, one JSON line on
+stdout says how many talkers it holds, each output's level relative to the mixture, what each stretch holds, and which
+output each written track is:
+    {"input": "call.wav", "talkers": 1, "level_db": [-0.3, -21.5], "stretches": [...],
+     "tracks": [{"output": 1, "file": "separated/call_s1.wav"}]}
 
 With --stream, a causal model (hparams/demo-causal.yaml, hparams/convtasnet-causal.yaml) separates each input
 chunk by chunk (--chunk-ms), as a live input would be, at the model's sample rate:
@@ -29,6 +38,7 @@ raw 16-bit PCM to stdout, one interleaved channel per speaker, each chunk as soo
 """
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -132,6 +142,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="CPU threads the model computes with (default: PyTorch's; 1 with --stream, whose chunks are too small "
         "to share out: bench/RESULTS.md)",
     )
+    parser.add_argument(
+        "--keep-all-tracks",
+        action="store_true",
+        help="write every output of the model, also those that hold no talker (by default only the tracks that hold "
+        "one are written; a copy of another track is added back to it)",
+    )
+    parser.add_argument(
+        "--talkers",
+        type=int,
+        default=None,
+        help="the number of talkers in every input, when known: as many of the loudest tracks are written, uncounted",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
@@ -168,6 +190,19 @@ def separate_stdin(separator: StreamingFileSeparator, raw_rate: int) -> int:
     if clipped:
         logger.warning(f"{clipped} output samples were beyond the 16-bit range and clipped")
     return 0
+
+
+def print_record(record: dict) -> bool:
+    """One JSON line on stdout (an input's talkers and tracks); False, with one error line, if stdout cannot take it
+    (a closed pipe, a full disk): the tracks are still written, and the exit status says a line is missing."""
+    try:
+        print(json.dumps(record), flush=True)
+        return True
+    except OSError as err:  # BrokenPipeError included
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        reason = "was closed" if isinstance(err, BrokenPipeError) else f"failed ({err.strerror or err})"
+        logger.error(f"error: stdout {reason}: no more JSON lines; the tracks are still written")
+        return False
 
 
 def output_problem(path: Path, outputs: list[Path], inputs: set[Path], written_by: dict, overwrite: bool) -> str | None:
@@ -209,6 +244,9 @@ def stream_problem(args: argparse.Namespace) -> str | None:
         )
         if given
     ]
+    for flag, given in (("--keep-all-tracks", args.keep_all_tracks), ("--talkers", args.talkers is not None)):
+        if given:
+            return f"--stream writes every output as it comes, without counting talkers: drop {flag} or --stream"
     if offline:
         return (
             f"--stream separates each chunk as it comes, and {', '.join(offline)} "
@@ -283,6 +321,8 @@ def separate_all(args: argparse.Namespace) -> int:
             shifts=defaults.shifts if args.shifts is None else args.shifts,
             mixture_consistency=args.mixture_consistency,
             precision=args.precision,
+            keep_all_tracks=args.keep_all_tracks,
+            talkers=args.talkers,
         )
         if args.stream:
             chunk_ms = StreamOptions.chunk_ms if args.chunk_ms is None else args.chunk_ms
@@ -320,6 +360,7 @@ def separate_all(args: argparse.Namespace) -> int:
     failed = len(errors)
     inputs = {path.resolve() for path in files}
     written_by = {}  # output stem -> the input that wrote it, so that no input overwrites another's outputs
+    json_failed = False  # stdout could not take a JSON line: the tracks are still written, the lines stop
     for path in files:
         problem = output_problem(
             path, separator.output_paths(path, args.output_dir), inputs, written_by, args.overwrite
@@ -336,13 +377,18 @@ def separate_all(args: argparse.Namespace) -> int:
             failed += 1
             continue
         written_by[path.stem] = path
+        if result.count is not None and not json_failed:
+            json_failed = not print_record(result.record(path))
+        if not result.outputs:
+            logger.warning(f"{printable(path)}: no output holds a talker (silence?): no track written")
+            continue
         logger.info(
             f"{printable(path)}: {result.seconds:.1f} s separated in {result.elapsed:.1f} s -> "
             f"{', '.join(printable(output) for output in result.outputs)}"
         )
     if failed:
         logger.error(f"{failed} of {len(files) + len(errors)} inputs failed")
-    return 1 if failed else 0
+    return 1 if failed or json_failed else 0
 
 
 if __name__ == "__main__":

@@ -46,11 +46,15 @@ def test_of_two_runs_writing_the_same_tracks_at_once_one_fails_and_the_others_tr
     def write_while_run_b_runs(*args, **kwargs):
         if "b" not in codes:
             codes["b"] = None  # run B's own writes go through
-            codes["b"] = separate.main(["--model", "m", "--output-dir", out, str(tmp_path / "b" / "meeting.wav")])
+            codes["b"] = separate.main(
+                ["--model", "m", "--output-dir", out, "--keep-all-tracks", str(tmp_path / "b" / "meeting.wav")]
+            )
         write_track(*args, **kwargs)
 
     monkeypatch.setattr(files, "_write_track", write_while_run_b_runs)
-    codes["a"] = separate.main(["--model", "m", "--output-dir", out, str(tmp_path / "a" / "meeting.wav")])
+    codes["a"] = separate.main(
+        ["--model", "m", "--output-dir", out, "--keep-all-tracks", str(tmp_path / "a" / "meeting.wav")]
+    )
 
     assert codes == {"b": 0, "a": 1}
     assert error_lines(caplog) == [
@@ -62,10 +66,11 @@ def test_of_two_runs_writing_the_same_tracks_at_once_one_fails_and_the_others_tr
 
 
 def separate_with_speakers(monkeypatch, num_spks: int, *arguments: str) -> int:
-    """`separate.py` with a `sharing_separator` of `num_spks` speakers."""
+    """`separate.py` with a `sharing_separator` of `num_spks` speakers, writing every track (its tracks are copies
+    of one another: counted, they would be one talker's)."""
     model = sharing_separator(SAMPLE_RATE, num_spks)
     monkeypatch.setattr(separate, "load_separator", lambda *args, **kwargs: model)
-    return separate.main(["--model", "m", *arguments])
+    return separate.main(["--model", "m", "--keep-all-tracks", *arguments])
 
 
 def test_overwrite_by_a_model_with_fewer_speakers_removes_the_earlier_extra_tracks(
@@ -80,13 +85,14 @@ def test_overwrite_by_a_model_with_fewer_speakers_removes_the_earlier_extra_trac
 
     assert separate_with_speakers(monkeypatch, 2, "--output-dir", str(out), "--overwrite", talk) == 0
     assert sorted(p.name for p in out.iterdir()) == ["talk0_s1.wav", "talk0_s2.wav", "talk0_s4.wav"]
-    assert "talk0.wav: removed talk0_s3.wav, tracks of an earlier model with more speakers" in caplog.text
+    assert "talk0.wav: removed talk0_s3.wav, tracks of an earlier run with more tracks" in caplog.text
 
 
 @pytest.mark.parametrize("output_dir", ["in/separated", "in"])
 def test_a_rerun_does_not_separate_the_tracks_of_the_last_run(sharing_model, recordings, tmp_path, output_dir):
     """--output-dir inside the folder of inputs (or that folder itself): a rerun separates the same inputs."""
-    arguments = ["--model", "m", "--output-dir", str(tmp_path / output_dir), "--overwrite", str(recordings)]
+    arguments = ["--model", "m", "--output-dir", str(tmp_path / output_dir), "--overwrite", "--keep-all-tracks"]
+    arguments.append(str(recordings))
     assert separate.main(arguments) == 0
     written = sorted(recordings.rglob("*"))
     assert len([path for path in written if path.is_file()]) == 2 + 4
@@ -132,7 +138,8 @@ def test_estimates_louder_than_full_scale_are_scaled_down_not_clipped(tmp_path):
     sources = torch.stack([1.5 * tone, -1.2 * tone + 0.2 * other_tone], dim=1)
     mixture = sources.sum(dim=1)  # peaks below 0.5: the sources partly cancel
     write(tmp_path / "loud.wav", mixture.numpy())
-    result = oracle_file_separator(mixture, sources).separate_file(tmp_path / "loud.wav", tmp_path / "out")
+    separator = oracle_file_separator(mixture, sources, keep_all_tracks=True)  # two tracks of one pitch: one talker
+    result = separator.separate_file(tmp_path / "loud.wav", tmp_path / "out")
 
     tracks = [sf.read(path)[0] for path in result.outputs]
     peaks = sorted(np.abs(track).max() for track in tracks)
@@ -173,7 +180,10 @@ def test_a_folder_or_glob_of_earlier_tracks_alone_says_they_were_skipped_and_how
     sharing_model, recordings, tmp_path, caplog
 ):
     out = tmp_path / "out"
-    assert separate.main(["--model", "m", "--output-dir", str(out), str(recordings / "talk0.wav")]) == 0
+    assert (
+        separate.main(["--model", "m", "--output-dir", str(out), "--keep-all-tracks", str(recordings / "talk0.wav")])
+        == 0
+    )
     assert separate.main(["--model", "m", "--output-dir", str(tmp_path / "again"), str(out), f"{out}/*.wav"]) == 1
     assert error_lines(caplog) == [
         f"error: {name}: nothing to separate: 2 files are tracks that separate.py wrote earlier, skipped; to "
@@ -185,7 +195,15 @@ def test_a_folder_or_glob_of_earlier_tracks_alone_says_they_were_skipped_and_how
 def test_a_folder_holding_inputs_and_earlier_tracks_says_how_many_tracks_were_skipped(
     sharing_model, recordings, tmp_path, caplog
 ):
-    assert separate.main(["--model", "m", "--output-dir", str(recordings), str(recordings / "talk0.wav")]) == 0
-    assert separate.main(["--model", "m", "--output-dir", str(tmp_path / "out"), str(recordings)]) == 0
+    assert (
+        separate.main(
+            ["--model", "m", "--output-dir", str(recordings), "--keep-all-tracks", str(recordings / "talk0.wav")]
+        )
+        == 0
+    )
+    assert (
+        separate.main(["--model", "m", "--output-dir", str(tmp_path / "out"), "--keep-all-tracks", str(recordings)])
+        == 0
+    )
     assert f"{recordings}: 2 files are tracks that separate.py wrote earlier, skipped" in caplog.text
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"talk{k}_s{s}.wav" for k in (0, 1) for s in (1, 2)]

@@ -22,12 +22,14 @@ from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, wr
 from speechsep.data.audio_checks import AudioCheckError, file_problem, printable, read_blocks, read_header
 from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
+from speechsep.inference.counting import TalkerCount, count_talkers, talker_tracks
 from speechsep.inference.separation import (
     in_precision,
     separate_long,
     separate_shifted,
     with_mixture_consistency,
 )
+from speechsep.locking import folder_locked
 from speechsep.models.filterbank import encoder_hop, shortest_input
 from speechsep.output_files import is_temporary, write_files
 from speechsep.training.hardware import PRECISIONS, PrecisionError, inference_precision
@@ -63,8 +65,16 @@ class SeparationOptions:
     shifts: int = 1  # >1: average over that many sub-hop delays of each window (`separate_shifted`), shifts x slower
     mixture_consistency: bool = False  # estimates that sum to each window (`mixture_consistency`): clean mixtures only
     precision: str = "auto"  # what the model computes in: fp32, bf16, fp16, or auto (`inference_precision`)
+    keep_all_tracks: bool = False  # write every output, even those that hold no talker (`speechsep.inference.counting`)
+    talkers: int | None = None  # the input's number of talkers, when known: as many of the loudest outputs are written
 
     def __post_init__(self):
+        if self.keep_all_tracks and self.talkers is not None:
+            raise SeparationOptionsError(
+                f"--keep-all-tracks writes every output and --talkers {self.talkers} only {self.talkers}: give one"
+            )
+        if self.talkers is not None and self.talkers < 1:
+            raise SeparationOptionsError(f"--talkers must be at least 1, got {self.talkers}")
         if not (math.isfinite(self.window) and math.isfinite(self.hop)):
             raise SeparationOptionsError(f"window ({self.window} s) and hop ({self.hop} s) must be finite numbers")
         if self.shifts < 1:
@@ -120,6 +130,13 @@ class SeparatedFile:
     outputs: list[Path]
     seconds: float  # the input's duration
     elapsed: float  # wall-clock seconds spent on it
+    count: TalkerCount | None = None  # which outputs hold a talker (None: not counted, as with --stream)
+    written: list[int] | None = None  # the model output (0-based) each of `outputs` holds
+
+    def record(self, path: Path) -> dict:
+        """The input's line of separate.py's JSON output: its talkers, every output's level, the tracks written."""
+        tracks = [{"output": k + 1, "file": str(output)} for k, output in zip(self.written or [], self.outputs)]
+        return {"input": str(path), **(self.count.record() if self.count else {}), "tracks": tracks}
 
 
 def read_mixture(path: Path, block_frames: int = 1 << 20) -> tuple[np.ndarray, int, int]:
@@ -177,6 +194,10 @@ class FileSeparator:
             self.precision = inference_precision(self.options.precision, device)
         except PrecisionError as err:
             raise SeparationOptionsError(str(err)) from None
+        if self.options.talkers is not None and self.options.talkers > self.num_spks:
+            raise SeparationOptionsError(
+                f"--talkers {self.options.talkers}: this model has {self.num_spks} outputs, so at most {self.num_spks}"
+            )
         self.separate_batch = in_precision(separator.separate_batch, self.precision, device)  # separates a batch
         if self.options.shifts > 1:  # the delays are spread over one hop of the model's encoder
             hop = encoder_hop(separator.mods.encoder)
@@ -234,19 +255,34 @@ class FileSeparator:
                 f"input ({self.min_samples} samples)"
             )
         est_sources = self.separate(mixture, description=path.name)  # [time, num_spks]
+        count = count_talkers(est_sources, mixture, self.sample_rate)
         del mixture
+        written, est_sources = self.tracks_to_write(est_sources, count)
 
         output_rate = input_rate if self.options.output_rate == "input" else self.sample_rate
         if output_rate != self.sample_rate:
             est_sources = resample(est_sources.T, self.sample_rate, output_rate).T[:num_input_samples]
-        low, high = torch.aminmax(est_sources, dim=0)
-        gains = track_gains(torch.maximum(high, -low), self.options.normalize, path)  # peaks without a full copy
+        gains = torch.ones(0)  # no track: nothing holds a talker
+        if est_sources.shape[1]:
+            low, high = torch.aminmax(est_sources, dim=0)
+            gains = track_gains(torch.maximum(high, -low), self.options.normalize, path)  # peaks without a full copy
         writers = [
             functools.partial(_write_track, signal=est_sources[:, k], sample_rate=output_rate, gain=float(gains[k]))
-            for k in range(self.num_spks)
+            for k in range(est_sources.shape[1])
         ]
         outputs = write_tracks(path, output_dir, writers, overwrite)
-        return SeparatedFile(outputs, num_input_samples / input_rate, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return SeparatedFile(outputs, num_input_samples / input_rate, elapsed, count, written)
+
+    def tracks_to_write(self, est_sources: torch.Tensor, count: TalkerCount) -> tuple[list[int], torch.Tensor]:
+        """The outputs to write (0-based) and their signals [time, tracks]: those that hold a talker, each with the
+        copies of it added back (`talker_tracks`); every output with `keep_all_tracks`; the `talkers` loudest."""
+        if self.options.keep_all_tracks:
+            return list(range(self.num_spks)), est_sources
+        if self.options.talkers is not None:
+            loudest = sorted(np.argsort(-np.array(count.level_db()), kind="stable")[: self.options.talkers].tolist())
+            return loudest, est_sources[:, loudest]
+        return count.tracks, talker_tracks(est_sources, count)
 
 
 def track_paths(path: Path, output_dir: Path, num_spks: int) -> list[Path]:
@@ -275,7 +311,7 @@ def write_tracks(path: Path, output_dir: Path, writers: list, overwrite: bool) -
 
     Without `overwrite`, the names are created exclusively, so that another process writing them at the same
     time cannot have its tracks mixed with these. With it, they replace the earlier ones while the folder is
-    locked, and earlier tracks of this input beyond this model's speaker count are removed in the same step: the
+    locked, and earlier tracks of this input beyond the ones written now are removed in the same step: the
     input's tracks are always one model's whole set. -> the tracks' paths.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -286,11 +322,16 @@ def write_tracks(path: Path, output_dir: Path, writers: list, overwrite: bool) -
         removed.extend(earlier_tracks_beyond(output_dir, path.stem, len(writers)))
         return removed
 
-    write_files(dict(zip(outputs, writers)), overwrite, superseded if overwrite else None)
+    if writers:
+        write_files(dict(zip(outputs, writers)), overwrite, superseded if overwrite else None)
+    elif overwrite:  # no track (nothing holds a talker): the earlier ones go, under the lock a group would take
+        with folder_locked(output_dir):
+            for track in superseded():
+                track.unlink(missing_ok=True)
     if removed:
         logger.info(
             f"{printable(path.name)}: removed {', '.join(printable(track.name) for track in removed)}, tracks of "
-            f"an earlier model with more speakers (this one separates {len(writers)})"
+            f"an earlier run with more tracks (this one writes {len(writers)})"
         )
     return outputs
 
