@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_inference import write_model
-from bench.markdown import section
+from bench.markdown import run_score_row, section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 8000
@@ -172,18 +172,7 @@ def memory_section(model_dir: Path, minutes: tuple[int, ...]) -> str:
 
 
 def quality_section() -> str:
-    rows = []
-    for name, (folder, _) in QUALITY_RUNS.items():
-        summary = folder / "test_results_summary.json"
-        if not summary.is_file():
-            rows.append(f"| {name} | not run (no {summary}) | | |")
-            continue
-        scores = json.loads(summary.read_text())
-        si_snr_i = scores["si-snr_i"]
-        rows.append(
-            f"| {name} | {si_snr_i['mean']:.2f} ({si_snr_i['ci95_low']:.2f}..{si_snr_i['ci95_high']:.2f}) "
-            f"| {scores['sdr_i']['mean']:.2f} | {si_snr_i['count']} |"
-        )
+    rows = [run_score_row(name, folder) for name, (folder, _) in QUALITY_RUNS.items()]
     commands = "; ".join(f"`{command}`" for _, command in QUALITY_RUNS.values())
     return section(
         "### What causality costs: causal vs non-causal demo, same training",

@@ -196,9 +196,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         )
         most_talkers = max(self.talker_counts)
         if len(pool.speakers) < most_talkers:
+            need = f"num_spks={num_spks}" if talker_counts is None else f"{most_talkers} (talker_counts {talker_counts})"
             raise PoolError(
                 f"{pool.folder} holds {len(pool.speakers)} speakers ({pool.layout} layout) but mixtures "
-                f"need {most_talkers} distinct speakers"
+                f"need {need} distinct speakers"
             )
         for name, value in (("num_spks", num_spks), ("segment_len", segment_len), ("epoch_len", epoch_len)):
             if value < 1:

@@ -40,8 +40,8 @@ class CountingError(ValueError):
 class CountingRule:
     """The thresholds of the two tests and the stretch they are decided on."""
 
-    min_level_db: float = -20.0  # a track further below the mixture holds no talker
-    same_pitch_fraction: float = 0.7  # of the frames both tracks are voiced in: above it, a copy
+    min_level_db: float = -16.0  # a track further below the mixture holds no talker
+    same_pitch_fraction: float = 0.75  # of the frames both tracks are voiced in: above it, a copy
     min_shared_frames: int = 20  # fewer frames voiced in both cannot tell a copy from another talker
     stretch_s: float = 4.0  # decisions are taken on stretches of about this long
 
