@@ -34,7 +34,7 @@ import torch
 from scipy import stats
 
 from speechsep.evaluation.bss_eval_fast import check_signals, pairwise_bss_eval, pairwise_sdr
-from speechsep.inference.counting import CountingRule, count_talkers, relative_levels
+from speechsep.inference.counting import CountingRule, count_talkers
 from speechsep.inference.separation import match_mixture_level
 from speechsep.output_files import csv_content, text_content, write_files
 from speechsep.training.losses import (
@@ -42,6 +42,7 @@ from speechsep.training.losses import (
     best_permutation,
     length_mask,
     pairwise_si_snr,
+    relative_level_db,
     true_lengths,
 )
 
@@ -220,7 +221,7 @@ def talker_metrics(
         row = _per_reference(row, active, num_outputs)
         others = [k for k in range(num_outputs) if k not in chosen]
         heard = match_mixture_level(ests, mix)[0].cpu()  # as separate.py writes them: at the mixture's level
-        levels = relative_levels(heard.double().numpy(), mix[0].double().cpu().numpy())
+        levels = relative_level_db(heard.unsqueeze(0).double(), mix.cpu().double())[0].tolist()
         perm, spare = [None] * num_outputs, iter(others)
         for reference in range(num_outputs):  # reference k -> its estimate; a silent reference gets a spare output
             perm[reference] = chosen[active.index(reference)] if reference in active else next(spare)

@@ -189,14 +189,6 @@ def decide_stretch(
     return holds, level_db
 
 
-def relative_levels(est_sources: np.ndarray, mixture: np.ndarray) -> list[float]:
-    """Each track's energy relative to the mixture's, in dB (-inf for a silent track). est_sources [time, K]."""
-    mixture_energy = max(float(np.sum(np.square(mixture, dtype=np.float64))), 1e-20)
-    energy = np.sum(np.square(est_sources, dtype=np.float64), axis=0)
-    with np.errstate(divide="ignore"):
-        return (10 * np.log10(energy / mixture_energy)).tolist()
-
-
 def stretch_bounds(num_samples: int, sample_rate: int, stretch_s: float) -> list[tuple[int, int]]:
     """Stretches of about `stretch_s` seconds covering `num_samples`, all of the same length (a short input: one)."""
     count = max(1, round(num_samples / (stretch_s * sample_rate)))
