@@ -6,9 +6,11 @@ between tracks, so that a phantom track is a quieter copy of a real one, or take
 tests decide, on each stretch of time separately (a talker who stops does not disappear from the whole file):
 
 - level: a track more than `min_level_db` below the mixture (over the stretch) holds no talker;
-- pitch: a track whose pitch follows that of a louder talker's track in most of the frames where both are voiced
-  is a copy of it, not a talker of its own: two people rarely speak at the same pitch at the same moment, and the
-  pieces of one voice always do.
+- copy: a track that follows a louder talker's track is a copy of it, not a talker of its own. Two measures of
+  following, averaged (`copy_score`): the share of the frames both are voiced in where their pitch agrees (two
+  people rarely speak at the same pitch at the same moment, and the pieces of one voice always do), and the
+  correlation of their log energy envelopes (the pieces of one voice start, stop and pause together; two talkers'
+  do not).
 
 The thresholds are calibrated by measurement (`bench/bench_counting.py`, figures in bench/RESULTS.md). A copy's
 signal is given back to the track it copies (their sum is the voice); a quiet track's is left out.
@@ -24,6 +26,8 @@ import torch
 
 FRAME_S = 0.04  # pitch analysis frames: two periods of a 50 Hz voice
 FRAME_HOP_S = 0.01
+ENVELOPE_FRAME_S = 0.02  # energy envelope frames (hop a quarter of it)
+ENVELOPE_FLOOR = 1e-9  # of the mixture's loudest frame: silence, for the envelopes' logarithm
 PITCH_RANGE_HZ = (60.0, 400.0)
 VOICING = 0.5  # normalised autocorrelation at the period above which a frame is voiced
 VOICED_FLOOR_DB = -30.0  # frames further below the track's loudest frame are not analysed
@@ -40,16 +44,16 @@ class CountingError(ValueError):
 class CountingRule:
     """The thresholds of the two tests and the stretch they are decided on."""
 
-    min_level_db: float = -16.0  # a track further below the mixture holds no talker
-    same_pitch_fraction: float = 0.75  # of the frames both tracks are voiced in: above it, a copy
-    min_shared_frames: int = 20  # fewer frames voiced in both cannot tell a copy from another talker
+    min_level_db: float = -18.0  # a track further below the mixture holds no talker
+    min_copy_score: float = 0.72  # a track whose `copy_score` with a louder talker's reaches it is a copy
+    min_shared_frames: int = 20  # fewer frames voiced in both: the pitch cannot tell, the envelopes decide alone
     stretch_s: float = 4.0  # decisions are taken on stretches of about this long
 
     def __post_init__(self):
         if not (math.isfinite(self.min_level_db) and self.min_level_db < 0):
             raise CountingError(f"min_level_db must be a negative number of dB, got {self.min_level_db}")
-        if not 0 < self.same_pitch_fraction <= 1:
-            raise CountingError(f"same_pitch_fraction must lie in (0, 1], got {self.same_pitch_fraction}")
+        if not (math.isfinite(self.min_copy_score) and 0 < self.min_copy_score <= 1):
+            raise CountingError(f"min_copy_score must lie in (0, 1], got {self.min_copy_score}")
         if not (math.isfinite(self.stretch_s) and self.stretch_s >= 1):
             raise CountingError(f"stretch_s must be at least 1 second, got {self.stretch_s}")
         if self.min_shared_frames < 1:
@@ -163,6 +167,29 @@ def same_pitch_fraction(pitch: np.ndarray, voiced: np.ndarray, first: int, secon
     return float(np.mean(ratio < SAME_PITCH_OCTAVES))
 
 
+def log_envelopes(signals: np.ndarray, sample_rate: int, floor: float) -> np.ndarray:
+    """Log energy of every `ENVELOPE_FRAME_S` frame (hop a quarter of it) of signals [time, K]: [K, frames]; energies
+    below `floor` count as `floor`."""
+    frame = max(1, round(ENVELOPE_FRAME_S * sample_rate))
+    if len(signals) < frame:
+        signals = np.pad(signals, ((0, frame - len(signals)), (0, 0)))
+    hop = max(1, frame // 4)
+    frames = np.lib.stride_tricks.sliding_window_view(signals.T.astype(np.float64), frame, axis=1)[:, ::hop]
+    return np.log10(np.maximum(frames.var(axis=-1), floor))
+
+
+def copy_score(pitch_agreement: float, envelopes: np.ndarray, first: int, second: int) -> float:
+    """How closely track `second` follows track `first`, 0 to 1: the mean of their `same_pitch_fraction` and of the
+    correlation of their log energy `envelopes` [K, frames] (negative: 0); the correlation alone where the pitch
+    cannot tell (NaN)."""
+    a, b = envelopes[first], envelopes[second]
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        correlation = 1.0 if np.array_equal(a, b) else 0.0  # a flat envelope: silence throughout
+    else:
+        correlation = max(0.0, float(np.corrcoef(a, b)[0, 1]))
+    return correlation if math.isnan(pitch_agreement) else (pitch_agreement + correlation) / 2
+
+
 def decide_stretch(
     est_sources: np.ndarray, mixture: np.ndarray, sample_rate: int, rule: CountingRule, file_power: float = 0.0
 ) -> tuple[list[str], list[float]]:
@@ -174,15 +201,20 @@ def decide_stretch(
         level_db = (10 * np.log10(np.var(est_sources, axis=0, dtype=np.float64) / power)).tolist()
     tracks = [pitch_track(est_sources[:, k], sample_rate) for k in range(est_sources.shape[1])]
     pitch, voiced = np.stack([t[0] for t in tracks]), np.stack([t[1] for t in tracks])
+    mixture_envelope = log_envelopes(mixture[:, None], sample_rate, 1e-30)
+    envelopes = log_envelopes(est_sources, sample_rate, 10 ** mixture_envelope.max() * ENVELOPE_FLOOR)
     holds = ["silence"] * est_sources.shape[1]
     talkers: list[int] = []
     for k in np.argsort(-np.array(level_db), kind="stable"):
         if level_db[k] < rule.min_level_db:
             continue
-        fractions = {j: same_pitch_fraction(pitch, voiced, k, j, rule.min_shared_frames) for j in talkers}
-        copied = [j for j, fraction in fractions.items() if fraction >= rule.same_pitch_fraction]
+        scores = {
+            j: copy_score(same_pitch_fraction(pitch, voiced, j, k, rule.min_shared_frames), envelopes, j, k)
+            for j in talkers
+        }
+        copied = [j for j, score in scores.items() if score >= rule.min_copy_score]
         if copied:
-            holds[k] = f"copy of {max(copied, key=fractions.get) + 1}"
+            holds[k] = f"copy of {max(copied, key=scores.get) + 1}"
         else:
             holds[k] = "talker"
             talkers.append(int(k))
