@@ -203,6 +203,7 @@ class Separation(sb.Brain):
         self.budget.start_epoch()
         if hasattr(self.train_dataset, "set_epoch"):
             self.train_dataset.set_epoch(epoch)  # dynamic mixing draws new mixtures each epoch
+            self.set_talker_count_weights(epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log SI-SNR in positive dB, step the scheduler, keep the best checkpoint, write test results. VALID and TEST
@@ -285,6 +286,20 @@ class Separation(sb.Brain):
             [self.modules.decoder(mixture_w * est_masks[k]) for k in range(est_masks.shape[0])], dim=-1
         )
         return fit_length(est_sources, mixture.shape[1])
+
+    def set_talker_count_weights(self, epoch):
+        """Dynamic mixing's talker counts: `talker_count_warmup_weights` over the first `talker_count_warmup_share` of
+        the training (of the budget's minutes, else of N_epochs), `talker_count_weights` after."""
+        hp = self.hparams
+        warmup_weights = getattr(hp, "talker_count_warmup_weights", None)
+        if warmup_weights is None:
+            return
+        if self.budget.minutes:
+            share_done = self.budget.spent_seconds / (60.0 * self.budget.minutes)
+        else:
+            share_done = (epoch - 1) / hp.N_epochs
+        in_warmup = share_done < hp.talker_count_warmup_share
+        self.train_dataset.set_talker_count_weights(warmup_weights if in_warmup else hp.talker_count_weights)
 
     # ---------------------------------------------------------------- training helpers
     def filter_loss(self, loss_per_example):

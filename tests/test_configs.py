@@ -189,6 +189,7 @@ OWN_KEYS["recordings.yaml"] = (OWN_KEYS["demo.yaml"] - {"dm_level_scheme", "N_ep
     "use_speedperturb",
 }
 TALKER_COUNT_KEYS = {"num_spks", "talker_counts", "talker_count_weights", "talker_loss", "MaskNet"}
+TALKER_COUNT_KEYS |= {"talker_count_warmup_weights", "talker_count_warmup_share"}
 OWN_KEYS["demo-talkers.yaml"] = OWN_KEYS["recordings.yaml"] | TALKER_COUNT_KEYS | {"dm_level_scheme", "N_epochs"}
 OWN_KEYS["convtasnet-talkers.yaml"] = OWN_KEYS["demo-talkers.yaml"] | {"N_encoder_out", "dm_epoch_len", "N_epochs"}
 SEPFORMER_ONLY = {"out_channels", "num_layers", "nhead", "d_ffn", "num_blocks", "chunk_size"}

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,12 +15,14 @@ import torch
 from scipy.signal import butter, sosfiltfilt
 
 import separate
+import train
 from speechsep.data.dynamic_mixing import talker_count_distribution
 from speechsep.data.manifests import separation_dataset
 from speechsep.data.recorded_mixtures import write_mixtures
 from speechsep.evaluation import metrics
 from speechsep.evaluation.metrics import summarize, talker_metrics
 from speechsep.inference.counting import CountingRule, count_talkers, pitch_track, talker_tracks
+from speechsep.training.budget import TrainingBudget
 from speechsep.training.config import ConfigError
 from speechsep.training.losses import (
     active_references,
@@ -128,6 +131,60 @@ def test_talker_counts_need_a_talker_loss_and_no_mixture_consistency():
     assert talker_count_distribution(3, [1, 3], [1, 3]) == ([1, 3], [0.25, 0.75])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"talker_count_warmup_weights": [0, 1]}, "talker_count_warmup_weights has 2 values for the 3 talker_counts"),
+        ({"talker_count_warmup_weights": [0, 0, 0]}, "talker_count_warmup_weights [0, 0, 0] must be finite"),
+        ({"talker_count_warmup_share": 1.5}, "talker_count_warmup_share must be a share of the training from 0 to 1"),
+        ({"talker_count_warmup_share": None}, "talker_count_warmup_share must be a share of the training from 0 to 1"),
+        ({"dynamic_mixing": False}, "talker_count_warmup_weights are dynamic mixing's draws"),
+    ],
+)
+def test_a_bad_talker_count_warmup_is_one_line(override, message):
+    values = {"num_spks": 3, "talker_counts": [1, 2, 3], "talker_loss": talker_loss, "dynamic_mixing": True}
+    values |= {"talker_count_warmup_weights": [0, 1, 1], "talker_count_warmup_share": 0.6}
+    check_talker_counts(values)
+    with pytest.raises(ConfigError) as err:
+        check_talker_counts({**values, **override})
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_the_warmup_weights_hold_over_the_first_share_of_the_training_then_the_weights():
+    class Pool:  # the training set: what it was told to draw
+        weights = "unset"
+
+        def set_talker_count_weights(self, weights):
+            self.weights = weights
+
+    hparams = SimpleNamespace(talker_count_warmup_weights=[0, 1, 1], talker_count_warmup_share=0.6)
+    hparams.talker_count_weights, hparams.N_epochs = [1, 2, 3], 10
+    brain = SimpleNamespace(hparams=hparams, budget=TrainingBudget(), train_dataset=Pool())
+    drawn = []
+    for epoch in range(1, 11):
+        train.Separation.set_talker_count_weights(brain, epoch)
+        drawn.append(brain.train_dataset.weights)
+    assert drawn == [[0, 1, 1]] * 6 + [[1, 2, 3]] * 4  # epoch 7 starts 60% in
+    brain.budget = TrainingBudget(minutes=10, spent_seconds=5.9 * 60)  # a budget: its share spent decides
+    train.Separation.set_talker_count_weights(brain, 1)
+    assert brain.train_dataset.weights == [0, 1, 1]
+    brain.budget.spent_seconds = 6 * 60
+    train.Separation.set_talker_count_weights(brain, 1)
+    assert brain.train_dataset.weights == [1, 2, 3]
+    hparams.talker_count_warmup_weights = None  # no warmup: the dataset is left as it is
+    brain.train_dataset = Pool()
+    train.Separation.set_talker_count_weights(brain, 1)
+    assert brain.train_dataset.weights == "unset"
+
+
+def test_dynamic_mixing_draws_with_the_weights_it_is_given_from_then_on(tmp_path):
+    dataset = make_dataset(tmp_path, num_spks=3, epoch_len=40, talker_counts=[1, 2, 3])
+    dataset.set_talker_count_weights([0, 1, 1])
+    assert {int((np.abs(dataset.draw(i).sources).max(axis=1) > 0).sum()) for i in range(40)} == {2, 3}
+    dataset.set_talker_count_weights(None)  # all alike again
+    assert 1 in {int((np.abs(dataset.draw(i).sources).max(axis=1) > 0).sum()) for i in range(40)}
+
+
 # ---------------------------------------------------------------- talker counts: data
 def test_dynamic_mixing_draws_the_talker_count_of_each_mixture_and_leaves_the_other_sources_silent(tmp_path):
     dataset = make_dataset(tmp_path, num_spks=3, epoch_len=60, talker_counts=[1, 2, 3], talker_count_weights=[2, 1, 1])
@@ -212,6 +269,21 @@ def test_on_a_long_input_a_talker_who_stops_is_kept_and_silenced_only_where_it_s
     assert torch.equal(written[: 8 * RATE - RATE], torch.from_numpy(est[: 8 * RATE - RATE]))
 
 
+def whisper(seconds: float, seed: int) -> np.ndarray:
+    """Unvoiced speech-like noise: bursts of 0.1-0.4 s with pauses between them, no pitch to read, RMS about 0.1."""
+    rng = np.random.default_rng(seed)
+    gate = np.concatenate([np.full(int(rng.uniform(0.1, 0.4) * RATE), on) for on in [1.0, 0.0] * 20])
+    return (0.14 * rng.standard_normal(int(seconds * RATE)) * gate[: int(seconds * RATE)]).astype(np.float32)
+
+
+def test_where_no_pitch_can_be_read_the_energy_envelopes_tell_one_voice_from_two():
+    single = whisper(3, 0)
+    count = count_talkers(split_in_bands(single), single, RATE)  # one voice's pieces pause together
+    assert count.talkers == 1 and count.stretches[0].holds[1 - count.tracks[0]].startswith("copy of")
+    two = np.stack([whisper(3, 1), whisper(3, 2)], axis=1)  # two talkers pause at other times
+    assert count_talkers(two, two.sum(axis=1), RATE).talkers == 2
+
+
 def test_pitch_track_finds_a_steady_pitch_and_no_voicing_in_silence():
     pitch, voiced = pitch_track(voice(160, 1, 0), RATE)
     assert voiced.mean() > 0.8 and np.median(pitch[voiced]) == pytest.approx(160, rel=0.05)
@@ -221,8 +293,8 @@ def test_pitch_track_finds_a_steady_pitch_and_no_voicing_in_silence():
 def test_bad_counting_rules_are_refused():
     with pytest.raises(ValueError, match="min_level_db"):
         CountingRule(min_level_db=3)
-    with pytest.raises(ValueError, match="same_pitch_fraction"):
-        CountingRule(same_pitch_fraction=0)
+    with pytest.raises(ValueError, match="min_copy_score"):
+        CountingRule(min_copy_score=0)
 
 
 # ---------------------------------------------------------------- test scores

@@ -237,6 +237,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         """Select the epoch whose mixtures `__getitem__` builds."""
         self.epoch = int(epoch)
 
+    def set_talker_count_weights(self, weights: Sequence[float] | None) -> None:
+        """Draw the talker counts with these relative frequencies from now on (None: all alike)."""
+        _, self.talker_count_probabilities = talker_count_distribution(self.num_spks, self.talker_counts, weights)
+
     def __len__(self) -> int:
         return self.epoch_len
 

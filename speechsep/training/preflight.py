@@ -187,6 +187,21 @@ def check_talker_counts(values: dict) -> None:
             "test_mixture_consistency shares what the estimates leave out among every output, the silent ones too: "
             "it cannot be used with talker_counts"
         )
+    warmup_weights, warmup_share = values.get("talker_count_warmup_weights"), values.get("talker_count_warmup_share")
+    if warmup_weights is None:
+        return
+    if not values.get("dynamic_mixing"):
+        raise ConfigError(
+            "talker_count_warmup_weights are dynamic mixing's draws: set dynamic_mixing=True or null them"
+        )
+    try:
+        talker_count_distribution(values.get("num_spks", 2), counts, warmup_weights)
+    except ValueError as err:
+        raise ConfigError(str(err).replace("talker_count_weights", "talker_count_warmup_weights")) from None
+    if isinstance(warmup_share, bool) or not isinstance(warmup_share, (int, float)) or not 0 <= warmup_share <= 1:
+        raise ConfigError(
+            f"talker_count_warmup_share must be a share of the training from 0 to 1, got {warmup_share!r}"
+        )
 
 
 def min_talkers(values: dict) -> int | None:
