@@ -139,6 +139,7 @@ def test_talker_counts_need_a_talker_loss_and_no_mixture_consistency():
         ({"talker_count_warmup_share": 1.5}, "talker_count_warmup_share must be a share of the training from 0 to 1"),
         ({"talker_count_warmup_share": None}, "talker_count_warmup_share must be a share of the training from 0 to 1"),
         ({"dynamic_mixing": False}, "talker_count_warmup_weights are dynamic mixing's draws"),
+        ({"talker_counts": None, "talker_loss": None}, "talker_count_warmup_weights goes with talker_counts"),
     ],
 )
 def test_a_bad_talker_count_warmup_is_one_line(override, message):

@@ -168,8 +168,9 @@ def check_talker_counts(values: dict) -> None:
     talker_loss agree with each other and with num_spks and the task."""
     counts, weights = values.get("talker_counts"), values.get("talker_count_weights")
     if counts is None and weights is None:
-        if values.get("talker_loss") is not None:
-            raise ConfigError("talker_loss goes with talker_counts (the numbers of talkers a mixture may hold)")
+        for key in ("talker_loss", "talker_count_warmup_weights"):
+            if values.get(key) is not None:
+                raise ConfigError(f"{key} goes with talker_counts (the numbers of talkers a mixture may hold)")
         return
     try:
         talker_count_distribution(values.get("num_spks", 2), counts, weights)
