@@ -288,18 +288,21 @@ class Separation(sb.Brain):
         return fit_length(est_sources, mixture.shape[1])
 
     def set_talker_count_weights(self, epoch):
-        """Dynamic mixing's talker counts: `talker_count_warmup_weights` over the first `talker_count_warmup_share` of
-        the training (of the budget's minutes, else of N_epochs), `talker_count_weights` after."""
+        """Dynamic mixing's talker counts: `talker_count_warmup_weights` in the epochs whose middle falls within the
+        first `talker_count_warmup_share` of the training (of N_epochs, or of the budget's minutes as the epochs so far
+        predict it), `talker_count_weights` in the others and always in the last one."""
         hp = self.hparams
         warmup_weights = getattr(hp, "talker_count_warmup_weights", None)
         if warmup_weights is None:
             return
+        middle, is_last = (epoch - 0.5) / hp.N_epochs, epoch >= hp.N_epochs
         if self.budget.minutes:
-            share_done = self.budget.spent_seconds / (60.0 * self.budget.minutes)
-        else:
-            share_done = (epoch - 1) / hp.N_epochs
-        in_warmup = share_done < hp.talker_count_warmup_share
-        self.train_dataset.set_talker_count_weights(warmup_weights if in_warmup else hp.talker_count_weights)
+            budget_seconds, epoch_seconds = 60.0 * self.budget.minutes, max(self.budget.epoch_seconds, default=0.0)
+            middle = (self.budget.spent_seconds + epoch_seconds / 2) / budget_seconds
+            is_last = is_last or self.budget.spent_seconds + 2 * epoch_seconds > budget_seconds  # as end_epoch will
+        weights = warmup_weights if middle < hp.talker_count_warmup_share and not is_last else hp.talker_count_weights
+        logger.info(f"Epoch {epoch}: talker counts {hp.talker_counts} drawn with weights {weights or 'all alike'}")
+        self.train_dataset.set_talker_count_weights(weights)
 
     # ---------------------------------------------------------------- training helpers
     def filter_loss(self, loss_per_example):

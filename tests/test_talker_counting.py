@@ -137,7 +137,8 @@ def test_talker_counts_need_a_talker_loss_and_no_mixture_consistency():
         ({"talker_count_warmup_weights": [0, 1]}, "talker_count_warmup_weights has 2 values for the 3 talker_counts"),
         ({"talker_count_warmup_weights": [0, 0, 0]}, "talker_count_warmup_weights [0, 0, 0] must be finite"),
         ({"talker_count_warmup_share": 1.5}, "talker_count_warmup_share must be a share of the training from 0 to 1"),
-        ({"talker_count_warmup_share": None}, "talker_count_warmup_share must be a share of the training from 0 to 1"),
+        ({"talker_count_warmup_share": None}, "talker_count_warmup_weights need a talker_count_warmup_share"),
+        ({"talker_count_warmup_share": "abc", "talker_counts": None, "talker_loss": None}, "talker_count_warmup_share"),
         ({"dynamic_mixing": False}, "talker_count_warmup_weights are dynamic mixing's draws"),
         ({"talker_counts": None, "talker_loss": None}, "talker_count_warmup_weights goes with talker_counts"),
     ],
@@ -151,7 +152,7 @@ def test_a_bad_talker_count_warmup_is_one_line(override, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_the_warmup_weights_hold_over_the_first_share_of_the_training_then_the_weights():
+def test_the_warmup_weights_hold_over_the_first_share_of_the_training_and_never_in_the_last_epoch():
     class Pool:  # the training set: what it was told to draw
         weights = "unset"
 
@@ -159,23 +160,32 @@ def test_the_warmup_weights_hold_over_the_first_share_of_the_training_then_the_w
             self.weights = weights
 
     hparams = SimpleNamespace(talker_count_warmup_weights=[0, 1, 1], talker_count_warmup_share=0.6)
-    hparams.talker_count_weights, hparams.N_epochs = [1, 2, 3], 10
+    hparams.talker_counts, hparams.talker_count_weights, hparams.N_epochs = [1, 2, 3], [1, 2, 3], 10
     brain = SimpleNamespace(hparams=hparams, budget=TrainingBudget(), train_dataset=Pool())
-    drawn = []
-    for epoch in range(1, 11):
-        train.Separation.set_talker_count_weights(brain, epoch)
-        drawn.append(brain.train_dataset.weights)
-    assert drawn == [[0, 1, 1]] * 6 + [[1, 2, 3]] * 4  # epoch 7 starts 60% in
+
+    def drawn(epochs):
+        weights = []
+        for epoch in range(1, epochs + 1):
+            train.Separation.set_talker_count_weights(brain, epoch)
+            weights.append(brain.train_dataset.weights)
+        return weights
+
+    assert drawn(10) == [[0, 1, 1]] * 6 + [[1, 2, 3]] * 4  # epoch 7's middle is 65% in
+    hparams.N_epochs = 2
+    assert drawn(2) == [[0, 1, 1], [1, 2, 3]]
+    hparams.talker_count_warmup_share, hparams.N_epochs = 1.0, 3
+    assert drawn(3) == [[0, 1, 1], [0, 1, 1], [1, 2, 3]]  # the last epoch draws every count, whatever the share
+    hparams.talker_count_warmup_share, hparams.N_epochs = 0.6, 20
     brain.budget = TrainingBudget(minutes=10, spent_seconds=5.9 * 60)  # a budget: its share spent decides
-    train.Separation.set_talker_count_weights(brain, 1)
-    assert brain.train_dataset.weights == [0, 1, 1]
-    brain.budget.spent_seconds = 6 * 60
-    train.Separation.set_talker_count_weights(brain, 1)
-    assert brain.train_dataset.weights == [1, 2, 3]
+    assert drawn(1) == [[0, 1, 1]]
+    brain.budget = TrainingBudget(minutes=10, spent_seconds=5 * 60, epoch_seconds=[120.0])  # middle at 60%
+    assert drawn(1) == [[1, 2, 3]]
+    brain.budget = TrainingBudget(minutes=10, spent_seconds=60, epoch_seconds=[300.0])  # the last epoch that fits
+    hparams.talker_count_warmup_share = 1.0
+    assert drawn(1) == [[1, 2, 3]]
     hparams.talker_count_warmup_weights = None  # no warmup: the dataset is left as it is
     brain.train_dataset = Pool()
-    train.Separation.set_talker_count_weights(brain, 1)
-    assert brain.train_dataset.weights == "unset"
+    assert drawn(1) == ["unset"]
 
 
 def test_dynamic_mixing_draws_with_the_weights_it_is_given_from_then_on(tmp_path):
@@ -283,6 +293,15 @@ def test_where_no_pitch_can_be_read_the_energy_envelopes_tell_one_voice_from_two
     assert count.talkers == 1 and count.stretches[0].holds[1 - count.tracks[0]].startswith("copy of")
     two = np.stack([whisper(3, 1), whisper(3, 2)], axis=1)  # two talkers pause at other times
     assert count_talkers(two, two.sum(axis=1), RATE).talkers == 2
+
+
+def test_a_dc_offset_is_no_talker_and_the_levels_reported_agree_with_the_decision():
+    talker = voice(150, 3, 0)
+    est = np.stack([talker, 0.5 + 1e-4 * voice(260, 3, 1)], axis=1)  # a track of DC and a trace of a voice
+    count = count_talkers(est, est.sum(axis=1), RATE)
+    assert count.talkers == 1 and count.stretches[0].holds == ["talker", "silence"]
+    assert count.level_db()[1] < -60 and count.level_db()[0] == pytest.approx(0, abs=0.1)
+    assert count.record()["level_db"][1] == pytest.approx(count.stretches[0].level_db[1], abs=0.1)
 
 
 def test_pitch_track_finds_a_steady_pitch_and_no_voicing_in_silence():

@@ -243,8 +243,8 @@ def count_talkers(
     for start, end in stretch_bounds(len(mixture), sample_rate, rule.stretch_s):
         estimates = est_sources[start:end]
         holds, level_db = decide_stretch(estimates, mixture[start:end], sample_rate, rule, file_power)
-        track_energy = np.sum(np.square(estimates, dtype=np.float64), axis=0).tolist()
-        mixture_energy = float(np.sum(np.square(mixture[start:end], dtype=np.float64)))
+        track_energy = (np.var(estimates, axis=0, dtype=np.float64) * (end - start)).tolist()  # DC is no talker
+        mixture_energy = float(np.var(mixture[start:end], dtype=np.float64) * (end - start))
         stretches.append(StretchCount(start, end, level_db, holds, track_energy, mixture_energy))
     return TalkerCount(stretches, sample_rate)
 

@@ -164,9 +164,16 @@ def check_values(values: dict) -> None:
 
 
 def check_talker_counts(values: dict) -> None:
-    """talker_counts (the numbers of talkers a mixture may hold, for a model of num_spks outputs), its weights and
-    talker_loss agree with each other and with num_spks and the task."""
+    """talker_counts (the numbers of talkers a mixture may hold, for a model of num_spks outputs), its weights, its
+    warmup weights and share, and talker_loss agree with each other and with num_spks, the task and the data."""
     counts, weights = values.get("talker_counts"), values.get("talker_count_weights")
+    warmup_weights, warmup_share = values.get("talker_count_warmup_weights"), values.get("talker_count_warmup_share")
+    if warmup_share is not None and (
+        isinstance(warmup_share, bool) or not isinstance(warmup_share, (int, float)) or not 0 <= warmup_share <= 1
+    ):
+        raise ConfigError(
+            f"talker_count_warmup_share must be a share of the training from 0 to 1, got {warmup_share!r}"
+        )
     if counts is None and weights is None:
         for key in ("talker_loss", "talker_count_warmup_weights"):
             if values.get(key) is not None:
@@ -188,7 +195,6 @@ def check_talker_counts(values: dict) -> None:
             "test_mixture_consistency shares what the estimates leave out among every output, the silent ones too: "
             "it cannot be used with talker_counts"
         )
-    warmup_weights, warmup_share = values.get("talker_count_warmup_weights"), values.get("talker_count_warmup_share")
     if warmup_weights is None:
         return
     if not values.get("dynamic_mixing"):
@@ -199,10 +205,8 @@ def check_talker_counts(values: dict) -> None:
         talker_count_distribution(values.get("num_spks", 2), counts, warmup_weights)
     except ValueError as err:
         raise ConfigError(str(err).replace("talker_count_weights", "talker_count_warmup_weights")) from None
-    if isinstance(warmup_share, bool) or not isinstance(warmup_share, (int, float)) or not 0 <= warmup_share <= 1:
-        raise ConfigError(
-            f"talker_count_warmup_share must be a share of the training from 0 to 1, got {warmup_share!r}"
-        )
+    if warmup_share is None:
+        raise ConfigError("talker_count_warmup_weights need a talker_count_warmup_share (from 0 to 1)")
 
 
 def min_talkers(values: dict) -> int | None:
