@@ -272,3 +272,8 @@ def test_output_rate_input_writes_at_each_inputs_rate(convtasnet_run, tmp_path):
     assert separate.main([*arguments, str(tmp_path / "talk.wav")]) == 0
     info = sf.info(output_dir / "talk_s1.wav")
     assert (info.samplerate, info.frames) == (16000, 16000)
+    for frames in (146198, 146197):  # 44.1 kHz: the model's 8 kHz does not divide it; each track the input's length
+        recording = np.resize(two_speaker_recording(1.0)[0].numpy(), frames)
+        write(tmp_path / f"cd{frames}.wav", recording, 44100)
+        assert separate.main([*arguments, "--keep-all-tracks", str(tmp_path / f"cd{frames}.wav")]) == 0
+        assert {sf.info(path).frames for path in output_dir.glob(f"cd{frames}_s*.wav")} == {frames}

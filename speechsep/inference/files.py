@@ -20,6 +20,7 @@ from speechbrain.lobes.models.dual_path import DPTNetBlock
 
 from speechsep.data.audio import AUDIO_EXTENSIONS, PEAK_LIMIT, is_audio_name, write_pcm16
 from speechsep.data.audio_checks import AudioCheckError, file_problem, printable, read_blocks, read_header
+from speechsep.data.augment import fit_length
 from speechsep.data.resample import resample
 from speechsep.errors import RecipeError
 from speechsep.inference.counting import TalkerCount, count_talkers, talker_tracks
@@ -261,7 +262,8 @@ class FileSeparator:
 
         output_rate = input_rate if self.options.output_rate == "input" else self.sample_rate
         if output_rate != self.sample_rate:
-            est_sources = resample(est_sources.T, self.sample_rate, output_rate).T[:num_input_samples]
+            resampled = resample(est_sources.T, self.sample_rate, output_rate).T  # [time, tracks]
+            est_sources = fit_length(resampled[None], num_input_samples)[0]  # the input's length, to the sample
         gains = torch.ones(0)  # no track: nothing holds a talker
         if est_sources.shape[1]:
             low, high = torch.aminmax(est_sources, dim=0)
