@@ -290,15 +290,16 @@ class Separation(sb.Brain):
     def set_talker_count_weights(self, epoch):
         """Dynamic mixing's talker counts: `talker_count_warmup_weights` in the epochs whose middle falls within the
         first `talker_count_warmup_share` of the training (of N_epochs, or of the budget's minutes as the epochs so far
-        predict it), `talker_count_weights` in the others and always in the last one."""
+        predict it, whichever is further), `talker_count_weights` in the others and in the last one (under a budget:
+        the one predicted last, which the first epoch cannot be)."""
         hp = self.hparams
         warmup_weights = getattr(hp, "talker_count_warmup_weights", None)
         if warmup_weights is None:
             return
         middle, is_last = (epoch - 0.5) / hp.N_epochs, epoch >= hp.N_epochs
-        if self.budget.minutes:
+        if self.budget.minutes:  # whichever ends the training first: the budget or N_epochs
             budget_seconds, epoch_seconds = 60.0 * self.budget.minutes, max(self.budget.epoch_seconds, default=0.0)
-            middle = (self.budget.spent_seconds + epoch_seconds / 2) / budget_seconds
+            middle = max(middle, (self.budget.spent_seconds + epoch_seconds / 2) / budget_seconds)
             is_last = is_last or self.budget.spent_seconds + 2 * epoch_seconds > budget_seconds  # as end_epoch will
         weights = warmup_weights if middle < hp.talker_count_warmup_share and not is_last else hp.talker_count_weights
         logger.info(f"Epoch {epoch}: talker counts {hp.talker_counts} drawn with weights {weights or 'all alike'}")

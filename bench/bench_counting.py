@@ -9,7 +9,8 @@ and `results/demo-talkers` (`python train.py hparams/demo-talkers.yaml --train_b
 
 - calibration, on the *dev* talkers: the demo model's tracks for 50 single-talker utterances and the 150 two-talker
   mixtures, the talkers model's for its 150 valid mixtures (1, 2, 3 talkers); every (level, copy score) pair of
-  `CountingRule` on a grid is scored by its worst accuracy over those counts. The rule's defaults are the best pair.
+  `CountingRule` on a grid is ranked by the demo model's worse accuracy, then by the sum of all; the rule's defaults
+  are the best pair.
 - separate.py itself (its JSON lines), default rule, on the *test* talkers: 50 single-talker utterances and the 150
   two-talker test mixtures, with each model.
 - the talkers run's test stage (`test_results.csv`: true and found count per mixture, the level of the outputs left
@@ -243,7 +244,7 @@ def run(quick: bool = False) -> str:
         section(
             "### A model trained for 1 to 3 talkers (test talkers)",
             f"`{TALKERS_COMMAND}` (the demo's network with 3 outputs, 11 epochs of 3360 dynamic mixtures: two or "
-            "three talkers each over the first 60% of the epochs, then 1, 2 or 3), scored single pass on its 300 test "
+            "three talkers each in epochs 1-7, then 1, 2 or 3), scored single pass on its 300 test "
             "mixtures of the corpus's test talkers (100 of each count). Found: separate.py's count of the estimates. "
             "Silent outputs: the outputs left without a talker, relative to the mixture, each brought to its level as "
             "separate.py does: mean / loudest / share at least 30 dB below.",

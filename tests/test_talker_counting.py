@@ -180,6 +180,9 @@ def test_the_warmup_weights_hold_over_the_first_share_of_the_training_and_never_
     assert drawn(1) == [[0, 1, 1]]
     brain.budget = TrainingBudget(minutes=10, spent_seconds=5 * 60, epoch_seconds=[120.0])  # middle at 60%
     assert drawn(1) == [[1, 2, 3]]
+    brain.budget = TrainingBudget(minutes=10, spent_seconds=60, epoch_seconds=[6.0])  # N_epochs ends it first
+    hparams.N_epochs = 10
+    assert drawn(8) == [[0, 1, 1]] * 6 + [[1, 2, 3]] * 2
     brain.budget = TrainingBudget(minutes=10, spent_seconds=60, epoch_seconds=[300.0])  # the last epoch that fits
     hparams.talker_count_warmup_share = 1.0
     assert drawn(1) == [[1, 2, 3]]
@@ -293,6 +296,16 @@ def test_where_no_pitch_can_be_read_the_energy_envelopes_tell_one_voice_from_two
     assert count.talkers == 1 and count.stretches[0].holds[1 - count.tracks[0]].startswith("copy of")
     two = np.stack([whisper(3, 1), whisper(3, 2)], axis=1)  # two talkers pause at other times
     assert count_talkers(two, two.sum(axis=1), RATE).talkers == 2
+
+
+def test_two_talkers_taking_turns_after_digital_silence_stay_two():
+    silence, first, second = np.zeros(2 * RATE, np.float32), voice(140, 1, 0), voice(230, 1, 1)
+    talker_a = np.concatenate([silence, first, np.zeros_like(second)])
+    talker_b = np.concatenate([silence, np.zeros_like(first), second])
+    crosstalk = 10 ** (-35 / 20)  # what a separator leaves of the other talker
+    est = np.stack([talker_a + crosstalk * talker_b, talker_b + crosstalk * talker_a], axis=1)
+    count = count_talkers(est, talker_a + talker_b, RATE)  # the shared silence does not make them alike
+    assert count.talkers == 2 and count.stretches[0].holds == ["talker", "talker"]
 
 
 def test_a_dc_offset_is_no_talker_and_the_levels_reported_agree_with_the_decision():
@@ -450,6 +463,8 @@ def test_a_model_for_one_to_three_talkers_trains_and_reports_true_and_found_coun
     assert [row["silent_output_db"] == "nan" for row in rows] == [False, False, True] * 2
     summary = json.loads((tmp_path / "run" / "test_results_summary.json").read_text())
     assert summary["si-snr_i"]["count"] == 4  # the one-talker mixtures have no improvement to score
+    # the curriculum is applied: its one epoch is the last, which draws every count
+    assert "Epoch 1: talker counts [1, 2, 3] drawn with weights all alike" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

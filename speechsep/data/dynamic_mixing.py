@@ -2,9 +2,9 @@
 
 Mixing new speaker pairs, crops and levels every epoch instead of replaying a fixed list of mixtures is how
 SepFormer's published WSJ0-2mix results were trained (Subakan et al., 2021). `DynamicMixingDataset` is a map-style dataset:
-mixture `index` of an epoch is a pure function of (seed, epoch, index), so it does not depend on which
-worker or rank builds it; ranks get different mixtures because the DistributedSampler hands them
-different indices, and SpeechBrain's SaveableDataLoader can resume in the middle of an epoch.
+mixture `index` of an epoch is a pure function of (seed, epoch, index) and the talker-count weights in use, so it
+does not depend on which worker or rank builds it; ranks get different mixtures because the DistributedSampler hands
+them different indices, and SpeechBrain's SaveableDataLoader can resume in the middle of an epoch.
 
 Only paths, frame counts and speaker ids are kept in memory; each mixture reads just the frames it uses.
 
@@ -169,8 +169,9 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     the mixture is then the sum of the sources' reverberant images (+ the noise, dry as in WHAMR!) and the
     returned sources are their direct paths, WHAMR!'s anechoic targets.
 
-    Call `set_epoch` before each epoch's loader iterator is created (Brain.on_stage_start), so that
-    new workers see it; workers kept alive across epochs (`persistent_workers=True`) would not.
+    Call `set_epoch` (and `set_talker_count_weights`, for a curriculum) before each epoch's loader iterator is
+    created (Brain.on_stage_start), so that new workers see them; workers kept alive across epochs
+    (`persistent_workers=True`) would not.
     Batch with `collate_fn=speechbrain.dataio.batch.PaddedBatch`.
     """
 

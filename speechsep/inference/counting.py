@@ -26,8 +26,10 @@ import torch
 
 FRAME_S = 0.04  # pitch analysis frames: two periods of a 50 Hz voice
 FRAME_HOP_S = 0.01
-ENVELOPE_FRAME_S = 0.02  # energy envelope frames (hop a quarter of it)
-ENVELOPE_FLOOR = 1e-9  # of the mixture's loudest frame: silence, for the envelopes' logarithm
+ENVELOPE_FRAME_S = 0.02  # energy envelope frames
+ENVELOPE_HOP_S = 0.005
+ENVELOPE_FLOOR_DB = -90.0  # frames where the mixture is further below its loudest are digital silence: left out
+MIN_ENVELOPE_FRAMES = 20  # fewer frames where the mixture sounds cannot tell a copy by its envelope
 PITCH_RANGE_HZ = (60.0, 400.0)
 VOICING = 0.5  # normalised autocorrelation at the period above which a frame is voiced
 VOICED_FLOOR_DB = -30.0  # frames further below the track's loudest frame are not analysed
@@ -45,7 +47,7 @@ class CountingRule:
     """The thresholds of the two tests and the stretch they are decided on."""
 
     min_level_db: float = -18.0  # a track further below the mixture holds no talker
-    min_copy_score: float = 0.72  # a track whose `copy_score` with a louder talker's reaches it is a copy
+    min_copy_score: float = 0.65  # a track whose `copy_score` with a louder talker's reaches it is a copy
     min_shared_frames: int = 20  # fewer frames voiced in both: the pitch cannot tell, the envelopes decide alone
     stretch_s: float = 4.0  # decisions are taken on stretches of about this long
 
@@ -167,27 +169,36 @@ def same_pitch_fraction(pitch: np.ndarray, voiced: np.ndarray, first: int, secon
     return float(np.mean(ratio < SAME_PITCH_OCTAVES))
 
 
-def log_envelopes(signals: np.ndarray, sample_rate: int, floor: float) -> np.ndarray:
-    """Log energy of every `ENVELOPE_FRAME_S` frame (hop a quarter of it) of signals [time, K]: [K, frames]; energies
-    below `floor` count as `floor`."""
-    frame = max(1, round(ENVELOPE_FRAME_S * sample_rate))
+def frame_energies(signals: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Energy (variance: DC is no talker) of every `ENVELOPE_FRAME_S` frame, `ENVELOPE_HOP_S` apart, of signals
+    [time, K]: [K, frames]."""
+    frame, hop = max(1, round(ENVELOPE_FRAME_S * sample_rate)), max(1, round(ENVELOPE_HOP_S * sample_rate))
     if len(signals) < frame:
         signals = np.pad(signals, ((0, frame - len(signals)), (0, 0)))
-    hop = max(1, frame // 4)
     frames = np.lib.stride_tricks.sliding_window_view(signals.T.astype(np.float64), frame, axis=1)[:, ::hop]
-    return np.log10(np.maximum(frames.var(axis=-1), floor))
+    return frames.var(axis=-1)
 
 
-def copy_score(pitch_agreement: float, envelopes: np.ndarray, first: int, second: int) -> float:
-    """How closely track `second` follows track `first`, 0 to 1: the mean of their `same_pitch_fraction` and of the
-    correlation of their log energy `envelopes` [K, frames] (negative: 0); the correlation alone where the pitch
-    cannot tell (NaN)."""
-    a, b = envelopes[first], envelopes[second]
+def envelope_correlation(track_energy: np.ndarray, mixture_energy: np.ndarray, first: int, second: int) -> float:
+    """Correlation (0 where negative) of the log energy envelopes of tracks `first` and `second` (`frame_energies`
+    [K, frames]) over the frames where the mixture (`mixture_energy` [frames]) sounds: digital silence, where every
+    track is silent, would make any two tracks alike. NaN where fewer than `MIN_ENVELOPE_FRAMES` frames sound or a
+    track's envelope is flat there: it cannot tell."""
+    floor = mixture_energy.max() * 10 ** (ENVELOPE_FLOOR_DB / 10)
+    sounding = mixture_energy > floor
+    if sounding.sum() < MIN_ENVELOPE_FRAMES:
+        return math.nan
+    a, b = (np.log10(np.maximum(track_energy[k, sounding], floor)) for k in (first, second))
     if np.ptp(a) == 0 or np.ptp(b) == 0:
-        correlation = 1.0 if np.array_equal(a, b) else 0.0  # a flat envelope: silence throughout
-    else:
-        correlation = max(0.0, float(np.corrcoef(a, b)[0, 1]))
-    return correlation if math.isnan(pitch_agreement) else (pitch_agreement + correlation) / 2
+        return math.nan
+    return max(0.0, float(np.corrcoef(a, b)[0, 1]))
+
+
+def copy_score(pitch_agreement: float, envelope_agreement: float) -> float:
+    """How alike two tracks are, 0 to 1: the mean of their `same_pitch_fraction` and `envelope_correlation`, either
+    alone where the other cannot tell (NaN); NaN where neither can."""
+    known = [value for value in (pitch_agreement, envelope_agreement) if not math.isnan(value)]
+    return sum(known) / len(known) if known else math.nan
 
 
 def decide_stretch(
@@ -201,18 +212,23 @@ def decide_stretch(
         level_db = (10 * np.log10(np.var(est_sources, axis=0, dtype=np.float64) / power)).tolist()
     tracks = [pitch_track(est_sources[:, k], sample_rate) for k in range(est_sources.shape[1])]
     pitch, voiced = np.stack([t[0] for t in tracks]), np.stack([t[1] for t in tracks])
-    mixture_envelope = log_envelopes(mixture[:, None], sample_rate, 1e-30)
-    envelopes = log_envelopes(est_sources, sample_rate, 10 ** mixture_envelope.max() * ENVELOPE_FLOOR)
+    track_energy, mixture_energy = (
+        frame_energies(est_sources, sample_rate),
+        frame_energies(mixture[:, None], sample_rate)[0],
+    )
     holds = ["silence"] * est_sources.shape[1]
     talkers: list[int] = []
     for k in np.argsort(-np.array(level_db), kind="stable"):
         if level_db[k] < rule.min_level_db:
             continue
         scores = {
-            j: copy_score(same_pitch_fraction(pitch, voiced, j, k, rule.min_shared_frames), envelopes, j, k)
+            j: copy_score(
+                same_pitch_fraction(pitch, voiced, j, k, rule.min_shared_frames),
+                envelope_correlation(track_energy, mixture_energy, j, k),
+            )
             for j in talkers
         }
-        copied = [j for j, score in scores.items() if score >= rule.min_copy_score]
+        copied = [j for j, score in scores.items() if score >= rule.min_copy_score]  # NaN: cannot tell, no copy
         if copied:
             holds[k] = f"copy of {max(copied, key=scores.get) + 1}"
         else:
