@@ -159,13 +159,15 @@ def pitch_track(signal: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.nd
     return sample_rate / best, (peak > VOICING) & loud
 
 
-def same_pitch_fraction(pitch: np.ndarray, voiced: np.ndarray, first: int, second: int, min_frames: int) -> float:
-    """Of the frames where tracks `first` and `second` are both voiced, the fraction with the same pitch; NaN where
-    fewer than `min_frames` are (it cannot tell). pitch, voiced: [tracks, frames]."""
-    both = voiced[first] & voiced[second]
+def same_pitch_fraction(
+    pitch: np.ndarray, voiced: np.ndarray, other_pitch: np.ndarray, other_voiced: np.ndarray, min_frames: int
+) -> float:
+    """Of the frames where two tracks are both voiced (`pitch_track` of each), the fraction with the same pitch; NaN
+    where fewer than `min_frames` are (it cannot tell)."""
+    both = voiced & other_voiced
     if both.sum() < min_frames:
         return math.nan
-    ratio = np.abs(np.log2(pitch[first, both] / pitch[second, both]))
+    ratio = np.abs(np.log2(pitch[both] / other_pitch[both]))
     return float(np.mean(ratio < SAME_PITCH_OCTAVES))
 
 
@@ -202,28 +204,36 @@ def copy_score(pitch_agreement: float, envelope_agreement: float) -> float:
 
 
 def decide_stretch(
-    est_sources: np.ndarray, mixture: np.ndarray, sample_rate: int, rule: CountingRule, file_power: float = 0.0
-) -> tuple[list[str], list[float]]:
-    """What each track of one stretch holds (see `StretchCount.holds`), and their levels: relative to the stretch's
-    mixture, or to `file_power` (the whole input's mean square, times `QUIET_STRETCH`) where that is louder, so that
-    a stretch of near-silence does not make its noise a talker. est_sources [time, K]."""
-    power = max(float(np.var(mixture, dtype=np.float64)), QUIET_STRETCH * file_power, 1e-20)  # DC is no talker
+    est_sources: np.ndarray,
+    mixture: np.ndarray,
+    start: int,
+    end: int,
+    sample_rate: int,
+    rule: CountingRule,
+    file_power: float = 0.0,
+) -> StretchCount:
+    """What each track holds over samples [start, end) (see `StretchCount.holds`), and their levels: relative to the
+    stretch's mixture, or to `file_power` (the whole input's mean square, times `QUIET_STRETCH`) where that is
+    louder, so that a stretch of near-silence does not make its noise a talker. Only the tracks loud enough to hold a
+    talker are analysed further. est_sources [time, K], mixture [time]: the whole input."""
+    estimates, mixture = est_sources[start:end], mixture[start:end]
+    track_variance = np.var(estimates, axis=0, dtype=np.float64)  # DC is no talker
+    mixture_variance = float(np.var(mixture, dtype=np.float64))
+    power = max(mixture_variance, QUIET_STRETCH * file_power, 1e-20)
     with np.errstate(divide="ignore"):
-        level_db = (10 * np.log10(np.var(est_sources, axis=0, dtype=np.float64) / power)).tolist()
-    tracks = [pitch_track(est_sources[:, k], sample_rate) for k in range(est_sources.shape[1])]
-    pitch, voiced = np.stack([t[0] for t in tracks]), np.stack([t[1] for t in tracks])
+        level_db = (10 * np.log10(track_variance / power)).tolist()
+    audible = [k for k in np.argsort(-np.array(level_db), kind="stable") if level_db[k] >= rule.min_level_db]
+    pitch = {k: pitch_track(estimates[:, k], sample_rate) for k in audible}  # (pitch, voiced) of each
     track_energy, mixture_energy = (
-        frame_energies(est_sources, sample_rate),
+        frame_energies(estimates, sample_rate),
         frame_energies(mixture[:, None], sample_rate)[0],
     )
-    holds = ["silence"] * est_sources.shape[1]
+    holds = ["silence"] * estimates.shape[1]
     talkers: list[int] = []
-    for k in np.argsort(-np.array(level_db), kind="stable"):
-        if level_db[k] < rule.min_level_db:
-            continue
+    for k in audible:
         scores = {
             j: copy_score(
-                same_pitch_fraction(pitch, voiced, j, k, rule.min_shared_frames),
+                same_pitch_fraction(*pitch[j], *pitch[k], rule.min_shared_frames),
                 envelope_correlation(track_energy, mixture_energy, j, k),
             )
             for j in talkers
@@ -234,7 +244,8 @@ def decide_stretch(
         else:
             holds[k] = "talker"
             talkers.append(int(k))
-    return holds, level_db
+    length = end - start
+    return StretchCount(start, end, level_db, holds, (track_variance * length).tolist(), mixture_variance * length)
 
 
 def stretch_bounds(num_samples: int, sample_rate: int, stretch_s: float) -> list[tuple[int, int]]:
@@ -255,13 +266,10 @@ def count_talkers(
     rule = rule or CountingRule()
     est_sources, mixture = _numpy(est_sources), _numpy(mixture)
     file_power = float(np.var(mixture, dtype=np.float64))
-    stretches = []
-    for start, end in stretch_bounds(len(mixture), sample_rate, rule.stretch_s):
-        estimates = est_sources[start:end]
-        holds, level_db = decide_stretch(estimates, mixture[start:end], sample_rate, rule, file_power)
-        track_energy = (np.var(estimates, axis=0, dtype=np.float64) * (end - start)).tolist()  # DC is no talker
-        mixture_energy = float(np.var(mixture[start:end], dtype=np.float64) * (end - start))
-        stretches.append(StretchCount(start, end, level_db, holds, track_energy, mixture_energy))
+    stretches = [
+        decide_stretch(est_sources, mixture, start, end, sample_rate, rule, file_power)
+        for start, end in stretch_bounds(len(mixture), sample_rate, rule.stretch_s)
+    ]
     return TalkerCount(stretches, sample_rate)
 
 
